@@ -1,0 +1,106 @@
+"""Write preference pairs as a LLaMA-Factory ShareGPT ranking dataset and register it.
+
+Layout, chosen so that LLaMA-Factory resolves every path without extra settings (relative image paths
+are joined to ``media_dir``, which defaults to ``dataset_dir``, not to the json file's folder)::
+
+    <dataset_dir>/dataset_info.json          entry <name> merged in
+    <dataset_dir>/<name>.jsonl               one record per pair
+    <dataset_dir>/<name>.pairs.jsonl         the full score breakdown of every pair (for humans/tools)
+    <dataset_dir>/<name>/images/...          images, referenced as "<name>/images/..."
+
+Records follow LLaMA-Factory's contract: ``conversations`` is the prompt (one user turn, one ``<image>``
+for the one image), ``chosen``/``rejected`` are single ``{"from": "gpt", "value": ...}`` dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .box_formats import BoxFormat
+from .errors import ConfigError, SPRError
+from .jsonl import atomic_write_jsonl
+from .prompts import training_prompt
+from .records import PreferencePair
+from .registry import check_can_register, ranking_entry, register_dataset
+
+IMAGE_MODES = ("copy", "link", "absolute")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    dataset_dir: Path
+    name: str = "spr_qwen2vl"
+    image_mode: str = "copy"  # copy: self-contained folder; link: hard links (same disk); absolute: no copies
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_mode not in IMAGE_MODES:
+            raise ConfigError(f"unknown image mode {self.image_mode!r}; choose one of {', '.join(IMAGE_MODES)}")
+        if not self.name or any(c in self.name for c in "/\\ ") or self.name.startswith("."):
+            raise SPRError(f"invalid dataset name {self.name!r}: use letters, digits, '-' and '_'")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    dataset_file: Path
+    dataset_info: Path
+    records: int
+    images: int
+
+
+def _place_image(src: str, config: ExportConfig, image_id: int, placed: dict[str, str]) -> str:
+    """Put one image where LLaMA-Factory will find it; returns the path to store in the record."""
+    if src in placed:
+        return placed[src]
+    source = Path(src)
+    if not source.is_file():
+        raise SPRError(f"image not found while exporting: {source}")
+    if config.image_mode == "absolute":
+        rel = str(source.resolve())
+    else:
+        rel = f"{config.name}/images/{image_id}_{source.name}"
+        dest = Path(config.dataset_dir) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            if config.image_mode == "link":
+                try:
+                    os.link(source, dest)
+                except OSError:
+                    shutil.copy2(source, dest)
+            else:
+                shutil.copy2(source, dest)
+    placed[src] = rel
+    return rel
+
+
+def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat) -> dict[str, Any]:
+    return {
+        "conversations": [{"from": "human", "value": training_prompt(pair.region, box_format)}],
+        "chosen": {"from": "gpt", "value": pair.chosen.candidate.text},
+        "rejected": {"from": "gpt", "value": pair.rejected.candidate.text},
+        "images": [image],
+    }
+
+
+def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat) -> ExportResult:
+    """Write the dataset files and register the entry; refuses before writing if the name is taken."""
+    if not pairs:
+        raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
+    dataset_dir = Path(config.dataset_dir)
+    file_name = f"{config.name}.jsonl"
+    entry = ranking_entry(file_name)
+    check_can_register(dataset_dir, config.name, entry, config.overwrite)
+    dataset_file = dataset_dir / file_name
+    if dataset_file.exists() and not config.overwrite:
+        raise SPRError(f"{dataset_file} already exists; choose another --name or pass --overwrite")
+    placed: dict[str, str] = {}
+    records = [pair_record(p, _place_image(p.region.image_path, config, p.region.image_id, placed), box_format) for p in pairs]
+    atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
+    atomic_write_jsonl(dataset_file, records)
+    info = register_dataset(dataset_dir, config.name, entry, overwrite=config.overwrite)
+    return ExportResult(dataset_file, info, len(records), len(placed))

@@ -1,0 +1,305 @@
+"""Typed records that flow between the SPR stages.
+
+Every stage (regions -> candidates -> scores -> pairs -> export) reads and writes these, and each
+one round-trips through a plain JSON dict (``to_dict`` / ``from_dict``) so intermediate results can
+be kept as append-only JSONL files: a crash loses at most the line being written.
+
+All boxes here are in **original-image pixels** ``(x1, y1, x2, y2)``. Model-specific coordinate
+frames (Qwen2-VL's [0,1000) grid, Qwen2.5-VL's resized-input pixels) exist only inside
+:mod:`spr_plugin.box_formats`, so no other module can mix them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in original-image pixels, ``x1 <= x2`` and ``y1 <= y2``."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @property
+    def width(self) -> float:
+        return max(0.0, self.x2 - self.x1)
+
+    @property
+    def height(self) -> float:
+        return max(0.0, self.y2 - self.y1)
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0)
+
+    def as_list(self) -> list[float]:
+        return [self.x1, self.y1, self.x2, self.y2]
+
+    @classmethod
+    def from_xywh(cls, x: float, y: float, w: float, h: float) -> Box:
+        """COCO stores ``[x, y, width, height]``; everything else here uses corners."""
+        return cls(float(x), float(y), float(x) + float(w), float(y) + float(h))
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> Box:
+        x1, y1, x2, y2 = (float(v) for v in values)
+        return cls(x1, y1, x2, y2)
+
+    def union(self, other: Box) -> Box:
+        return Box(min(self.x1, other.x1), min(self.y1, other.y1), max(self.x2, other.x2), max(self.y2, other.y2))
+
+
+@dataclass(frozen=True)
+class AnnotatedObject:
+    """One ground-truth object of a query region, as the detection annotations give it."""
+
+    ann_id: int
+    category: str
+    box: Box
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ann_id": self.ann_id, "category": self.category, "box": self.box.as_list()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AnnotatedObject:
+        return cls(int(d["ann_id"]), str(d["category"]), Box.from_list(d["box"]))
+
+
+@dataclass(frozen=True)
+class Region:
+    """A query region: the union box of a seed object and its nearest neighbours.
+
+    ``image_path`` is the image file as found on disk when the region was sampled (absolute), so later
+    stages never have to guess the image root again.
+    """
+
+    region_id: str
+    image_id: int
+    image_path: str
+    width: int
+    height: int
+    box: Box
+    objects: tuple[AnnotatedObject, ...]
+    seed_ann_id: int
+
+    @property
+    def categories(self) -> list[str]:
+        """Distinct category names in the region, in first-seen order."""
+        return list(dict.fromkeys(o.category for o in self.objects))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "region_id": self.region_id,
+            "image_id": self.image_id,
+            "image_path": self.image_path,
+            "width": self.width,
+            "height": self.height,
+            "box": self.box.as_list(),
+            "objects": [o.to_dict() for o in self.objects],
+            "seed_ann_id": self.seed_ann_id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Region:
+        return cls(
+            region_id=str(d["region_id"]),
+            image_id=int(d["image_id"]),
+            image_path=str(d["image_path"]),
+            width=int(d["width"]),
+            height=int(d["height"]),
+            box=Box.from_list(d["box"]),
+            objects=tuple(AnnotatedObject.from_dict(o) for o in d["objects"]),
+            seed_ann_id=int(d["seed_ann_id"]),
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated region description (model text, box tokens included).
+
+    ``key`` identifies it uniquely, so generation can append to a JSONL file and resume by skipping
+    keys that are already there.
+    """
+
+    region_id: str
+    variant: str
+    sample_idx: int
+    text: str
+    generator: str = ""
+    temperature: float | None = None
+    seed: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.region_id, self.variant, self.sample_idx)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        return cls(
+            region_id=str(d["region_id"]),
+            variant=str(d.get("variant", "unknown")),
+            sample_idx=int(d.get("sample_idx", 0)),
+            text=str(d["text"]),
+            generator=str(d.get("generator", "")),
+            temperature=None if d.get("temperature") is None else float(d["temperature"]),
+            seed=None if d.get("seed") is None else int(d["seed"]),
+        )
+
+
+@dataclass(frozen=True)
+class GroundedPhrase:
+    """A phrase of a description and the box the model attached to it (pixels), if any.
+
+    ``span`` is the character range of the whole grounded unit (reference tokens and box) in the
+    text it was parsed from; refinement uses it to rewrite exactly that part of the text.
+    """
+
+    label: str
+    box: Box | None
+    span: tuple[int, int]
+
+
+@dataclass
+class ParseResult:
+    """What a box parser found in one text, and what it had to clamp or drop (with reasons)."""
+
+    phrases: list[GroundedPhrase] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    clamped: int = 0
+
+    @property
+    def boxes(self) -> list[Box]:
+        return [p.box for p in self.phrases if p.box is not None]
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+@dataclass(frozen=True)
+class Match:
+    """A ground-truth object matched to a predicted box (indices into the region / parse boxes)."""
+
+    gt_index: int
+    pred_index: int
+    iou: float
+
+
+@dataclass(frozen=True)
+class LocalizationScore:
+    """S_loc and the matching behind it, so a user can see why a description scored as it did."""
+
+    score: float
+    metric: str
+    n_gt: int
+    n_pred: int
+    matches: tuple[Match, ...]
+
+    @property
+    def precision(self) -> float:
+        return len(self.matches) / self.n_pred if self.n_pred else 0.0
+
+    @property
+    def recall(self) -> float:
+        return len(self.matches) / self.n_gt if self.n_gt else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "metric": self.metric,
+            "n_gt": self.n_gt,
+            "n_pred": self.n_pred,
+            "matches": [[m.gt_index, m.pred_index, round(m.iou, 4)] for m in self.matches],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LocalizationScore:
+        matches = tuple(Match(int(g), int(p), float(i)) for g, p, i in d["matches"])
+        return cls(float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches)
+
+
+@dataclass(frozen=True)
+class SemanticScore:
+    """S_sem and its two parts: the whole text against the region, and the phrases against its objects."""
+
+    score: float
+    text_region: float
+    phrase_objects: float
+    scorer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SemanticScore:
+        return cls(float(d["score"]), float(d["text_region"]), float(d["phrase_objects"]), str(d["scorer"]))
+
+
+@dataclass(frozen=True)
+class ScoredCandidate:
+    """A candidate (initial or refined) with its combined score S = λ·S_sem + (1-λ)·S_loc."""
+
+    candidate: Candidate
+    refined: bool
+    score: float
+    semantic: SemanticScore
+    localization: LocalizationScore
+    parse_dropped: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.to_dict(),
+            "refined": self.refined,
+            "score": self.score,
+            "semantic": self.semantic.to_dict(),
+            "localization": self.localization.to_dict(),
+            "parse_dropped": dict(self.parse_dropped),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoredCandidate:
+        return cls(
+            candidate=Candidate.from_dict(d["candidate"]),
+            refined=bool(d["refined"]),
+            score=float(d["score"]),
+            semantic=SemanticScore.from_dict(d["semantic"]),
+            localization=LocalizationScore.from_dict(d["localization"]),
+            parse_dropped={str(k): int(v) for k, v in d.get("parse_dropped", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One DPO pair for a region: the best refined description vs the worst initial one."""
+
+    region: Region
+    chosen: ScoredCandidate
+    rejected: ScoredCandidate
+
+    @property
+    def margin(self) -> float:
+        return self.chosen.score - self.rejected.score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "region": self.region.to_dict(),
+            "chosen": self.chosen.to_dict(),
+            "rejected": self.rejected.to_dict(),
+            "margin": self.margin,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreferencePair:
+        return cls(
+            Region.from_dict(d["region"]), ScoredCandidate.from_dict(d["chosen"]), ScoredCandidate.from_dict(d["rejected"])
+        )

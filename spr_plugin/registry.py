@@ -1,0 +1,87 @@
+"""Register datasets in a LLaMA-Factory ``dataset_info.json``.
+
+LLaMA-Factory (and its web UI, LlamaBoard) reads exactly one ``<dataset_dir>/dataset_info.json`` and has
+no plugin mechanism for datasets, so registering means merging an entry into that file. Users keep
+their own entries there, so the merge must never lose one: it holds an exclusive lock while it reads,
+merges and atomically replaces the file, refuses to overwrite a different entry of the same name unless
+asked, and leaves a malformed file untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import SPRError
+from .jsonl import atomic_write_text
+
+DATASET_INFO = "dataset_info.json"
+
+
+def ranking_entry(file_name: str) -> dict[str, Any]:
+    """A ShareGPT ranking (DPO) entry with images, in LLaMA-Factory's default tags (from/value/human/gpt)."""
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "ranking": True,
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "images": "images"},
+    }
+
+
+@contextmanager
+def _locked(dataset_dir: Path) -> Iterator[None]:
+    lock_path = dataset_dir / f".{DATASET_INFO}.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """The current entries (empty if there is no file yet); a malformed file raises :class:`SPRError`."""
+    path = Path(dataset_dir) / DATASET_INFO
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SPRError(f"{path} is not valid JSON ({exc}); fix or move it, nothing was changed") from None
+    if not isinstance(info, dict):
+        raise SPRError(f"{path} must hold a JSON object of dataset entries; nothing was changed")
+    return info
+
+
+def check_can_register(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> None:
+    """Raise before any data is written if registering would fail, so a refused run changes nothing."""
+    info = read_dataset_info(dataset_dir)
+    if name in info and info[name] != entry and not overwrite:
+        raise SPRError(
+            f"dataset {name!r} is already registered in {Path(dataset_dir) / DATASET_INFO} with a different entry; "
+            "choose another --name or pass --overwrite"
+        )
+
+
+def register_dataset(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> Path:
+    """Merge ``{name: entry}`` into ``<dataset_dir>/dataset_info.json``, keeping every other entry."""
+    directory = Path(dataset_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / DATASET_INFO
+    with _locked(directory):
+        info = read_dataset_info(directory)
+        if info.get(name) == entry:
+            return path
+        if name in info and not overwrite:
+            raise SPRError(
+                f"dataset {name!r} is already registered in {path} with a different entry; "
+                "choose another --name or pass --overwrite"
+            )
+        info[name] = entry
+        atomic_write_text(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return path
