@@ -61,7 +61,10 @@ def test_qwen25vl_frame_matches_what_the_model_sees():
 
 def test_multiple_boxes_after_one_reference():
     fmt = get_box_format("qwen2_vl")
-    text = "<|object_ref_start|>two cups<|object_ref_end|><|box_start|>(0,0),(100,100)<|box_end|><|box_start|>(200,200),(300,300)<|box_end|> on a table"
+    text = (
+        "<|object_ref_start|>two cups<|object_ref_end|>"
+        "<|box_start|>(0,0),(100,100)<|box_end|><|box_start|>(200,200),(300,300)<|box_end|> on a table"
+    )
     parse = fmt.parse(text, W, H)
     assert [p.label for p in parse.phrases] == ["two cups", "two cups"]
     assert len(parse.boxes) == 2

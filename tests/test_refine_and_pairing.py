@@ -1,8 +1,8 @@
 """Refinement snaps matched boxes to the annotations and ungrounds the rest; pairing picks and skips."""
 
 import pytest
-
 from helpers import H, W, cand, region
+
 from spr_plugin.box_formats import get_box_format
 from spr_plugin.pairing import SKIP_IDENTICAL, SKIP_LOW_MARGIN, SKIP_TOO_FEW, PairingConfig, length_stats, make_pair
 from spr_plugin.records import Box, LocalizationScore, ScoredCandidate, SemanticScore
@@ -68,7 +68,9 @@ def test_pairs_are_skipped_with_reasons():
 
 def test_length_stats():
     r = region()
-    pair = make_pair(r, [_scored("one two three", 0.1), _scored("x", 0.5, idx=1)], [_scored("one two three four five", 0.9, True)])
+    pair = make_pair(
+        r, [_scored("one two three", 0.1), _scored("x", 0.5, idx=1)], [_scored("one two three four five", 0.9, True)]
+    )
     stats = length_stats([pair])
     assert stats["chosen_words_mean"] == 5 and stats["rejected_words_mean"] == 3 and stats["chosen_longer_fraction"] == 1.0
     assert length_stats([]) == {"pairs": 0}

@@ -1,8 +1,8 @@
 """Semantic score with the real MiniLM model, and the combined score S = λ·S_sem + (1-λ)·S_loc."""
 
 import pytest
-
 from helpers import H, W, cand, region
+
 from spr_plugin.box_formats import get_box_format
 from spr_plugin.errors import SPRError
 from spr_plugin.records import Box
@@ -40,7 +40,10 @@ def test_empty_description_scores_zero(text_scorer):
 
 def test_combined_score_weights_and_parts(text_scorer):
     r = region()
-    good = cand(f"The region shows {FMT.render('red circle', r.objects[0].box, W, H)} and {FMT.render('blue square', r.objects[1].box, W, H)}.")
+    good = cand(
+        f"The region shows {FMT.render('red circle', r.objects[0].box, W, H)} and "  # noqa: ISC003
+        + f"{FMT.render('blue square', r.objects[1].box, W, H)}."
+    )
     wrong_boxes = cand(
         f"The region shows {FMT.render('red circle', Box(500, 400, 600, 470), W, H)} and "
         f"{FMT.render('blue square', Box(0, 300, 50, 350), W, H)}.",

@@ -1,0 +1,176 @@
+"""The `spr` command for real (subprocesses): the stage chain, and one clear line for each bad input
+with no traceback and nothing existing touched."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from candidates_factory import write_candidates
+
+from data_builders.synthetic import render_scenes
+
+SPR = [sys.executable, "-m", "spr_plugin.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def spr(*args, cwd=None):
+    return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, proc.stderr
+    for frag in fragments:
+        assert frag in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_scenes")
+    return render_scenes(root, n_images=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def staged(scenes, tmp_path_factory):
+    """regions -> (test candidates) -> pair -> export, each stage through the CLI."""
+    work = tmp_path_factory.mktemp("cli_work")
+    p = spr("regions", "--annotations", scenes, "--images", scenes.parent / "images", "--out", work / "regions.jsonl")
+    assert p.returncode == 0, p.stderr
+    write_candidates(work / "regions.jsonl", work / "candidates.jsonl")
+    p = spr("pair", "--regions", work / "regions.jsonl", "--candidates", work / "candidates.jsonl", "--out", work / "pairs.jsonl")
+    assert p.returncode == 0, p.stderr
+    return work
+
+
+def test_stage_by_stage_chain(staged, tmp_path):
+    first = json.loads((staged / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["chosen"]["refined"] is True and first["rejected"]["refined"] is False
+    data = tmp_path / "data"
+    p = spr("export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli")
+    assert p.returncode == 0, p.stderr
+    n_pairs = len((staged / "pairs.jsonl").read_text().splitlines())
+    assert len((data / "spr_cli.jsonl").read_text().splitlines()) == n_pairs
+    assert json.loads((data / "dataset_info.json").read_text())["spr_cli"]["ranking"] is True
+
+
+def test_chosen_is_the_refined_close_description(staged):
+    for line in (staged / "pairs.jsonl").read_text().splitlines():
+        pair = json.loads(line)
+        assert pair["chosen"]["candidate"]["sample_idx"] == 0  # the close boxes, snapped
+        assert pair["rejected"]["candidate"]["sample_idx"] in (1, 2)
+        assert "pink elephant<|object_ref_end|>" not in pair["chosen"]["candidate"]["text"]
+        assert pair["chosen"]["localization"]["score"] > 0.99
+
+
+def test_help_lists_every_stage():
+    p = spr("--help")
+    assert p.returncode == 0
+    for cmd in ("regions", "generate", "pair", "export", "register", "build", "demo"):
+        assert cmd in p.stdout
+
+
+def test_missing_annotation_file(tmp_path):
+    p = spr(
+        "build",
+        "--annotations",
+        tmp_path / "nope.json",
+        "--images",
+        tmp_path,
+        "--candidates",
+        tmp_path / "c.jsonl",
+        "--dataset-dir",
+        tmp_path / "data",
+        "--work-dir",
+        tmp_path / "w",
+    )
+    assert_user_error(p, "annotation file not found", "nope.json")
+
+
+def test_malformed_annotation_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    p = spr("regions", "--annotations", bad, "--images", tmp_path, "--out", tmp_path / "r.jsonl")
+    assert_user_error(p, "bad.json", "not valid JSON")
+
+
+def test_empty_candidate_file(staged, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    p = spr("pair", "--regions", staged / "regions.jsonl", "--candidates", empty, "--out", tmp_path / "p.jsonl")
+    assert_user_error(p, "empty.jsonl", "holds no candidates")
+
+
+def test_bad_candidate_line_names_file_and_line(staged, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"region_id": "1_0", "text": "ok"}\n{"region_id": "1_0"}\n')
+    p = spr("pair", "--regions", staged / "regions.jsonl", "--candidates", bad, "--out", tmp_path / "p.jsonl")
+    assert_user_error(p, "bad.jsonl:2", "not a valid candidate")
+
+
+def test_unparseable_model_output_is_counted_not_fatal(staged, tmp_path):
+    regions = [json.loads(line) for line in (staged / "regions.jsonl").read_text().splitlines()]
+    cands = tmp_path / "garbage.jsonl"
+    with cands.open("w") as f:
+        for r in regions:
+            for i, t in enumerate(["<|box_start|>(1,2),(x", "}{<|object_ref_start|>", "<|box_start|>(5,5),(1,1)<|box_end|>"]):
+                f.write(json.dumps({"region_id": r["region_id"], "sample_idx": i, "text": t}) + "\n")
+    p = spr("pair", "--regions", staged / "regions.jsonl", "--candidates", cands, "--out", tmp_path / "p.jsonl")
+    assert "Traceback" not in p.stderr
+    stats = json.loads(p.stdout)
+    assert stats["boxes_dropped_by_parser"] == {"truncated": len(regions), "reversed": len(regions)}
+
+
+def test_name_clash_leaves_existing_dataset_untouched(staged, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    info = {"spr_cli": {"file_name": "users_own.json"}, "other": {"file_name": "o.json"}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    p = spr("export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli")
+    assert_user_error(p, "already registered", "--overwrite")
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+
+def test_missing_image_at_export_is_a_clear_error(staged, tmp_path):
+    pairs = [json.loads(line) for line in (staged / "pairs.jsonl").read_text().splitlines()]
+    pairs[0]["region"]["image_path"] = str(tmp_path / "gone.jpg")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    p = spr("export", "--pairs", tmp_path / "pairs.jsonl", "--dataset-dir", tmp_path / "data")
+    assert_user_error(p, "image not found", "gone.jpg")
+    assert not (tmp_path / "data" / "spr_qwen2vl.jsonl").exists()
+
+
+def test_bad_settings_are_clear_errors(staged, tmp_path):
+    p = spr(
+        "pair",
+        "--regions",
+        staged / "regions.jsonl",
+        "--candidates",
+        staged / "candidates.jsonl",
+        "--out",
+        tmp_path / "p.jsonl",
+        "--lam",
+        "2",
+    )
+    assert_user_error(p, "lambda must lie in [0, 1]")
+    p = spr(
+        "pair",
+        "--regions",
+        staged / "regions.jsonl",
+        "--candidates",
+        staged / "candidates.jsonl",
+        "--out",
+        tmp_path / "p.jsonl",
+        "--box-format",
+        "qwen9",
+    )
+    assert_user_error(p, "unknown box format")
+
+
+def test_build_without_candidate_source(scenes, tmp_path):
+    p = spr("build", "--annotations", scenes, "--images", scenes.parent / "images", "--dataset-dir", tmp_path / "d")
+    assert_user_error(p, "--candidates", "--model")

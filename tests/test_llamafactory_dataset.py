@@ -1,0 +1,123 @@
+"""The emitted dataset through LLaMA-Factory's own loader, and the shipped recipes through its parser."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from candidates_factory import write_candidates
+
+from data_builders.synthetic import render_scenes
+from spr_plugin.registry import ranking_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """`spr build --candidates` on rendered scenes, into a data dir that already has a user's entry."""
+    tmp = tmp_path_factory.mktemp("lf_dataset")
+    scenes = render_scenes(tmp / "scenes", n_images=5, seed=11)
+    data = tmp / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"users_own": {"file_name": "users_own.json"}}))
+    work = tmp / "work"
+    common = ["--annotations", scenes, "--images", scenes.parent / "images"]
+    subprocess.run([sys.executable, "-m", "spr_plugin.cli", "regions", *common, "--out", tmp / "regions.jsonl"], check=True)
+    write_candidates(tmp / "regions.jsonl", tmp / "candidates.jsonl")
+    cmd = [
+        "build",
+        *common,
+        "--candidates",
+        tmp / "candidates.jsonl",
+        "--work-dir",
+        work,
+        "--dataset-dir",
+        data,
+        "--name",
+        "spr_t",
+    ]
+    proc = subprocess.run([sys.executable, "-m", "spr_plugin.cli", *map(str, cmd)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return data
+
+
+def test_records_follow_the_llamafactory_contract(built):
+    info = json.loads((built / "dataset_info.json").read_text())
+    assert info["users_own"] == {"file_name": "users_own.json"}  # kept
+    assert info["spr_t"] == ranking_entry("spr_t.jsonl")
+    records = [json.loads(line) for line in (built / "spr_t.jsonl").read_text().splitlines()]
+    assert records
+    for rec in records:
+        (turn,) = rec["conversations"]
+        assert turn["from"] == "human"
+        n_placeholders = sum(m["value"].count("<image>") for m in [turn, rec["chosen"], rec["rejected"]])
+        assert n_placeholders == len(rec["images"]) == 1
+        assert set(rec["chosen"]) == set(rec["rejected"]) == {"from", "value"} and rec["chosen"]["from"] == "gpt"
+        # relative image paths resolve against dataset_dir (= LLaMA-Factory's media_dir), not the json's folder
+        assert not Path(rec["images"][0]).is_absolute() and (built / rec["images"][0]).is_file()
+        assert "<|box_start|>" in rec["chosen"]["value"]
+
+
+def test_dataset_loads_through_llamafactory_with_qwen2vl_template(built, tiny_qwen2vl, tmp_path):
+    from llamafactory.train.test_utils import load_dataset_module
+
+    n_records = len((built / "spr_t.jsonl").read_text().splitlines())
+    module = load_dataset_module(
+        stage="rm",  # LLaMA-Factory's DPO workflow loads preference data with stage "rm"
+        model_name_or_path=str(tiny_qwen2vl),
+        do_train=True,
+        finetuning_type="lora",
+        dataset="spr_t",
+        dataset_dir=str(built),
+        template="qwen2_vl",
+        cutoff_len=1024,
+        image_max_pixels=12544,
+        overwrite_cache=True,
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        bf16=False,
+    )
+    ds = module["train_dataset"]
+    assert len(ds) == n_records
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2vl)
+    chosen = tok.decode(ds[0]["chosen_input_ids"])
+    assert "<|box_start|>" in chosen and "<|object_ref_start|>" in chosen and "<|image_pad|>" in chosen
+
+
+def _recipe_keys(path):
+    return yaml.safe_load(path.read_text())
+
+
+def test_recipes_name_the_registered_dataset_and_safe_settings():
+    gpu = _recipe_keys(ROOT / "recipes/spr_qwen2vl.yaml")
+    cpu = _recipe_keys(ROOT / "recipes/spr_qwen2vl_cpu_demo.yaml")
+    entries = json.loads((ROOT / "recipes/dataset_info.json").read_text())
+    for recipe in (gpu, cpu):
+        assert recipe["stage"] == "dpo" and recipe["finetuning_type"] == "lora" and recipe["template"] == "qwen2_vl"
+        assert recipe["pref_loss"] == "sigmoid"  # hinge/ipo silently become sigmoid with trl >= 0.20
+        assert entries[recipe["dataset"]] == ranking_entry(f"{recipe['dataset']}.jsonl")
+    assert gpu["model_name_or_path"] == "Qwen/Qwen2-VL-7B-Instruct" and gpu["dataset_dir"] == "data"
+    assert cpu["bf16"] is False
+
+
+def test_gpu_recipe_is_accepted_by_llamafactory(built, tiny_qwen2vl, tmp_path):
+    """Every key of the GPU recipe parses in LLaMA-Factory (unknown keys would raise); only the model,
+    the data folder and the precision are swapped for what this CPU machine has."""
+    from llamafactory.hparams import get_train_args
+
+    args = _recipe_keys(ROOT / "recipes/spr_qwen2vl.yaml")
+    args.update(
+        model_name_or_path=str(tiny_qwen2vl),
+        dataset_dir=str(built),
+        dataset="spr_t",
+        bf16=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
+    assert finetuning_args.stage == "dpo" and finetuning_args.pref_loss == "sigmoid"
+    assert data_args.template == "qwen2_vl" and data_args.dataset == ["spr_t"]
