@@ -206,7 +206,18 @@ def cmd_build(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from data_builders.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out_dir=a.out, recipe=a.recipe, train=not a.no_train, n_images=a.images))
+    run_demo(
+        DemoConfig(
+            out_dir=a.out,
+            recipe=a.recipe,
+            train=not a.no_train,
+            n_images=a.images,
+            seed=a.seed,
+            warmup_scenes=a.warmup_scenes,
+            warmup_steps=a.warmup_steps,
+            num_samples=a.num_samples,
+        )
+    )
     return 0
 
 
@@ -264,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole chain on rendered scenes and a tiny local Qwen2-VL, on CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--recipe", type=Path, default=Path("recipes/spr_qwen2vl_cpu_demo.yaml"))
-    p.add_argument("--images", type=int, default=24, help="number of synthetic scenes")
+    p.add_argument("--images", type=int, default=24, help="number of synthetic scenes to build pairs from")
+    p.add_argument("--warmup-scenes", type=int, default=300, help="scenes for the tiny model's warm-up SFT")
+    p.add_argument("--warmup-steps", type=int, default=700, help="warm-up SFT steps")
+    p.add_argument("--num-samples", type=int, default=3, help="samples per region and prompt variant")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-train", action="store_true", help="stop after building the dataset")
     p.set_defaults(func=cmd_demo)
     return parser
