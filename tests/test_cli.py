@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from candidates_factory import write_candidates
 
+from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]

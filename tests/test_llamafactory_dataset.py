@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from candidates_factory import write_candidates
 
+from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
 from spr_plugin.registry import ranking_entry
 

@@ -1,8 +1,8 @@
 """Refinement snaps matched boxes to the annotations and ungrounds the rest; pairing picks and skips."""
 
 import pytest
-from helpers import H, W, cand, region
 
+from helpers import H, W, cand, region
 from spr_plugin.box_formats import get_box_format
 from spr_plugin.pairing import SKIP_IDENTICAL, SKIP_LOW_MARGIN, SKIP_TOO_FEW, PairingConfig, length_stats, make_pair
 from spr_plugin.records import Box, LocalizationScore, ScoredCandidate, SemanticScore

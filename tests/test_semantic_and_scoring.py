@@ -1,8 +1,8 @@
 """Semantic score with the real MiniLM model, and the combined score S = λ·S_sem + (1-λ)·S_loc."""
 
 import pytest
-from helpers import H, W, cand, region
 
+from helpers import H, W, cand, region
 from spr_plugin.box_formats import get_box_format
 from spr_plugin.errors import SPRError
 from spr_plugin.records import Box

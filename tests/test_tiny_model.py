@@ -113,7 +113,6 @@ def test_warmup_sft_output_loads_and_generates(tiny_qwen2vl, synthetic_scenes, t
 @pytest.mark.slow
 def test_warmup_failure_raises_with_log_tail(synthetic_scenes, tmp_path):
     from data_builders.warmup import warmup_sft
-
     from spr_plugin.errors import SPRError
 
     with pytest.raises(SPRError, match="llamafactory-cli train failed") as err:
