@@ -1,0 +1,112 @@
+"""Every user-facing error of the core feeds its bad input here and checks the message names the cause."""
+
+import json
+
+import pytest
+
+from candidates_factory import write_candidates
+from data_builders.coco_builder import BuildConfig, build_dataset
+from data_builders.demo import DemoConfig, run_demo
+from helpers import region
+from spr_plugin.box_formats import get_box_format
+from spr_plugin.candidates import read_candidates
+from spr_plugin.errors import SPRError
+from spr_plugin.export import ExportConfig, export_dataset
+from spr_plugin.generation import GenerationConfig, TransformersGenerator
+from spr_plugin.jsonl import JsonlAppender, read_jsonl
+from spr_plugin.lf_train import run_train
+from spr_plugin.pairing import PairingConfig
+from spr_plugin.prompts import build_prompt
+from spr_plugin.records import Candidate
+from spr_plugin.regions import RegionConfig
+
+
+def test_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"region_id": "a", "text": "x"}\nnot json\n{"region_id": "b", "text": "y"}\n')
+    with pytest.raises(SPRError, match=r"c\.jsonl:2: not valid JSON"):
+        list(read_jsonl(path, Candidate.from_dict))
+    path.write_text('{"region_id": "a", "text": "x"}\n[1, 2]\n')
+    with pytest.raises(SPRError, match=r"c\.jsonl:2: expected a JSON object"):
+        list(read_jsonl(path, Candidate.from_dict))
+    with pytest.raises(SPRError, match="candidate file not found"):
+        read_candidates(tmp_path / "missing.jsonl")
+
+
+def test_torn_last_line_of_a_killed_writer_is_skipped_and_repaired(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"region_id": "a", "text": "x"}\n{"region_id": "b", "te')
+    assert [c.region_id for c in read_candidates(path)] == ["a"]
+    with JsonlAppender(path) as sink:  # reopening for append cuts the torn line first
+        sink.write({"region_id": "c", "text": "z"})
+    assert [c.region_id for c in read_candidates(path)] == ["a", "c"]
+
+
+def test_export_refuses_bad_names_modes_and_empty_input(tmp_path):
+    with pytest.raises(SPRError, match="invalid dataset name"):
+        ExportConfig(tmp_path, name="../evil")
+    with pytest.raises(SPRError, match="unknown image mode"):
+        ExportConfig(tmp_path, image_mode="symlink")
+    with pytest.raises(SPRError, match="no preference pairs"):
+        export_dataset([], ExportConfig(tmp_path), get_box_format("qwen2_vl"))
+
+
+def test_generation_settings_and_missing_model(tmp_path):
+    with pytest.raises(SPRError, match="temperature must be > 0"):
+        GenerationConfig(model="m", temperature=0)
+    with pytest.raises(SPRError, match="unknown prompt variants"):
+        GenerationConfig(model="m", variants=("box_text", "poem"))
+    with pytest.raises(SPRError, match="cannot load the generator model"):
+        TransformersGenerator(GenerationConfig(model=str(tmp_path / "no-model")))
+    with pytest.raises(SPRError, match="unknown prompt variant 'poem'"):
+        build_prompt("poem", region(), get_box_format("qwen2_vl"))
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(SPRError, match="training recipe not found"):
+        run_train(tmp_path / "nope.yaml", log_path=tmp_path / "log")
+    with pytest.raises(SPRError, match="training recipe not found"):
+        run_demo(DemoConfig(out_dir=tmp_path, recipe=tmp_path / "nope.yaml"))
+
+
+def _build_config(tmp_path, scenes, **kw):
+    return BuildConfig(
+        annotations=scenes,
+        image_root=scenes.parent / "images",
+        work_dir=tmp_path / "work",
+        dataset_dir=tmp_path / "data",
+        name="spr_err",
+        **kw,
+    )
+
+
+def test_build_with_no_usable_region(tmp_path, synthetic_scenes):
+    cands = tmp_path / "c.jsonl"
+    cands.write_text('{"region_id": "1_0", "text": "x"}\n')
+    cfg = _build_config(tmp_path, synthetic_scenes, regions=RegionConfig(k=50), candidates_file=cands)
+    with pytest.raises(SPRError, match="no query region could be sampled.*too_few_objects"):
+        build_dataset(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+def test_build_where_no_pair_survives_writes_no_dataset(tmp_path, synthetic_scenes):
+    cfg = _build_config(tmp_path, synthetic_scenes, candidates_file=tmp_path / "c.jsonl", pairing=PairingConfig(min_margin=5.0))
+    from data_builders.coco_builder import build_regions
+
+    build_regions(cfg)
+    write_candidates(tmp_path / "work" / "regions.jsonl", tmp_path / "c.jsonl")
+    with pytest.raises(SPRError, match="no preference pair survived.*low_margin"):
+        build_dataset(cfg)
+    assert not (tmp_path / "data" / "spr_err.jsonl").exists()
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert summary["pairs"]["pairs"] == 0 and summary["pairs"]["pairs_skipped"]["low_margin"] > 0
+
+
+def test_existing_dataset_file_is_not_overwritten(tmp_path, synthetic_scenes):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spr_err.jsonl").write_text("precious\n")
+    cfg = _build_config(tmp_path, synthetic_scenes, candidates_file=tmp_path / "c.jsonl")
+    with pytest.raises(SPRError, match="already exists.*--overwrite"):
+        build_dataset(cfg)
+    assert (data / "spr_err.jsonl").read_text() == "precious\n"
