@@ -144,31 +144,13 @@ def test_missing_image_at_export_is_a_clear_error(staged, tmp_path):
     assert not (tmp_path / "data" / "spr_qwen2vl.jsonl").exists()
 
 
-def test_bad_settings_are_clear_errors(staged, tmp_path):
-    p = spr(
-        "pair",
-        "--regions",
-        staged / "regions.jsonl",
-        "--candidates",
-        staged / "candidates.jsonl",
-        "--out",
-        tmp_path / "p.jsonl",
-        "--lam",
-        "2",
-    )
-    assert_user_error(p, "lambda must lie in [0, 1]")
-    p = spr(
-        "pair",
-        "--regions",
-        staged / "regions.jsonl",
-        "--candidates",
-        staged / "candidates.jsonl",
-        "--out",
-        tmp_path / "p.jsonl",
-        "--box-format",
-        "qwen9",
-    )
-    assert_user_error(p, "unknown box format")
+@pytest.mark.parametrize(
+    "flags, message", [(["--lam", "2"], "lambda must lie in [0, 1]"), (["--box-format", "qwen9"], "unknown box format")]
+)
+def test_bad_settings_are_clear_errors(staged, tmp_path, flags, message):
+    regions, candidates = staged / "regions.jsonl", staged / "candidates.jsonl"
+    p = spr("pair", "--regions", regions, "--candidates", candidates, "--out", tmp_path / "p.jsonl", *flags)
+    assert_user_error(p, message)
 
 
 def test_build_without_candidate_source(scenes, tmp_path):
