@@ -87,6 +87,10 @@ class BoxFormat(ABC):
         """Rewrite phrases of ``text`` (indices into ``parse.phrases``): a Box snaps the phrase to it,
         ``None`` removes its grounding. Phrases not named stay as they are."""
 
+    def clean(self, text: str, width: int, height: int) -> str:
+        """Remove malformed grounding debris, keeping well-formed units (identity where nothing applies)."""
+        return text
+
     def plain_text(self, text: str, width: int, height: int) -> str:
         """The description with all grounding removed (labels kept), for text-only scorers."""
         parse = self.parse(text, width, height)
@@ -138,6 +142,16 @@ def _clamp_int(v: float, hi: int) -> int:
     return int(min(max(round(v), 0), hi))
 
 
+_COORDS_RE = re.compile(r",?\s*[(\[]?\s*-?\d+(?:\.\d+)?(?:\s*[,)\]]\s*[(\[]?\s*-?\d+(?:\.\d+)?)+\s*[)\]]?")
+
+
+def _scrub(segment: str) -> str:
+    """Text between well-formed units: drop stray special tokens and, if there were any, coordinate debris."""
+    if not _SPECIAL_RE.search(segment):
+        return segment
+    return _COORDS_RE.sub("", _SPECIAL_RE.sub("", segment))
+
+
 class _TokenFormat(BoxFormat):
     """Qwen's ``<|object_ref_start|>...<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` token syntax."""
 
@@ -174,8 +188,31 @@ class _TokenFormat(BoxFormat):
         for bi, bm in enumerate(boxes):
             if bi not in used_boxes:
                 result.phrases.append(GroundedPhrase("", self._box_of(bm, width, height, result), (bm.start(), bm.end())))
+        # An end token with no start (the model skipped <|box_start|>) is a malformed box too.
+        closed = sum(1 for bm in boxes if bm.group(2) == BOX_END)
+        for _ in range(text.count(BOX_END) - closed):
+            result.drop("garbage")
         result.phrases.sort(key=lambda p: p.span)
         return result
+
+    def clean(self, text: str, width: int, height: int) -> str:
+        """Keep well-formed grounded units; elsewhere remove stray markers and the coordinates beside them.
+
+        Refinement rewrites only what the parser recognised; model noise such as a reference followed by
+        coordinates without ``<|box_start|>`` would otherwise survive into the *chosen* text and teach
+        malformed boxes. Numbers are only removed from stretches that held a stray marker.
+        """
+        parse = self.parse(text, width, height)
+        keep: dict[tuple[int, int], bool] = {}
+        for p in parse.phrases:
+            keep[p.span] = keep.get(p.span, True) and p.box is not None
+        out, cursor = [], 0
+        for span in sorted(s for s, ok in keep.items() if ok):
+            out.append(_scrub(text[cursor : span[0]]))
+            out.append(text[span[0] : span[1]])
+            cursor = span[1]
+        out.append(_scrub(text[cursor:]))
+        return re.sub(r"[ \t]{2,}", " ", "".join(out)).strip()
 
     def _box_of(self, match: re.Match[str], width: int, height: int, result: ParseResult) -> Box | None:
         if match.group(2) != BOX_END:
@@ -246,6 +283,12 @@ class ResizeSpec:
         if self.pre_min_pixels is not None and w * h < self.pre_min_pixels:
             f = math.sqrt(self.pre_min_pixels / (w * h))
             w, h = int(w * f), int(h * f)
+        # LLaMA-Factory's Qwen2-VL plugin then enforces a 28-pixel side and caps the aspect ratio at 180.
+        w, h = max(w, 28), max(h, 28)
+        if w / h > 200:
+            w = h * 180
+        elif h / w > 200:
+            h = w * 180
         h_bar, w_bar = smart_resize(h, w, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return (w_bar, h_bar)
 

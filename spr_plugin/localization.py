@@ -43,7 +43,8 @@ def match_hungarian(iou: np.ndarray, threshold: float = DEFAULT_IOU_THRESHOLD) -
     """One-to-one matches with IoU > threshold that maximise the summed IoU."""
     if iou.size == 0:
         return []
-    rows, cols = linear_sum_assignment(iou, maximize=True)
+    # Pairs at or below the threshold are worth nothing: left in, two of them could outweigh one real match.
+    rows, cols = linear_sum_assignment(np.where(iou > threshold, iou, 0.0), maximize=True)
     return [Match(int(r), int(c), float(iou[r, c])) for r, c in zip(rows, cols) if iou[r, c] > threshold]
 
 

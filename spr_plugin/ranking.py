@@ -74,7 +74,7 @@ def rank_and_pair(
         items = [(r, c) for r in chunk for c in by_region.get(r.region_id, [])]
         initial = scorer.score(items)
         refinements = [refine_candidate(c, r, fmt, scorer.config.iou_threshold) for r, c in items]
-        refined = scorer.score([(r, ref.candidate) for (r, _), ref in zip(items, refinements)], refined=True)
+        refined = scorer.score_refined([(r, ref.candidate, s) for (r, _), ref, s in zip(items, refinements, initial)])
         per_region_init: dict[str, list] = defaultdict(list)
         per_region_ref: dict[str, list] = defaultdict(list)
         for (region, _), s_init, s_ref, ref in zip(items, initial, refined, refinements):

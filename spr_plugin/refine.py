@@ -47,7 +47,7 @@ def refine_candidate(
             edits[i] = snapped_to[i]
         elif phrase.box is not None or _has_box_text(candidate.text, phrase.span):
             edits[i] = None
-    text = box_format.rewrite(candidate.text, parse, edits, w, h)
+    text = box_format.clean(box_format.rewrite(candidate.text, parse, edits, w, h), w, h)
     snapped = sum(1 for i, b in snapped_to.items() if parse.phrases[i].box != b)
     dropped = sum(1 for b in edits.values() if b is None)
     return RefineResult(replace(candidate, text=text), snapped, dropped)

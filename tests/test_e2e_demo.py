@@ -15,30 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def _demo(out, *extra):
-    cmd = [
-        sys.executable,
-        "-m",
-        "spr_plugin.cli",
-        "demo",
-        "--out",
-        str(out),
-        "--images",
-        "10",
-        "--warmup-scenes",
-        "80",
-        "--warmup-steps",
-        "300",
-        *extra,
-    ]
+def _demo_again(out, *extra):
+    cmd = [sys.executable, "-m", "spr_plugin.cli", "demo", "--out", str(out), "--images", "10",
+           "--warmup-scenes", "80", "--warmup-steps", "300", *extra]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=1200)
 
 
 @pytest.mark.slow
-def test_demo_builds_pairs_and_trains_a_dpo_adapter(tmp_path):
-    out = tmp_path / "demo"
-    proc = _demo(out)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def test_demo_builds_pairs_and_trains_a_dpo_adapter(demo_run):
+    out, proc = demo_run
     adapter = out / "spr_dpo_lora"
     assert (adapter / "adapter_model.safetensors").is_file()
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
@@ -56,7 +41,7 @@ def test_demo_builds_pairs_and_trains_a_dpo_adapter(tmp_path):
     assert "[6/6] done" in proc.stderr and "SPR demo:" in proc.stdout
 
     # A rerun (e.g. after a crash) reuses the model and every finished candidate.
-    again = _demo(out, "--no-train")
+    again = _demo_again(out, "--no-train")
     assert again.returncode == 0, again.stderr[-4000:]
     summary2 = json.loads((out / "work" / "summary.json").read_text())
     assert summary2["generation"]["generated"] == 0

@@ -44,7 +44,11 @@ def test_refine_with_low_iou_keeps_nothing():
 
 def _scored(text, score, refined=False, idx=0):
     return ScoredCandidate(
-        cand(text, idx), refined, score, SemanticScore(score, score, score, "t"), LocalizationScore(0.0, "hungarian", 2, 0, ())
+        cand(text, idx),
+        refined,
+        score,
+        SemanticScore(score, {"text_region": score, "phrase_objects": score}, "t"),
+        LocalizationScore(0.0, "hungarian", 2, 0, ()),
     )
 
 
@@ -74,3 +78,23 @@ def test_length_stats():
     stats = length_stats([pair])
     assert stats["chosen_words_mean"] == 5 and stats["rejected_words_mean"] == 3 and stats["chosen_longer_fraction"] == 1.0
     assert length_stats([]) == {"pairs": 0}
+
+
+def test_refined_text_keeps_no_malformed_box_debris():
+    """Seen in the demo: a reference followed by coordinates without <|box_start|>, and a box with its
+    corners merged. The chosen text must not teach such syntax, so refinement scrubs it."""
+    r = region()
+    good = FMT.render("red circle", Box(66, 50, 130, 98), W, H)
+    text = (
+        "TheThe region shows orange circle, "
+        "<|object_ref_start|>orange square<|object_ref_end|>(966,316),(824,869)<|box_end|>, "
+        f"{good} and <|object_ref_start|>blue square<|object_ref_end|>"
+        "<|box_start|>(107289),(229,500)<|box_end|>,207,179<|box_end|>."
+    )
+    assert FMT.parse(text, W, H).dropped == {"garbage": 3}  # the merged corners and two orphan end tokens
+    refined = refine_candidate(cand(text), r, FMT).candidate.text
+    assert refined == (
+        "TheThe region shows orange circle, orange square, "
+        "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(100,100),(200,200)<|box_end|> and blue square."
+    )
+    assert FMT.parse(refined, W, H).dropped == {}
