@@ -2,19 +2,23 @@
 
 Generation appends one line per finished candidate to a JSONL file keyed by
 ``(region_id, variant, sample_idx)``; a run that is killed and started again skips the keys that are
-already there, so nothing is lost and nothing is generated twice.
+already there, so nothing is lost and nothing is generated twice. A lock file keeps a second process
+from writing the same file; sharded runs write one file each and :func:`merge_candidates` joins them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -35,21 +39,135 @@ def read_candidates(path: str | os.PathLike, *, allow_empty: bool = False) -> li
     return cands
 
 
-class Generator(Protocol):
-    name: str
+@dataclass
+class MergeStats:
+    files: int = 0
+    candidates: int = 0
+    duplicates: int = 0
 
-    def generate(self, prompts: Sequence[Prompt], seed: int) -> list[list[str]]: ...
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def merge_candidates(paths: Sequence[str | os.PathLike]) -> tuple[list[Candidate], MergeStats]:
+    """Candidates of several files (e.g. one per shard), first occurrence of each key kept.
+
+    Duplicates appear when shards overlap (the same regions generated twice, or a file passed twice);
+    keeping the first makes the merge independent of how often a file is listed.
+    """
+    if not paths:
+        raise SPRError("no candidate files given")
+    stats = MergeStats(files=len(paths))
+    seen: set[tuple[str, str, int]] = set()
+    merged: list[Candidate] = []
+    for path in paths:
+        for cand in read_candidates(path, allow_empty=True):
+            if cand.key in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(cand.key)
+            merged.append(cand)
+    if not merged:
+        names = ", ".join(map(str, paths))
+        raise SPRError(f"candidate file {names} holds no candidates" if len(paths) == 1 else f"candidate files {names} hold none")
+    stats.candidates = len(merged)
+    return merged, stats
+
+
+class Generator(Protocol):
+    """A candidate source: ``num_samples`` texts per prompt.
+
+    ``seed_scope`` says what the seed recorded on a candidate means: ``"prompt"`` (the back end seeds each
+    prompt on its own, e.g. a server request's ``seed``) or ``"batch"`` (one RNG stream for a whole
+    batch, as in-process batched sampling must; the batch's first prompt seed is recorded).
+    """
+
+    name: str
+    seed_scope: str
+
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[list[str]]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
 class GenerationStats:
+    """Counts of one generation run; joins the build summary next to the pairing statistics."""
+
+    regions: int = 0
+    prompts: int = 0
     generated: int = 0
     already_done: int = 0
     skipped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    shard: str = "0/1"
+    out_file: str = ""
+
+    @property
+    def candidates_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "regions": self.regions,
+            "prompts": self.prompts,
+            "generated": self.generated,
+            "already_done": self.already_done,
+            "skipped": dict(self.skipped),
+            "seconds": round(self.seconds, 3),
+            "candidates_per_second": round(self.candidates_per_second, 3),
+            "shard": self.shard,
+            "out_file": self.out_file,
+        }
 
 
-def _batch_seed(seed: int, region_id: str, variant: str) -> int:
+def prompt_seed(seed: int, region_id: str, variant: str) -> int:
+    """The seed of one (region, variant) prompt: fixed by the run seed, independent of batching."""
     return zlib.crc32(f"{seed}:{region_id}:{variant}".encode()) & 0x7FFFFFFF
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Refuse a second writer of the same candidates file (two runs would both generate missing keys)."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SPRError(
+                f"another process is writing {path} (lock {lock_path}); wait for it, or give each process "
+                "its own file (--shard i/n)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _work_items(
+    regions: Iterable[Region], variants: Sequence[str], num_samples: int, done: set, stats: GenerationStats
+) -> list[tuple[Region, str]]:
+    """(region, variant) prompts with at least one missing sample, grouped by variant.
+
+    Grouping keeps prompts of similar length (the crop variant carries a second image) in the same batch,
+    which wastes less padding. A region listed twice is generated once.
+    """
+    seen: set[str] = set()
+    todo: list[tuple[Region, str]] = []
+    for region in regions:
+        if region.region_id in seen:
+            continue
+        seen.add(region.region_id)
+        for variant in variants:
+            missing = sum((region.region_id, variant, s) not in done for s in range(num_samples))
+            stats.already_done += num_samples - missing
+            if missing:
+                todo.append((region, variant))
+    stats.regions = len(seen)
+    order = {v: i for i, v in enumerate(variants)}
+    todo.sort(key=lambda item: order[item[1]])  # stable: region order kept within a variant
+    return todo
 
 
 def generate_candidates(
@@ -65,41 +183,47 @@ def generate_candidates(
     seed: int = 0,
     progress: bool = True,
 ) -> GenerationStats:
-    """Generate the missing candidates of ``regions`` into ``out_path`` (append-only, resumable)."""
+    """Generate the missing candidates of ``regions`` into ``out_path`` (append-only, resumable).
+
+    Each finished candidate is one flushed line, so a run killed at any point keeps everything it
+    finished (a torn last line is repaired on the next open) and the rerun only generates missing
+    ``(region, variant, sample)`` keys: nothing is lost, nothing is written twice.
+    """
     out = Path(out_path)
-    done = {c.key for c in read_candidates(out, allow_empty=True)} if out.exists() else set()
-    stats = GenerationStats()
-    todo: list[tuple[Region, str]] = []
-    for region in regions:
-        for variant in variants:
-            keys = {(region.region_id, variant, s) for s in range(num_samples)}
-            if keys <= done:
-                stats.already_done += num_samples
-            else:
-                todo.append((region, variant))
-    bar = tqdm(total=len(todo) * num_samples, desc="generate", unit="cand", disable=not progress)
-    with JsonlAppender(out) as sink:
-        for start in range(0, len(todo), batch_size):
-            batch, prompts = [], []
-            for region, variant in todo[start : start + batch_size]:
-                try:
-                    prompts.append(build_prompt(variant, region, box_format))
-                    batch.append((region, variant))
-                except OSError as exc:
-                    stats.skipped["unreadable_image"] += num_samples
-                    logger.warning("skipping region %s (%s): %s", region.region_id, variant, exc)
+    started = time.monotonic()
+    stats = GenerationStats(out_file=str(out))
+    with _exclusive(out):
+        done = {c.key for c in read_candidates(out, allow_empty=True)} if out.exists() else set()
+        todo = _work_items(regions, variants, num_samples, done, stats)
+        stats.prompts = len(todo)
+        bar = tqdm(total=len(todo) * num_samples, desc="generate", unit="cand", disable=not progress, smoothing=0.1)
+        with JsonlAppender(out) as sink:
+            for start in range(0, len(todo), batch_size):
+                batch, prompts = [], []
+                for region, variant in todo[start : start + batch_size]:
+                    try:
+                        prompts.append(build_prompt(variant, region, box_format))
+                        batch.append((region, variant))
+                    except OSError as exc:
+                        stats.skipped["unreadable_image"] += num_samples
+                        logger.warning("skipping region %s (%s): %s", region.region_id, variant, exc)
+                        bar.update(num_samples)
+                if not batch:
+                    continue
+                seeds = [prompt_seed(seed, r.region_id, v) for r, v in batch]
+                outputs = generator.generate(prompts, seeds)
+                for i, ((region, variant), texts) in enumerate(zip(batch, outputs)):
+                    used_seed = seeds[i] if generator.seed_scope == "prompt" else seeds[0]
+                    if not texts:
+                        stats.skipped["generation_failed"] += num_samples
+                    for idx, text in enumerate(texts):
+                        if (region.region_id, variant, idx) in done:
+                            continue
+                        cand = Candidate(region.region_id, variant, idx, text, generator.name, temperature, used_seed)
+                        sink.write(cand.to_dict())
+                        done.add(cand.key)
+                        stats.generated += 1
                     bar.update(num_samples)
-            if not batch:
-                continue
-            batch_seed = _batch_seed(seed, batch[0][0].region_id, batch[0][1])
-            outputs = generator.generate(prompts, seed=batch_seed)
-            for (region, variant), texts in zip(batch, outputs):
-                for idx, text in enumerate(texts):
-                    if (region.region_id, variant, idx) in done:
-                        continue
-                    cand = Candidate(region.region_id, variant, idx, text, generator.name, temperature, batch_seed)
-                    sink.write(cand.to_dict())
-                    stats.generated += 1
-                bar.update(len(texts))
-    bar.close()
+        bar.close()
+    stats.seconds = time.monotonic() - started
     return stats

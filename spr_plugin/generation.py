@@ -1,9 +1,11 @@
 """Candidate generation in process with a local Qwen2-VL checkpoint through transformers.
 
 Prompts are batched with left padding (decoder-only generation continues from the right edge) and
-each prompt is sampled ``num_samples`` times in the same ``generate`` call. Special tokens are kept
-when decoding: Qwen's box and reference markers are special tokens and would otherwise vanish, which
-is also why LLaMA-Factory inference needs ``skip_special_tokens: false`` for grounding.
+each prompt is sampled ``num_samples`` times in the same ``generate`` call. Memory is bounded by
+``max_batch_sequences``: a call never holds more than that many sequences (prompts x samples), so a
+large ``num_samples`` splits into several calls instead of running out of memory. Special tokens are
+kept when decoding: Qwen's box and reference markers are special tokens and would otherwise vanish,
+which is also why LLaMA-Factory inference needs ``skip_special_tokens: false`` for grounding.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ class GenerationConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "auto"
+    max_batch_sequences: int = 32  # prompts x samples per generate() call: the memory bound
+    greedy: bool = False  # only for tests and debugging: SPR needs sampled, diverse candidates
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ConfigError("num_samples, batch_size and max_new_tokens must be >= 1")
+        if min(self.num_samples, self.batch_size, self.max_new_tokens, self.max_batch_sequences) < 1:
+            raise ConfigError("num_samples, batch_size, max_new_tokens and max_batch_sequences must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 (SPR needs diverse samples)")
         unknown = set(self.variants) - set(VARIANTS)
@@ -75,6 +79,10 @@ class TransformersGenerator:
     config: GenerationConfig
     model: object = field(init=False, repr=False)
     processor: object = field(init=False, repr=False)
+    #: Sequences (prompts x samples) of every ``model.generate`` call so far, for stats and tests.
+    calls: list[int] = field(init=False, default_factory=list)
+    #: One torch RNG seed per ``generate`` call (a batch), recorded on each candidate of that batch.
+    seed_scope: str = field(init=False, default="batch")
 
     def __post_init__(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -84,37 +92,87 @@ class TransformersGenerator:
             self.model = AutoModelForImageTextToText.from_pretrained(self.config.model, dtype=self.config.dtype)
         except (OSError, ValueError) as exc:
             raise SPRError(f"cannot load the generator model {self.config.model!r}: {exc}") from None
-        self.model.to(self.config.device).eval()  # type: ignore[attr-defined]
+        self.device = resolve_device(self.config.device)
+        self.model.to(self.device).eval()  # type: ignore[attr-defined]
         self.processor.tokenizer.padding_side = "left"  # type: ignore[attr-defined]
 
     @property
     def name(self) -> str:
         return self.config.model
 
-    def generate(self, prompts: Sequence[Prompt], seed: int) -> list[list[str]]:
-        """``num_samples`` texts for each prompt, in prompt order."""
-        import torch
-
+    def encode(self, prompts: Sequence[Prompt]):
+        """Chat-templated, left-padded model inputs of a batch of prompts (a BatchFeature)."""
         proc = self.processor
         texts = [proc.apply_chat_template(_to_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]  # type: ignore[attr-defined]
         images = [_load_image(img) for p in prompts for img in p.images]
-        inputs = proc(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.config.device)  # type: ignore[operator]
-        torch.manual_seed(seed)
+        return proc(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)  # type: ignore[operator]
+
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[list[str]]:
+        """``num_samples`` texts for each prompt, in prompt order.
+
+        The torch RNG is seeded once with ``seeds[0]`` (sampling in a batch shares one RNG stream), then
+        the prompts run in calls of at most ``max_batch_sequences`` sequences.
+        """
+        import torch
+
+        cfg = self.config
+        n, cap = cfg.num_samples, cfg.max_batch_sequences
+        torch.manual_seed(int(seeds[0]) if seeds else cfg.seed)
+        if n > cap:  # even one prompt is too many sequences: split its samples over several calls
+            results = []
+            for prompt in prompts:
+                texts: list[str] = []
+                while len(texts) < n:
+                    texts += self._generate([prompt], min(cap, n - len(texts)))[0]
+                results.append(texts)
+            return results
+        per_call = max(1, cap // n)
+        results = []
+        for start in range(0, len(prompts), per_call):
+            results += self._generate(prompts[start : start + per_call], n)
+        return results
+
+    def _generate(self, prompts: Sequence[Prompt], n: int) -> list[list[str]]:
+        import torch
+
+        cfg = self.config
+        inputs = self.encode(prompts)
+        sampling = {} if cfg.greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p}
         with torch.inference_mode():
             out = self.model.generate(  # type: ignore[attr-defined]
                 **inputs,
-                do_sample=True,
-                temperature=self.config.temperature,
-                top_p=self.config.top_p,
-                max_new_tokens=self.config.max_new_tokens,
-                num_return_sequences=self.config.num_samples,
-                pad_token_id=proc.tokenizer.pad_token_id,  # type: ignore[attr-defined]
+                **sampling,
+                do_sample=not cfg.greedy,
+                max_new_tokens=cfg.max_new_tokens,
+                num_return_sequences=1 if cfg.greedy else n,  # greedy samples would all be equal
+                pad_token_id=self.processor.tokenizer.pad_token_id,  # type: ignore[attr-defined]
             )
+        self.calls.append(out.shape[0])
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        decoded = proc.batch_decode(new_tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # type: ignore[attr-defined]
+        decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # type: ignore[attr-defined]
         cleaned = [_clean(t) for t in decoded]
-        n = self.config.num_samples
+        if cfg.greedy:
+            return [[text] * n for text in cleaned]
         return [cleaned[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def close(self) -> None:
+        """Nothing to release (the model is garbage-collected); present for the Generator protocol."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: this process's accelerator under ``accelerate launch`` (one GPU per process), else
+    ``cuda`` if available, else ``cpu``; anything else is passed to torch unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    from .sharding import launched_world
+
+    if launched_world() is not None:
+        from accelerate import PartialState
+
+        return str(PartialState().device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _clean(text: str) -> str:
