@@ -106,7 +106,8 @@ class TextSemanticScorer:
             phrase_objects = 0.5 * (float(sim.max(axis=1).mean()) + float(sim.max(axis=0).mean()))
         else:
             phrase_objects = 0.0
-        return SemanticScore(0.5 * (text_region + phrase_objects), text_region, phrase_objects, self.name)
+        parts = {"text_region": text_region, "phrase_objects": phrase_objects}
+        return SemanticScore(0.5 * (text_region + phrase_objects), parts, self.name)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

@@ -71,3 +71,21 @@ def test_parse_failures_are_kept_with_the_score(text_scorer):
 def test_bad_scoring_config_is_a_clear_error(kwargs):
     with pytest.raises(SPRError):
         ScoringConfig(**kwargs)
+
+
+def test_refinement_keeps_the_semantic_score_and_recomputes_localization(text_scorer):
+    from spr_plugin.refine import refine_candidate
+
+    r = region()
+    text = (
+        f"A {FMT.render('red circle', Box(66, 50, 130, 98), W, H)} and "
+        f"{FMT.render('blue square', Box(0, 300, 50, 350), W, H)}."  # wrong box: will be ungrounded
+    )
+    scorer = CandidateScorer(ScoringConfig(), text_scorer)
+    (initial,) = scorer.score([(r, cand(text))])
+    refined_cand = refine_candidate(cand(text), r, FMT).candidate
+    (refined,) = scorer.score_refined([(r, refined_cand, initial)])
+    assert refined.refined and not initial.refined
+    assert refined.semantic == initial.semantic  # words unchanged: S_sem is the initial text's
+    assert refined.localization.n_pred == 1 and refined.localization.score > initial.localization.score
+    assert refined.score > initial.score
