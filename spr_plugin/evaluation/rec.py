@@ -1,0 +1,154 @@
+"""``spr eval rec``: referring expression comprehension accuracy of a grounding model.
+
+For every expression the model is asked (greedy decoding) for the box of the described object; the
+first box of its answer, parsed with the model's box format (:mod:`spr_plugin.box_formats`), is the
+prediction. REC scores are notoriously prompt-sensitive, so the prompt template is part of the
+report and can be changed with ``--prompt``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from PIL import Image
+
+from ..box_formats import REF_END, REF_START, BoxFormat, get_box_format
+from ..errors import ConfigError, SPRError
+from ..prompts import IMAGE_TOKEN, Prompt
+from ..records import Box
+from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
+from .model import LoadedModel
+from .rec_data import RecItem
+from .runner import run_resumable
+
+#: Default prompts per box format. Qwen2-VL marks the referred phrase with its reference tokens;
+#: Qwen2.5-VL's JSON form is asked for JSON (Qwen's own documented grounding request).
+DEFAULT_PROMPTS: dict[str, str] = {
+    "qwen2_vl": f"Output the bounding box of {REF_START}{{expression}}{REF_END} in the image.",
+    "qwen2_5_vl": f"Output the bounding box of {REF_START}{{expression}}{REF_END} in the image.",
+    "qwen2_5_vl_json": 'Locate every object that matches the description "{expression}" in the image. '
+    "Report bbox coordinates in JSON format.",
+}
+
+
+def default_prompt(box_format: str) -> str:
+    try:
+        return DEFAULT_PROMPTS[box_format]
+    except KeyError:
+        raise ConfigError(f"no default REC prompt for box format {box_format!r}; pass --prompt") from None
+
+
+@dataclass(frozen=True)
+class RecConfig:
+    box_format: str = "qwen2_vl"
+    prompt: str | None = None  # template with {expression}; None = default_prompt(box_format)
+    convention: str = ">="
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    batch_size: int = 8
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.convention not in CONVENTIONS:
+            raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+        if self.prompt is not None and "{expression}" not in self.prompt:
+            raise ConfigError("the REC prompt template must contain {expression}")
+        if not self.thresholds or any(not 0 < t <= 1 for t in self.thresholds):
+            raise ConfigError(f"IoU thresholds must lie in (0, 1], got {self.thresholds}")
+        get_box_format(self.box_format)  # fail early on an unknown format
+
+    @property
+    def template(self) -> str:
+        return self.prompt if self.prompt is not None else default_prompt(self.box_format)
+
+
+def rec_prompt(expression: str, template: str) -> str:
+    """User turn (LLaMA-Factory placeholder form): the image, then the question."""
+    return IMAGE_TOKEN + template.format(expression=expression)
+
+
+def first_box(answer: str, box_format: BoxFormat, width: int, height: int) -> Box | None:
+    """The answer's first valid box in original pixels, or None if it has none (counted as wrong)."""
+    for phrase in box_format.parse(answer, width, height).phrases:
+        if phrase.box is not None:
+            return phrase.box
+    return None
+
+
+@lru_cache(maxsize=4096)
+def image_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as exc:
+        raise SPRError(f"cannot open image {path}: {exc}") from None
+
+
+@dataclass
+class RecReport:
+    """What ``spr eval rec`` writes as JSON: the metrics plus everything needed to reproduce them."""
+
+    model: str
+    annotations: str
+    box_format: str
+    prompt: str
+    convention: str
+    summary: RecSummary
+    reused: int = 0
+    decoding: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["summary"] = self.summary.to_dict()
+        d["threshold_rule"] = f"correct iff IoU {self.convention} threshold; unparseable answers count as IoU 0 (wrong)"
+        return d
+
+
+def score_answer(item: RecItem, answer: str, box_format: BoxFormat) -> dict[str, Any]:
+    width, height = image_size(item.image)
+    pred = first_box(answer, box_format, width, height)
+    return {
+        "expression": item.expression,
+        "answer": answer,
+        "pred": None if pred is None else [round(v, 2) for v in pred.as_list()],
+        "gt": item.box.as_list(),
+        "iou": None if pred is None else round(box_iou(pred, item.box), 6),
+    }
+
+
+def evaluate_rec(
+    items: list[RecItem],
+    loaded: LoadedModel,
+    config: RecConfig,
+    results_path: str | os.PathLike,
+    *,
+    annotations: str = "",
+    progress: bool = True,
+) -> RecReport:
+    """Evaluate (resuming from ``results_path``) and summarise; per-item records stay in ``results_path``."""
+    fmt = get_box_format(config.box_format)
+    template = config.template
+    results, reused = run_resumable(
+        [it.item_id for it in items],
+        lambda i: Prompt("rec", rec_prompt(items[i].expression, template), (items[i].image,)),
+        lambda i, answer: score_answer(items[i], answer, fmt),
+        loaded,
+        results_path,
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        progress=progress,
+        desc="eval rec",
+    )
+    summary = rec_summary([r["iou"] for r in results], config.thresholds, config.convention)
+    return RecReport(
+        model=loaded.name,
+        annotations=annotations,
+        box_format=config.box_format,
+        prompt=template,
+        convention=config.convention,
+        summary=summary,
+        reused=reused,
+        decoding={"do_sample": False, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size},
+    )

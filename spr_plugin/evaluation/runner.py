@@ -1,0 +1,105 @@
+"""Batched greedy decoding and a resumable per-item results file.
+
+Evaluation must be deterministic (greedy), so two runs of the same model agree and differences
+between models are not sampling noise. Prompts are batched with left padding; special tokens are
+kept when decoding because Qwen's box and reference markers are special tokens.
+
+Results are appended to a JSONL file, one flushed line per item keyed by ``id``; a rerun reads the
+file and only evaluates the missing items, so an interrupted evaluation loses at most one batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..jsonl import JsonlAppender, read_jsonl
+from ..prompts import IMAGE_TOKEN, Prompt
+from .model import LoadedModel
+
+_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+def _messages(prompt: Prompt) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = []
+    for i, piece in enumerate(prompt.text.split(IMAGE_TOKEN)):
+        if i > 0:
+            content.append({"type": "image"})
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return [{"role": "user", "content": content}]
+
+
+def _image(img: Image.Image | str) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img.convert("RGB")
+    with Image.open(img) as im:
+        return im.convert("RGB")
+
+
+def _clean(text: str) -> str:
+    text = text.split("<|im_end|>")[0]
+    return text.replace("<|endoftext|>", "").strip()
+
+
+def generate_greedy(loaded: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+    """One greedy answer per prompt, special tokens kept, chat end markers removed."""
+    import torch
+
+    proc = loaded.processor
+    texts = [proc.apply_chat_template(_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    images = [_image(img) for p in prompts for img in p.images]
+    inputs = proc(text=texts, images=images or None, padding=True, return_tensors="pt").to(loaded.device)
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=proc.tokenizer.pad_token_id
+        )
+    new = out[:, inputs["input_ids"].shape[1] :]
+    decoded = proc.batch_decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return [_clean(t) for t in decoded]
+
+
+def read_done(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Finished per-item results of an earlier (maybe interrupted) run, by id."""
+    if not Path(path).is_file():
+        return {}
+    return {str(r["id"]): r for r in read_jsonl(path, lambda d: d, what="result")}
+
+
+def run_resumable(
+    ids: Sequence[str],
+    make_prompt: Callable[[int], Prompt],
+    score: Callable[[int, str], dict[str, Any]],
+    loaded: LoadedModel,
+    results_path: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    progress: bool = True,
+    desc: str = "eval",
+) -> tuple[list[dict[str, Any]], int]:
+    """Evaluate every item not yet in ``results_path``; returns all results in ``ids`` order and how many were reused.
+
+    ``make_prompt(i)`` builds item i's prompt; ``score(i, answer)`` turns its answer into a result dict
+    (the ``id`` field is added here).
+    """
+    from tqdm.auto import tqdm
+
+    done = read_done(results_path)
+    todo = [i for i, item_id in enumerate(ids) if item_id not in done]
+    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc=desc, unit="item", disable=not progress)
+    with JsonlAppender(results_path) as out:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            answers = generate_greedy(loaded, [make_prompt(i) for i in chunk], max_new_tokens)
+            for i, answer in zip(chunk, answers):
+                rec = {"id": ids[i], **score(i, answer)}
+                out.write(rec)
+                done[ids[i]] = rec
+            bar.update(len(chunk))
+    bar.close()
+    return [done[item_id] for item_id in ids], len(ids) - len(todo)
