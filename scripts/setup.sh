@@ -19,6 +19,19 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
   .venv/bin/pip install --progress-bar off $TORCH_PACKAGES
 fi
+# tests/test_webui.py drives LlamaBoard in a headless Chromium (Debian packages), installed as root or
+# with password-less sudo (CI). In CI (or as root) that test fails, never skips, when the browser is missing.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = "0" ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    echo "[setup] installing chromium + chromium-driver for the LlamaBoard browser test"
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "[setup] chromium/chromedriver missing and not root: tests/test_webui.py browser test will be skipped" \
+      "(run: sudo apt-get install chromium chromium-driver)"
+  fi
+fi
 echo "[setup] installing spr-plugin with LLaMA-Factory and test tools"
 .venv/bin/pip install --progress-bar off -e ".[test]"
 .venv/bin/python -c "import llamafactory, spr_plugin; print('[setup] llamafactory', llamafactory.__version__, '- spr-plugin ready')"

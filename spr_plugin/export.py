@@ -24,6 +24,7 @@ from typing import Any
 from .box_formats import BoxFormat
 from .errors import ConfigError, SPRError
 from .jsonl import atomic_write_jsonl
+from .paths import contained_path
 from .prompts import training_prompt
 from .records import PreferencePair
 from .registry import check_can_register, ranking_entry, register_dataset
@@ -64,7 +65,7 @@ def _place_image(src: str, config: ExportConfig, image_id: int, placed: dict[str
         rel = str(source.resolve())
     else:
         rel = f"{config.name}/images/{image_id}_{source.name}"
-        dest = Path(config.dataset_dir) / rel
+        dest = contained_path(config.dataset_dir, rel, f"image path of {source}")  # LLaMA-Factory joins it to dataset_dir
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
             if config.image_mode == "link":

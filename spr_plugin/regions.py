@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
 from .errors import ConfigError, SPRError
+from .paths import is_contained
 from .records import AnnotatedObject, Box, Region
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class RegionConfig:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.regions_per_image < 1:
             raise ConfigError(f"regions_per_image must be >= 1, got {self.regions_per_image}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0 (numpy seeds are non-negative), got {self.seed}")
 
 
 @dataclass
@@ -81,11 +85,19 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not {"id", "file_name"} <= img.keys():
             raise SPRError(f"{path}: images[{i}] needs 'id' and 'file_name'")
+        if not _is_id(img["id"]):
+            raise SPRError(f"{path}: images[{i}] has id {img['id']!r}; image ids must be non-negative integers")
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or not {"id", "name"} <= cat.keys():
             raise SPRError(f"{path}: categories[{i}] needs 'id' and 'name'")
-    # Annotations that cannot be indexed are dropped here (and counted later as malformed).
-    data["annotations"] = [a for a in data["annotations"] if isinstance(a, dict) and "image_id" in a and "id" in a]
+        if not _is_id(cat["id"]) or not isinstance(cat["name"], str):
+            raise SPRError(f"{path}: categories[{i}] needs an integer 'id' and a string 'name', found {cat!r:.80}")
+    # Annotations pycocotools cannot index (non-integer ids, no category_id) are dropped here.
+    data["annotations"] = [
+        a
+        for a in data["annotations"]
+        if isinstance(a, dict) and _is_id(a.get("image_id")) and _is_id(a.get("id")) and _is_id(a.get("category_id"))
+    ]
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -93,11 +105,20 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
     return coco
 
 
+def _is_id(value: object) -> bool:
+    """COCO, Objects365 and LVIS ids are non-negative integers (bools are not ids)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _valid_objects(coco: COCO, img_id: int, config: RegionConfig, stats: RegionStats) -> list[AnnotatedObject]:
     objs = []
     for ann in coco.imgToAnns.get(img_id, []):
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+        ):
             stats.skip("malformed_annotation", f"annotation {ann.get('id')}")
             continue
         cat = coco.cats.get(ann.get("category_id"))
@@ -161,6 +182,9 @@ def sample_regions(
         objects = _valid_objects(coco, img_id, config, stats)
         if len(objects) <= config.k:
             stats.skip("too_few_objects", f"image {img_id} has {len(objects)} usable objects")
+            continue
+        if not is_contained(root, str(info["file_name"])):  # "../../etc/passwd", "/abs/elsewhere.jpg"
+            stats.skip("path_outside_image_root", f"image {img_id}: {info['file_name']!r}")
             continue
         path = root / str(info["file_name"])
         size = _image_size(path)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import SPRError
 from .jsonl import atomic_write_text
+from .paths import check_record_media, contained_path
 
 DATASET_INFO = "dataset_info.json"
 
@@ -58,8 +59,18 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def _check_file_name(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], scan_media: bool = True) -> None:
+    """An entry's data file, and the media its records name, must lie inside ``dataset_dir``: LLaMA-Factory
+    would read whatever they point at."""
+    if "file_name" in entry:
+        data_file = contained_path(dataset_dir, str(entry["file_name"]), f"file_name of dataset {name!r}")
+        if scan_media:  # not before a build: the file about to be (re)written is not the one registered
+            check_record_media(dataset_dir, data_file, entry.get("columns", {}))
+
+
 def check_can_register(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> None:
     """Raise before any data is written if registering would fail, so a refused run changes nothing."""
+    _check_file_name(dataset_dir, name, entry, scan_media=False)
     info = read_dataset_info(dataset_dir)
     if name in info and info[name] != entry and not overwrite:
         raise SPRError(
@@ -70,6 +81,7 @@ def check_can_register(dataset_dir: str | os.PathLike, name: str, entry: dict[st
 
 def register_dataset(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> Path:
     """Merge ``{name: entry}`` into ``<dataset_dir>/dataset_info.json``, keeping every other entry."""
+    _check_file_name(dataset_dir, name, entry)
     directory = Path(dataset_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / DATASET_INFO

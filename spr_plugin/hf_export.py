@@ -1,0 +1,134 @@
+"""``spr export-hf``: a built LLaMA-Factory ranking dataset as a Hugging Face ``datasets`` parquet for TRL.
+
+Users who train with TRL's ``DPOTrainer`` directly want its conversational preference columns, not
+LLaMA-Factory's ShareGPT: ``prompt`` (a user turn whose content lists ``{"type": "image"}`` and
+``{"type": "text"}`` parts in the order of the ``<image>`` placeholders), ``chosen`` and ``rejected``
+(one assistant turn each) and ``images`` (decoded by an ``Image`` feature, bytes embedded in the
+parquet so the file is self-contained). Records are read through ``dataset_info.json`` so the
+columns and tags a user registered are honoured, and every image path must stay inside the dataset
+folder (see :mod:`spr_plugin.paths`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SPRError
+from .paths import contained_path
+from .registry import read_dataset_info
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class HFExportResult:
+    parquet: Path
+    rows: int
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise SPRError(f"dataset file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SPRError(f"{path}: not valid JSON ({exc.msg})") from None
+        if not isinstance(records, list):
+            raise SPRError(f"{path}: expected a JSON list of records")
+        return records
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SPRError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    return records
+
+
+def _content(text: str) -> list[dict[str, str | None]]:
+    """Split ``<image>`` placeholders out of a message into TRL's typed content parts."""
+    parts: list[dict[str, str | None]] = []
+    for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
+        if i > 0:
+            parts.append({"type": "image", "text": None})
+        if chunk:
+            parts.append({"type": "text", "text": chunk})
+    return parts
+
+
+def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str) -> dict[str, Any]:
+    """One ShareGPT ranking record -> ``{prompt, chosen, rejected, images}`` in TRL's conversational form."""
+    cols = {
+        "messages": "conversations",
+        "chosen": "chosen",
+        "rejected": "rejected",
+        "images": "images",
+        **entry.get("columns", {}),
+    }
+    tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt", **entry.get("tags", {})}
+    role_map = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", "system": "system"}
+    try:
+        prompt = [
+            {"role": role_map.get(m[tags["role_tag"]], "user"), "content": _content(str(m[tags["content_tag"]]))}
+            for m in record[cols["messages"]]
+        ]
+        chosen = [{"role": "assistant", "content": _content(str(record[cols["chosen"]][tags["content_tag"]]))}]
+        rejected = [{"role": "assistant", "content": _content(str(record[cols["rejected"]][tags["content_tag"]]))}]
+        image_paths = list(record.get(cols["images"]) or [])
+    except (KeyError, TypeError) as exc:
+        raise SPRError(f"{where}: not a ShareGPT ranking record ({type(exc).__name__}: {exc})") from None
+    images = []
+    for p in image_paths:
+        path = Path(p) if Path(str(p)).is_absolute() else contained_path(dataset_dir, str(p), f"{where}: image")
+        if not path.is_file():
+            raise SPRError(f"{where}: image not found: {path}")
+        images.append({"bytes": path.read_bytes(), "path": path.name})  # embedded: the parquet travels alone
+    n_placeholders = sum(part["type"] == "image" for m in prompt for part in m["content"])
+    if n_placeholders != len(images):
+        raise SPRError(f"{where}: {n_placeholders} <image> placeholders but {len(images)} images")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "images": images}
+
+
+def export_hf(dataset_dir: str | Path, name: str, out: str | Path) -> HFExportResult:
+    """Write ``<out>/<name>.parquet`` (images embedded) and return its path; load it back with
+    ``datasets.load_dataset("parquet", data_files=...)``."""
+    import datasets
+
+    dataset_dir = Path(dataset_dir)
+    info = read_dataset_info(dataset_dir)
+    if name not in info:
+        raise SPRError(f"dataset {name!r} is not registered in {dataset_dir / 'dataset_info.json'}")
+    entry = info[name]
+    if not entry.get("ranking") or entry.get("formatting", "alpaca") != "sharegpt" or "file_name" not in entry:
+        raise SPRError(f"dataset {name!r} is not a local ShareGPT ranking dataset; only those can be exported")
+    data_file = contained_path(dataset_dir, str(entry["file_name"]), f"dataset {name!r} file_name")
+    records = _read_records(data_file)
+    if not records:
+        raise SPRError(f"{data_file} holds no records")
+    rows = [trl_row(r, entry, dataset_dir, f"{data_file}:{i + 1}") for i, r in enumerate(records)]
+    features = datasets.Features(
+        {
+            "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.List(_part())}),
+            "chosen": datasets.List({"role": datasets.Value("string"), "content": datasets.List(_part())}),
+            "rejected": datasets.List({"role": datasets.Value("string"), "content": datasets.List(_part())}),
+            "images": datasets.List(datasets.Image()),
+        }
+    )
+    ds = datasets.Dataset.from_list(rows, features=features)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parquet = out / f"{name}.parquet"
+    ds.to_parquet(str(parquet))
+    return HFExportResult(parquet, len(rows))
+
+
+def _part() -> dict[str, Any]:
+    import datasets
+
+    return {"type": datasets.Value("string"), "text": datasets.Value("string")}

@@ -1,0 +1,111 @@
+"""The build writes a dataset card next to the dataset; `spr export-hf` writes a TRL-style parquet that
+loads back with `datasets` and whose images decode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from candidates_factory import write_candidates
+from data_builders.coco_builder import BuildConfig, build_dataset
+from spr_plugin.errors import SPRError
+from spr_plugin.hf_export import export_hf
+from spr_plugin.jsonl import atomic_write_jsonl
+from spr_plugin.pairing import PairingConfig
+from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+
+SPR = [sys.executable, "-m", "spr_plugin.cli"]
+NAME = "spr_card"
+
+
+@pytest.fixture(scope="module")
+def built(synthetic_scenes, tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("card")
+    regions_cfg = RegionConfig(k=4, seed=3)
+    images = synthetic_scenes.parent / "images"
+    regions = list(sample_regions(load_coco(synthetic_scenes), images, regions_cfg))
+    atomic_write_jsonl(root / "regions.jsonl", [r.to_dict() for r in regions])
+    write_candidates(root / "regions.jsonl", root / "candidates.jsonl")
+    cfg = BuildConfig(
+        annotations=synthetic_scenes,
+        image_root=images,
+        work_dir=root / "work",
+        dataset_dir=root / "data",
+        name=NAME,
+        regions=regions_cfg,
+        pairing=PairingConfig(min_margin=0.0),
+        candidates_file=root / "candidates.jsonl",
+        progress=False,
+    )
+    summary = build_dataset(cfg)
+    return root / "data", summary.to_dict()
+
+
+def test_build_writes_a_dataset_card(built):
+    data, summary = built
+    card = (data / f"{NAME}.README.md").read_text()
+    n = summary["dataset"]["records"]
+    for fact in (
+        f"# {NAME}",
+        "| λ (weight of S_sem) | 0.8 |",
+        "| localization metric, IoU threshold | hungarian, 0.5 |",
+        "| seeds: regions, generation | 3, n/a |",
+        f"| candidates | {summary['pairs']['candidates']} |",
+        f"| pairs | {n} ",
+        "parse failures: candidates without any valid box",
+        "| chosen |",
+        "| rejected |",
+        "candidates.jsonl",  # no generator: the card names the candidate file instead
+    ):
+        assert fact in card, fact
+    # LLaMA-Factory reads only file_name: the card is not registered as a dataset.
+    assert list(json.loads((data / "dataset_info.json").read_text())) == [NAME]
+
+
+def test_export_hf_parquet_loads_with_datasets_and_images_decode(built, tmp_path):
+    import datasets
+
+    data, summary = built
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "hf" / f"{NAME}.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
+    assert ds.num_rows == summary["dataset"]["records"]
+    assert set(ds.column_names) == {"prompt", "chosen", "rejected", "images"}
+    assert isinstance(ds.features["images"].feature, datasets.Image)
+    records = [json.loads(line) for line in (data / f"{NAME}.jsonl").read_text().splitlines()]
+    for row, rec in zip(ds, records):
+        assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"][0]["type"] == "image"
+        assert rec["conversations"][0]["value"].endswith(row["prompt"][0]["content"][1]["text"])
+        assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": rec["chosen"]["value"]}]}]
+        assert row["rejected"][0]["content"][0]["text"] == rec["rejected"]["value"]
+        (img,) = row["images"]
+        img.load()  # decodes from the embedded bytes, not from the dataset folder
+        assert img.size[0] > 0 and img.size[1] > 0
+
+
+def test_export_hf_refuses_image_paths_outside_the_dataset_folder(built, tmp_path):
+    data, _ = built
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "dataset_info.json").write_text((data / "dataset_info.json").read_text())
+    rec = json.loads((data / f"{NAME}.jsonl").read_text().splitlines()[0])
+    rec["images"] = ["../" * 8 + "etc/passwd"]
+    (evil / f"{NAME}.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(SPRError, match="points outside"):
+        export_hf(evil, NAME, tmp_path / "out")
+    with pytest.raises(SPRError, match="not registered"):
+        export_hf(evil, "other", tmp_path / "out")
