@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.box_formats import get_box_format
-from spr_plugin.candidates import GenerationStats, Generator, generate_candidates, read_candidates
+from spr_plugin.candidates import GenerationStats, Generator, generate_candidates, merge_candidates, read_candidates
 from spr_plugin.errors import SPRError
 from spr_plugin.export import ExportConfig, ExportResult, export_dataset
 from spr_plugin.generation import GenerationConfig
@@ -30,8 +30,9 @@ from spr_plugin.ranking import PairStats, rank_and_pair
 from spr_plugin.records import Region
 from spr_plugin.regions import RegionConfig, RegionStats, load_coco, sample_regions
 from spr_plugin.registry import check_can_register, ranking_entry
-from spr_plugin.scoring import CandidateScorer, ScoringConfig
-from spr_plugin.semantic import DEFAULT_TEXT_MODEL, TextSemanticScorer
+from spr_plugin.scorer_factory import build_candidate_scorer
+from spr_plugin.scoring import ScoringConfig
+from spr_plugin.semantic import DEFAULT_TEXT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class BuildConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     pairing: PairingConfig = field(default_factory=PairingConfig)
     generation: GenerationConfig | None = None
-    candidates_file: Path | None = None
+    candidates_file: Path | tuple[Path, ...] | None = None  # several files (shards) are merged, duplicate keys dropped
     text_model: str = DEFAULT_TEXT_MODEL
     image_mode: str = "copy"
     overwrite: bool = False
@@ -74,13 +75,7 @@ class BuildSummary:
                 "skipped": dict(self.regions.skipped),
                 "skipped_examples": self.regions.examples,
             },
-            "generation": None
-            if self.generation is None
-            else {
-                "generated": self.generation.generated,
-                "already_done": self.generation.already_done,
-                "skipped": dict(self.generation.skipped),
-            },
+            "generation": None if self.generation is None else self.generation.to_dict(),
             "pairs": self.pairs.to_dict(),
             "dataset": None
             if self.export is None
@@ -119,7 +114,8 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None) -> Bu
     regions, region_stats = build_regions(config)
     gen_stats = None
     if config.candidates_file is not None:
-        candidates = read_candidates(config.candidates_file)
+        files = [config.candidates_file] if isinstance(config.candidates_file, (str, Path)) else list(config.candidates_file)
+        candidates = merge_candidates(files)[0]
     else:
         gcfg = config.generation
         assert gcfg is not None and generator is not None
@@ -138,13 +134,16 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None) -> Bu
         )
         candidates = read_candidates(cand_path)
 
-    scorer = CandidateScorer(config.scoring, TextSemanticScorer.load(config.text_model), box_format)
+    scorer = build_candidate_scorer(config.scoring, config.text_model)
     pairs, pair_stats = rank_and_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
     summary = BuildSummary(config.to_dict(), region_stats, gen_stats, pair_stats)
     if pairs:
         export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite)
         summary.export = export_dataset(pairs, export_cfg, box_format)
+        from spr_plugin.card import write_card  # the dataset card (README next to the dataset), docs/viewing.md
+
+        write_card(config.dataset_dir, config.name, summary.to_dict(), pairs)
     atomic_write_text(config.work_dir / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
     if not pairs:
         raise SPRError(

