@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.box_formats import get_box_format
-from spr_plugin.candidates import GenerationStats, Generator, generate_candidates, merge_candidates, read_candidates
+from spr_plugin.candidates import GenerationStats, Generator, generate_with_config, merge_candidates, read_candidates
 from spr_plugin.errors import SPRError
 from spr_plugin.export import ExportConfig, ExportResult, export_dataset
 from spr_plugin.generation import GenerationConfig
@@ -120,18 +120,7 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None) -> Bu
         gcfg = config.generation
         assert gcfg is not None and generator is not None
         cand_path = config.work_dir / "candidates.jsonl"
-        gen_stats = generate_candidates(
-            regions,
-            generator,
-            box_format,
-            cand_path,
-            variants=gcfg.variants,
-            num_samples=gcfg.num_samples,
-            batch_size=gcfg.batch_size,
-            temperature=gcfg.temperature,
-            seed=gcfg.seed,
-            progress=config.progress,
-        )
+        gen_stats = generate_with_config(regions, generator, box_format, cand_path, gcfg, progress=config.progress)
         candidates = read_candidates(cand_path)
 
     scorer = build_candidate_scorer(config.scoring, config.text_model)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .box_formats import BoxFormat
 from .errors import SPRError
+from .generation import GenerationConfig
 from .jsonl import JsonlAppender, read_jsonl
 from .prompts import Prompt, build_prompt
 from .records import Candidate, Region
@@ -227,3 +228,20 @@ def generate_candidates(
         bar.close()
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def generate_with_config(
+    regions: Iterable[Region],
+    generator: Generator,
+    box_format: BoxFormat,
+    out_path: str | os.PathLike,
+    config: GenerationConfig,
+    *,
+    progress: bool = True,
+) -> GenerationStats:
+    """:func:`generate_candidates` with the sampling settings of a :class:`GenerationConfig`."""
+    return generate_candidates(
+        regions, generator, box_format, out_path,
+        variants=config.variants, num_samples=config.num_samples, batch_size=config.batch_size,
+        temperature=config.temperature, seed=config.seed, progress=progress,
+    )  # fmt: skip

@@ -114,7 +114,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from data_builders.coco_builder import load_regions
 
     from .box_formats import get_box_format
-    from .candidates import generate_candidates
+    from .candidates import generate_with_config
     from .sharding import resolve_shard, select_shard, shard_path
 
     spec = resolve_shard(a.shard)
@@ -126,18 +126,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         logger.info("shard %s: %d regions -> %s", spec, len(regions), out)
     generator = make_generator(a, cfg)
     try:
-        stats = generate_candidates(
-            regions,
-            generator,
-            box_format,
-            out,
-            variants=cfg.variants,
-            num_samples=cfg.num_samples,
-            batch_size=cfg.batch_size,
-            temperature=cfg.temperature,
-            seed=cfg.seed,
-            progress=not a.no_progress,
-        )
+        stats = generate_with_config(regions, generator, box_format, out, cfg, progress=not a.no_progress)
     finally:
         generator.close()
     stats.shard = str(spec)

@@ -11,12 +11,12 @@ folder (see :mod:`spr_plugin.paths`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import SPRError
+from .jsonl import read_dataset_records
 from .paths import contained_path
 from .registry import read_dataset_info
 
@@ -29,26 +29,10 @@ class HFExportResult:
     rows: int
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
+def _read_records(path: Path) -> list[Any]:
     if not path.is_file():
         raise SPRError(f"dataset file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SPRError(f"{path}: not valid JSON ({exc.msg})") from None
-        if not isinstance(records, list):
-            raise SPRError(f"{path}: expected a JSON list of records")
-        return records
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SPRError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return records
+    return [record for _, record in read_dataset_records(path)]
 
 
 def _content(text: str) -> list[dict[str, str | None]]:

@@ -45,6 +45,29 @@ def read_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *,
             raise SPRError(f"{path}:{lineno}: not a valid {what} ({type(exc).__name__}: {exc})") from None
 
 
+def read_dataset_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """Records of a LLaMA-Factory data file, numbered for error messages: a ``.json`` list (numbered from 1)
+    or a ``.jsonl`` file (numbered by line). Invalid JSON raises :class:`SPRError` naming file and line."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SPRError(f"{path}: not valid JSON ({exc.msg})") from None
+        if not isinstance(records, list):
+            raise SPRError(f"{path}: expected a JSON list of records")
+        return list(enumerate(records, start=1))
+    numbered = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                numbered.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise SPRError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    return numbered
+
+
 class JsonlAppender:
     """Appends records to a JSONL file, one flushed line each; repairs a torn last line on open."""
 

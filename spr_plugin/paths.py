@@ -9,11 +9,11 @@ path would make LLaMA-Factory read it. The check is lexical (``..`` and absolute
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .errors import SPRError
+from .jsonl import read_dataset_records
 
 
 def contained_path(root: str | os.PathLike, relative: str, what: str = "path") -> Path:
@@ -50,21 +50,7 @@ def check_record_media(dataset_dir: str | os.PathLike, data_file: str | os.PathL
     if path.suffix not in (".json", ".jsonl") or not path.is_file():
         return 0
     keys = [columns.get(c, c) for c in MEDIA_COLUMNS]
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SPRError(f"{path}: not valid JSON ({exc.msg})") from None
-        numbered = list(enumerate(records if isinstance(records, list) else [], start=1))
-    else:
-        numbered = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    numbered.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise SPRError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    numbered = read_dataset_records(path)
     checked = 0
     for where, record in numbered:
         if not isinstance(record, dict):

@@ -18,12 +18,12 @@ relative ``dataset_dir: data`` it sends and the dataset's relative image paths r
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SPRError
+from .lf_train import llamafactory_cli
 from .registry import DATASET_INFO, read_dataset_info
 
 
@@ -81,11 +81,7 @@ def webui_env(config: WebUIConfig) -> dict[str, str]:
 
 def llamaboard_command() -> list[str]:
     """The LlamaBoard launcher next to the running interpreter (a venv need not be activated)."""
-    cli = Path(sys.executable).parent / "llamafactory-cli"
-    found = str(cli) if cli.is_file() else shutil.which("llamafactory-cli")
-    if found is None:
-        raise SPRError("llamafactory-cli not found; install LLaMA-Factory (pip install 'llamafactory[gradio]')")
-    return [found, "webui"]
+    return [llamafactory_cli(), "webui"]
 
 
 def run_webui(config: WebUIConfig) -> None:
