@@ -149,7 +149,8 @@ def _scrub(segment: str) -> str:
     """Text between well-formed units: drop stray special tokens and, if there were any, coordinate debris."""
     if not _SPECIAL_RE.search(segment):
         return segment
-    return _COORDS_RE.sub("", _SPECIAL_RE.sub("", segment))
+    # Markers become spaces so the words they separated do not run together ("squareblue").
+    return _COORDS_RE.sub(" ", _SPECIAL_RE.sub(" ", segment))
 
 
 class _TokenFormat(BoxFormat):
@@ -212,7 +213,7 @@ class _TokenFormat(BoxFormat):
             out.append(text[span[0] : span[1]])
             cursor = span[1]
         out.append(_scrub(text[cursor:]))
-        return re.sub(r"[ \t]{2,}", " ", "".join(out)).strip()
+        return re.sub(r" +([,.;:!?])", r"\1", re.sub(r"[ \t]{2,}", " ", "".join(out))).strip()
 
     def _box_of(self, match: re.Match[str], width: int, height: int, result: ParseResult) -> Box | None:
         if match.group(2) != BOX_END:

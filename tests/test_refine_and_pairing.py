@@ -98,3 +98,11 @@ def test_refined_text_keeps_no_malformed_box_debris():
         "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(100,100),(200,200)<|box_end|> and blue square."
     )
     assert FMT.parse(refined, W, H).dropped == {}
+
+
+def test_scrubbed_markers_do_not_glue_words_together():
+    text = (
+        "The region shows <|object_ref_start|>green square<|object_ref_end|>(1,2),(3,4)<|box_end|>"
+        "<|object_ref_start|>blue triangle<|object_ref_end|> ."
+    )
+    assert refine_candidate(cand(text), region(), FMT).candidate.text == "The region shows green square blue triangle."
