@@ -51,7 +51,7 @@ class GenerationConfig:
             raise ConfigError(f"unknown prompt variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
 
 
-def _to_messages(prompt: Prompt) -> list[dict]:
+def to_chat_messages(prompt: Prompt) -> list[dict]:
     """Turn ``<image>`` placeholders into chat-template content parts, keeping their order."""
     content: list[dict] = []
     pieces = prompt.text.split(IMAGE_TOKEN)
@@ -65,7 +65,7 @@ def _to_messages(prompt: Prompt) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def _load_image(image: Image.Image | str) -> Image.Image:
+def load_rgb(image: Image.Image | str) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     with Image.open(image) as im:
@@ -103,8 +103,8 @@ class TransformersGenerator:
     def encode(self, prompts: Sequence[Prompt]):
         """Chat-templated, left-padded model inputs of a batch of prompts (a BatchFeature)."""
         proc = self.processor
-        texts = [proc.apply_chat_template(_to_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]  # type: ignore[attr-defined]
-        images = [_load_image(img) for p in prompts for img in p.images]
+        texts = [proc.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]  # type: ignore[attr-defined]
+        images = [load_rgb(img) for p in prompts for img in p.images]
         return proc(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)  # type: ignore[operator]
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[list[str]]:
@@ -150,7 +150,7 @@ class TransformersGenerator:
         self.calls.append(out.shape[0])
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # type: ignore[attr-defined]
-        cleaned = [_clean(t) for t in decoded]
+        cleaned = [clean_output(t) for t in decoded]
         if cfg.greedy:
             return [[text] * n for text in cleaned]
         return [cleaned[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -175,7 +175,8 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _clean(text: str) -> str:
+def clean_output(text: str) -> str:
+    """The answer without the chat end marker and padding tokens (box and reference tokens stay)."""
     for tok in _STRIP_TOKENS:
         text = text.split(tok)[0] if tok == "<|im_end|>" else text.replace(tok, "")
     return text.strip()

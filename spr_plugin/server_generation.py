@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 from .errors import ConfigError, SPRError
-from .generation import _clean
+from .generation import clean_output
 from .prompts import IMAGE_TOKEN, Prompt
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class OpenAIServerGenerator:
                     ) from None
                 except openai.APIStatusError as exc:
                     raise SPRError(f"{cfg.base_url} answered HTTP {exc.status_code}: {_detail(exc)}") from None
-            texts += [_clean(c.message.content or "") for c in resp.choices]
+            texts += [clean_output(c.message.content or "") for c in resp.choices]
         return texts[: cfg.num_samples]
 
     def close(self) -> None:

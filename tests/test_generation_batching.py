@@ -11,7 +11,7 @@ import torch
 from spr_plugin.box_formats import get_box_format
 from spr_plugin.candidates import generate_candidates, prompt_seed, read_candidates
 from spr_plugin.errors import ConfigError
-from spr_plugin.generation import GenerationConfig, TransformersGenerator, _clean
+from spr_plugin.generation import GenerationConfig, TransformersGenerator, clean_output
 from spr_plugin.prompts import VARIANTS, build_prompt
 from spr_plugin.regions import RegionConfig, load_coco, sample_regions
 
@@ -89,7 +89,7 @@ def test_special_tokens_survive_decoding_and_padding_is_cut():
     raw = (
         "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|><|endoftext|><|endoftext|>"
     )
-    assert _clean(raw) == "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    assert clean_output(raw) == "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
 
 
 def test_bad_generation_settings_are_config_errors(tiny_qwen2vl):

@@ -15,35 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from ..generation import clean_output, load_rgb, to_chat_messages
 from ..jsonl import JsonlAppender, read_jsonl
-from ..prompts import IMAGE_TOKEN, Prompt
+from ..prompts import Prompt
 from .model import LoadedModel
-
-_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-
-
-def _messages(prompt: Prompt) -> list[dict[str, Any]]:
-    content: list[dict[str, Any]] = []
-    for i, piece in enumerate(prompt.text.split(IMAGE_TOKEN)):
-        if i > 0:
-            content.append({"type": "image"})
-        if piece:
-            content.append({"type": "text", "text": piece})
-    return [{"role": "user", "content": content}]
-
-
-def _image(img: Image.Image | str) -> Image.Image:
-    if isinstance(img, Image.Image):
-        return img.convert("RGB")
-    with Image.open(img) as im:
-        return im.convert("RGB")
-
-
-def _clean(text: str) -> str:
-    text = text.split("<|im_end|>")[0]
-    return text.replace("<|endoftext|>", "").strip()
 
 
 def generate_greedy(loaded: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
@@ -51,8 +26,8 @@ def generate_greedy(loaded: LoadedModel, prompts: Sequence[Prompt], max_new_toke
     import torch
 
     proc = loaded.processor
-    texts = [proc.apply_chat_template(_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    images = [_image(img) for p in prompts for img in p.images]
+    texts = [proc.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    images = [load_rgb(img) for p in prompts for img in p.images]
     inputs = proc(text=texts, images=images or None, padding=True, return_tensors="pt").to(loaded.device)
     with torch.inference_mode():
         out = loaded.model.generate(
@@ -60,7 +35,7 @@ def generate_greedy(loaded: LoadedModel, prompts: Sequence[Prompt], max_new_toke
         )
     new = out[:, inputs["input_ids"].shape[1] :]
     decoded = proc.batch_decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return [_clean(t) for t in decoded]
+    return [clean_output(t) for t in decoded]
 
 
 def read_done(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
