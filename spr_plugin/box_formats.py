@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from .errors import ConfigError
+from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, lf_image_size
 from .records import Box, GroundedPhrase, ParseResult
 
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
@@ -272,24 +273,13 @@ class ResizeSpec:
 
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
-    pre_max_pixels: int | None = 768 * 768
-    pre_min_pixels: int | None = 32 * 32
+    pre_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    pre_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
     factor: int = 28
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
-        w, h = width, height
-        if self.pre_max_pixels is not None and w * h > self.pre_max_pixels:
-            f = math.sqrt(self.pre_max_pixels / (w * h))
-            w, h = int(w * f), int(h * f)
-        if self.pre_min_pixels is not None and w * h < self.pre_min_pixels:
-            f = math.sqrt(self.pre_min_pixels / (w * h))
-            w, h = int(w * f), int(h * f)
-        # LLaMA-Factory's Qwen2-VL plugin then enforces a 28-pixel side and caps the aspect ratio at 180.
-        w, h = max(w, 28), max(h, 28)
-        if w / h > 200:
-            w = h * 180
-        elif h / w > 200:
-            h = w * 180
+        # LLaMA-Factory's pre-resize (also applied by generation and evaluation, see lf_image), then smart_resize.
+        w, h = lf_image_size(width, height, self.pre_max_pixels, self.pre_min_pixels)
         h_bar, w_bar = smart_resize(h, w, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return (w_bar, h_bar)
 

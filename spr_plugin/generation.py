@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from .errors import ConfigError, SPRError
+from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds, lf_preprocess_image
 from .prompts import IMAGE_TOKEN, VARIANTS, Prompt
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,15 @@ class GenerationConfig:
     dtype: str = "auto"
     max_batch_sequences: int = 32  # prompts x samples per generate() call: the memory bound
     greedy: bool = False  # only for tests and debugging: SPR needs sampled, diverse candidates
+    #: LLaMA-Factory's pre-resize (its YAML keys of the same names; None = none). Must equal the training
+    #: run's values: Qwen2.5-VL boxes are pixels of the resized input, so the model must see the same frame.
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
 
     def __post_init__(self) -> None:
+        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
+        if problem:
+            raise ConfigError(problem)
         if min(self.num_samples, self.batch_size, self.max_new_tokens, self.max_batch_sequences) < 1:
             raise ConfigError("num_samples, batch_size, max_new_tokens and max_batch_sequences must be >= 1")
         if self.temperature <= 0:
@@ -70,6 +78,29 @@ def load_rgb(image: Image.Image | str) -> Image.Image:
         return image.convert("RGB")
     with Image.open(image) as im:
         return im.convert("RGB")
+
+
+def load_model_input(image: Image.Image | str, image_max_pixels: int | None, image_min_pixels: int | None) -> Image.Image:
+    """An RGB image as LLaMA-Factory would hand it to the processor (pre-resized, see :mod:`.lf_image`).
+
+    Generation and evaluation must show the model the frame it was trained in; feeding the original
+    image would let the processor's ``smart_resize`` pick a different frame for large images.
+    """
+    if isinstance(image, Image.Image):
+        return lf_preprocess_image(image, image_max_pixels, image_min_pixels)
+    with Image.open(image) as im:
+        out = lf_preprocess_image(im, image_max_pixels, image_min_pixels)
+        return out.copy() if out is im else out  # the file closes on return
+
+
+def encode_prompts(processor, prompts: Sequence[Prompt], device: str, image_max_pixels: int | None, image_min_pixels: int | None):
+    """Chat-templated, left-padded model inputs (a BatchFeature), images pre-resized like LLaMA-Factory.
+
+    Shared by candidate generation and evaluation so both show the model the training-time frame.
+    """
+    texts = [processor.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    images = [load_model_input(img, image_max_pixels, image_min_pixels) for p in prompts for img in p.images]
+    return processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(device)
 
 
 @dataclass
@@ -102,10 +133,8 @@ class TransformersGenerator:
 
     def encode(self, prompts: Sequence[Prompt]):
         """Chat-templated, left-padded model inputs of a batch of prompts (a BatchFeature)."""
-        proc = self.processor
-        texts = [proc.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]  # type: ignore[attr-defined]
-        images = [load_rgb(img) for p in prompts for img in p.images]
-        return proc(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)  # type: ignore[operator]
+        cfg = self.config
+        return encode_prompts(self.processor, prompts, self.device, cfg.image_max_pixels, cfg.image_min_pixels)
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[list[str]]:
         """``num_samples`` texts for each prompt, in prompt order.

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import SPRError
+from .lf_image import add_pre_resize_args
 
 logger = logging.getLogger("spr")
 
@@ -34,6 +35,7 @@ def add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--batch-size", type=int, default=4, help="prompts per batch (openai: at least 4 x --concurrency)")
     g.add_argument("--variants", default="box_text,crop,refs", help="comma-separated prompt variants")
+    add_pre_resize_args(g)  # both back ends: Qwen2.5-VL boxes live in the pre-resized frame
 
     t = p.add_argument_group("in-process back end (--backend transformers)")
     t.add_argument("--model", default=None, help="local Qwen2-VL checkpoint folder (or hub id if reachable)")
@@ -83,6 +85,8 @@ def generation_config(a: argparse.Namespace, seed: int):
         seed=seed,
         device=a.device,
         max_batch_sequences=a.max_batch_sequences,
+        image_max_pixels=a.image_max_pixels,
+        image_min_pixels=a.image_min_pixels,
     )
 
 
@@ -106,6 +110,8 @@ def make_generator(a: argparse.Namespace, cfg):
         concurrency=a.concurrency,
         timeout=a.request_timeout,
         max_retries=a.max_retries,
+        image_max_pixels=cfg.image_max_pixels,
+        image_min_pixels=cfg.image_min_pixels,
     )
     return OpenAIServerGenerator(server)
 

@@ -10,7 +10,9 @@ applies per-request timeouts, and maps status codes to typed exceptions; it runs
 What it cannot know is which failures are the user's (wrong URL, wrong model name): :meth:`check`
 asks the server before the long run starts and turns those into one-line :class:`SPRError` messages.
 
-Images go inline as base64 data URLs, so the server needs no access to the image files. Every
+Images go inline as base64 data URLs, so the server needs no access to the image files; they are
+pre-resized first exactly as LLaMA-Factory does at training time (``image_max_pixels``), because
+vLLM and SGLang hand the image straight to the processor and Qwen2.5-VL boxes depend on the frame. Every
 request asks for ``num_samples`` choices (``n``) with a per-prompt ``seed`` and, through
 ``extra_body``, ``skip_special_tokens: false`` (vLLM/SGLang sampling parameter) so Qwen's box tokens
 survive. LLaMA-Factory's API ignores unknown request fields: start it with ``skip_special_tokens:
@@ -32,6 +34,13 @@ from PIL import Image
 
 from .errors import ConfigError, SPRError
 from .generation import clean_output
+from .lf_image import (
+    DEFAULT_IMAGE_MAX_PIXELS,
+    DEFAULT_IMAGE_MIN_PIXELS,
+    check_pixel_bounds,
+    lf_preprocess_image,
+    lf_resize_steps,
+)
 from .prompts import IMAGE_TOKEN, Prompt
 
 logger = logging.getLogger(__name__)
@@ -54,8 +63,14 @@ class ServerConfig:
     timeout: float = 300.0  # seconds per request (connect timeout is min(10, timeout))
     max_retries: int = 5  # per request, on connection errors, timeouts, 408/409/429 and 5xx
     extra_body: dict[str, Any] = field(default_factory=dict)
+    #: LLaMA-Factory's pre-resize, done here before sending (None = none); must equal the training YAML.
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
 
     def __post_init__(self) -> None:
+        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
+        if problem:
+            raise ConfigError(problem)
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
         if not self.model:
@@ -67,13 +82,18 @@ class ServerConfig:
 
 
 @lru_cache(maxsize=64)
-def _file_data_url(path: str) -> str:
-    """A data URL of an image file: its own bytes when the format is widely accepted, else PNG."""
+def _file_data_url(path: str, image_max_pixels: int | None, image_min_pixels: int | None) -> str:
+    """A data URL of an image file as the model must see it.
+
+    Its own bytes when LLaMA-Factory's pre-resize keeps its size and the format is widely accepted;
+    else the pre-resized RGB image as PNG (lossless: no second JPEG loss the training images never had).
+    Servers such as vLLM do not pre-resize, so sending the original would change the Qwen2.5-VL frame.
+    """
     try:
         with Image.open(path) as im:
             mime = _MIME.get(im.format or "")
-            if mime is None:
-                return _pil_data_url(im.convert("RGB"))
+            if mime is None or lf_resize_steps(im.width, im.height, image_max_pixels, image_min_pixels):
+                return _pil_data_url(lf_preprocess_image(im, image_max_pixels, image_min_pixels))
     except OSError as exc:
         raise SPRError(f"cannot read image {path}: {exc}") from None
     with open(path, "rb") as f:
@@ -86,8 +106,15 @@ def _pil_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def to_openai_messages(prompt: Prompt) -> list[dict[str, Any]]:
-    """The prompt as one user message; ``<image>`` placeholders become ``image_url`` parts in place."""
+def to_openai_messages(
+    prompt: Prompt,
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS,
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS,
+) -> list[dict[str, Any]]:
+    """The prompt as one user message; ``<image>`` placeholders become ``image_url`` parts in place.
+
+    Images are pre-resized like LLaMA-Factory does at training time (:mod:`spr_plugin.lf_image`).
+    """
     pieces = prompt.text.split(IMAGE_TOKEN)
     if len(pieces) - 1 != len(prompt.images):
         raise ValueError(f"prompt has {len(pieces) - 1} image placeholders for {len(prompt.images)} images")
@@ -95,7 +122,10 @@ def to_openai_messages(prompt: Prompt) -> list[dict[str, Any]]:
     for i, piece in enumerate(pieces):
         if i > 0:
             image = prompt.images[i - 1]
-            url = _pil_data_url(image.convert("RGB")) if isinstance(image, Image.Image) else _file_data_url(str(image))
+            if isinstance(image, Image.Image):
+                url = _pil_data_url(lf_preprocess_image(image, image_max_pixels, image_min_pixels))
+            else:
+                url = _file_data_url(str(image), image_max_pixels, image_min_pixels)
             content.append({"type": "image_url", "image_url": {"url": url}})
         if piece:
             content.append({"type": "text", "text": piece})
@@ -195,7 +225,7 @@ class OpenAIServerGenerator:
         import openai
 
         cfg = self.config
-        messages = to_openai_messages(prompt)
+        messages = to_openai_messages(prompt, cfg.image_max_pixels, cfg.image_min_pixels)
         texts: list[str] = []
         # A server may return fewer choices than asked (some ignore n): ask again for the rest.
         for attempt in range(4):

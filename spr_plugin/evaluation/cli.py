@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import SPRError
+from ..lf_image import add_pre_resize_args
 from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS
 
 
@@ -22,6 +23,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--device", default="cpu")
+    add_pre_resize_args(g)
     g.add_argument(
         "--out", type=Path, required=True, help="report JSON; per-item results go to OUT with .items.jsonl (resumable)"
     )
@@ -52,6 +54,8 @@ def cmd_eval_rec(a: argparse.Namespace) -> int:
         thresholds=_thresholds(a.thresholds),
         batch_size=a.batch_size,
         max_new_tokens=a.max_new_tokens or 64,
+        image_max_pixels=a.image_max_pixels,
+        image_min_pixels=a.image_min_pixels,
     )
     items = load_rec_items(a.annotations, a.images, a.split)
     if a.limit is not None:
@@ -85,7 +89,12 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
     if not regions:
         raise SPRError(f"no query region in {source} (images need more than --k {a.k} usable objects)")
     cfg = RegionEvalConfig(
-        box_format=a.box_format, iou_threshold=a.iou_threshold, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens or 160
+        box_format=a.box_format,
+        iou_threshold=a.iou_threshold,
+        batch_size=a.batch_size,
+        max_new_tokens=a.max_new_tokens or 160,
+        image_max_pixels=a.image_max_pixels,
+        image_min_pixels=a.image_min_pixels,
     )
     loaded = load_model(a.model, a.adapter, device=a.device)
     report = evaluate_region(regions, loaded, cfg, items_path(a.out), regions_source=source, progress=not a.quiet)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..box_formats import REF_END, REF_START, BoxFormat, get_box_format
 from ..errors import ConfigError, SPRError
+from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
 from ..prompts import IMAGE_TOKEN, Prompt
 from ..records import Box
 from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
@@ -49,8 +50,15 @@ class RecConfig:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     batch_size: int = 8
     max_new_tokens: int = 64
+    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none): Qwen2.5-VL answers in pixels of the
+    #: resized input, so evaluation must show the model the frame it was trained in.
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
 
     def __post_init__(self) -> None:
+        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
+        if problem:
+            raise ConfigError(problem)
         if self.convention not in CONVENTIONS:
             raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
         if self.prompt is not None and "{expression}" not in self.prompt:
@@ -139,6 +147,8 @@ def evaluate_rec(
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
         progress=progress,
+        image_max_pixels=config.image_max_pixels,
+        image_min_pixels=config.image_min_pixels,
         desc="eval rec",
     )
     summary = rec_summary([r["iou"] for r in results], config.thresholds, config.convention)
@@ -150,5 +160,11 @@ def evaluate_rec(
         convention=config.convention,
         summary=summary,
         reused=reused,
-        decoding={"do_sample": False, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size},
+        decoding={
+            "do_sample": False,
+            "max_new_tokens": config.max_new_tokens,
+            "batch_size": config.batch_size,
+            "image_max_pixels": config.image_max_pixels,
+            "image_min_pixels": config.image_min_pixels,
+        },
     )

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..box_formats import BoxFormat, get_box_format
+from ..errors import ConfigError
+from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
 from ..localization import iou_matrix, match_hungarian
 from ..prompts import Prompt, training_prompt
 from ..records import Region
@@ -28,6 +30,14 @@ class RegionEvalConfig:
     iou_threshold: float = 0.5
     batch_size: int = 8
     max_new_tokens: int = 160
+    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none); see :class:`.rec.RecConfig`.
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
+
+    def __post_init__(self) -> None:
+        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
+        if problem:
+            raise ConfigError(problem)
 
 
 def score_description(region: Region, answer: str, box_format: BoxFormat, iou_threshold: float) -> dict[str, Any]:
@@ -80,6 +90,8 @@ def evaluate_region(
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
         progress=progress,
+        image_max_pixels=config.image_max_pixels,
+        image_min_pixels=config.image_min_pixels,
         desc="eval region",
     )
     summary = region_summary([(r["n_gt"], r["n_pred"], r["matched_ious"]) for r in results], config.iou_threshold)
@@ -90,5 +102,11 @@ def evaluate_region(
         prompt_example=training_prompt(regions[0], fmt) if regions else "",
         summary=summary,
         reused=reused,
-        decoding={"do_sample": False, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size},
+        decoding={
+            "do_sample": False,
+            "max_new_tokens": config.max_new_tokens,
+            "batch_size": config.batch_size,
+            "image_max_pixels": config.image_max_pixels,
+            "image_min_pixels": config.image_min_pixels,
+        },
     )

@@ -15,20 +15,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..generation import clean_output, load_rgb, to_chat_messages
+from ..generation import clean_output, encode_prompts
 from ..jsonl import JsonlAppender, read_jsonl
+from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 from ..prompts import Prompt
 from .model import LoadedModel
 
 
-def generate_greedy(loaded: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
-    """One greedy answer per prompt, special tokens kept, chat end markers removed."""
+def generate_greedy(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    *,
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS,
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS,
+) -> list[str]:
+    """One greedy answer per prompt, special tokens kept, chat end markers removed.
+
+    Images get LLaMA-Factory's pre-resize first (``image_max_pixels``/``image_min_pixels``, None = none),
+    so the model is evaluated in the frame it was trained in and answers are parsed in.
+    """
     import torch
 
     proc = loaded.processor
-    texts = [proc.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    images = [load_rgb(img) for p in prompts for img in p.images]
-    inputs = proc(text=texts, images=images or None, padding=True, return_tensors="pt").to(loaded.device)
+    inputs = encode_prompts(proc, prompts, loaded.device, image_max_pixels, image_min_pixels)
     with torch.inference_mode():
         out = loaded.model.generate(
             **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=proc.tokenizer.pad_token_id
@@ -56,11 +66,13 @@ def run_resumable(
     max_new_tokens: int = 128,
     progress: bool = True,
     desc: str = "eval",
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS,
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS,
 ) -> tuple[list[dict[str, Any]], int]:
     """Evaluate every item not yet in ``results_path``; returns all results in ``ids`` order and how many were reused.
 
     ``make_prompt(i)`` builds item i's prompt; ``score(i, answer)`` turns its answer into a result dict
-    (the ``id`` field is added here).
+    (the ``id`` field is added here). ``image_max_pixels``/``image_min_pixels`` go to :func:`generate_greedy`.
     """
     from tqdm.auto import tqdm
 
@@ -70,7 +82,10 @@ def run_resumable(
     with JsonlAppender(results_path) as out:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            answers = generate_greedy(loaded, [make_prompt(i) for i in chunk], max_new_tokens)
+            prompts = [make_prompt(i) for i in chunk]
+            answers = generate_greedy(
+                loaded, prompts, max_new_tokens, image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels
+            )
             for i, answer in zip(chunk, answers):
                 rec = {"id": ids[i], **score(i, answer)}
                 out.write(rec)
