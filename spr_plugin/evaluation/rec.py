@@ -23,7 +23,7 @@ from ..records import Box
 from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
 from .model import LoadedModel
 from .rec_data import RecItem
-from .runner import run_resumable
+from .runner import decoding_settings, run_resumable
 
 #: Default prompts per box format. Qwen2-VL marks the referred phrase with its reference tokens;
 #: Qwen2.5-VL's JSON form is asked for JSON (Qwen's own documented grounding request).
@@ -160,11 +160,5 @@ def evaluate_rec(
         convention=config.convention,
         summary=summary,
         reused=reused,
-        decoding={
-            "do_sample": False,
-            "max_new_tokens": config.max_new_tokens,
-            "batch_size": config.batch_size,
-            "image_max_pixels": config.image_max_pixels,
-            "image_min_pixels": config.image_min_pixels,
-        },
+        decoding=decoding_settings(config),
     )

@@ -21,7 +21,7 @@ from ..prompts import Prompt, training_prompt
 from ..records import Region
 from .metrics import RegionSummary, region_summary
 from .model import LoadedModel
-from .runner import run_resumable
+from .runner import decoding_settings, run_resumable
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,5 @@ def evaluate_region(
         prompt_example=training_prompt(regions[0], fmt) if regions else "",
         summary=summary,
         reused=reused,
-        decoding={
-            "do_sample": False,
-            "max_new_tokens": config.max_new_tokens,
-            "batch_size": config.batch_size,
-            "image_max_pixels": config.image_max_pixels,
-            "image_min_pixels": config.image_min_pixels,
-        },
+        decoding=decoding_settings(config),
     )

@@ -48,6 +48,12 @@ def generate_greedy(
     return [clean_output(t) for t in decoded]
 
 
+def decoding_settings(config: Any) -> dict[str, Any]:
+    """What a report records about decoding: greedy, length, batch and the image pre-resize it used."""
+    keys = ("max_new_tokens", "batch_size", "image_max_pixels", "image_min_pixels")
+    return {"do_sample": False, **{k: getattr(config, k) for k in keys}}
+
+
 def read_done(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Finished per-item results of an earlier (maybe interrupted) run, by id."""
     if not Path(path).is_file():
