@@ -68,14 +68,17 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[flo
     raise ValueError(f"no polygon for shape {shape!r}")
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> list[float]:
-    """Draw one filled shape and return its tight COCO box ``[x, y, w, h]``."""
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int], outline: int = 0
+) -> list[float]:
+    """Draw one shape (filled, or only its ``outline`` pixels wide) and return its tight COCO box ``[x, y, w, h]``."""
+    style = {"fill": fill} if outline <= 0 else {"outline": fill, "width": outline}
     if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], **style)
         x1, y1, x2, y2 = cx - r, cy - r, cx + r, cy + r
     else:
         pts = _shape_polygon(shape, cx, cy, r)
-        draw.polygon(pts, fill=fill)
+        draw.polygon(pts, **style)
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
     return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
@@ -111,12 +114,16 @@ def render_scenes(
     size: tuple[int, int] = (448, 336),
     min_objects: int = 6,
     max_objects: int = 9,
+    radius: tuple[float, float] = (0.05, 0.12),
+    outline: int = 0,
 ) -> Path:
     """Render ``n_images`` scenes as JPEGs under ``out_dir/images/`` plus ``out_dir/instances.json``.
 
     Shapes are placed by rejection sampling so that no two overlap by more than 10% of the smaller
     one (boxes stay individually identifiable). Everything is drawn from one ``numpy`` generator
     seeded with ``seed``, so the same arguments give byte-identical JSON and images.
+    ``radius`` bounds each shape's circumradius as fractions of the image's shorter side; ``outline > 0``
+    draws shapes as outlines that many pixels wide instead of filled (the background shows through).
     Returns the path of the COCO json.
     """
     if not 1 <= min_objects <= max_objects:
@@ -125,8 +132,8 @@ def render_scenes(
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     width, height = size
-    r_min = max(8.0, min(width, height) * 0.05)
-    r_max = max(r_min + 1.0, min(width, height) * 0.12)
+    r_min = max(8.0, min(width, height) * radius[0])
+    r_max = max(r_min + 1.0, min(width, height) * radius[1])
     colour_names = list(COLOURS)
 
     images: list[dict[str, object]] = []
@@ -147,7 +154,7 @@ def render_scenes(
                 continue
             colour = colour_names[int(rng.integers(len(colour_names)))]
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            bbox = _draw_shape(draw, shape, cx, cy, r, COLOURS[colour])
+            bbox = _draw_shape(draw, shape, cx, cy, r, COLOURS[colour], outline)
             placed.append(corners)
             annotations.append(
                 {

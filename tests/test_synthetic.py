@@ -98,3 +98,25 @@ def test_warmup_dataset_is_sharegpt_with_gt_boxes(synthetic_scenes, tmp_path):
                 and max(abs(u - v) for u, v in zip(phrase.box.as_list(), Box.from_xywh(*a["bbox"]).as_list())) <= 1.0
                 for a in anns
             ), phrase
+
+
+def test_radius_and_outline_options(tmp_path):
+    """Big outlined shapes: sizes follow ``radius``; the interior shows the background, the border the colour."""
+    js = render_scenes(tmp_path / "big", n_images=4, seed=3, min_objects=1, max_objects=1, radius=(0.2, 0.25), outline=6)
+    coco = json.loads(js.read_text())
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        assert 2 * 0.2 * 336 * 0.9 <= max(w, h) <= 2 * 0.25 * 336 + 1  # a triangle's box is narrower than 2r
+        name = CATEGORY_NAMES[ann["category_id"] - 1]
+        with Image.open(js.parent / "images" / coco["images"][ann["image_id"] - 1]["file_name"]) as im:
+            rgb = im.convert("RGB")
+            centre = rgb.getpixel((int(x + w / 2), int(y + h * 0.6)))
+            assert min(centre) > 150, f"{name}: interior should be background, got {centre}"  # light background
+            colour = COLOURS[name.split()[0]]
+            border = [rgb.getpixel((int(x + w / 2), int(y + dy))) for dy in range(0, int(h / 2))]
+            assert any(sum(abs(a - b) for a, b in zip(px, colour)) < 90 for px in border), name
+    filled = render_scenes(tmp_path / "filled", n_images=4, seed=3, min_objects=1, max_objects=1, radius=(0.2, 0.25))
+    ann = json.loads(filled.read_text())["annotations"][0]
+    x, y, w, h = ann["bbox"]
+    with Image.open(filled.parent / "images" / "scene_00001.jpg") as im:
+        assert min(im.convert("RGB").getpixel((int(x + w / 2), int(y + h * 0.6)))) < 150  # filled: the shape's colour
