@@ -261,3 +261,17 @@ def build_tiny_qwen2vl(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def set_image_budget(model_dir: str | Path, max_pixels: int) -> None:
+    """Set the processor's pixel cap of a built tiny model so images become ``max_pixels / 784`` merged tokens at most.
+
+    Why: the default budget (``MAX_PIXELS``, 16 tokens) keeps tests fast; studies that need a finer
+    view (bench/effect_study.py) raise it. Image and video processors are changed together, in place.
+    """
+    path = Path(model_dir) / "processor_config.json"
+    data = json.loads(path.read_text())
+    for key in ("image_processor", "video_processor"):
+        if key in data:
+            data[key]["size"]["longest_edge"] = max_pixels
+    path.write_text(json.dumps(data, indent=2))

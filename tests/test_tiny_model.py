@@ -119,3 +119,22 @@ def test_warmup_failure_raises_with_log_tail(synthetic_scenes, tmp_path):
         warmup_sft(tmp_path / "no-such-model", synthetic_scenes, synthetic_scenes.parent / "images", tmp_path / "warm", steps=1)
     assert "no-such-model" in str(err.value)  # the log tail names the cause
     assert (tmp_path / "warm" / "_warmup" / "train.log").is_file()
+
+
+def test_set_image_budget_changes_the_visual_token_count(tiny_qwen2vl, synthetic_scenes, tmp_path):
+    """The processor cap decides how many merged visual tokens an image becomes (the effect study raises it)."""
+    import shutil
+
+    from spr_plugin.tiny_model import set_image_budget
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_qwen2vl, model_dir)
+    image = Image.open(next((synthetic_scenes.parent / "images").glob("*.jpg")))
+
+    def merged_tokens() -> int:
+        grid = AutoProcessor.from_pretrained(model_dir).image_processor(images=[image], return_tensors="pt")["image_grid_thw"]
+        return int(grid.prod()) // 4
+
+    assert merged_tokens() <= 16
+    set_image_budget(model_dir, 28 * 28 * 64)
+    assert 32 < merged_tokens() <= 64
