@@ -25,7 +25,7 @@ from .box_formats import BoxFormat
 from .errors import ConfigError, SPRError
 from .jsonl import atomic_write_jsonl
 from .paths import contained_path
-from .prompts import training_prompt
+from .prompts import strip_media_markers, training_prompt
 from .records import PreferencePair
 from .registry import check_can_register, ranking_entry, register_dataset
 
@@ -82,8 +82,8 @@ def _place_image(src: str, config: ExportConfig, image_id: int, placed: dict[str
 def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat) -> dict[str, Any]:
     return {
         "conversations": [{"from": "human", "value": training_prompt(pair.region, box_format)}],
-        "chosen": {"from": "gpt", "value": pair.chosen.candidate.text},
-        "rejected": {"from": "gpt", "value": pair.rejected.candidate.text},
+        "chosen": {"from": "gpt", "value": strip_media_markers(pair.chosen.candidate.text)},
+        "rejected": {"from": "gpt", "value": strip_media_markers(pair.rejected.candidate.text)},
         "images": [image],
     }
 

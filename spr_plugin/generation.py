@@ -18,7 +18,7 @@ from PIL import Image
 
 from .errors import ConfigError, SPRError
 from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds, lf_preprocess_image
-from .prompts import IMAGE_TOKEN, VARIANTS, Prompt
+from .prompts import IMAGE_TOKEN, VARIANTS, Prompt, strip_media_markers
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def resolve_device(device: str) -> str:
 
 
 def clean_output(text: str) -> str:
-    """The answer without the chat end marker and padding tokens (box and reference tokens stay)."""
+    """The answer without the chat end marker, padding and media tokens (box and reference tokens stay)."""
     for tok in _STRIP_TOKENS:
         text = text.split(tok)[0] if tok == "<|im_end|>" else text.replace(tok, "")
-    return text.strip()
+    return strip_media_markers(text).strip()

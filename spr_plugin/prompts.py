@@ -17,6 +17,31 @@ from .errors import ConfigError
 from .records import Region
 
 IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; one per image
+
+#: Media markers that must never appear in an answer: LLaMA-Factory's placeholders (counted against the
+#: record's media) and Qwen2-VL's vision special tokens (the collator derives M-RoPE positions from them).
+MEDIA_MARKERS: tuple[str, ...] = (
+    "<image>",
+    "<video>",
+    "<audio>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def strip_media_markers(text: str) -> str:
+    """``text`` without media placeholders or vision tokens, so it is safe as a training answer.
+
+    Why: sampled answers of a weak model do contain them (seen: ``<|video_pad|>``), and one in a DPO
+    record breaks LLaMA-Factory: a stray ``<image>`` fails its placeholder count, a stray
+    ``<|video_pad|>`` with no video crashes the Qwen2-VL collator's M-RoPE position computation.
+    """
+    for marker in MEDIA_MARKERS:
+        text = text.replace(marker, "")
+    return text
 VARIANTS = ("box_text", "crop", "refs")
 
 _ASK = "Describe the region {box} in detail. Ground every object you mention with a bounding box."

@@ -97,3 +97,8 @@ def test_bad_generation_settings_are_config_errors(tiny_qwen2vl):
         GenerationConfig(model=str(tiny_qwen2vl), max_batch_sequences=0)
     with pytest.raises(ConfigError, match="unknown prompt variants"):
         GenerationConfig(model=str(tiny_qwen2vl), variants=("box_text", "nope"))
+
+
+def test_clean_output_drops_media_markers_a_weak_model_samples():
+    raw = "<|video_pad|>The region shows <image><|object_ref_start|>a<|object_ref_end|><|vision_start|>.<|im_end|>tail"
+    assert clean_output(raw) == "The region shows <|object_ref_start|>a<|object_ref_end|>."

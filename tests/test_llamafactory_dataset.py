@@ -121,3 +121,53 @@ def test_gpu_recipe_is_accepted_by_llamafactory(built, tiny_qwen2vl, tmp_path):
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
     assert finetuning_args.stage == "dpo" and finetuning_args.pref_loss == "sigmoid"
     assert data_args.template == "qwen2_vl" and data_args.dataset == ["spr_t"]
+
+
+def test_stray_media_markers_in_answers_do_not_reach_llamafactory(tiny_qwen2vl, tmp_path):
+    """Weak models do sample ``<image>`` / ``<|video_pad|>``; exported answers must not carry them.
+
+    Without the scrub LLaMA-Factory refuses the records (``<image>`` count != image count) or, for a
+    stray ``<|video_pad|>``, its Qwen2-VL collator crashes computing M-RoPE positions.
+    """
+    from llamafactory.train.test_utils import load_dataset_module
+    from transformers import AutoTokenizer
+
+    scenes = render_scenes(tmp_path / "scenes", n_images=3, seed=5)
+    common = ["--annotations", scenes, "--images", scenes.parent / "images"]
+    subprocess.run(
+        [sys.executable, "-m", "spr_plugin.cli", "regions", *map(str, common), "--out", str(tmp_path / "r.jsonl")], check=True
+    )
+    write_candidates(tmp_path / "r.jsonl", tmp_path / "c.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):  # every answer gets debris: the best (chosen) and the worst (rejected) alike
+        row["text"] = ("<image>" if i % 2 else "<|video_pad|><|vision_start|>") + row["text"] + "<|image_pad|><video>"
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tmp_path / "data"
+    cmd = [*common, "--candidates", tmp_path / "c.jsonl", "--work-dir", tmp_path / "w", "--dataset-dir", data, "--name", "spr_m"]
+    proc = subprocess.run([sys.executable, "-m", "spr_plugin.cli", "build", *map(str, cmd)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (data / "spr_m.jsonl").read_text().splitlines()]
+    assert records
+    for rec in records:
+        for answer in (rec["chosen"]["value"], rec["rejected"]["value"]):
+            assert not any(m in answer for m in ("<image>", "<video>", "<|video_pad|>", "<|image_pad|>", "<|vision_start|>"))
+    module = load_dataset_module(
+        stage="rm",
+        model_name_or_path=str(tiny_qwen2vl),
+        do_train=True,
+        finetuning_type="lora",
+        dataset="spr_m",
+        dataset_dir=str(data),
+        template="qwen2_vl",
+        cutoff_len=1024,
+        image_max_pixels=12544,
+        overwrite_cache=True,
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        bf16=False,
+    )
+    ds = module["train_dataset"]
+    assert len(ds) == len(records)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2vl)
+    video_pad = tok.convert_tokens_to_ids("<|video_pad|>")
+    assert all(video_pad not in row["chosen_input_ids"] and video_pad not in row["rejected_input_ids"] for row in ds)
