@@ -1,19 +1,21 @@
-"""Effect study: do SPR preference pairs improve a model's localization? (CPU, minutes)
+"""Effect study: do SPR preference pairs improve a model's localization? (CPU, ~30 min)
 
-    rendered scenes -> tiny Qwen2-VL -> SFT (grounded region descriptions + single-object REC answers)
+    rendered scenes -> tiny Qwen2-VL -> pretraining (single-shape "where is the shape", in process,
+    bench/vision_probe.py) -> SFT through LLaMA-Factory (grounded region descriptions + REC answers)
     -> SPR pairs from the SFT model's own samples -> (a) LoRA DPO on the pairs, (b) LoRA SFT on the
     chosen side only (the paper's ablation) -> REC and region evaluation on held-out scenes.
 
-Everything is local: scenes are drawn with Pillow, the model is built from scratch, training runs
-through ``llamafactory-cli train``. Stages reuse finished outputs in ``--out`` (delete a folder to
-redo it). The numbers are written to ``--out/results.json`` and the plot to ``--out/rec_curve.png``.
+Everything is local: scenes are drawn with Pillow, the model is built from scratch, SFT and the
+preference stage run through ``llamafactory-cli train``. Stages reuse finished outputs in ``--out``
+(delete a folder to redo it). The numbers are written to ``--out/results.json`` and the plot to
+``--out/rec_curve.png``.
 
-Why the SFT mixes in REC data: with region descriptions alone the tiny model learns the grounding
-syntax but writes boxes at chance IoU (it ignores the image); single-object "where is X" answers were
-meant to give the vision path a direct signal. Measured: they did not suffice either (the tiny model
-collapses to one answer per prompt type). docs/evaluation.md has the runs, numbers and diagnosis.
+Why the pretraining: SFT from random weights never made the tiny model's boxes depend on the image
+(800-2500 steps); localization appears only after a phase change at several thousand steps of the
+simplest task (bench/vision_probe.py). Why the SFT mixes in REC data: it gives the box tokens a
+direct image signal besides the descriptions. docs/evaluation.md has the runs, numbers and diagnosis.
 
-    python bench/effect_study.py --out runs/effect_study --position-cue --seeds 0,1   # reported run
+    python bench/effect_study.py --out runs/effect_study --seeds 0,1,2   # the reported run
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from spr_plugin.evaluation.report import plot_accuracy_curves, rec_table, region
 from spr_plugin.lf_train import run_train, write_yaml  # noqa: E402
 from spr_plugin.records import Region  # noqa: E402
 from spr_plugin.regions import RegionConfig, load_coco, sample_regions  # noqa: E402
-from spr_plugin.tiny_model import build_tiny_qwen2vl  # noqa: E402
+from spr_plugin.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
 
 logger = logging.getLogger("effect_study")
 
@@ -66,24 +68,32 @@ class StudyConfig:
     size: tuple[int, int] = (448, 336)
     min_objects: int = 3
     max_objects: int = 5
-    sft_scenes: int = 400
+    radius: tuple[float, float] = (0.12, 0.20)  # shape circumradius, fraction of the shorter side
+    sft_scenes: int = 1000
     spr_scenes: int = 120
-    test_scenes: int = 40
+    test_scenes: int = 200
     region_k: int = 2  # a query region holds more than k objects
     position_cue: bool = False  # paint the background with an x/y colour gradient (see add_position_cue)
     # model
     hidden_size: int = 64
     num_layers: int = 2
-    max_image_tokens: int = 64  # merged 28x28 visual tokens per image (processor max_pixels = 784 * this)
+    max_image_tokens: int = 16  # merged 28x28 visual tokens per image (processor max_pixels = 784 * this)
+    # pretraining (bench/vision_probe.py): single-object "where is the shape" answers, in process
+    pretrain_steps: int = 12000  # at most; 0 = start SFT from the random tiny model
+    pretrain_scenes: int = 3000
+    pretrain_seed: int = 1  # model init, data order and pretraining scenes (see pretrain_base)
+    pretrain_target_acc: float = 0.8  # stop pretraining once held-out single-object Acc@0.5 reaches this
     # SFT
-    sft_steps: int = 800
+    sft_steps: int = 10000
     sft_lr: float = 3e-3
+    train_vision: str = "all"  # which vision parts SFT trains: "all" (tower + projector), "projector", "none"
     rec_copies: int = 1  # REC records per REC-able object in the SFT set (0 = descriptions only)
     regions_per_image: int = 2
     # SPR
     num_samples: int = 4
     variants: tuple[str, ...] = ("box_text", "refs")
-    temperature: float = 1.0
+    temperature: float = 0.7  # at 1.0 the tiny model's samples were mostly broken text (empty answers, box debris)
+    top_p: float = 0.9
     min_margin: float = 0.02
     lam: float = 0.8
     # preference / ablation training (LoRA)
@@ -109,7 +119,13 @@ def make_world(cfg: StudyConfig) -> dict[str, Path]:
         js = d / "instances.json"
         if not js.is_file():
             render_scenes(
-                d, n_images=n, seed=cfg.seed + offset, size=cfg.size, min_objects=cfg.min_objects, max_objects=cfg.max_objects
+                d,
+                n_images=n,
+                seed=cfg.seed + offset,
+                size=cfg.size,
+                min_objects=cfg.min_objects,
+                max_objects=cfg.max_objects,
+                radius=cfg.radius,
             )
         if cfg.position_cue:
             add_position_cue(js)
@@ -177,16 +193,6 @@ def _base_train_config(model: Path, dataset: str, dataset_dir: Path, out: Path, 
     }
 
 
-def set_image_budget(model_dir: Path, max_pixels: int) -> None:
-    """Raise the processor's pixel cap so the model sees ``max_pixels / 784`` merged visual tokens."""
-    p = model_dir / "processor_config.json"
-    data = json.loads(p.read_text())
-    for key in ("image_processor", "video_processor"):
-        if key in data:
-            data[key]["size"]["longest_edge"] = max_pixels
-    p.write_text(json.dumps(data, indent=2))
-
-
 def write_mixed_sft(scenes_json: Path, dataset_dir: Path, cfg: StudyConfig) -> tuple[Path, dict[str, int]]:
     """Grounded region descriptions (the warm-up data) plus single-object REC answers, shuffled together."""
     import random
@@ -223,26 +229,60 @@ def write_mixed_sft(scenes_json: Path, dataset_dir: Path, cfg: StudyConfig) -> t
     return dataset_dir, {"descriptions": n_desc, "rec": len(rec_records)}
 
 
+def pretrain_base(cfg: StudyConfig) -> Path:
+    """The base the SFT starts from: the random tiny model, or (default) one pretrained to localize.
+
+    Why: SFT through LLaMA-Factory from random weights never made the boxes depend on the image in
+    800-2500 steps (docs/evaluation.md). ``bench/vision_probe.py`` measured that the same tiny model
+    does learn to localize a single shape after ~6000 steps of "where is the shape" answers, with
+    the label hidden so that both name and box must come from the image. That stage plays the role
+    of a real MLLM's pretraining; it runs in process because it is ~3x faster per step than a
+    ``llamafactory-cli`` run here, and it is reused if its checkpoint exists.
+    """
+    if cfg.pretrain_steps <= 0:
+        base = build_tiny_qwen2vl(
+            cfg.out / "tiny_base",
+            seed=cfg.seed,
+            corpus=[*CATEGORY_NAMES, *SCENE_WORDS],
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+        )
+        set_image_budget(base, cfg.max_pixels)
+        return base
+    from vision_probe import ProbeConfig, run_probe
+
+    out = cfg.out / "pretrained"
+    if not (out / "model.safetensors").is_file():
+        probe = ProbeConfig(
+            out=cfg.out / "pretrain",
+            steps=cfg.pretrain_steps,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            max_image_tokens=cfg.max_image_tokens,
+            scenes=cfg.pretrain_scenes,
+            hide_label=True,
+            eval_every=1000,
+            target_acc=cfg.pretrain_target_acc,
+            save=out,
+            seed=cfg.pretrain_seed,
+        )
+        run_probe(probe)
+    return out
+
+
 def train_sft_model(world: dict[str, Path], cfg: StudyConfig) -> Path:
     out = cfg.out / "sft_model"
     if (out / "model.safetensors").is_file():
         return out
-    base = build_tiny_qwen2vl(
-        cfg.out / "tiny_base",
-        seed=cfg.seed,
-        corpus=[*CATEGORY_NAMES, *SCENE_WORDS],
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-    )
-    set_image_budget(base, cfg.max_pixels)
+    base = pretrain_base(cfg)
     data_dir, counts = write_mixed_sft(world["sft"], cfg.out / "sft_data", cfg)
     logger.info("SFT data: %s", counts)
     conf = _base_train_config(base, DATASET_NAME, data_dir, out, cfg) | {
         "stage": "sft",
         "do_train": True,
         "finetuning_type": "full",
-        "freeze_vision_tower": False,
-        "freeze_multi_modal_projector": False,
+        "freeze_vision_tower": cfg.train_vision != "all",
+        "freeze_multi_modal_projector": cfg.train_vision == "none",
         "per_device_train_batch_size": 8,
         "learning_rate": cfg.sft_lr,
         "max_steps": cfg.sft_steps,
@@ -271,7 +311,7 @@ def build_pairs(sft_model: Path, world: dict[str, Path], cfg: StudyConfig) -> Pa
         model=str(sft_model),
         num_samples=cfg.num_samples,
         temperature=cfg.temperature,
-        top_p=1.0,
+        top_p=cfg.top_p,
         max_new_tokens=160,
         batch_size=8,
         variants=cfg.variants,
@@ -359,6 +399,9 @@ def run(cfg: StudyConfig, seeds: list[int], stages: set[str]) -> dict[str, Any]:
     sft = train_sft_model(world, cfg)
     timings["sft"] = time.monotonic() - t0
     results: dict[str, Any] = {"config": json.loads(json.dumps(asdict(cfg), default=str)), "seeds": seeds, "models": {}}
+    history = cfg.out / "pretrain" / "history.json"
+    if history.is_file():  # held-out single-shape REC of the pretrained base, per evaluation step
+        results["pretrain_history"] = json.loads(history.read_text())
     results["models"]["sft"] = evaluate("sft", sft, None, items, regions, cfg)
     timings["eval_sft"] = time.monotonic() - t0
     if "pairs" in stages:
@@ -393,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/effect_study"))
     p.add_argument("--seeds", default="0", help="comma-separated training seeds for the DPO / chosen-SFT stage")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--pretrain-steps", type=int, default=StudyConfig.pretrain_steps)
+    p.add_argument("--pretrain-seed", type=int, default=StudyConfig.pretrain_seed)
     p.add_argument("--sft-steps", type=int, default=StudyConfig.sft_steps)
     p.add_argument("--sft-scenes", type=int, default=StudyConfig.sft_scenes)
     p.add_argument("--spr-scenes", type=int, default=StudyConfig.spr_scenes)
@@ -404,9 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-objects", type=int, default=StudyConfig.min_objects)
     p.add_argument("--max-objects", type=int, default=StudyConfig.max_objects)
     p.add_argument("--rec-copies", type=int, default=StudyConfig.rec_copies)
+    p.add_argument("--temperature", type=float, default=StudyConfig.temperature)
+    p.add_argument("--top-p", type=float, default=StudyConfig.top_p)
     p.add_argument("--num-samples", type=int, default=StudyConfig.num_samples)
     p.add_argument("--pref-epochs", type=float, default=StudyConfig.pref_epochs)
     p.add_argument("--pref-lr", type=float, default=StudyConfig.pref_lr)
+    p.add_argument("--train-vision", choices=("all", "projector", "none"), default=StudyConfig.train_vision)
     p.add_argument("--position-cue", action="store_true", help="x/y colour gradient background (absolute position in pixels)")
     p.add_argument("--sft-only", action="store_true", help="stop after evaluating the SFT model (for exploring SFT settings)")
     a = p.parse_args(argv)
@@ -415,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         out=a.out.resolve(),
         seed=a.world_seed,
         sft_steps=a.sft_steps,
+        pretrain_steps=a.pretrain_steps,
+        pretrain_seed=a.pretrain_seed,
         sft_scenes=a.sft_scenes,
         spr_scenes=a.spr_scenes,
         test_scenes=a.test_scenes,
@@ -426,9 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         max_objects=a.max_objects,
         rec_copies=a.rec_copies,
         num_samples=a.num_samples,
+        temperature=a.temperature,
+        top_p=a.top_p,
         pref_epochs=a.pref_epochs,
         pref_lr=a.pref_lr,
         position_cue=a.position_cue,
+        train_vision=a.train_vision,
     )
     try:
         run(cfg, [int(s) for s in a.seeds.split(",") if s.strip()], set() if a.sft_only else {"pairs"})
