@@ -42,6 +42,8 @@ def strip_media_markers(text: str) -> str:
     for marker in MEDIA_MARKERS:
         text = text.replace(marker, "")
     return text
+
+
 VARIANTS = ("box_text", "crop", "refs")
 
 _ASK = "Describe the region {box} in detail. Ground every object you mention with a bounding box."

@@ -15,3 +15,15 @@ def region(boxes=((64, 48, 128, 96), (320, 240, 400, 320)), cats=("red circle", 
 
 def cand(text, idx=0, variant="box_text", region_id="1_0"):
     return Candidate(region_id, variant, idx, text)
+
+
+def load_bench(name: str):
+    """Import a ``bench/`` script as a module (bench/ holds scripts, not a package)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import load_bench
 
 
 @pytest.mark.slow
 def test_effect_study_runs_every_stage_and_reports(tmp_path):
-    if str(REPO / "bench") not in sys.path:
-        sys.path.insert(0, str(REPO / "bench"))
-    study = importlib.import_module("effect_study")
+    study = load_bench("effect_study")
     cfg = study.StudyConfig(
         out=tmp_path / "es",
         sft_scenes=6,

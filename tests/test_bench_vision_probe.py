@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_bench(name: str):
-    """Import a bench/ script as a module (bench/ is scripts, not a package)."""
-    if str(REPO / "bench") not in sys.path:
-        sys.path.insert(0, str(REPO / "bench"))
-    return importlib.import_module(name)
+from helpers import load_bench
 
 
 def test_probe_trains_evaluates_and_saves(tmp_path):
-    probe = _load_bench("vision_probe")
+    probe = load_bench("vision_probe")
     cfg = probe.ProbeConfig(
         out=tmp_path / "probe",
         steps=6,
@@ -45,6 +35,6 @@ def test_probe_trains_evaluates_and_saves(tmp_path):
 
 
 def test_probe_stops_at_the_target_accuracy(tmp_path):
-    probe = _load_bench("vision_probe")
+    probe = load_bench("vision_probe")
     cfg = probe.ProbeConfig(out=tmp_path / "probe", steps=6, batch_size=2, eval_every=2, scenes=4, test_scenes=2, target_acc=0.0)
     assert [h["step"] for h in probe.run_probe(cfg)] == [2]  # any accuracy reaches 0.0: stop at the first evaluation

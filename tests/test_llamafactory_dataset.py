@@ -44,6 +44,28 @@ def built(tmp_path_factory):
     return data
 
 
+def _load_with_llamafactory(dataset_dir, name, model, out):
+    """The preference dataset as LLaMA-Factory's DPO workflow tokenizes it (stage "rm" loads pairs)."""
+    from llamafactory.train.test_utils import load_dataset_module
+
+    module = load_dataset_module(
+        stage="rm",
+        model_name_or_path=str(model),
+        do_train=True,
+        finetuning_type="lora",
+        dataset=name,
+        dataset_dir=str(dataset_dir),
+        template="qwen2_vl",
+        cutoff_len=1024,
+        image_max_pixels=12544,
+        overwrite_cache=True,
+        output_dir=str(out),
+        report_to="none",
+        bf16=False,
+    )
+    return module["train_dataset"]
+
+
 def test_records_follow_the_llamafactory_contract(built):
     info = json.loads((built / "dataset_info.json").read_text())
     assert info["users_own"] == {"file_name": "users_own.json"}  # kept
@@ -62,25 +84,8 @@ def test_records_follow_the_llamafactory_contract(built):
 
 
 def test_dataset_loads_through_llamafactory_with_qwen2vl_template(built, tiny_qwen2vl, tmp_path):
-    from llamafactory.train.test_utils import load_dataset_module
-
     n_records = len((built / "spr_t.jsonl").read_text().splitlines())
-    module = load_dataset_module(
-        stage="rm",  # LLaMA-Factory's DPO workflow loads preference data with stage "rm"
-        model_name_or_path=str(tiny_qwen2vl),
-        do_train=True,
-        finetuning_type="lora",
-        dataset="spr_t",
-        dataset_dir=str(built),
-        template="qwen2_vl",
-        cutoff_len=1024,
-        image_max_pixels=12544,
-        overwrite_cache=True,
-        output_dir=str(tmp_path / "out"),
-        report_to="none",
-        bf16=False,
-    )
-    ds = module["train_dataset"]
+    ds = _load_with_llamafactory(built, "spr_t", tiny_qwen2vl, tmp_path / "out")
     assert len(ds) == n_records
     from transformers import AutoTokenizer
 
@@ -129,7 +134,6 @@ def test_stray_media_markers_in_answers_do_not_reach_llamafactory(tiny_qwen2vl, 
     Without the scrub LLaMA-Factory refuses the records (``<image>`` count != image count) or, for a
     stray ``<|video_pad|>``, its Qwen2-VL collator crashes computing M-RoPE positions.
     """
-    from llamafactory.train.test_utils import load_dataset_module
     from transformers import AutoTokenizer
 
     scenes = render_scenes(tmp_path / "scenes", n_images=3, seed=5)
@@ -151,22 +155,7 @@ def test_stray_media_markers_in_answers_do_not_reach_llamafactory(tiny_qwen2vl, 
     for rec in records:
         for answer in (rec["chosen"]["value"], rec["rejected"]["value"]):
             assert not any(m in answer for m in ("<image>", "<video>", "<|video_pad|>", "<|image_pad|>", "<|vision_start|>"))
-    module = load_dataset_module(
-        stage="rm",
-        model_name_or_path=str(tiny_qwen2vl),
-        do_train=True,
-        finetuning_type="lora",
-        dataset="spr_m",
-        dataset_dir=str(data),
-        template="qwen2_vl",
-        cutoff_len=1024,
-        image_max_pixels=12544,
-        overwrite_cache=True,
-        output_dir=str(tmp_path / "out"),
-        report_to="none",
-        bf16=False,
-    )
-    ds = module["train_dataset"]
+    ds = _load_with_llamafactory(data, "spr_m", tiny_qwen2vl, tmp_path / "out")
     assert len(ds) == len(records)
     tok = AutoTokenizer.from_pretrained(tiny_qwen2vl)
     video_pad = tok.convert_tokens_to_ids("<|video_pad|>")
