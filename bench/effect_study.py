@@ -52,7 +52,7 @@ from spr_plugin.evaluation.rec import RecConfig, default_prompt, evaluate_rec, r
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region  # noqa: E402
 from spr_plugin.evaluation.report import plot_accuracy_curves, rec_table, region_table, write_json  # noqa: E402
-from spr_plugin.lf_train import run_train, write_yaml  # noqa: E402
+from spr_plugin.lf_train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
 from spr_plugin.records import Region  # noqa: E402
 from spr_plugin.regions import RegionConfig, load_coco, sample_regions  # noqa: E402
 from spr_plugin.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
@@ -175,20 +175,14 @@ def held_out_regions(scenes_json: Path, cfg: StudyConfig) -> list[Region]:
 
 def _base_train_config(model: Path, dataset: str, dataset_dir: Path, out: Path, cfg: StudyConfig) -> dict[str, Any]:
     return {
+        **CPU_RUN_SETTINGS,
         "model_name_or_path": str(model),
         "dataset": dataset,
         "dataset_dir": str(dataset_dir),
         "template": "qwen2_vl",
         "cutoff_len": 512,
         "image_max_pixels": cfg.max_pixels,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 1,
-        "dataloader_num_workers": 0,
         "output_dir": str(out),
-        "overwrite_output_dir": True,
-        "save_strategy": "no",
-        "bf16": False,
-        "report_to": "none",
         "seed": cfg.seed,
     }
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from spr_plugin.box_formats import Qwen2VLFormat
 from spr_plugin.errors import SPRError
-from spr_plugin.lf_train import run_train, write_yaml
+from spr_plugin.lf_train import CPU_RUN_SETTINGS, run_train, write_yaml
 from spr_plugin.prompts import training_prompt
 from spr_plugin.regions import RegionConfig, load_coco, sample_regions
 
@@ -131,6 +131,7 @@ def warmup_sft(
     work = out / "_warmup"
     dataset_dir = write_sft_dataset(scenes_json, image_root, work / "data", regions_per_image=regions_per_image, seed=seed)
     config: dict[str, Any] = {
+        **CPU_RUN_SETTINGS,
         "model_name_or_path": str(model_dir),
         "stage": "sft",
         "do_train": True,
@@ -142,12 +143,7 @@ def warmup_sft(
         "template": "qwen2_vl",
         "cutoff_len": cutoff_len,
         "image_max_pixels": image_max_pixels,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 1,
-        "dataloader_num_workers": 0,
         "output_dir": str(out),
-        "overwrite_output_dir": True,
-        "save_strategy": "no",
         "save_only_model": True,
         "logging_steps": max(1, steps // 10),
         "per_device_train_batch_size": batch_size,
@@ -156,8 +152,6 @@ def warmup_sft(
         "max_steps": steps,
         "lr_scheduler_type": "cosine",
         "warmup_steps": max(1, steps // 20),
-        "bf16": False,
-        "report_to": "none",
         "seed": seed,
     }
     log_path = Path(log_file) if log_file else work / "train.log"

@@ -27,6 +27,18 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+#: Run settings every local CPU training here uses: fresh preprocessing, no worker processes, no checkpoints
+#: mid-run, float32 (CPUs here have no fast bf16) and no experiment trackers (they would try the network).
+CPU_RUN_SETTINGS: dict[str, Any] = {
+    "overwrite_cache": True,
+    "preprocessing_num_workers": 1,
+    "dataloader_num_workers": 0,
+    "overwrite_output_dir": True,
+    "save_strategy": "no",
+    "bf16": False,
+    "report_to": "none",
+}
+
 
 def llamafactory_cli() -> str:
     """The CLI next to the running interpreter (the venv's), else whatever is on PATH."""
