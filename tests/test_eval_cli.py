@@ -56,3 +56,17 @@ def test_eval_user_errors_are_one_line(tiny_qwen2vl, tmp_path):
     assert bad.returncode == 2 and "{expression}" in bad.stderr
     no_regions = spr("eval", "region", "--model", tiny_qwen2vl, "--out", tmp_path / "r.json")
     assert no_regions.returncode == 2 and "--regions" in no_regions.stderr
+
+
+def test_bad_pre_resize_flags_are_one_line_errors(tiny_qwen2vl, tmp_path):
+    ann = tmp_path / "rec.jsonl"
+    ann.write_text(json.dumps({"image": "a.jpg", "expression": "x", "box": [0, 0, 4, 4]}) + "\n")
+    base = ["eval", "rec", "--annotations", ann, "--model", tiny_qwen2vl, "--out", tmp_path / "r.json"]
+    not_a_number = spr(*base, "--image-max-pixels", "lots")
+    assert not_a_number.returncode == 2 and "pixel count" in not_a_number.stderr and "Traceback" not in not_a_number.stderr
+    zero = spr(*base, "--image-max-pixels", 0)
+    assert zero.returncode == 2 and "image_max_pixels must be a positive integer" in zero.stderr
+    assert "Traceback" not in zero.stderr
+    crossed = spr("generate", "--regions", tmp_path / "r.jsonl", "--model", tiny_qwen2vl, "--out", tmp_path / "c.jsonl",
+                  "--image-max-pixels", 100, "--image-min-pixels", 200)  # fmt: skip
+    assert crossed.returncode == 2 and "must not exceed image_max_pixels" in crossed.stderr and "Traceback" not in crossed.stderr
