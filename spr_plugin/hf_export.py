@@ -6,7 +6,8 @@ LLaMA-Factory's ShareGPT: ``prompt`` (a user turn whose content lists ``{"type":
 (one assistant turn each) and ``images`` (decoded by an ``Image`` feature, bytes embedded in the
 parquet so the file is self-contained). Records are read through ``dataset_info.json`` so the
 columns and tags a user registered are honoured, and every image path must stay inside the dataset
-folder (see :mod:`spr_plugin.paths`).
+folder (see :mod:`spr_plugin.paths`), or, for ``--image-mode absolute`` datasets, under the folder given
+with ``--images``; each must decode as an image, so no other file can end up in the parquet.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SPRError
-from .jsonl import read_dataset_records
+from .images import require_image
+from .jsonl import atomic_output, read_dataset_records
 from .paths import contained_path
 from .registry import read_dataset_info
 
@@ -46,7 +48,9 @@ def _content(text: str) -> list[dict[str, str | None]]:
     return parts
 
 
-def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str) -> dict[str, Any]:
+def trl_row(
+    record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str, image_root: Path | None = None
+) -> dict[str, Any]:
     """One ShareGPT ranking record -> ``{prompt, chosen, rejected, images}`` in TRL's conversational form."""
     cols = {
         "messages": "conversations",
@@ -69,9 +73,21 @@ def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, wh
         raise SPRError(f"{where}: not a ShareGPT ranking record ({type(exc).__name__}: {exc})") from None
     images = []
     for p in image_paths:
-        path = Path(p) if Path(str(p)).is_absolute() else contained_path(dataset_dir, str(p), f"{where}: image")
+        if not isinstance(p, str) or not p:
+            raise SPRError(f"{where}: image entry {p!r} is not a file path")
+        if Path(p).is_absolute():
+            # --image-mode absolute datasets name images outside the folder: only under a root the user names.
+            if image_root is None:
+                raise SPRError(
+                    f"{where}: image {p} lies outside {dataset_dir}; pass --images FOLDER if the dataset's images "
+                    "really live there (--image-mode absolute)"
+                )
+            path = contained_path(image_root, p, f"{where}: image")
+        else:
+            path = contained_path(dataset_dir, p, f"{where}: image")
         if not path.is_file():
             raise SPRError(f"{where}: image not found: {path}")
+        require_image(path, f"{where}: image")  # only real images are embedded, never an arbitrary file
         images.append({"bytes": path.read_bytes(), "path": path.name})  # embedded: the parquet travels alone
     n_placeholders = sum(part["type"] == "image" for m in prompt for part in m["content"])
     if n_placeholders != len(images):
@@ -79,7 +95,7 @@ def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, wh
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "images": images}
 
 
-def export_hf(dataset_dir: str | Path, name: str, out: str | Path) -> HFExportResult:
+def export_hf(dataset_dir: str | Path, name: str, out: str | Path, image_root: str | Path | None = None) -> HFExportResult:
     """Write ``<out>/<name>.parquet`` (images embedded) and return its path; load it back with
     ``datasets.load_dataset("parquet", data_files=...)``."""
     import datasets
@@ -89,13 +105,19 @@ def export_hf(dataset_dir: str | Path, name: str, out: str | Path) -> HFExportRe
     if name not in info:
         raise SPRError(f"dataset {name!r} is not registered in {dataset_dir / 'dataset_info.json'}")
     entry = info[name]
-    if not entry.get("ranking") or entry.get("formatting", "alpaca") != "sharegpt" or "file_name" not in entry:
+    if (
+        not isinstance(entry, dict)
+        or not entry.get("ranking")
+        or entry.get("formatting", "alpaca") != "sharegpt"
+        or "file_name" not in entry
+    ):
         raise SPRError(f"dataset {name!r} is not a local ShareGPT ranking dataset; only those can be exported")
     data_file = contained_path(dataset_dir, str(entry["file_name"]), f"dataset {name!r} file_name")
     records = _read_records(data_file)
     if not records:
         raise SPRError(f"{data_file} holds no records")
-    rows = [trl_row(r, entry, dataset_dir, f"{data_file}:{i + 1}") for i, r in enumerate(records)]
+    root = None if image_root is None else Path(image_root)
+    rows = [trl_row(r, entry, dataset_dir, f"{data_file}:{i + 1}", root) for i, r in enumerate(records)]
     features = datasets.Features(
         {
             "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.List(_part())}),
@@ -108,7 +130,8 @@ def export_hf(dataset_dir: str | Path, name: str, out: str | Path) -> HFExportRe
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parquet = out / f"{name}.parquet"
-    ds.to_parquet(str(parquet))
+    with atomic_output(parquet, "wb") as f:
+        ds.to_parquet(f)
     return HFExportResult(parquet, len(rows))
 
 
