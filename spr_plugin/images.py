@@ -96,7 +96,7 @@ class ImageLocator:
     (``images/v1/patch8/x.jpg`` -> ``patch8/x.jpg``) and look directly under ``root`` or under one of its
     sub-folders (``train/``, ``val/``, ``val2017/``): the layout official archives extract to. Which layout a
     dataset uses is decided once, by :meth:`learn`, from a sample of its names (the layout that finds most of
-    them; the json's own on a tie); afterwards each name is looked up in that layout and the json's own, one
+    them; the json's own on a tie; never a layout that maps two names to one file); afterwards each name is looked up in that layout and the json's own, one
     ``stat`` each. A per-image search would be wrong: for ``seq3/0001.jpg`` it would happily return
     ``seq1/0001.jpg``. Names that leave ``root`` (``..``, absolute paths elsewhere) are never looked up.
     """
@@ -139,11 +139,12 @@ class ImageLocator:
                 if (drop, base) not in layouts:
                     layouts.append((drop, base))
         best, best_hits = (0, self.root), -1
+        distinct = len(set(names))
         for layout in layouts:
-            hits = 0
-            for n in names:
-                p = self._at(layout, n) if not os.path.isabs(n) else Path(os.path.normpath(n))
-                hits += p is not None and p.is_file()
+            mapped = [self._at(layout, n) if not os.path.isabs(n) else Path(os.path.normpath(n)) for n in names]
+            if len({p for p in mapped if p is not None}) < distinct:
+                continue  # lossy: two different names would land on one file (seq1/0001.jpg, seq2/0001.jpg)
+            hits = sum(p is not None and p.is_file() for p in mapped)
             if hits > best_hits:
                 best, best_hits = layout, hits
             if best_hits == len(names):
