@@ -96,24 +96,28 @@ class Manifest:
     def check(self, stages: Mapping[str, Mapping[str, Any]], *, what: str, hint: str = "") -> None:
         """Refuse (one line) if an existing output was made from other inputs than ``stages`` say now.
 
-        A stage without output files on disk is not compared (nothing of it would be reused). Existing
-        outputs without a manifest (made by an older spr, or by hand) are refused too: they cannot be checked.
+        ``stages`` are in pipeline order. A stage is compared when its own output, or the output of a later
+        stage built on it, is on disk; a stage whose outputs are all gone would not be reused. Existing outputs
+        without a manifest (made by an older spr, or by hand) are refused too: they cannot be checked.
         """
         data = self.read()
         recorded = {} if data is None else data["stages"]
+        names = list(stages)
+        present = {name: self.existing_outputs(name) for name in names}
         changed: list[str] = []
         unrecorded: list[Path] = []
-        for stage, inputs in stages.items():
-            present = self.existing_outputs(stage)
-            if not present:
+        for i, stage in enumerate(names):
+            if not any(present[later] for later in names[i:]):
                 continue
             if stage not in recorded:
-                unrecorded += present
+                unrecorded += present[stage]
                 continue
-            changed += [f"{stage}.{d}" for d in differences(recorded[stage], settings(inputs))]
+            changed += [f"{stage}.{d}" for d in differences(recorded[stage], settings(stages[stage]))]
         tail = f"; {hint}" if hint else ""
         if changed:
-            shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+            own = [c for c in changed if ".upstream " not in c]  # the upstream hash only repeats an earlier change
+            shown_list = own or changed
+            shown = ", ".join(shown_list[:4]) + (f" and {len(shown_list) - 4} more" if len(shown_list) > 4 else "")
             raise SPRError(f"{what} was made with other settings or inputs (changed: {shown}){tail}")
         if unrecorded:
             raise SPRError(f"{what} holds {unrecorded[0]} but no record of how it was made ({self.path}){tail}")

@@ -41,7 +41,7 @@ LVIS_CATEGORIES = [
      "frequency": "c", "image_count": 1, "instance_count": 1},
     {"id": 3, "name": "bat_(animal)", "synset": "bat.n.01", "synonyms": ["bat_(animal)"], "def": "nocturnal mouselike mammal",
      "frequency": "r", "image_count": 1, "instance_count": 1},
-    {"id": 7, "name": "Band_Aid", "synset": "band_aid.n.01", "synonyms": ["Band_Aid"], "def": "trade name for an adhesive bandage",
+    {"id": 7, "name": "Band_Aid", "synset": "band_aid.n.01", "synonyms": ["Band_Aid"], "def": "an adhesive bandage",
      "frequency": "r", "image_count": 1, "instance_count": 1},
     {"id": 9, "name": "banana", "synset": "banana.n.02", "synonyms": ["banana"], "def": "elongated crescent-shaped yellow fruit",
      "frequency": "f", "image_count": 1, "instance_count": 1},

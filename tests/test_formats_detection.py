@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
 from formats_factory import W, draw_image, six_boxes, write_lvis, write_objects365
+
 from spr_plugin.box_formats import get_box_format
 from spr_plugin.errors import SPRError
 from spr_plugin.prompts import build_prompt

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from formats_factory import py2_pickle, six_boxes, write_lmms_parquet, write_mdetr, write_qwen_vl_jsonl, write_refer
+
 from spr_plugin.errors import SPRError
 from spr_plugin.evaluation.rec_data import load_rec, read_plain_pickle
 from spr_plugin.records import Box
@@ -81,17 +81,27 @@ class _Evil:
         return (os.system, ("touch PWNED",))
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        pickle.dumps([{"ref_id": 1, "x": _Evil()}], protocol=2),
-        pickle.dumps(_Evil(), protocol=0),
-        pickle.dumps({1, 2, 3}, protocol=2),  # a set needs builtins.set: not a plain container
-    ],
-)
-def test_unpickling_refuses_anything_but_plain_containers(tmp_path, payload):
+PAYLOADS = [
+    pickle.dumps([{"ref_id": 1, "x": _Evil()}], protocol=2),
+    pickle.dumps(_Evil(), protocol=0),
+    pickle.dumps({1, 2, 3}, protocol=2),  # a set needs builtins.set: not a plain container
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_unpickling_refuses_anything_but_plain_containers(tmp_path, payload, monkeypatch):
     refs, train2014 = write_refer(tmp_path)
     refs.write_bytes(payload)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SPRError, match="refused to unpickle.*only plain lists, dicts, strings and numbers"):
+        load_rec(refs, train2014, split="val")
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.slow
+def test_a_malicious_refs_pickle_is_one_line_from_the_cli(tmp_path):
+    refs, train2014 = write_refer(tmp_path)
+    refs.write_bytes(PAYLOADS[0])
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     proc = subprocess.run(
@@ -165,6 +175,7 @@ def test_malformed_rec_json_is_one_clear_error(tmp_path, content, message):
         load_rec(path, tmp_path)
 
 
+@pytest.mark.slow
 def test_eval_rec_runs_on_refer_files_through_the_cli(tiny_qwen2vl, tmp_path):
     refs, train2014 = write_refer(tmp_path)
     out = tmp_path / "rec.json"
@@ -180,6 +191,7 @@ def test_eval_rec_runs_on_refer_files_through_the_cli(tiny_qwen2vl, tmp_path):
     assert all("<image>" not in a["expression"] and "<|image_pad|>" not in a["expression"] for a in answers)
 
 
+@pytest.mark.slow
 def test_eval_rec_on_mdetr_qwen_vl_and_lmms_files(tiny_qwen2vl, tmp_path):
     _, train2014 = write_refer(tmp_path)
     files = {
@@ -218,11 +230,13 @@ def test_missing_image_in_eval_rec_is_one_line_before_the_model_loads(tmp_path):
     assert "COCO_train2014_000000000009.jpg" in line and "cannot load" not in line
 
 
+@pytest.mark.slow
 def test_expressions_with_media_tokens_in_a_plain_jsonl_do_not_crash_eval(tiny_qwen2vl, tmp_path):
     refs, train2014 = write_refer(tmp_path)
     path = tmp_path / "rec.jsonl"
-    rows = [{"id": i, "image": str(train2014 / "COCO_train2014_000000581857.jpg"), "expression": expr, "box": [10, 20, 50, 60]}
-            for i, expr in enumerate(["<image>", "cat <|image_pad|><|vision_start|>", "<im<image>age> dog", "<|im_end|><|im_start|>user x"])]  # fmt: skip
+    image = str(train2014 / "COCO_train2014_000000581857.jpg")
+    exprs = ["<image>", "cat <|image_pad|><|vision_start|>", "<im<image>age> dog", "<|im_end|><|im_start|>user x"]
+    rows = [{"id": i, "image": image, "expression": e, "box": [10, 20, 50, 60]} for i, e in enumerate(exprs)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "r.json"
     proc = spr("eval", "rec", "--annotations", path, "--model", tiny_qwen2vl, "--out", out, "--max-new-tokens", 4, "--quiet")
