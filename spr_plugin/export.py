@@ -157,10 +157,10 @@ def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_fo
     dataset_dir = Path(config.dataset_dir)
     entry = ranking_entry(f"{config.name}.jsonl")
     check_can_export(config)  # a refused export creates nothing, not even the lock file
+    for p in pairs:
+        _image_source(p, config)  # every image checked (inside its root, a real image) before anything is written
     with _export_lock(dataset_dir, config.name):
         check_can_export(config)  # again under the lock: a concurrent export of this name may just have finished
-        sources = {p.region.image_path: _image_source(p, config) for p in pairs}  # all images checked before writing
-        del sources
         placed: dict[str, str] = {}
         copied = [0]
         stats = SanitizeStats()
