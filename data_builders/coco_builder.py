@@ -221,21 +221,30 @@ def _reuse_regions(work_dir: Path) -> tuple[list[Region], RegionStats] | None:
     return (regions, stats) if regions else None
 
 
-def _preflight(config: BuildConfig, generator: Generator | None) -> None:
-    """Everything that can be checked in a second: names, output folders, candidate files, registration."""
-    if config.candidates_file is None and generator is None:
-        raise SPRError("no candidate source: pass a candidates JSONL file or a generator model")
+@dataclass
+class PreparedBuild:
+    """What :func:`prepare_build` checked and loaded, so :func:`build_dataset` does not repeat it."""
+
+    stages: dict[str, dict]
+    manifest: Manifest
+    candidates: list[Candidate] | None
+    coco: Any = None  # the annotation index, unless the regions of an earlier run are reused
+
+
+def prepare_build(config: BuildConfig) -> PreparedBuild:
+    """Every check that takes seconds, run before a model is loaded or a candidate generated.
+
+    The dataset name, the output folders (a file in the way, not writable), the registration (a clashing
+    entry, an existing dataset), the annotation file (readable, its images under ``--images``), candidate
+    files (readable) and the work dir's manifest (made with the same settings, unless ``fresh``).
+    """
     export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite)  # validates the name
     require_writable_dir(config.work_dir, "--work-dir")
     require_writable_dir(config.dataset_dir, "--dataset-dir")
     check_can_export(export_cfg)
     if not Path(config.annotations).is_file():
         raise SPRError(f"annotation file not found: {config.annotations}")
-
-
-def build_dataset(config: BuildConfig, generator: Generator | None = None) -> BuildSummary:
-    """Run every stage; ``generator`` is required unless ``config.candidates_file`` is given."""
-    _preflight(config, generator)
+    get_box_format(config.scoring.box_format)
     candidates: list[Candidate] | None = None
     digests = None
     if config.candidates_file is not None:
@@ -248,17 +257,31 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None) -> Bu
         if removed:
             logger.info("--fresh: removed %d files of the earlier run in %s", len(removed), config.work_dir)
     manifest.check(stages, what=f"work dir {config.work_dir}", hint=_HINT)
+    coco = None
+    if not manifest.existing_outputs("regions"):
+        coco = load_coco(config.annotations)
+        check_images_found(coco, config.image_root)
+    return PreparedBuild(stages, manifest, candidates, coco)
+
+
+def build_dataset(config: BuildConfig, generator: Generator | None = None, prepared: PreparedBuild | None = None) -> BuildSummary:
+    """Run every stage; ``generator`` is required unless ``config.candidates_file`` is given.
+
+    ``prepared`` is the result of :func:`prepare_build` when the caller ran the checks first (the CLI does,
+    before it loads the generator model); otherwise they run here.
+    """
+    if config.candidates_file is None and generator is None:
+        raise SPRError("no candidate source: pass a candidates JSONL file or a generator model")
+    prep = prepared if prepared is not None else prepare_build(config)
+    manifest, candidates = prep.manifest, prep.candidates
     box_format = get_box_format(config.scoring.box_format)
 
     reused = _reuse_regions(config.work_dir) if manifest.existing_outputs("regions") else None
+    manifest.record(prep.stages)  # before the long work: a killed run's partial output is on record
     if reused is None:
-        coco = load_coco(config.annotations)
-        check_images_found(coco, config.image_root)
-        manifest.record(stages)
-        regions, region_stats = _sample(config, coco)
+        regions, region_stats = _sample(config, prep.coco)
         _write_regions(config.work_dir, regions, region_stats)
     else:
-        manifest.record(stages)
         regions, region_stats = reused
     gen_stats = None
     if candidates is None:

@@ -186,26 +186,24 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_register(a: argparse.Namespace) -> int:
+    from .preflight import check_dataset_name
     from .registry import ranking_entry, register_dataset
 
+    check_dataset_name(a.name)
     path = register_dataset(a.dataset_dir, a.name, ranking_entry(a.file_name), overwrite=a.overwrite)
     print(f"registered {a.name!r} ({a.file_name}) in {path}")
     return 0
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from data_builders.coco_builder import BuildConfig, build_dataset
+    from data_builders.coco_builder import BuildConfig, build_dataset, prepare_build
 
     scoring, pairing = _scoring(a)
-    generator = None
     gcfg = None
     if a.candidates is None:
         if not (a.model or a.base_url):
             raise SPRError("give --candidates FILE, --model CHECKPOINT or --backend openai --base-url URL to generate candidates")
-        from .generation_cli import make_generator
-
         gcfg = _generation_config(a, a.seed)
-        generator = make_generator(a, gcfg)
     cfg = BuildConfig(
         annotations=a.annotations,
         image_root=a.images,
@@ -222,8 +220,14 @@ def cmd_build(a: argparse.Namespace) -> int:
         overwrite=a.overwrite,
         fresh=a.fresh,
     )
+    prepared = prepare_build(cfg)  # names, folders, files, images, manifest: before the model loads
+    generator = None
+    if gcfg is not None:
+        from .generation_cli import make_generator
+
+        generator = make_generator(a, gcfg)
     try:
-        summary = build_dataset(cfg, generator)
+        summary = build_dataset(cfg, generator, prepared)
     finally:
         if generator is not None:
             generator.close()

@@ -95,10 +95,11 @@ class ImageLocator:
     The json's own layout (``root/file_name``) is the default. Other layouts drop leading folders of the name
     (``images/v1/patch8/x.jpg`` -> ``patch8/x.jpg``) and look directly under ``root`` or under one of its
     sub-folders (``train/``, ``val/``, ``val2017/``): the layout official archives extract to. Which layout a
-    dataset uses is decided once, by :meth:`learn`, from a sample of its names (the layout that finds most of
-    them; the json's own on a tie; never a layout that maps two names to one file); afterwards each name is looked up in that layout and the json's own, one
-    ``stat`` each. A per-image search would be wrong: for ``seq3/0001.jpg`` it would happily return
-    ``seq1/0001.jpg``. Names that leave ``root`` (``..``, absolute paths elsewhere) are never looked up.
+    dataset uses is decided once, by :meth:`learn`, from a sample of its names: the layout that finds most of
+    them, the json's own on a tie, and never one that maps two names to one file. Afterwards each name is
+    looked up in that layout and the json's own, one ``stat`` each. A per-image search would be wrong: for a
+    missing ``seq3/0001.jpg`` it would happily return ``seq1/0001.jpg``. Names that leave ``root`` (``..``,
+    absolute paths elsewhere) are never looked up.
     """
 
     def __init__(self, root: str | os.PathLike, max_subdirs: int = 64) -> None:
