@@ -17,15 +17,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .box_formats import BoxFormat
 from .errors import ConfigError, SPRError
 from .jsonl import atomic_write_jsonl
+from .lf_image import ImageFrame
 from .paths import contained_path
 from .prompts import strip_media_markers, training_prompt
+from .recipe_check import write_meta
 from .records import PreferencePair
 from .registry import check_can_register, ranking_entry, register_dataset
 
@@ -38,6 +40,8 @@ class ExportConfig:
     name: str = "spr_qwen2vl"
     image_mode: str = "copy"  # copy: self-contained folder; link: hard links (same disk); absolute: no copies
     overwrite: bool = False
+    #: The frame the candidates were sampled in; recorded in ``<name>.spr.json`` so a recipe can be checked.
+    frame: ImageFrame = field(default_factory=ImageFrame)
 
     def __post_init__(self) -> None:
         if self.image_mode not in IMAGE_MODES:
@@ -88,8 +92,14 @@ def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat) -> dict
     }
 
 
-def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat) -> ExportResult:
-    """Write the dataset files and register the entry; refuses before writing if the name is taken."""
+def export_dataset(
+    pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat, meta: dict[str, Any] | None = None
+) -> ExportResult:
+    """Write the dataset files and register the entry; refuses before writing if the name is taken.
+
+    ``meta`` (e.g. the run's scoring and pairing settings) joins the frame, box format and template in
+    ``<name>.spr.json``.
+    """
     if not pairs:
         raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
     dataset_dir = Path(config.dataset_dir)
@@ -103,5 +113,10 @@ def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_fo
     records = [pair_record(p, _place_image(p.region.image_path, config, p.region.image_id, placed), box_format) for p in pairs]
     atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
     atomic_write_jsonl(dataset_file, records)
+    write_meta(
+        dataset_dir,
+        config.name,
+        {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})},
+    )
     info = register_dataset(dataset_dir, config.name, entry, overwrite=config.overwrite)
     return ExportResult(dataset_file, info, len(records), len(placed))
