@@ -38,6 +38,7 @@ from spr_plugin.export import ExportConfig, ExportResult, check_can_export, expo
 from spr_plugin.generation import GenerationConfig
 from spr_plugin.generation_cli import generation_fingerprint
 from spr_plugin.jsonl import atomic_write_jsonl, atomic_write_text
+from spr_plugin.lf_image import ImageFrame
 from spr_plugin.manifest import Manifest, file_digest, settings
 from spr_plugin.pairing import PairingConfig
 from spr_plugin.preflight import require_writable_dir
@@ -77,6 +78,17 @@ class BuildConfig:
     overwrite: bool = False
     progress: bool = True
     fresh: bool = False  # remove the work dir's stage files (those the manifest covers) and start over
+    #: LLaMA-Factory's pre-resize the candidates are sampled (and must be trained and evaluated) in.
+    frame: ImageFrame = field(default_factory=ImageFrame)
+    recipe: Path | None = None  # a training YAML whose frame must match, checked before any work
+
+    def __post_init__(self) -> None:
+        gen = self.generation
+        if gen is not None and ImageFrame(gen.image_max_pixels, gen.image_min_pixels) != self.frame:
+            raise SPRError(
+                f"the generation frame {ImageFrame(gen.image_max_pixels, gen.image_min_pixels).to_dict()} differs from "
+                f"the build frame {self.frame.to_dict()}: one frame for sampling and training"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -113,8 +125,10 @@ def stage_inputs(config: BuildConfig, annotations_digest: str, candidate_digests
         candidates: dict[str, Any] = {"source": "files", "files": candidate_digests or []}
     else:
         candidates = {"source": "generate", **generation_fingerprint(config.generation, config.scoring.box_format)}
+    candidates["frame"] = settings(config.frame)  # Qwen2.5-VL boxes are pixels of this frame
     candidates["upstream"] = _fingerprint(regions)
     pairs = {
+        "frame": settings(config.frame),
         "scoring": settings(config.scoring),
         "pairing": settings(config.pairing),
         "text_model": config.text_model,
@@ -141,6 +155,7 @@ class BuildSummary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
+            "frame": self.config.get("frame"),
             "regions": self.regions.to_dict(),
             "generation": None if self.generation is None else self.generation.to_dict(),
             "pairs": self.pairs.to_dict(),
@@ -244,7 +259,11 @@ def prepare_build(config: BuildConfig) -> PreparedBuild:
     check_can_export(export_cfg)
     if not Path(config.annotations).is_file():
         raise SPRError(f"annotation file not found: {config.annotations}")
-    get_box_format(config.scoring.box_format)
+    if config.recipe is not None:
+        from spr_plugin.recipe_check import check_recipe_frame
+
+        check_recipe_frame(config.recipe, config.frame, "this build")
+    get_box_format(config.scoring.box_format, config.frame)
     candidates: list[Candidate] | None = None
     digests = None
     if config.candidates_file is not None:
@@ -274,7 +293,7 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
         raise SPRError("no candidate source: pass a candidates JSONL file or a generator model")
     prep = prepared if prepared is not None else prepare_build(config)
     manifest, candidates = prep.manifest, prep.candidates
-    box_format = get_box_format(config.scoring.box_format)
+    box_format = get_box_format(config.scoring.box_format, config.frame)
 
     reused = _reuse_regions(config.work_dir) if manifest.existing_outputs("regions") else None
     manifest.record(prep.stages)  # before the long work: a killed run's partial output is on record
@@ -293,13 +312,14 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
 
     sanitized = SanitizeStats()
     candidates = sanitize_candidates(candidates, box_format, sanitized)
-    scorer = build_candidate_scorer(config.scoring, config.text_model)
+    scorer = build_candidate_scorer(config.scoring, config.text_model, box_format=box_format)
     pairs, pair_stats = rank_and_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
     summary = BuildSummary(config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized)
     if pairs:
-        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite)
-        summary.export = export_dataset(pairs, export_cfg, box_format)
+        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame)
+        meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions)}
+        summary.export = export_dataset(pairs, export_cfg, box_format, meta)
         from spr_plugin.card import write_card  # the dataset card (README next to the dataset), docs/viewing.md
 
         write_card(config.dataset_dir, config.name, summary.to_dict(), pairs)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import SPRError
+from .lf_image import add_pre_resize_args
 
 logger = logging.getLogger("spr")
 
@@ -71,6 +72,34 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grounder", default=None, help="local Grounding DINO folder: its phrase boxes join S_loc (default off)")
     g.add_argument("--grounder-threshold", type=float, default=0.35, help="min detector score of a grounded phrase box")
     g.add_argument("--grounder-phrases", default="all", choices=["all", "unboxed"], help="which phrase labels to ground")
+    from .options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, REFINE_POLICIES, SCORE_NORMS
+
+    g.add_argument(
+        "--label-match",
+        default="on",
+        choices=LABEL_MATCH_MODES,
+        help="on (default): a box matches an annotated object only if its phrase names that object's category; "
+        "off: IoU alone (the paper's formula)",
+    )
+    g.add_argument(
+        "--label-threshold",
+        type=float,
+        default=DEFAULT_LABEL_THRESHOLD,
+        help="text-model cosine at which a phrase the name rules cannot decide counts as naming a category",
+    )
+    g.add_argument(
+        "--score-norm",
+        default="none",
+        choices=SCORE_NORMS,
+        help="per-region normalisation of S_sem and S_loc before mixing with --lam (none = the paper)",
+    )
+    g.add_argument(
+        "--refine-policy",
+        default="correct",
+        choices=REFINE_POLICIES,
+        help="phrases that match no object: correct (default: give a phrase the box of the object it names), "
+        "strip (remove the box, keep the words), drop (remove the phrase), off (no refinement)",
+    )
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -84,6 +113,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", default="spr_qwen2vl", help="dataset name in dataset_info.json")
     g.add_argument("--image-mode", default="copy", choices=["copy", "link", "absolute"])
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
+    g.add_argument("--recipe", type=Path, default=None, help="training YAML whose image frame must match (checked first)")
 
 
 def _region_config(a: argparse.Namespace):
@@ -114,8 +144,11 @@ def _scoring(a: argparse.Namespace):
         grounder=a.grounder,
         grounder_box_threshold=a.grounder_threshold,
         grounder_phrases=a.grounder_phrases,
+        label_match=a.label_match,
+        label_threshold=a.label_threshold,
+        score_norm=a.score_norm,
     )
-    return scoring, PairingConfig(a.min_margin)
+    return scoring, PairingConfig(a.min_margin, a.refine_policy)
 
 
 def _generation_config(a: argparse.Namespace, seed: int):
@@ -148,8 +181,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_pair(a: argparse.Namespace) -> int:
+    from .box_formats import get_box_format
     from .candidates import merge_candidates, sanitize_candidates
     from .jsonl import atomic_write_jsonl
+    from .lf_image import frame_from_args
     from .preflight import require_writable_file
     from .ranking import rank_and_pair
     from .regions import read_regions
@@ -158,11 +193,10 @@ def cmd_pair(a: argparse.Namespace) -> int:
 
     scoring, pairing = _scoring(a)
     require_writable_file(a.out, "--out")
+    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
     sanitized = SanitizeStats()
     regions = read_regions(a.regions, sanitized)
-    candidates = merge_candidates(a.candidates)[0]
-    scorer = build_candidate_scorer(scoring, a.text_model)
-    candidates = sanitize_candidates(candidates, scorer.box_format, sanitized)
+    candidates = sanitize_candidates(merge_candidates(a.candidates)[0], scorer.box_format, sanitized)
     pairs, stats = rank_and_pair(regions, candidates, scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
     print(json.dumps({**stats.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
@@ -173,11 +207,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .box_formats import get_box_format
     from .export import ExportConfig, export_dataset
     from .jsonl import read_jsonl
+    from .lf_image import frame_from_args
     from .preflight import require_writable_dir
+    from .recipe_check import check_recipe_frame
     from .records import PreferencePair
 
-    config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, a.images)
-    box_format = get_box_format(a.box_format)
+    frame = frame_from_args(a)
+    config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, a.images)
+    box_format = get_box_format(a.box_format, frame)
+    if a.recipe is not None:
+        check_recipe_frame(a.recipe, frame, "this export")
     require_writable_dir(a.dataset_dir, "--dataset-dir")
     pairs = list(read_jsonl(a.pairs, PreferencePair.from_dict, what="pair"))
     res = export_dataset(pairs, config, box_format)
@@ -204,7 +243,11 @@ def cmd_build(a: argparse.Namespace) -> int:
         if not (a.model or a.base_url):
             raise SPRError("give --candidates FILE, --model CHECKPOINT or --backend openai --base-url URL to generate candidates")
         gcfg = _generation_config(a, a.seed)
+    from .lf_image import frame_from_args
+
     cfg = BuildConfig(
+        frame=frame_from_args(a),
+        recipe=a.recipe,
         annotations=a.annotations,
         image_root=a.images,
         work_dir=a.work_dir,
@@ -234,6 +277,14 @@ def cmd_build(a: argparse.Namespace) -> int:
     print(json.dumps(summary.to_dict()["pairs"], indent=2))
     assert summary.export is not None
     print(f"dataset {a.name!r}: {summary.export.records} pairs in {summary.export.dataset_file}")
+    return 0
+
+
+def cmd_check_recipe(a: argparse.Namespace) -> int:
+    from .recipe_check import check_recipe
+
+    for line in check_recipe(a.recipe, a.dataset_dir):
+        print(line)
     return 0
 
 
@@ -347,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write")
     _add_scoring_args(p)
+    add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"))
     p.set_defaults(func=cmd_pair)
 
     p = sub.add_parser("export", help="write pairs as a LLaMA-Factory dataset and register it")
@@ -359,7 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--box-format", default="qwen2_vl")
     _add_export_args(p)
+    add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"))
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check-recipe", help="check a training YAML's image frame and template against the datasets it names")
+    p.add_argument("recipe", type=Path, help="LLaMA-Factory training YAML")
+    p.add_argument("--dataset-dir", type=Path, default=None, help="override the YAML's dataset_dir")
+    p.set_defaults(func=cmd_check_recipe)
 
     p = sub.add_parser("register", help="merge a dataset entry into a dataset_info.json")
     p.add_argument("--dataset-dir", type=Path, default=Path("data"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from .box_formats import BoxFormat
 from .errors import ConfigError, SPRError
 from .images import copy_verified, require_image
 from .jsonl import atomic_write_jsonl
+from .lf_image import ImageFrame
 from .paths import contained_path
 from .preflight import check_dataset_name
 from .prompts import training_prompt
+from .recipe_check import write_meta
 from .records import PreferencePair
 from .registry import check_can_register, ranking_entry, register_dataset
 from .sanitize import SanitizeStats, kept_tokens, sanitize_answer
@@ -41,6 +43,8 @@ class ExportConfig:
     name: str = "spr_qwen2vl"
     image_mode: str = "copy"  # copy: self-contained folder; link: hard links (same disk); absolute: no copies
     overwrite: bool = False
+    #: The frame the candidates were sampled in; recorded in ``<name>.spr.json`` so a recipe can be checked.
+    frame: ImageFrame = field(default_factory=ImageFrame)
     #: Folder every image of the pairs must lie under (``--images``); None = the root each region recorded
     #: when it was sampled. A pairs file is data from elsewhere: without this check a record naming
     #: ``/etc/shadow`` would copy it into a dataset that may be published.
@@ -146,11 +150,14 @@ def _remove_stale_images(config: ExportConfig, placed: dict[str, str]) -> int:
     return removed
 
 
-def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat) -> ExportResult:
+def export_dataset(
+    pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat, meta: dict[str, Any] | None = None
+) -> ExportResult:
     """Write the dataset files and register the entry; refuses before writing if the name is taken.
 
-    Exports of one name are serialised by a lock in ``dataset_dir``; the checks run again inside it, so of two
-    concurrent exports without ``--overwrite`` exactly one succeeds.
+    ``meta`` (e.g. the run's scoring and pairing settings) joins the frame, box format and template in
+    ``<name>.spr.json``. Exports of one name are serialised by a lock in ``dataset_dir``; the checks run again
+    inside it, so of two concurrent exports without ``--overwrite`` exactly one succeeds.
     """
     if not pairs:
         raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
@@ -167,6 +174,11 @@ def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_fo
         records = [pair_record(p, _place_image(p, config, placed, copied), box_format, stats) for p in pairs]
         atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
         atomic_write_jsonl(dataset_dir / f"{config.name}.jsonl", records)
+        write_meta(
+            dataset_dir,
+            config.name,
+            {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})},
+        )
         stale = _remove_stale_images(config, placed) if config.overwrite else 0
         info = register_dataset(dataset_dir, config.name, entry, overwrite=config.overwrite)
     return ExportResult(dataset_dir / f"{config.name}.jsonl", info, len(records), len(placed), copied[0], stale, stats.to_dict())

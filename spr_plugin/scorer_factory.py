@@ -61,9 +61,23 @@ def load_grounder(config: ScoringConfig, device: str | None = None):
     return PhraseGrounder.load(gcfg)
 
 
-def build_candidate_scorer(config: ScoringConfig, text_model: str = DEFAULT_TEXT_MODEL, device: str | None = None):
-    """A ready :class:`CandidateScorer` for the run described by ``config``."""
-    box_format = get_box_format(config.box_format)  # the cheap checks first: fail before loading models
+def load_label_matcher(config: ScoringConfig, semantic: SemanticScorer, text_model: str = DEFAULT_TEXT_MODEL, device=None):
+    """Label agreement with the run's text model: the text scorer's own, or loaded for CLIP-only runs."""
+    from .labels import LabelMatcher
+    from .semantic import TextSemanticScorer
+
+    parts = semantic.scorers if isinstance(semantic, MeanSemanticScorer) else [semantic]
+    text = next((s for s in parts if isinstance(s, TextSemanticScorer)), None) or TextSemanticScorer.load(text_model, device)
+    return LabelMatcher(text.embed, config.label_threshold)
+
+
+def build_candidate_scorer(
+    config: ScoringConfig, text_model: str = DEFAULT_TEXT_MODEL, device: str | None = None, box_format=None
+):
+    """A ready :class:`CandidateScorer` for the run described by ``config`` (``box_format``: a configured
+    :class:`~spr_plugin.box_formats.BoxFormat`, e.g. Qwen2.5-VL with the run's image frame)."""
+    box_format = box_format or get_box_format(config.box_format)  # the cheap checks first: fail before loading models
     grounder = load_grounder(config, device)
     semantic = load_semantic_scorer(config, text_model, device)
-    return CandidateScorer(config, semantic, box_format, grounder=grounder, dedupe_iou=config.iou_threshold)
+    labels = load_label_matcher(config, semantic, text_model, device)
+    return CandidateScorer(config, semantic, box_format, grounder=grounder, dedupe_iou=config.iou_threshold, labels=labels)

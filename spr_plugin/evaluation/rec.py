@@ -16,7 +16,7 @@ from typing import Any
 from ..box_formats import REF_END, REF_START, BoxFormat, get_box_format
 from ..errors import ConfigError, SPRError
 from ..images import check_image_cached
-from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 from ..prompts import IMAGE_TOKEN, Prompt
 from ..records import Box
 from ..sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
@@ -162,7 +162,7 @@ def evaluate_rec(
     progress: bool = True,
 ) -> RecReport:
     """Evaluate (resuming from ``results_path``) and summarise; per-item records stay in ``results_path``."""
-    fmt = get_box_format(config.box_format)
+    fmt = get_box_format(config.box_format, ImageFrame(config.image_max_pixels, config.image_min_pixels))
     template = config.template
     results, reused = run_resumable(
         [it.item_id for it in items],
