@@ -279,6 +279,10 @@ class LocalizationScore:
     #: How many of the ``n_pred`` boxes came from a phrase grounder (they are the last ones) rather
     #: than from the description's own text; 0 unless a grounder is configured.
     n_grounded: int = 0
+    #: Boxes of the description left out of ``n_pred`` because the annotations cannot judge them: a box whose
+    #: phrase names a category LVIS did not label exhaustively in the image, or a box on an ignored object
+    #: (a crowd, an Objects365 object in a picture or a reflection). They are neither matches nor false positives.
+    n_neutral: int = 0
 
     @property
     def precision(self) -> float:
@@ -296,12 +300,16 @@ class LocalizationScore:
             "n_pred": self.n_pred,
             "matches": [[m.gt_index, m.pred_index, round(m.iou, 4)] for m in self.matches],
             "n_grounded": self.n_grounded,
+            **({"n_neutral": self.n_neutral} if self.n_neutral else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LocalizationScore:
         matches = tuple(Match(int(g), int(p), float(i)) for g, p, i in d["matches"])
-        return cls(float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches, int(d.get("n_grounded", 0)))
+        return cls(
+            float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches,
+            int(d.get("n_grounded", 0)), int(d.get("n_neutral", 0)),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
