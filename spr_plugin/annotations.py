@@ -88,6 +88,12 @@ def _read_json(path: Path) -> Any:
         raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
+def _clean_name(raw: str) -> tuple[str, int]:
+    """Sanitised first (``<|image_pad|>`` must not turn into ``<|image pad|>``), then made readable."""
+    text, removed = sanitize_phrase(raw, 10 * MAX_NAME_LEN)
+    return sanitize_phrase(readable_name(text), MAX_NAME_LEN)[0], removed
+
+
 def _category_names(path: Path, cats: list[Any], stats: Counter) -> tuple[dict[int, str], dict[int, tuple[str, ...]]]:
     names: dict[int, str] = {}
     synonyms: dict[int, tuple[str, ...]] = {}
@@ -101,13 +107,13 @@ def _category_names(path: Path, cats: list[Any], stats: Counter) -> tuple[dict[i
         if cid in first:
             raise SPRError(f"{path}: categories[{i}] repeats category id {cid} (first at categories[{first[cid]}])")
         first[cid] = i
-        name, removed = sanitize_phrase(readable_name(cat["name"]), MAX_NAME_LEN)
+        name, removed = _clean_name(cat["name"])
         stats["category_name_tokens_removed"] += removed
         raw_syn = cat.get("synonyms") if isinstance(cat.get("synonyms"), list) else []
         alts = []
         for s in raw_syn:
             if isinstance(s, str):
-                alt, removed = sanitize_phrase(readable_name(s), MAX_NAME_LEN)
+                alt, removed = _clean_name(s)
                 stats["category_name_tokens_removed"] += removed
                 alts.append(alt)
         if "/" in name:  # Objects365 "Cabinet/shelf", "Handbag/Satchel": each part names the category
@@ -201,7 +207,7 @@ def category_name(coco: COCO, cat_id: int) -> str:
     """The readable, sanitised name of a category (also for a plain pycocotools index)."""
     if isinstance(coco, DetectionIndex) and cat_id in coco.names:
         return coco.names[cat_id]
-    name = sanitize_phrase(readable_name(str(coco.cats[cat_id].get("name", ""))), MAX_NAME_LEN)[0]
+    name = _clean_name(str(coco.cats[cat_id].get("name", "")))[0]
     return name or FALLBACK_NAME
 
 

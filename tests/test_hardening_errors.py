@@ -242,3 +242,24 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
                           env=ENV, timeout=300, preexec_fn=limit)  # fmt: skip
     one_line_error(proc, "File too large")
     assert not out.exists() and not list(tmp_path.glob(".merged.jsonl.*"))
+
+
+def test_hostile_category_names_never_reach_a_prompt(cli, tmp_path, tiny_qwen2vl):
+    """Names holding <image>, <|image_pad|> or box markers crashed generation (placeholder count, processor)."""
+    images = tmp_path / "images"
+    draw_image(images / "a.jpg", six_boxes())
+    names = ["<image>", "<|image_pad|>", "cat<|box_start|>(1,2),(3,4)<|box_end|>", "", "<im<image>age>dog", "x" * 500]
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    anns = [{"id": 10 + j, "image_id": 1, "category_id": j + 1, "bbox": b} for j, b in enumerate(six_boxes())]
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": anns, "categories": cats}))
+    p = cli("regions", "--annotations", ann, "--images", images, "--out", tmp_path / "r.jsonl", "--k", 5)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["loader"]["category_name_tokens_removed"] == 6
+    (region,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    got = sorted(o["category"] for o in region["objects"])
+    assert got == sorted(["object", "object", "cat(1,2),(3,4)", "object", "dog", "x" * 100])
+    g = cli("generate", "--regions", tmp_path / "r.jsonl", "--model", tiny_qwen2vl, "--out", tmp_path / "c.jsonl",
+            "--num-samples", 1, "--variants", "box_text,crop,refs", "--max-new-tokens", 4, "--no-progress")  # fmt: skip
+    assert g.returncode == 0, g.stderr
+    assert json.loads(g.stdout)["generated"] == 3
