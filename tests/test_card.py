@@ -64,7 +64,7 @@ def test_build_writes_a_dataset_card(built):
     ):
         assert fact in card, fact
     # LLaMA-Factory reads only file_name: the card is not registered as a dataset.
-    assert list(json.loads((data / "dataset_info.json").read_text())) == [NAME]
+    assert list(json.loads((data / "dataset_info.json").read_text())) == [NAME, f"{NAME}_chosen"]
 
 
 def test_export_hf_parquet_loads_with_datasets_and_images_decode(built, tmp_path):
