@@ -228,16 +228,31 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _frame_facts(a: argparse.Namespace):
+    from .hf_export import FrameFacts
+
+    return FrameFacts(a.box_format, a.image_max_pixels, a.image_min_pixels)
+
+
 def cmd_export_hf(a: argparse.Namespace) -> int:
     from .hf_export import export_hf
 
-    res = export_hf(a.dataset_dir, a.name, a.out)
+    res = export_hf(a.dataset_dir, a.name, a.out, _frame_facts(a))
     print(f"wrote {res.rows} rows to {res.parquet}; load with datasets.load_dataset('parquet', data_files=...)")
     return 0
 
 
+def _add_frame_args(p: argparse.ArgumentParser) -> None:
+    """The box format and image frame the data was built with: every exported row records them (docs/trl.md)."""
+    from .lf_image import add_pre_resize_args
+
+    g = p.add_argument_group("box format and image frame (as at build time)")
+    g.add_argument("--box-format", default="qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json")
+    add_pre_resize_args(g)
+
+
 def _add_viewer_commands(sub) -> None:
-    """``webui``, ``show`` and ``export-hf``: look at a built dataset (see docs/viewing.md)."""
+    """``webui``, ``show`` and ``export-hf``: look at a built dataset or take it to TRL (docs/viewing.md, docs/trl.md)."""
     p = sub.add_parser("webui", help="start LlamaBoard (llamafactory-cli webui) with its Data dir on a dataset folder")
     p.add_argument("--dataset-dir", type=Path, required=True, help="folder holding dataset_info.json")
     p.add_argument("--port", type=int, default=7860)
@@ -259,6 +274,7 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--dataset-dir", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, required=True)
+    _add_frame_args(p)
     p.set_defaults(func=cmd_export_hf)
 
 
