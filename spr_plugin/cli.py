@@ -242,6 +242,20 @@ def cmd_export_hf(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_grpo(a: argparse.Namespace) -> int:
+    from .grpo_export import export_grpo
+    from .jsonl import read_jsonl
+    from .records import Region
+
+    facts = _frame_facts(a)
+    if a.max_regions is not None and a.max_regions < 1:
+        raise SPRError(f"--max-regions must be at least 1, got {a.max_regions}")
+    regions = list(read_jsonl(a.regions, Region.from_dict, what="region"))[: a.max_regions]
+    res = export_grpo(regions, a.out, facts)
+    print(f"wrote {res.rows} prompts ({res.images} images) to {res.parquet}; reward: spr_plugin.grpo_reward.SPRReward")
+    return 0
+
+
 def _add_frame_args(p: argparse.ArgumentParser) -> None:
     """The box format and image frame the data was built with: every exported row records them (docs/trl.md)."""
     from .lf_image import add_pre_resize_args
@@ -252,7 +266,8 @@ def _add_frame_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_viewer_commands(sub) -> None:
-    """``webui``, ``show`` and ``export-hf``: look at a built dataset or take it to TRL (docs/viewing.md, docs/trl.md)."""
+    """``webui``, ``show``, ``export-hf`` and ``export-grpo``: look at a built dataset or take it to TRL
+    (docs/viewing.md, docs/trl.md)."""
     p = sub.add_parser("webui", help="start LlamaBoard (llamafactory-cli webui) with its Data dir on a dataset folder")
     p.add_argument("--dataset-dir", type=Path, required=True, help="folder holding dataset_info.json")
     p.add_argument("--port", type=int, default=7860)
@@ -276,6 +291,13 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     _add_frame_args(p)
     p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("export-grpo", help="write query regions as a GRPO prompt parquet for TRL with the SPR reward")
+    p.add_argument("--regions", type=Path, required=True, help="regions JSONL (spr regions, or a build's work-dir)")
+    p.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
+    p.add_argument("--max-regions", type=int, default=None, help="export only the first N regions")
+    _add_frame_args(p)
+    p.set_defaults(func=cmd_export_grpo)
 
 
 def build_parser() -> argparse.ArgumentParser:

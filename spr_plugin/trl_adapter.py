@@ -20,7 +20,9 @@ for transformers 4.x, and five things break for Qwen2-VL; each fix below is as n
 4. DPO and GRPO: transformers 5 Qwen2-VL refuses ``image_grid_thw`` without ``mm_token_type_ids`` (needed for
    M-RoPE), and TRL 0.24 never forwards them (GRPO even crashes on the processor's prompt-length copy). They are
    a function of the input ids (image pad -> 1, video pad -> 2), so the model call is wrapped to compute them from
-   the ids the model actually receives, after TRL's own padding, flushing and truncation.
+   the ids the model actually receives, after TRL's own padding, flushing and truncation. For that (and for the
+   model's own placeholder count) answers must hold no media token: DPO rows with one are refused, and GRPO's
+   generation never samples one.
 5. The image frame: LLaMA-Factory pre-resizes every image to ``image_max_pixels`` / ``image_min_pixels`` before
    the processor, and SPR's boxes (for Qwen2.5-VL: pixels of that frame) were written for it. The parquets of
    ``spr export-hf`` / ``spr export-grpo`` record the frame per row; both trainers apply the same pre-resize
@@ -129,14 +131,16 @@ class Qwen2VLPreferenceCollator:
     pad_token_id: int
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import numpy as np
         import torch
         from trl.trainer.dpo_trainer import DataCollatorForPreference
 
         vision = [{k: ex.pop(k) for k in ("pixel_values", "image_grid_thw")} for ex in map(dict, examples)]
         rest = [{k: v for k, v in ex.items() if k not in ("pixel_values", "image_grid_thw")} for ex in examples]
         batch = DataCollatorForPreference(pad_token_id=self.pad_token_id)(rest)
-        batch["pixel_values"] = torch.cat([torch.as_tensor(v["pixel_values"], dtype=torch.float32) for v in vision])
-        batch["image_grid_thw"] = torch.cat([torch.as_tensor(v["image_grid_thw"], dtype=torch.long) for v in vision])
+        # rows come back from the arrow table as nested lists; numpy converts those far faster than torch does
+        batch["pixel_values"] = torch.from_numpy(np.concatenate([np.asarray(v["pixel_values"], np.float32) for v in vision]))
+        batch["image_grid_thw"] = torch.from_numpy(np.concatenate([np.asarray(v["image_grid_thw"], np.int64) for v in vision]))
         return batch
 
 
@@ -187,6 +191,10 @@ def _dpo_class():
             eos = [tokenizer.eos_token_id]
             chosen = tokenizer(features["chosen"], add_special_tokens=False)["input_ids"] + eos
             rejected = tokenizer(features["rejected"], add_special_tokens=False)["input_ids"] + eos
+            media = {processing_class.image_token_id, getattr(processing_class, "video_token_id", None)} - {None}
+            if media & set(chosen + rejected):
+                # Qwen2-VL would count it as an image placeholder and fail on a feature/token mismatch.
+                raise SPRError("an answer contains an image or video token; strip media markers from answers (spr export does)")
             if max_completion_length is not None:
                 chosen, rejected = chosen[:max_completion_length], rejected[:max_completion_length]
             return {
@@ -223,13 +231,24 @@ def _grpo_class():
             ensure_warnings_issued(model)
             self._image_token_id, self._video_token_id = _token_ids(model)
             super().__init__(model, *args, **kwargs)
+            self._suppress_media_tokens()
+
+        def _suppress_media_tokens(self) -> None:
+            """A sampled ``<|image_pad|>`` / ``<|video_pad|>`` would count as an image placeholder in the training
+            forward pass and fail it on a feature/token mismatch, so transformers generation never samples them
+            (vLLM generation is not covered)."""
+            config = getattr(self, "generation_config", None)
+            if config is not None:
+                media = [i for i in (self._image_token_id, self._video_token_id) if i is not None]
+                config.suppress_tokens = sorted({*(config.suppress_tokens or []), *media})
 
         def _generate_and_score_completions(self, inputs):
             inputs = [{**row, "images": preprocess_images(row["images"], *_frame(row))} for row in inputs]
             return super()._generate_and_score_completions(inputs)
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, *args, mm_token_type_ids=None, **kwargs):
-            # The processor's mm_token_type_ids cover the prompt only; they are recomputed over prompt + completion.
+            # The processor's mm_token_type_ids cover the prompt only (padded on the processor's side); they are
+            # recomputed over prompt + completion (answers hold no media tokens: see _suppress_media_tokens).
             wrapped = _MRoPEInputs(model, self._image_token_id, self._video_token_id)
             return super()._get_per_token_logps_and_entropies(wrapped, input_ids, *args, **kwargs)
 

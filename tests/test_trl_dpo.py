@@ -92,7 +92,9 @@ def test_adapter_log_probs_equal_the_models_own_encoding(parquet, tiny_qwen2vl, 
     ds = _vary_image_sizes(_load(parquet, tmp_path))
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2vl).eval()
     processor = AutoProcessor.from_pretrained(tiny_qwen2vl)
-    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), max_prompt_length=None, max_length=None, report_to="none", use_cpu=True)
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path / "out"), max_prompt_length=None, max_length=None, report_to="none", use_cpu=True
+    )
     trainer = Qwen2VLDPOTrainer(model, args=args, train_dataset=ds, processing_class=processor)
     rows = [trainer.train_dataset[i] for i in range(len(ds))]
     assert len({len(r["prompt_input_ids"]) for r in rows}) > 1  # the batch really is padded
@@ -150,6 +152,31 @@ def test_a_prompt_longer_than_max_prompt_length_is_refused_not_cut(parquet, tiny
         Qwen2VLDPOTrainer(str(tiny_qwen2vl), args=args, train_dataset=ds, processing_class=processor)
 
 
+def test_answers_with_a_media_token_are_refused(parquet, tiny_qwen2vl, tmp_path):
+    """Qwen2-VL counts every <|image_pad|> as an image placeholder: one in an answer fails the forward pass."""
+    from transformers import AutoProcessor
+
+    from spr_plugin.trl_adapter import Qwen2VLDPOTrainer, import_trl
+
+    trl = import_trl()
+    ds = _load(parquet, tmp_path)
+
+    def poison(row):
+        row["rejected"] = [{"role": "assistant", "content": [{"type": "text", "text": "a <|image_pad|> square"}]}]
+        return row
+
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path / "out"), max_prompt_length=None, max_length=None, report_to="none", use_cpu=True
+    )
+    with pytest.raises(SPRError, match="an answer contains an image or video token"):
+        Qwen2VLDPOTrainer(
+            str(tiny_qwen2vl),
+            args=args,
+            train_dataset=ds.map(poison),
+            processing_class=AutoProcessor.from_pretrained(tiny_qwen2vl),
+        )
+
+
 def test_rows_without_the_recorded_frame_are_refused(parquet, tiny_qwen2vl, tmp_path):
     from transformers import AutoProcessor
 
@@ -157,6 +184,10 @@ def test_rows_without_the_recorded_frame_are_refused(parquet, tiny_qwen2vl, tmp_
 
     trl = import_trl()
     ds = _load(parquet, tmp_path).remove_columns(["image_max_pixels", "image_min_pixels"])
-    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), max_prompt_length=None, max_length=None, report_to="none", use_cpu=True)
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path / "out"), max_prompt_length=None, max_length=None, report_to="none", use_cpu=True
+    )
     with pytest.raises(SPRError, match="no image_max_pixels, image_min_pixels column.*spr export-hf"):
-        Qwen2VLDPOTrainer(str(tiny_qwen2vl), args=args, train_dataset=ds, processing_class=AutoProcessor.from_pretrained(tiny_qwen2vl))
+        Qwen2VLDPOTrainer(
+            str(tiny_qwen2vl), args=args, train_dataset=ds, processing_class=AutoProcessor.from_pretrained(tiny_qwen2vl)
+        )
