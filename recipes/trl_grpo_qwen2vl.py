@@ -8,7 +8,7 @@
 Each prompt asks for a grounded description of a query region; the policy samples --num-generations answers,
 spr_plugin.grpo_reward.SPRReward scores each with the pair builder's own scorer (S = lam*S_sem + (1-lam)*S_loc,
 Hungarian S_loc, malformed answers at the floor), and GRPO raises the answers above their group's mean. The box
-format comes from the parquet's box_format column, so the reward parses what the prompts asked for.
+format and image frame come from the parquet's columns, so the reward parses what the prompts asked for.
 """
 
 from __future__ import annotations
@@ -57,12 +57,14 @@ def main(argv: list[str] | None = None) -> None:
 
     trl = import_trl()
     train = datasets.load_dataset("parquet", data_files=a.data, split="train")
-    formats = train.unique("box_format")
-    if len(formats) != 1:
-        raise SPRError(f"{a.data} mixes box formats {formats}; export one format per file")
+    facts = set(zip(train["box_format"], train["image_max_pixels"], train["image_min_pixels"]))
+    if len(facts) != 1:
+        raise SPRError(f"{a.data} mixes box formats or image frames {sorted(facts, key=str)}; export one per file")
+    (box_format, max_pixels, min_pixels) = facts.pop()
     model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=torch.bfloat16 if a.bf16 else torch.float32)
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")  # generation pads prompts on the left
-    reward = SPRReward.load(ScoringConfig(box_format=formats[0], lam=a.lam), a.text_model, tokenizer=processor)
+    scoring = ScoringConfig(box_format=box_format, lam=a.lam)
+    reward = SPRReward.load(scoring, a.text_model, processor, image_max_pixels=max_pixels, image_min_pixels=min_pixels)
     config = trl.GRPOConfig(
         output_dir=a.output_dir,
         num_generations=a.num_generations,

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .box_formats import get_box_format
 from .errors import SPRError
 from .hf_export import FrameFacts, content_parts, conversation_feature, frame_features, write_parquet
 from .prompts import training_prompt
@@ -54,7 +53,7 @@ def region_feature():
 
 def grpo_row(region: Region, facts: FrameFacts, image_bytes: bytes) -> dict[str, Any]:
     """One prompt row: the DPO question about ``region``, its image and its annotations."""
-    prompt = training_prompt(region, get_box_format(facts.box_format))
+    prompt = training_prompt(region, facts.box_format_obj())  # the region box in the frame the model will see
     return {
         "prompt": [{"role": "user", "content": content_parts(prompt)}],
         "images": [{"bytes": image_bytes, "path": Path(region.image_path).name}],

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, SPRError
+from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 from .records import Candidate, Region, ScoredCandidate
 from .scoring import CandidateScorer, ScoringConfig
 from .semantic import DEFAULT_TEXT_MODEL
@@ -92,6 +93,15 @@ def check_reward_config(scoring: ScoringConfig, malformed_reward: float) -> None
         raise ConfigError(f"the malformed reward must be below 0 (every well-formed score is in [0, 1]), got {malformed_reward}")
 
 
+def _region(value: Any, row: int) -> Region:
+    if isinstance(value, Region):
+        return value
+    try:
+        return Region.from_dict(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SPRError(f"row {row}: the 'region' column does not hold a region ({type(exc).__name__}: {exc})") from None
+
+
 class SPRReward:
     """A TRL reward function that scores completions with SPR's :class:`CandidateScorer`.
 
@@ -118,13 +128,18 @@ class SPRReward:
         tokenizer: Any = None,
         device: str | None = None,
         malformed_reward: float = MALFORMED_REWARD,
+        image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS,
+        image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS,
     ) -> SPRReward:
-        """The reward with the scorer a build with ``scoring`` would use (models loaded here, once)."""
+        """The reward with the scorer a build with ``scoring`` would use (models loaded here, once); the image frame
+        is the dataset's (``spr export-grpo --image-max-pixels/--image-min-pixels``), for the Qwen2.5-VL formats."""
+        from .hf_export import FrameFacts
         from .scorer_factory import build_candidate_scorer
 
         scoring = scoring or ScoringConfig()
         check_reward_config(scoring, malformed_reward)  # before loading any model
-        return cls(build_candidate_scorer(scoring, text_model, device), tokenizer, malformed_reward)
+        box_format = FrameFacts(scoring.box_format, image_max_pixels, image_min_pixels).box_format_obj()
+        return cls(build_candidate_scorer(scoring, text_model, device, box_format), tokenizer, malformed_reward)
 
     def __call__(
         self,
@@ -147,8 +162,21 @@ class SPRReward:
                     f"the prompts were written for box format {', '.join(wrong)} but the reward parses "
                     f"{self.scorer.box_format.name}; build the reward with the dataset's box format"
                 )
-        regions = [r if isinstance(r, Region) else Region.from_dict(r) for r in region]
-        return [r.reward for r in self.score(texts, regions)]
+        self._check_frame(columns.get("image_max_pixels"), columns.get("image_min_pixels"))
+        return [r.reward for r in self.score(texts, [_region(r, i) for i, r in enumerate(region)])]
+
+    def _check_frame(self, max_pixels: Sequence[Any] | None, min_pixels: Sequence[Any] | None) -> None:
+        """Qwen2.5-VL boxes are pixels of the pre-resized input: the scorer must parse in the rows' frame."""
+        resize = getattr(self.scorer.box_format, "resize", None)
+        if resize is None or max_pixels is None or min_pixels is None:
+            return
+        frames = set(zip(max_pixels, min_pixels)) - {(resize.pre_max_pixels, resize.pre_min_pixels)}
+        if frames:
+            raise SPRError(
+                f"the prompts were written for the image frame (image_max_pixels, image_min_pixels) {sorted(frames, key=str)[0]} "
+                f"but the reward's {self.scorer.box_format.name} parser uses ({resize.pre_max_pixels}, {resize.pre_min_pixels}); "
+                "build the reward with the dataset's frame (SPRReward.load(..., image_max_pixels=, image_min_pixels=))"
+            )
 
     def completion_texts(self, completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None) -> list[str]:
         """The texts to score: ``completion_ids`` decoded with special tokens kept, else the completions as given."""

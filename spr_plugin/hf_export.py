@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,18 @@ class FrameFacts:
         problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
         if problem:
             raise ConfigError(problem)
+
+    def box_format_obj(self):
+        """The :class:`~spr_plugin.box_formats.BoxFormat` of these facts: for the Qwen2.5-VL formats its pixel frame
+        starts with this pre-resize (Qwen2-VL's [0,1000) grid does not depend on it)."""
+        fmt = get_box_format(self.box_format)
+        resize = getattr(fmt, "resize", None)
+        if resize is not None:
+            fmt = get_box_format(
+                self.box_format,
+                resize=replace(resize, pre_max_pixels=self.image_max_pixels, pre_min_pixels=self.image_min_pixels),
+            )
+        return fmt
 
     def columns(self, prompt_template: str | None = PROMPT_TEMPLATE) -> dict[str, Any]:
         return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .box_formats import get_box_format
+from .box_formats import BoxFormat, get_box_format
 from .records import Region, SemanticScore
 from .scoring import CandidateScorer, ScoringConfig, SemanticScorer
 from .semantic import DEFAULT_TEXT_MODEL
@@ -61,9 +61,12 @@ def load_grounder(config: ScoringConfig, device: str | None = None):
     return PhraseGrounder.load(gcfg)
 
 
-def build_candidate_scorer(config: ScoringConfig, text_model: str = DEFAULT_TEXT_MODEL, device: str | None = None):
-    """A ready :class:`CandidateScorer` for the run described by ``config``."""
-    box_format = get_box_format(config.box_format)  # the cheap checks first: fail before loading models
+def build_candidate_scorer(
+    config: ScoringConfig, text_model: str = DEFAULT_TEXT_MODEL, device: str | None = None, box_format: BoxFormat | None = None
+):
+    """A ready :class:`CandidateScorer` for the run described by ``config``; ``box_format`` replaces the default
+    parser of ``config.box_format`` (e.g. a Qwen2.5-VL parser with another image frame)."""
+    box_format = box_format or get_box_format(config.box_format)  # the cheap checks first: fail before loading models
     grounder = load_grounder(config, device)
     semantic = load_semantic_scorer(config, text_model, device)
     return CandidateScorer(config, semantic, box_format, grounder=grounder, dedupe_iou=config.iou_threshold)

@@ -243,8 +243,14 @@ def _grpo_class():
                 config.suppress_tokens = sorted({*(config.suppress_tokens or []), *media})
 
         def _generate_and_score_completions(self, inputs):
-            inputs = [{**row, "images": preprocess_images(row["images"], *_frame(row))} for row in inputs]
-            return super()._generate_and_score_completions(inputs)
+            rows = []
+            for row in inputs:  # trl reads an ``images`` list or a single ``image`` column
+                if row.get("images") is not None:
+                    row = {**row, "images": preprocess_images(row["images"], *_frame(row))}
+                elif row.get("image") is not None:
+                    row = {**row, "image": preprocess_images([row["image"]], *_frame(row))[0]}
+                rows.append(row)
+            return super()._generate_and_score_completions(rows)
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, *args, mm_token_type_ids=None, **kwargs):
             # The processor's mm_token_type_ids cover the prompt only (padded on the processor's side); they are

@@ -150,10 +150,34 @@ def test_reward_refuses_rows_it_cannot_score(reward):
     reg = region()
     with pytest.raises(SPRError, match="no 'region' column.*spr export-grpo"):
         reward(prompts=[None], completions=["a"])
+    with pytest.raises(SPRError, match=r"row 1: the 'region' column does not hold a region \(KeyError"):
+        reward(prompts=[None, None], completions=["a", "b"], region=[reg.to_dict(), {"box": [1, 2, 3, 4]}])
     with pytest.raises(SPRError, match="written for box format qwen2_5_vl but the reward parses qwen2_vl"):
         _call(reward, ["a"], reg, box_format=["qwen2_5_vl"])
     with pytest.raises(SPRError, match="2 completions but 1 regions"):
         reward(prompts=[None, None], completions=["a", "b"], region=[reg.to_dict()])
+
+
+def test_qwen25_reward_parses_in_the_rows_image_frame(scorer, synthetic_scenes):
+    """Qwen2.5-VL boxes are pixels of the pre-resized input: the same text means other boxes in another frame, so
+    the reward parses in the frame the prompts were written for and refuses rows of another one."""
+    from spr_plugin.hf_export import FrameFacts
+
+    reg = next(iter(sample_regions(load_coco(synthetic_scenes), synthetic_scenes.parent / "images", RegionConfig(k=3))))
+    small = FrameFacts("qwen2_5_vl", FRAME, 1024).box_format_obj()
+    text = "The region shows " + " and ".join(small.render(o.category, o.box, reg.width, reg.height) for o in reg.objects)
+    n = 1
+    columns = {"region": [reg.to_dict()] * n, "box_format": ["qwen2_5_vl"] * n}
+    in_frame = SPRReward(CandidateScorer(ScoringConfig(box_format="qwen2_5_vl"), scorer.semantic, small))
+    default = SPRReward(CandidateScorer(ScoringConfig(box_format="qwen2_5_vl"), scorer.semantic))  # 768*768 frame
+    (r_small,) = in_frame(completions=[text], image_max_pixels=[FRAME], image_min_pixels=[1024], **columns)
+    (s_small,) = in_frame.score([text], [reg])
+    assert s_small.scored.localization.score > 0.85 and r_small == pytest.approx(s_small.reward)
+    assert default.score([text], [reg])[0].scored.localization.score < 0.3  # read in the wrong frame: other boxes
+    with pytest.raises(
+        SPRError, match=r"image frame .* \(12544, 1024\) but the reward's qwen2_5_vl parser uses \(589824, 1024\)"
+    ):
+        default(completions=[text], image_max_pixels=[FRAME], image_min_pixels=[1024], **columns)
 
 
 # -- spr export-grpo ------------------------------------------------------------------------------------------
@@ -196,6 +220,21 @@ def test_export_grpo_writes_prompts_images_and_annotations(prompts_parquet, regi
         assert row["prompt_template"] == PROMPT_TEMPLATE
         (img,) = row["images"]
         assert img.size == (reg.width, reg.height)  # the original image; the trainer applies the recorded frame
+
+
+def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_file, tmp_path):
+    import datasets
+
+    from spr_plugin.hf_export import FrameFacts
+
+    out = tmp_path / "q25.parquet"
+    cmd = [*SPR, "export-grpo", "--regions", str(regions_file), "--out", str(out), "--box-format", "qwen2_5_vl"]
+    proc = subprocess.run([*cmd, "--image-max-pixels", str(FRAME)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    row = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "c"))[0]
+    reg = _regions(regions_file)[0]
+    in_frame = training_prompt(reg, FrameFacts("qwen2_5_vl", FRAME, 1024).box_format_obj())
+    assert "<image>" + row["prompt"][0]["content"][1]["text"] == in_frame != training_prompt(reg, get_box_format("qwen2_5_vl"))
 
 
 @pytest.mark.parametrize(
