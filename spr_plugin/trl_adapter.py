@@ -124,7 +124,7 @@ def _token_ids(model: Any) -> tuple[int, int | None]:
     return int(image), getattr(config, "video_token_id", None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Qwen2VLPreferenceCollator:
     """TRL's preference collator, with Qwen2-VL's flat patches and grids concatenated over the batch (fault 3)."""
 
@@ -135,8 +135,9 @@ class Qwen2VLPreferenceCollator:
         import torch
         from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-        vision = [{k: ex.pop(k) for k in ("pixel_values", "image_grid_thw")} for ex in map(dict, examples)]
-        rest = [{k: v for k, v in ex.items() if k not in ("pixel_values", "image_grid_thw")} for ex in examples]
+        keys = ("pixel_values", "image_grid_thw")
+        vision = [{k: ex[k] for k in keys} for ex in examples]
+        rest = [{k: v for k, v in ex.items() if k not in keys} for ex in examples]
         batch = DataCollatorForPreference(pad_token_id=self.pad_token_id)(rest)
         # rows come back from the arrow table as nested lists; numpy converts those far faster than torch does
         batch["pixel_values"] = torch.from_numpy(np.concatenate([np.asarray(v["pixel_values"], np.float32) for v in vision]))
