@@ -25,6 +25,7 @@ from spr_plugin.errors import SPRError
 from spr_plugin.export import ExportConfig, ExportResult, check_files_free, export_dataset
 from spr_plugin.generation import GenerationConfig
 from spr_plugin.jsonl import atomic_write_jsonl, atomic_write_text, read_jsonl
+from spr_plugin.lf_image import ImageFrame
 from spr_plugin.pairing import PairingConfig
 from spr_plugin.ranking import PairStats, rank_and_pair
 from spr_plugin.records import Region
@@ -53,6 +54,17 @@ class BuildConfig:
     image_mode: str = "copy"
     overwrite: bool = False
     progress: bool = True
+    #: LLaMA-Factory's pre-resize the candidates are sampled (and must be trained and evaluated) in.
+    frame: ImageFrame = field(default_factory=ImageFrame)
+    recipe: Path | None = None  # a training YAML whose frame must match, checked before any work
+
+    def __post_init__(self) -> None:
+        gen = self.generation
+        if gen is not None and ImageFrame(gen.image_max_pixels, gen.image_min_pixels) != self.frame:
+            raise SPRError(
+                f"the generation frame {ImageFrame(gen.image_max_pixels, gen.image_min_pixels).to_dict()} differs from "
+                f"the build frame {self.frame.to_dict()}: one frame for sampling and training"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -69,6 +81,7 @@ class BuildSummary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
+            "frame": self.config.get("frame"),
             "regions": {
                 "images_seen": self.regions.images_seen,
                 "regions": self.regions.regions,
@@ -105,8 +118,12 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None) -> Bu
         raise SPRError("no candidate source: pass a candidates JSONL file or a generator model")
     check_can_register_entries(config.dataset_dir, build_entries(config.name), config.overwrite)
     check_files_free(Path(config.dataset_dir), config.name, config.overwrite)
+    if config.recipe is not None:
+        from spr_plugin.recipe_check import check_recipe_frame
+
+        check_recipe_frame(config.recipe, config.frame, "this build")
     config.work_dir.mkdir(parents=True, exist_ok=True)
-    box_format = get_box_format(config.scoring.box_format)
+    box_format = get_box_format(config.scoring.box_format, config.frame)
 
     regions, region_stats = build_regions(config)
     gen_stats = None
@@ -120,13 +137,14 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None) -> Bu
         gen_stats = generate_with_config(regions, generator, box_format, cand_path, gcfg, progress=config.progress)
         candidates = read_candidates(cand_path)
 
-    scorer = build_candidate_scorer(config.scoring, config.text_model)
+    scorer = build_candidate_scorer(config.scoring, config.text_model, box_format=box_format)
     pairs, pair_stats = rank_and_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
     summary = BuildSummary(config.to_dict(), region_stats, gen_stats, pair_stats)
     if pairs:
-        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite)
-        summary.export = export_dataset(pairs, export_cfg, box_format)
+        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame)
+        meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions)}
+        summary.export = export_dataset(pairs, export_cfg, box_format, meta)
         from spr_plugin.card import write_card  # the dataset card (README next to the dataset), docs/viewing.md
 
         write_card(config.dataset_dir, config.name, summary.to_dict(), pairs)

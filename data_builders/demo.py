@@ -20,6 +20,7 @@ from pathlib import Path
 
 from spr_plugin.errors import SPRError
 from spr_plugin.generation import GenerationConfig, TransformersGenerator
+from spr_plugin.lf_image import ImageFrame
 from spr_plugin.lf_train import run_train
 from spr_plugin.pairing import PairingConfig
 from spr_plugin.regions import RegionConfig
@@ -32,6 +33,8 @@ from .warmup import warmup_sft
 logger = logging.getLogger(__name__)
 
 DEMO_DATASET = "spr_demo"
+#: The demo's one image frame: warm-up SFT, sampling and recipes/spr_qwen2vl_cpu_demo.yaml all use it.
+DEMO_FRAME = ImageFrame(image_max_pixels=12544)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
     if not (warm / "model.safetensors").is_file():
         _step(3, "warm-up SFT so the tiny model writes grounded descriptions (llamafactory-cli train, stage sft)")
         warm_scenes = render_scenes(out / "warmup_scenes", n_images=config.warmup_scenes, seed=config.seed + 1000)
-        warmup_sft(base, warm_scenes, warm_scenes.parent / "images", warm, steps=config.warmup_steps, seed=config.seed, echo=True)
+        warmup_sft(
+            base,
+            warm_scenes,
+            warm_scenes.parent / "images",
+            warm,
+            steps=config.warmup_steps,
+            seed=config.seed,
+            echo=True,
+            image_max_pixels=DEMO_FRAME.image_max_pixels,
+        )
     else:
         _step(3, f"reusing the warmed-up model in {warm}")
 
@@ -88,8 +100,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
         max_new_tokens=config.max_new_tokens,
         batch_size=8,
         seed=config.seed,
+        image_max_pixels=DEMO_FRAME.image_max_pixels,
+        image_min_pixels=DEMO_FRAME.image_min_pixels,
     )
     build = BuildConfig(
+        frame=DEMO_FRAME,
+        recipe=config.recipe if config.train else None,  # the recipe must train in the frame the pairs come from
         annotations=scenes,
         image_root=scenes.parent / "images",
         work_dir=out / "work",

@@ -23,33 +23,29 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from .errors import ConfigError
-from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, lf_image_size
+from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, lf_image_size
 from .records import Box, GroundedPhrase, ParseResult
 
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 
-_NUM = r"(-?\d+(?:\.\d+)?)"
-_CORNERS_RE = re.compile(rf"^\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*,\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*$")
-_REF_RE = re.compile(re.escape(REF_START) + r"(.*?)" + re.escape(REF_END), re.DOTALL)
-# A box runs to its end token; a missing end token (truncated generation) stops at the next marker.
-_BOX_RE = re.compile(
-    re.escape(BOX_START)
-    + r"(.*?)("
-    + re.escape(BOX_END)
-    + r"|(?="
-    + re.escape(BOX_START)
-    + r")|(?="
-    + re.escape(REF_START)
-    + r")|$)",
-    re.DOTALL,
-)
+_NUM = r"(-?\d++(?:\.\d++)?)"
+_CORNERS_RE = re.compile(rf"\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*,\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*")
+#: The four grounding markers of Qwen's token syntax; every other ``<|...|>`` token is foreign to an answer.
+_MARKER_RE = re.compile(r"<\|(object_ref_start|object_ref_end|box_start|box_end)\|>")
 _SPECIAL_RE = re.compile(r"<\|[a-z_]+\|>")
 _JSON_OBJ_RE = re.compile(r"\{[^{}]*\"bbox_2d\"[^{}]*\}", re.DOTALL)
+#: Longest box body worth reading: "(999,999),(999,999)" with generous spaces and decimals.
+_MAX_BOX_BODY = 96
+
+#: Edit for :meth:`BoxFormat.rewrite` that removes a phrase entirely (its words and its boxes).
+DROP = "drop"
+Edit = Box | None | Literal["drop"]
 
 #: Share of the frame a coordinate may overshoot and still be clamped rather than dropped.
 DEFAULT_TOLERANCE = 0.02
@@ -63,6 +59,8 @@ class BoxFormat(ABC):
     """
 
     name: str
+    #: LLaMA-Factory's chat template for the model family that writes this format.
+    template: str = "qwen2_vl"
 
     def __init__(self, tolerance: float = DEFAULT_TOLERANCE) -> None:
         self.tolerance = tolerance
@@ -84,9 +82,10 @@ class BoxFormat(ABC):
         """Write a bare box (used to point at the query region in prompts)."""
 
     @abstractmethod
-    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Box | None], width: int, height: int) -> str:
+    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
         """Rewrite phrases of ``text`` (indices into ``parse.phrases``): a Box snaps the phrase to it,
-        ``None`` removes its grounding. Phrases not named stay as they are."""
+        ``None`` removes its grounding (the words stay), :data:`DROP` removes the phrase with its words.
+        Phrases not named stay as they are."""
 
     def clean(self, text: str, width: int, height: int) -> str:
         """Remove malformed grounding debris, keeping well-formed units (identity where nothing applies)."""
@@ -143,7 +142,11 @@ def _clamp_int(v: float, hi: int) -> int:
     return int(min(max(round(v), 0), hi))
 
 
-_COORDS_RE = re.compile(r",?\s*[(\[]?\s*-?\d+(?:\.\d+)?(?:\s*[,)\]]\s*[(\[]?\s*-?\d+(?:\.\d+)?)+\s*[)\]]?")
+#: Coordinate debris ("(1,1", "[12, 40, 3"): it may start only where a number or bracket starts, and every
+#: quantifier is possessive, so the regex engine never rescans a digit run (linear, not quadratic, time).
+_COORDS_RE = re.compile(
+    r"(?:,\s*+)?(?<![\w.])[(\[]?\s*+-?\d++(?:\.\d++)?(?:\s*+[,)\]]\s*+[(\[]?\s*+-?\d++(?:\.\d++)?)++\s*+[)\]]?"
+)
 
 
 def _scrub(segment: str) -> str:
@@ -154,8 +157,43 @@ def _scrub(segment: str) -> str:
     return _COORDS_RE.sub(" ", _SPECIAL_RE.sub(" ", segment))
 
 
+_SEP_AFTER_RE = re.compile(r"\s*+(?:,|\band\b|\bor\b)")
+_BARE_BOX_NEXT_RE = re.compile(r"\s*+" + re.escape(BOX_START))
+
+
+def _drop_trailing_separator(chunk: str) -> str:
+    """``chunk`` without a final ", " / " and " / " or " (the separator before a dropped phrase)."""
+    stripped = chunk.rstrip()
+    if stripped.endswith(","):
+        return stripped[:-1]
+    for word in ("and", "or"):
+        if stripped.endswith(word) and (len(stripped) == len(word) or not stripped[-len(word) - 1].isalnum()):
+            return stripped[: -len(word)].rstrip()
+    return chunk
+
+
+def _tidy(text: str) -> str:
+    """Collapse the spaces and punctuation that removing units leaves behind."""
+    text = re.sub(r"[ \t]{2,}", " ", text)
+    text = re.sub(r" +([,.;:!?])", r"\1", text)
+    return re.sub(r",(?:\s*,)+", ",", text).strip()
+
+
 class _TokenFormat(BoxFormat):
-    """Qwen's ``<|object_ref_start|>...<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` token syntax."""
+    """Qwen's ``<|object_ref_start|>...<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` token syntax.
+
+    The grammar, read in one left-to-right pass over the markers (linear in the text length, so a
+    hostile megabyte of text parses in milliseconds)::
+
+        unit := REF_START label REF_END (BOX)*  |  BOX
+        BOX  := BOX_START "(x1,y1),(x2,y2)" BOX_END
+
+    A reference owns the boxes that follow it with only white space between. Anything else is damage and
+    becomes a *malformed* phrase whose span covers it, so refinement can remove exactly that text: a
+    reference whose end marker never comes (its label runs to the next marker), a box cut off by the
+    next marker or the end of the text (``truncated``), a box end with no start (``garbage``). Spans of
+    different phrases never overlap.
+    """
 
     def render(self, label: str, box: Box, width: int, height: int) -> str:
         return f"{REF_START}{label}{REF_END}{self.render_box(box, width, height)}"
@@ -166,36 +204,54 @@ class _TokenFormat(BoxFormat):
 
     def parse(self, text: str, width: int, height: int) -> ParseResult:
         result = ParseResult()
-        refs = list(_REF_RE.finditer(text))
-        boxes = list(_BOX_RE.finditer(text))
-        used_boxes: set[int] = set()
-        # A reference owns the boxes that follow it with only white space (or other boxes) in between.
-        for ref in refs:
-            owned, cursor = [], ref.end()
-            for bi, bm in enumerate(boxes):
-                if bi in used_boxes or bm.start() < cursor:
+        marks = list(_MARKER_RE.finditer(text))
+        kinds = [m.group(1) for m in marks]
+        i = 0
+        while i < len(marks):
+            m, kind = marks[i], kinds[i]
+            if kind == "object_ref_start":
+                if i + 1 >= len(marks) or kinds[i + 1] != "object_ref_end":
+                    # An unterminated reference holds no box (nothing to count as dropped), but it is damage
+                    # that refinement must remove: a malformed phrase.
+                    end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+                    result.phrases.append(GroundedPhrase(text[m.end() : end].strip(), None, (m.start(), end), True))
+                    i += 1
                     continue
-                if text[cursor : bm.start()].strip():
-                    break
-                owned.append(bi)
-                cursor = bm.end()
-            label = ref.group(1).strip()
-            if not owned:
-                result.phrases.append(GroundedPhrase(label, None, (ref.start(), ref.end())))
-                continue
-            span = (ref.start(), boxes[owned[-1]].end())
-            for bi in owned:
-                used_boxes.add(bi)
-                result.phrases.append(GroundedPhrase(label, self._box_of(boxes[bi], width, height, result), span))
-        for bi, bm in enumerate(boxes):
-            if bi not in used_boxes:
-                result.phrases.append(GroundedPhrase("", self._box_of(bm, width, height, result), (bm.start(), bm.end())))
-        # An end token with no start (the model skipped <|box_start|>) is a malformed box too.
-        closed = sum(1 for bm in boxes if bm.group(2) == BOX_END)
-        for _ in range(text.count(BOX_END) - closed):
-            result.drop("garbage")
-        result.phrases.sort(key=lambda p: p.span)
+                label = text[m.end() : marks[i + 1].start()].strip()
+                cursor, i = marks[i + 1].end(), i + 2
+                owned: list[tuple[Box | None, bool]] = []
+                while i < len(marks) and kinds[i] == "box_start" and not text[cursor : marks[i].start()].strip():
+                    box, malformed, cursor, i = self._read_box(text, marks, kinds, i, width, height, result)
+                    owned.append((box, malformed))
+                span = (m.start(), cursor)
+                if not owned:
+                    result.phrases.append(GroundedPhrase(label, None, span))
+                for box, malformed in owned:
+                    result.phrases.append(GroundedPhrase(label, box, span, malformed))
+            elif kind == "box_start":
+                start = m.start()
+                box, malformed, end, i = self._read_box(text, marks, kinds, i, width, height, result)
+                result.phrases.append(GroundedPhrase("", box, (start, end), malformed))
+            else:  # an end marker with nothing open: the model skipped its start token
+                result.drop("garbage")
+                i += 1
         return result
+
+    def _read_box(
+        self, text: str, marks: list[re.Match[str]], kinds: list[str], i: int, width: int, height: int, result: ParseResult
+    ) -> tuple[Box | None, bool, int, int]:
+        """The box opened by ``marks[i]``: (box or None, malformed, end of its text, index of the next marker)."""
+        if i + 1 >= len(marks) or kinds[i + 1] != "box_end":
+            result.drop("truncated")
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+            return None, True, end, i + 1
+        body = text[marks[i].end() : marks[i + 1].start()]
+        corners = _CORNERS_RE.fullmatch(body) if len(body) <= _MAX_BOX_BODY else None
+        if corners is None:
+            result.drop("garbage")
+            return None, True, marks[i + 1].end(), i + 2
+        box = self.from_frame(tuple(float(v) for v in corners.groups()), width, height, result)  # type: ignore[arg-type]
+        return box, box is None, marks[i + 1].end(), i + 2
 
     def clean(self, text: str, width: int, height: int) -> str:
         """Keep well-formed grounded units; elsewhere remove stray markers and the coordinates beside them.
@@ -209,43 +265,51 @@ class _TokenFormat(BoxFormat):
         for p in parse.phrases:
             keep[p.span] = keep.get(p.span, True) and p.box is not None
         out, cursor = [], 0
+        after_unit = False  # is the output so far a unit followed by white space only?
         for span in sorted(s for s, ok in keep.items() if ok):
-            out.append(_scrub(text[cursor : span[0]]))
-            out.append(text[span[0] : span[1]])
+            gap = _scrub(text[cursor : span[0]])
+            out.append(gap)
+            after_unit = after_unit and not gap.strip()
+            unit = text[span[0] : span[1]]
             cursor = span[1]
+            if after_unit and unit.startswith(BOX_START):
+                # Scrubbing removed what stood between a unit and this bare box: kept, the box would now
+                # belong to the unit's phrase (a binding nobody wrote). It goes, with the debris.
+                continue
+            out.append(unit)
+            after_unit = True
         out.append(_scrub(text[cursor:]))
-        return re.sub(r" +([,.;:!?])", r"\1", re.sub(r"[ \t]{2,}", " ", "".join(out))).strip()
+        return _tidy("".join(out))
 
-    def _box_of(self, match: re.Match[str], width: int, height: int, result: ParseResult) -> Box | None:
-        if match.group(2) != BOX_END:
-            result.drop("truncated")
-            return None
-        corners = _CORNERS_RE.match(match.group(1))
-        if corners is None:
-            result.drop("garbage")
-            return None
-        return self.from_frame(tuple(float(v) for v in corners.groups()), width, height, result)  # type: ignore[arg-type]
-
-    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Box | None], width: int, height: int) -> str:
+    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
         # Phrases that share a span (one reference, several boxes) are rewritten together.
         by_span: dict[tuple[int, int], list[int]] = {}
         for i, phrase in enumerate(parse.phrases):
             by_span.setdefault(phrase.span, []).append(i)
-        out, cursor = [], 0
+        out: list[str] = []
+        cursor = 0
         for span, members in sorted(by_span.items()):
             if not any(i in boxes for i in members):
                 continue
+            start, end = span
+            edits = [boxes.get(i, parse.phrases[i].box) for i in members]
             label = parse.phrases[members[0]].label
-            kept = [boxes[i] if i in boxes else parse.phrases[i].box for i in members]
-            kept_boxes = [b for b in kept if b is not None]
-            if kept_boxes:
+            kept_boxes = [b for b in edits if isinstance(b, Box)]
+            out.append(text[cursor:start])
+            if all(e == DROP for e in edits):
+                # Take one separating comma or conjunction with the phrase, so the sentence still reads, unless
+                # that would leave a bare box right after a unit: the box would then belong to its phrase.
+                after = _SEP_AFTER_RE.match(text, end)
+                if after is not None and not _BARE_BOX_NEXT_RE.match(text, after.end()):
+                    end = after.end()
+                elif not _BARE_BOX_NEXT_RE.match(text, end):
+                    out[-1] = _drop_trailing_separator(out[-1])
+            elif kept_boxes:
                 unit = f"{REF_START}{label}{REF_END}" if label else ""
-                unit += "".join(self.render_box(b, width, height) for b in kept_boxes)
+                out.append(unit + "".join(self.render_box(b, width, height) for b in kept_boxes))
             else:
-                unit = label
-            out.append(text[cursor : span[0]])
-            out.append(unit)
-            cursor = span[1]
+                out.append(label)
+            cursor = end
         out.append(text[cursor:])
         return "".join(out)
 
@@ -322,13 +386,13 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
                 box = self.from_frame(tuple(float(v) for v in values), width, height, result)  # type: ignore[arg-type]
             except (ValueError, TypeError, KeyError):
                 result.drop("garbage")
-            result.phrases.append(GroundedPhrase(label, box, (m.start(), m.end())))
+            result.phrases.append(GroundedPhrase(label, box, (m.start(), m.end()), box is None))
         tail = text[text.rfind("}") + 1 :] if "}" in text else text
         if '"bbox_2d"' in tail:  # an object that never closed: generation was cut off
             result.drop("truncated")
         return result
 
-    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Box | None], width: int, height: int) -> str:
+    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
         out, cursor = [], 0
         for i, phrase in enumerate(parse.phrases):
             if i not in boxes:
@@ -336,7 +400,7 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
             start, end = phrase.span
             box = boxes[i]
             out.append(text[cursor:start])
-            if box is None:
+            if not isinstance(box, Box):  # a JSON object without its box has nothing left: None and DROP agree
                 # Drop the object and one separating comma so the surrounding JSON list stays valid.
                 after = text[end:]
                 stripped = after.lstrip()
@@ -370,10 +434,16 @@ def available_formats() -> list[str]:
     return sorted(_FORMATS)
 
 
-def get_box_format(name: str, **kwargs: object) -> BoxFormat:
-    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``)."""
+def get_box_format(name: str, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
+    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``).
+
+    ``frame`` is the run's LLaMA-Factory pre-resize: Qwen2.5-VL formats parse and write pixels of the image
+    *after* it, so a run with non-default ``image_max_pixels`` must pass its frame here.
+    """
     try:
         cls = _FORMATS[name]
     except KeyError:
         raise ConfigError(f"unknown box format {name!r}; choose one of {', '.join(available_formats())}") from None
+    if frame is not None and issubclass(cls, Qwen25VLFormat) and "resize" not in kwargs:
+        kwargs["resize"] = ResizeSpec(pre_max_pixels=frame.image_max_pixels, pre_min_pixels=frame.image_min_pixels)
     return cls(**kwargs)  # type: ignore[arg-type]

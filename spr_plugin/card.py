@@ -101,7 +101,13 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         f"| semantic scorer, text model, CLIP model | {_get(cfg, 'scoring', 'semantic', default='text')}, "
         f"`{_get(cfg, 'text_model')}`, `{_get(cfg, 'scoring', 'clip_model', default='-')}` |",
         f"| phrase grounder (boxes joining S_loc) | `{_get(cfg, 'scoring', 'grounder', default='-')}` |",
-        f"| box format | {_get(cfg, 'scoring', 'box_format')} |",
+        f"| box format, LLaMA-Factory template | {_get(cfg, 'scoring', 'box_format')}, qwen2_vl |",
+        f"| image frame (image_max_pixels, image_min_pixels) | {_get(cfg, 'frame', 'image_max_pixels')}, "
+        f"{_get(cfg, 'frame', 'image_min_pixels')} (train and evaluate with the same: `spr check-recipe`) |",
+        f"| label matching, label threshold | {_get(cfg, 'scoring', 'label_match', default='off')}, "
+        f"{_get(cfg, 'scoring', 'label_threshold')} |",
+        f"| refinement policy | {_get(cfg, 'pairing', 'refine_policy', default='strip')} |",
+        f"| score normalisation (per region, before λ) | {_get(cfg, 'scoring', 'score_norm', default='none')} |",
         f"| λ (weight of S_sem) | {_get(cfg, 'scoring', 'lam')} |",
         f"| localization metric, IoU threshold | {_get(cfg, 'scoring', 'loc_metric')}, {_get(cfg, 'scoring', 'iou_threshold')} |",
         f"| minimum score margin | {_get(cfg, 'pairing', 'min_margin')} |",
@@ -123,6 +129,9 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         f"| boxes snapped / ungrounded by refinement | {pstats.get('boxes_snapped_by_refinement', 'n/a')} / "
         f"{pstats.get('boxes_ungrounded_by_refinement', 'n/a')} |",
         "",
+        "## What the pairs teach",
+        "",
+        *_quality_lines(pstats),
         "## Lengths and margins",
         "",
         "| side | words mean | median | min | max | chars mean |",
@@ -138,6 +147,31 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         "",
     ]
     return "\n".join(lines)
+
+
+def _quality_lines(pstats: dict[str, Any]) -> list[str]:
+    """Pair-quality statistics (spr_plugin.ranking.pair_quality) as a table, and the build's warnings."""
+    q = pstats.get("pair_quality") or {}
+    if not q.get("pairs"):
+        return ["No pair-quality statistics (no pairs, or a summary from an older build).", ""]
+    rows = [
+        ("boxes per answer: chosen / rejected", f"{q['chosen_boxes_mean']:.2f} / {q['rejected_boxes_mean']:.2f}"),
+        ("pairs whose chosen answer has fewer boxes than its rejected one", f"{q['chosen_fewer_boxes_share']:.1%}"),
+        ("ungrounded mentions per chosen answer", f"{q['chosen_ungrounded_mentions_mean']:.2f}"),
+        ("chosen answers with an ungrounded mention", f"{q['chosen_with_ungrounded_mentions_share']:.1%}"),
+        ("chosen boxes whose phrase names the object they sit on", f"{q['chosen_box_label_agreement']:.1%} "
+         f"(of {q['chosen_labelled_boxes']})"),
+        ("rejected / chosen answers with malformed boxes",
+         f"{q['rejected_malformed_share']:.1%} / {q['chosen_malformed_share']:.1%}"),
+        ("pairs decided by localization (chosen or rejected would change with λ = 1)", f"{q['localization_decided_share']:.1%}"),
+        ("boxes snapped / corrected / ungrounded, phrases removed by refinement",
+         f"{pstats.get('boxes_snapped_by_refinement', 0)} / {pstats.get('boxes_corrected_by_refinement', 0)} / "
+         f"{pstats.get('boxes_ungrounded_by_refinement', 0)}, {pstats.get('phrases_removed_by_refinement', 0)}"),
+    ]  # fmt: skip
+    lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    for warning in pstats.get("warnings") or []:
+        lines += [f"**Warning:** {warning}", ""]
+    return lines
 
 
 def card_path(dataset_dir: str | Path, name: str) -> Path:

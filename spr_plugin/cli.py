@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import SPRError
+from .lf_image import add_pre_resize_args
 
 logger = logging.getLogger("spr")
 
@@ -57,6 +58,34 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grounder", default=None, help="local Grounding DINO folder: its phrase boxes join S_loc (default off)")
     g.add_argument("--grounder-threshold", type=float, default=0.35, help="min detector score of a grounded phrase box")
     g.add_argument("--grounder-phrases", default="all", choices=["all", "unboxed"], help="which phrase labels to ground")
+    from .options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, REFINE_POLICIES, SCORE_NORMS
+
+    g.add_argument(
+        "--label-match",
+        default="on",
+        choices=LABEL_MATCH_MODES,
+        help="on (default): a box matches an annotated object only if its phrase names that object's category; "
+        "off: IoU alone (the paper's formula)",
+    )
+    g.add_argument(
+        "--label-threshold",
+        type=float,
+        default=DEFAULT_LABEL_THRESHOLD,
+        help="text-model cosine at which a phrase the name rules cannot decide counts as naming a category",
+    )
+    g.add_argument(
+        "--score-norm",
+        default="none",
+        choices=SCORE_NORMS,
+        help="per-region normalisation of S_sem and S_loc before mixing with --lam (none = the paper)",
+    )
+    g.add_argument(
+        "--refine-policy",
+        default="correct",
+        choices=REFINE_POLICIES,
+        help="phrases that match no object: correct (default: give a phrase the box of the object it names), "
+        "strip (remove the box, keep the words), drop (remove the phrase), off (no refinement)",
+    )
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -70,6 +99,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", default="spr_qwen2vl", help="dataset name in dataset_info.json")
     g.add_argument("--image-mode", default="copy", choices=["copy", "link", "absolute"])
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
+    g.add_argument("--recipe", type=Path, default=None, help="training YAML whose image frame must match (checked first)")
 
 
 def _region_config(a: argparse.Namespace):
@@ -93,8 +123,11 @@ def _scoring(a: argparse.Namespace):
         grounder=a.grounder,
         grounder_box_threshold=a.grounder_threshold,
         grounder_phrases=a.grounder_phrases,
+        label_match=a.label_match,
+        label_threshold=a.label_threshold,
+        score_norm=a.score_norm,
     )
-    return scoring, PairingConfig(a.min_margin)
+    return scoring, PairingConfig(a.min_margin, a.refine_policy)
 
 
 def _generation_config(a: argparse.Namespace, seed: int):
@@ -123,13 +156,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_pair(a: argparse.Namespace) -> int:
     from data_builders.coco_builder import load_regions
 
+    from .box_formats import get_box_format
     from .candidates import merge_candidates
     from .jsonl import atomic_write_jsonl
+    from .lf_image import frame_from_args
     from .ranking import rank_and_pair
     from .scorer_factory import build_candidate_scorer
 
     scoring, pairing = _scoring(a)
-    scorer = build_candidate_scorer(scoring, a.text_model)
+    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
     pairs, stats = rank_and_pair(load_regions(a.regions), merge_candidates(a.candidates)[0], scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
     print(json.dumps(stats.to_dict(), indent=2))
@@ -140,10 +175,17 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .box_formats import get_box_format
     from .export import ExportConfig, export_dataset
     from .jsonl import read_jsonl
+    from .lf_image import frame_from_args
+    from .recipe_check import check_recipe_frame
     from .records import PreferencePair
 
+    frame = frame_from_args(a)
+    if a.recipe is not None:
+        check_recipe_frame(a.recipe, frame, "this export")
     pairs = list(read_jsonl(a.pairs, PreferencePair.from_dict, what="pair"))
-    res = export_dataset(pairs, ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite), get_box_format(a.box_format))
+    res = export_dataset(
+        pairs, ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame), get_box_format(a.box_format, frame)
+    )
     print(f"wrote {res.records} pairs to {res.dataset_file}; registered {a.name!r} in {res.dataset_info}")
     return 0
 
@@ -169,7 +211,11 @@ def cmd_build(a: argparse.Namespace) -> int:
 
         gcfg = _generation_config(a, a.seed)
         generator = make_generator(a, gcfg)
+    from .lf_image import frame_from_args
+
     cfg = BuildConfig(
+        frame=frame_from_args(a),
+        recipe=a.recipe,
         annotations=a.annotations,
         image_root=a.images,
         work_dir=a.work_dir,
@@ -192,6 +238,14 @@ def cmd_build(a: argparse.Namespace) -> int:
     print(json.dumps(summary.to_dict()["pairs"], indent=2))
     assert summary.export is not None
     print(f"dataset {a.name!r}: {summary.export.records} pairs in {summary.export.dataset_file}")
+    return 0
+
+
+def cmd_check_recipe(a: argparse.Namespace) -> int:
+    from .recipe_check import check_recipe
+
+    for line in check_recipe(a.recipe, a.dataset_dir):
+        print(line)
     return 0
 
 
@@ -228,26 +282,23 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
-def _frame_facts(a: argparse.Namespace):
-    from .hf_export import FrameFacts
-
-    return FrameFacts(a.box_format, a.image_max_pixels, a.image_min_pixels)
-
-
 def cmd_export_hf(a: argparse.Namespace) -> int:
-    from .hf_export import export_hf
+    from .hf_export import FrameFacts, export_hf
 
-    res = export_hf(a.dataset_dir, a.name, a.out, _frame_facts(a))
+    facts = FrameFacts.of_dataset(a.dataset_dir, a.name, a.box_format, a.image_max_pixels, a.image_min_pixels)
+    res = export_hf(a.dataset_dir, a.name, a.out, facts)
     print(f"wrote {res.rows} rows to {res.parquet}; load with datasets.load_dataset('parquet', data_files=...)")
     return 0
 
 
 def cmd_export_grpo(a: argparse.Namespace) -> int:
     from .grpo_export import export_grpo
+    from .hf_export import FrameFacts
     from .jsonl import read_jsonl
+    from .lf_image import frame_from_args
     from .records import Region
 
-    facts = _frame_facts(a)
+    facts = FrameFacts(a.box_format, frame_from_args(a))
     if a.max_regions is not None and a.max_regions < 1:
         raise SPRError(f"--max-regions must be at least 1, got {a.max_regions}")
     regions = list(read_jsonl(a.regions, Region.from_dict, what="region"))[: a.max_regions]
@@ -256,13 +307,23 @@ def cmd_export_grpo(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_frame_args(p: argparse.ArgumentParser) -> None:
-    """The box format and image frame the data was built with: every exported row records them (docs/trl.md)."""
+def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
+    """The box format and image frame the data was built with: every exported row records them (docs/trl.md).
+
+    ``recorded``: the dataset recorded them at build time (``<name>.spr.json``); the flags then default to
+    those values and must agree with them.
+    """
     from .lf_image import add_pre_resize_args
 
-    g = p.add_argument_group("box format and image frame (as at build time)")
-    g.add_argument("--box-format", default="qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json")
+    g = p.add_argument_group(
+        "box format and image frame (default: as the build recorded them)" if recorded else "box format and image frame"
+    )
+    g.add_argument("--box-format", default=None if recorded else "qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json")
     add_pre_resize_args(g)
+    if recorded:
+        from .hf_export import UNSET
+
+        p.set_defaults(image_max_pixels=UNSET, image_min_pixels=UNSET)
 
 
 def _add_viewer_commands(sub) -> None:
@@ -289,14 +350,14 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--dataset-dir", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, required=True)
-    _add_frame_args(p)
+    _add_frame_args(p, recorded=True)
     p.set_defaults(func=cmd_export_hf)
 
     p = sub.add_parser("export-grpo", help="write query regions as a GRPO prompt parquet for TRL with the SPR reward")
     p.add_argument("--regions", type=Path, required=True, help="regions JSONL (spr regions, or a build's work-dir)")
     p.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
     p.add_argument("--max-regions", type=int, default=None, help="export only the first N regions")
-    _add_frame_args(p)
+    _add_frame_args(p, recorded=False)
     p.set_defaults(func=cmd_export_grpo)
 
 
@@ -338,13 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write")
     _add_scoring_args(p)
+    add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"))
     p.set_defaults(func=cmd_pair)
 
     p = sub.add_parser("export", help="write pairs as a LLaMA-Factory dataset and register it")
     p.add_argument("--pairs", type=Path, required=True)
     p.add_argument("--box-format", default="qwen2_vl")
     _add_export_args(p)
+    add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"))
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check-recipe", help="check a training YAML's image frame and template against the datasets it names")
+    p.add_argument("recipe", type=Path, help="LLaMA-Factory training YAML")
+    p.add_argument("--dataset-dir", type=Path, default=None, help="override the YAML's dataset_dir")
+    p.set_defaults(func=cmd_check_recipe)
 
     p = sub.add_parser("register", help="merge a dataset entry into a dataset_info.json")
     p.add_argument("--dataset-dir", type=Path, default=Path("data"))

@@ -19,15 +19,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .box_formats import BoxFormat
 from .errors import ConfigError, SPRError
 from .jsonl import atomic_write_jsonl
+from .lf_image import ImageFrame
 from .paths import contained_path
 from .prompts import strip_media_markers, training_prompt
+from .recipe_check import write_meta
 from .records import PreferencePair
 from .registry import build_entries, check_can_register_entries, chosen_sft_name, register_datasets
 
@@ -40,6 +42,8 @@ class ExportConfig:
     name: str = "spr_qwen2vl"
     image_mode: str = "copy"  # copy: self-contained folder; link: hard links (same disk); absolute: no copies
     overwrite: bool = False
+    #: The frame the candidates were sampled in; recorded in ``<name>.spr.json`` so a recipe can be checked.
+    frame: ImageFrame = field(default_factory=ImageFrame)
 
     def __post_init__(self) -> None:
         if self.image_mode not in IMAGE_MODES:
@@ -95,8 +99,14 @@ def chosen_sft_record(record: dict[str, Any]) -> dict[str, Any]:
     return {"conversations": [*record["conversations"], record["chosen"]], "images": record["images"]}
 
 
-def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat) -> ExportResult:
-    """Write the dataset files and register the entry; refuses before writing if the name is taken."""
+def export_dataset(
+    pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat, meta: dict[str, Any] | None = None
+) -> ExportResult:
+    """Write the dataset files and register both entries; refuses before writing if a name is taken.
+
+    ``meta`` (e.g. the run's scoring and pairing settings) joins the frame, box format and template in
+    ``<name>.spr.json``; the chosen-only companion gets the same file, so ``spr check-recipe`` checks SFT recipes too.
+    """
     if not pairs:
         raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
     dataset_dir = Path(config.dataset_dir)
@@ -109,6 +119,9 @@ def export_dataset(pairs: Sequence[PreferencePair], config: ExportConfig, box_fo
     atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
     atomic_write_jsonl(dataset_dir / f"{chosen_sft_name(config.name)}.jsonl", [chosen_sft_record(r) for r in records])
     atomic_write_jsonl(dataset_file, records)
+    facts = {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})}
+    write_meta(dataset_dir, config.name, facts)
+    write_meta(dataset_dir, chosen_sft_name(config.name), {**facts, "chosen_only_of": config.name})
     info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
     return ExportResult(dataset_file, info, len(records), len(placed))
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import SPRError
-from .lf_image import add_pre_resize_args
+from .lf_image import add_pre_resize_args, frame_from_args
 
 logger = logging.getLogger("spr")
 
@@ -125,7 +125,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     spec = resolve_shard(a.shard)
     cfg = generation_config(a, a.seed)
-    box_format = get_box_format(a.box_format)
+    box_format = get_box_format(a.box_format, frame_from_args(a))
     regions = list(select_shard(load_regions(a.regions), spec))
     out = shard_path(a.out, spec)
     if spec.is_split:

@@ -119,7 +119,7 @@ class PhraseGrounder:
     model: object  # GroundingDinoForObjectDetection
     processor: object  # GroundingDinoProcessor
     config: GrounderConfig
-    _cache: dict[tuple, list[Box]] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple, list[tuple[str, Box]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, config: GrounderConfig) -> PhraseGrounder:
@@ -142,6 +142,10 @@ class PhraseGrounder:
 
     def ground_batch(self, queries: Sequence[tuple[Region, Sequence[str]]]) -> list[list[Box]]:
         """Detector boxes (full-image pixels) for each ``(region, labels)`` query, one box per phrase at most."""
+        return [[box for _, box in found] for found in self.ground_labelled(queries)]
+
+    def ground_labelled(self, queries: Sequence[tuple[Region, Sequence[str]]]) -> list[list[tuple[str, Box]]]:
+        """Like :meth:`ground_batch`, each box with the phrase it grounds (label-aware S_loc needs it)."""
         keys = []
         todo: dict[tuple, tuple[Region, str, list[str]]] = {}
         for region, labels in queries:
@@ -178,7 +182,7 @@ class PhraseGrounder:
             spans = phrase_token_spans(enc["offset_mapping"], caption, phrases)
             spans = [[t for t in s if t < probs.shape[2]] for s in spans]
             found = select_phrase_boxes(probs[i], pred[i], spans, self.config.box_threshold)
-            self._cache[key] = [_to_pixels(box, region) for _, _, box in found]
+            self._cache[key] = [(phrases[p], _to_pixels(box, region)) for p, _, box in found]
 
 
 def _crop_rect(region: Region) -> tuple[int, int, int, int]:

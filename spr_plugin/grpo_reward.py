@@ -89,6 +89,11 @@ def check_reward_config(scoring: ScoringConfig, malformed_reward: float) -> None
             "the online reward needs --loc-metric hungarian: under the paper's recall-only metric a policy "
             "raises its reward by adding boxes until some land on objects"
         )
+    if scoring.score_norm != "none":
+        raise ConfigError(
+            f"the online reward needs --score-norm none, got {scoring.score_norm!r}: GRPO already normalises rewards "
+            "within each prompt's group, and a normalised score could fall below the malformed floor"
+        )
     if not malformed_reward < 0.0:  # also refuses NaN
         raise ConfigError(f"the malformed reward must be below 0 (every well-formed score is in [0, 1]), got {malformed_reward}")
 
@@ -133,12 +138,13 @@ class SPRReward:
     ) -> SPRReward:
         """The reward with the scorer a build with ``scoring`` would use (models loaded here, once); the image frame
         is the dataset's (``spr export-grpo --image-max-pixels/--image-min-pixels``), for the Qwen2.5-VL formats."""
-        from .hf_export import FrameFacts
+        from .box_formats import get_box_format
+        from .lf_image import ImageFrame
         from .scorer_factory import build_candidate_scorer
 
         scoring = scoring or ScoringConfig()
         check_reward_config(scoring, malformed_reward)  # before loading any model
-        box_format = FrameFacts(scoring.box_format, image_max_pixels, image_min_pixels).box_format_obj()
+        box_format = get_box_format(scoring.box_format, ImageFrame(image_max_pixels, image_min_pixels))
         return cls(build_candidate_scorer(scoring, text_model, device, box_format), tokenizer, malformed_reward)
 
     def __call__(

@@ -9,12 +9,14 @@ columns and tags a user registered are honoured, and every image path must stay 
 folder (see :mod:`spr_plugin.paths`).
 
 The ShareGPT records do not say in which coordinate frame their boxes are written, so every row also
-carries the facts a trainer needs to show the model the frame the boxes were written for (the values
-the dataset was built with, given as ``--box-format`` / ``--image-max-pixels`` / ``--image-min-pixels``):
+carries the facts a trainer needs to show the model the frame the boxes were written for, as the build
+recorded them in ``<name>.spr.json`` (:mod:`spr_plugin.recipe_check`; for a dataset spr did not build, the
+values given as ``--box-format`` / ``--image-max-pixels`` / ``--image-min-pixels``, else the build's defaults):
 
 * ``box_format``: ``qwen2_vl`` ([0,1000) grid), ``qwen2_5_vl`` / ``qwen2_5_vl_json`` (resized-input pixels);
 * ``image_max_pixels`` / ``image_min_pixels``: LLaMA-Factory's pre-resize bounds (null: no pre-resize),
   which :mod:`spr_plugin.trl_adapter` applies before the processor, as LLaMA-Factory does;
+* ``template``: LLaMA-Factory's chat template for the model family of the box format (``qwen2_vl``);
 * ``prompt_template``: the user turn with ``{box}`` for the query region (:data:`spr_plugin.prompts.PROMPT_TEMPLATE`),
   null for a record whose user turn does not follow it (a dataset registered by hand).
 """
@@ -23,19 +25,23 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .box_formats import get_box_format
-from .errors import ConfigError, SPRError
+from .box_formats import BoxFormat, get_box_format
+from .errors import SPRError
 from .jsonl import read_dataset_records
-from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+from .lf_image import ImageFrame
 from .paths import contained_path
 from .prompts import PROMPT_TEMPLATE
+from .recipe_check import meta_path, read_meta
 from .registry import read_dataset_info
 
 IMAGE_TOKEN = "<image>"
+
+#: "Not given on the command line" (``None`` already means "no pre-resize" for a pixel bound).
+UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -49,34 +55,50 @@ class FrameFacts:
     """What every exported row records about how its boxes and images are to be read (see the module docstring)."""
 
     box_format: str = "qwen2_vl"
-    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
-    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
+    frame: ImageFrame = field(default_factory=ImageFrame)
 
     def __post_init__(self) -> None:
         get_box_format(self.box_format)  # ConfigError for an unknown name
-        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
-        if problem:
-            raise ConfigError(problem)
 
-    def box_format_obj(self):
-        """The :class:`~spr_plugin.box_formats.BoxFormat` of these facts: for the Qwen2.5-VL formats its pixel frame
-        starts with this pre-resize (Qwen2-VL's [0,1000) grid does not depend on it)."""
-        fmt = get_box_format(self.box_format)
-        resize = getattr(fmt, "resize", None)
-        if resize is not None:
-            fmt = get_box_format(
-                self.box_format,
-                resize=replace(resize, pre_max_pixels=self.image_max_pixels, pre_min_pixels=self.image_min_pixels),
-            )
-        return fmt
+    def box_format_obj(self) -> BoxFormat:
+        """The parser/writer of these facts: the Qwen2.5-VL formats work in pixels of the image after this frame's
+        pre-resize (Qwen2-VL's [0,1000) grid does not depend on it)."""
+        return get_box_format(self.box_format, self.frame)
 
     def columns(self, prompt_template: str | None = PROMPT_TEMPLATE) -> dict[str, Any]:
         return {
             "box_format": self.box_format,
-            "image_max_pixels": self.image_max_pixels,
-            "image_min_pixels": self.image_min_pixels,
+            **self.frame.to_dict(),
+            "template": self.box_format_obj().template,
             "prompt_template": prompt_template,
         }
+
+    @classmethod
+    def of_dataset(
+        cls,
+        dataset_dir: str | Path,
+        name: str,
+        box_format: str | None = None,
+        image_max_pixels: int | None | object = UNSET,
+        image_min_pixels: int | None | object = UNSET,
+    ) -> FrameFacts:
+        """The facts a built dataset recorded (``<name>.spr.json``); given values must agree with them. For a
+        dataset spr did not build, the given values, else the build's defaults. Bad values are refused first."""
+        given = {"box_format": box_format, "image_max_pixels": image_max_pixels, "image_min_pixels": image_min_pixels}
+        given = {k: v for k, v in given.items() if v is not UNSET and not (k == "box_format" and v is None)}
+        meta = read_meta(dataset_dir, name)
+        recorded = {"box_format": "qwen2_vl", **ImageFrame().to_dict()}
+        if meta is not None:
+            recorded = {"box_format": meta.get("box_format", "qwen2_vl"), **ImageFrame.from_dict(meta["frame"]).to_dict()}
+        values = {**recorded, **given}
+        facts = cls(values["box_format"], ImageFrame(values["image_max_pixels"], values["image_min_pixels"]))  # validates
+        for key, value in given.items():
+            if meta is not None and value != recorded[key]:
+                raise SPRError(
+                    f"dataset {name!r} was built with {key}={recorded[key]} ({meta_path(dataset_dir, name)}) but "
+                    f"--{key.replace('_', '-')} says {value}; leave it out to use the recorded value"
+                )
+        return facts
 
 
 _TEMPLATE_RE = re.compile(re.escape(PROMPT_TEMPLATE).replace(re.escape("{box}"), ".+?") + r"\Z", re.DOTALL)
@@ -106,6 +128,7 @@ def frame_features() -> dict[str, Any]:
         "box_format": datasets.Value("string"),
         "image_max_pixels": datasets.Value("int64"),
         "image_min_pixels": datasets.Value("int64"),
+        "template": datasets.Value("string"),
         "prompt_template": datasets.Value("string"),
     }
 
@@ -171,7 +194,7 @@ def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, wh
 def export_hf(dataset_dir: str | Path, name: str, out: str | Path, facts: FrameFacts | None = None) -> HFExportResult:
     """Write ``<out>/<name>.parquet`` (images embedded) and return its path; load it back with
     ``datasets.load_dataset("parquet", data_files=...)``. ``facts``: the box format and image frame the dataset
-    was built with (default: the build's defaults)."""
+    was built with (default: :meth:`FrameFacts.of_dataset`)."""
     import datasets
 
     dataset_dir = Path(dataset_dir)
@@ -185,7 +208,7 @@ def export_hf(dataset_dir: str | Path, name: str, out: str | Path, facts: FrameF
     records = _read_records(data_file)
     if not records:
         raise SPRError(f"{data_file} holds no records")
-    facts = facts or FrameFacts()
+    facts = facts or FrameFacts.of_dataset(dataset_dir, name)
     rows = []
     for i, record in enumerate(records):
         row = trl_row(record, entry, dataset_dir, f"{data_file}:{i + 1}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -88,6 +90,44 @@ def check_pixel_bounds(image_max_pixels: int | None, image_min_pixels: int | Non
     if image_max_pixels is not None and image_min_pixels is not None and image_min_pixels > image_max_pixels:
         return f"image_min_pixels ({image_min_pixels}) must not exceed image_max_pixels ({image_max_pixels})"
     return None
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    """The image frame a dataset lives in: LLaMA-Factory's pre-resize bounds (its YAML keys of the same names).
+
+    Sampling, training and evaluation must all use the same frame, or Qwen2.5-VL's pixel boxes and every
+    model's visual grid silently differ between the stages. A build records its frame next to the dataset
+    (:mod:`spr_plugin.recipe_check`), and a training YAML or an evaluation can be checked against it.
+    """
+
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
+
+    def __post_init__(self) -> None:
+        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
+        if problem:
+            from .errors import ConfigError
+
+            raise ConfigError(problem)
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {"image_max_pixels": self.image_max_pixels, "image_min_pixels": self.image_min_pixels}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageFrame:
+        """Missing keys take LLaMA-Factory's defaults, as they do in a training YAML."""
+        return cls(d.get("image_max_pixels", DEFAULT_IMAGE_MAX_PIXELS), d.get("image_min_pixels", DEFAULT_IMAGE_MIN_PIXELS))
+
+    def differences(self, other: ImageFrame) -> list[tuple[str, int | None, int | None]]:
+        """``(key, this value, other value)`` for every bound the two frames disagree on."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
+
+
+def frame_from_args(a: argparse.Namespace) -> ImageFrame:
+    """The frame given by ``--image-max-pixels`` / ``--image-min-pixels``."""
+    return ImageFrame(a.image_max_pixels, a.image_min_pixels)
 
 
 def _pixel_bound(text: str) -> int | None:

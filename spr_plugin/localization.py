@@ -56,16 +56,30 @@ def match_best(iou: np.ndarray, threshold: float = DEFAULT_IOU_THRESHOLD) -> lis
     return [Match(i, int(j), float(iou[i, j])) for i, j in enumerate(best) if iou[i, j] > threshold]
 
 
+def masked_iou(gt: Sequence[Box], pred: Sequence[Box], allowed: np.ndarray | None = None) -> np.ndarray:
+    """:func:`iou_matrix` with the pairs ``allowed`` forbids (label disagreement) set to 0, so they never match."""
+    iou = iou_matrix(gt, pred)
+    if allowed is not None and iou.size:
+        iou = np.where(allowed, iou, 0.0)
+    return iou
+
+
 def localization_score(
     gt: Sequence[Box],
     pred: Sequence[Box],
     metric: str = "hungarian",
     threshold: float = DEFAULT_IOU_THRESHOLD,
+    allowed: np.ndarray | None = None,
 ) -> LocalizationScore:
-    """S_loc in [0, 1] with the matches it rests on."""
+    """S_loc in [0, 1] with the matches it rests on.
+
+    ``allowed`` (``len(gt) x len(pred)`` booleans, see :mod:`spr_plugin.labels`) says which predicted box
+    may match which annotated object: a box whose phrase names another category matches nothing, so it
+    counts as a false positive under ``hungarian`` and earns nothing under ``paper``.
+    """
     if metric not in METRICS:
         raise ConfigError(f"unknown localization metric {metric!r}; choose one of {', '.join(METRICS)}")
-    iou = iou_matrix(gt, pred)
+    iou = masked_iou(gt, pred, allowed)
     n_gt, n_pred = len(gt), len(pred)
     if metric == "paper":
         matches = match_best(iou, threshold)

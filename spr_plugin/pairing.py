@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 from .records import PreferencePair, Region, ScoredCandidate
+from .refine import check_policy
 
 SKIP_TOO_FEW = "too_few_candidates"
 SKIP_IDENTICAL = "identical_texts"
@@ -22,11 +23,16 @@ SKIP_LOW_MARGIN = "low_margin"
 
 @dataclass(frozen=True)
 class PairingConfig:
-    min_margin: float = 0.05
+    min_margin: float = 0.05  # in the units of S (normalised units when the run normalises)
+    #: What refinement does to phrases that matched no annotated object (spr_plugin/refine.py):
+    #: ``correct`` (default: give a phrase the box of the object it names, so chosen answers stay fully
+    #: grounded), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``.
+    refine_policy: str = "correct"
 
     def __post_init__(self) -> None:
         if self.min_margin < 0:
             raise ConfigError(f"min_margin must be >= 0, got {self.min_margin}")
+        check_policy(self.refine_policy)
 
 
 def _norm(text: str) -> str:
@@ -40,16 +46,31 @@ def make_pair(
     config: PairingConfig = PairingConfig(),
 ) -> PreferencePair | str:
     """The region's pair, or the reason (one of the ``SKIP_*`` constants) why it has none."""
+    picked = select_pair(initial, refined, config)
+    if isinstance(picked, str):
+        return picked
+    return PreferencePair(region, refined[picked[0]], initial[picked[1]])
+
+
+def select_pair(
+    initial: Sequence[ScoredCandidate], refined: Sequence[ScoredCandidate], config: PairingConfig = PairingConfig()
+) -> tuple[int, int] | str:
+    """Indices ``(chosen in refined, rejected in initial)``, or the reason why the region has no pair."""
     if len(initial) < 2 or not refined:
         return SKIP_TOO_FEW
-    # Ties break towards the earlier candidate so the choice is reproducible.
-    chosen = max(refined, key=lambda s: s.score)
-    rejected = min(initial, key=lambda s: s.score)
-    if _norm(chosen.candidate.text) == _norm(rejected.candidate.text):
+    chosen, rejected = pick(initial, refined)
+    if _norm(refined[chosen].candidate.text) == _norm(initial[rejected].candidate.text):
         return SKIP_IDENTICAL
-    if chosen.score - rejected.score < config.min_margin:
+    if refined[chosen].score - initial[rejected].score < config.min_margin:
         return SKIP_LOW_MARGIN
-    return PreferencePair(region, chosen, rejected)
+    return chosen, rejected
+
+
+def pick(initial: Sequence[ScoredCandidate], refined: Sequence[ScoredCandidate]) -> tuple[int, int]:
+    """Indices of the best refined and the worst initial candidate; ties go to the earlier one (reproducible)."""
+    chosen = max(range(len(refined)), key=lambda i: (refined[i].score, -i))
+    rejected = min(range(len(initial)), key=lambda i: (initial[i].score, i))
+    return chosen, rejected
 
 
 def length_stats(pairs: Sequence[PreferencePair]) -> dict[str, float]:

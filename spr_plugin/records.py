@@ -64,13 +64,19 @@ class AnnotatedObject:
     ann_id: int
     category: str
     box: Box
+    #: Other names of the category (LVIS ships them); label matching accepts any of them.
+    synonyms: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ann_id": self.ann_id, "category": self.category, "box": self.box.as_list()}
+        d: dict[str, Any] = {"ann_id": self.ann_id, "category": self.category, "box": self.box.as_list()}
+        if self.synonyms:
+            d["synonyms"] = list(self.synonyms)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnnotatedObject:
-        return cls(int(d["ann_id"]), str(d["category"]), Box.from_list(d["box"]))
+        synonyms = tuple(str(s) for s in d.get("synonyms") or ())
+        return cls(int(d["ann_id"]), str(d["category"]), Box.from_list(d["box"]), synonyms)
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,9 @@ class GroundedPhrase:
     label: str
     box: Box | None
     span: tuple[int, int]
+    #: A box was written for this phrase but could not be used (broken syntax, out of range, cut off):
+    #: refinement must remove that box text, while a phrase with no box at all is just an ungrounded mention.
+    malformed: bool = False
 
 
 @dataclass
@@ -274,9 +283,13 @@ class ScoredCandidate:
     semantic: SemanticScore
     localization: LocalizationScore
     parse_dropped: dict[str, int] = field(default_factory=dict)
+    #: S_sem and S_loc after per-region normalisation (``sem``, ``loc``), when the run normalises.
+    norm_parts: dict[str, float] = field(default_factory=dict)
+    #: What refinement did to this text (policy and counts), for refined candidates.
+    refinement: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "candidate": self.candidate.to_dict(),
             "refined": self.refined,
             "score": self.score,
@@ -284,6 +297,11 @@ class ScoredCandidate:
             "localization": self.localization.to_dict(),
             "parse_dropped": dict(self.parse_dropped),
         }
+        if self.norm_parts:
+            d["norm_parts"] = dict(self.norm_parts)
+        if self.refinement:
+            d["refinement"] = dict(self.refinement)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoredCandidate:
@@ -294,6 +312,8 @@ class ScoredCandidate:
             semantic=SemanticScore.from_dict(d["semantic"]),
             localization=LocalizationScore.from_dict(d["localization"]),
             parse_dropped={str(k): int(v) for k, v in d.get("parse_dropped", {}).items()},
+            norm_parts={str(k): float(v) for k, v in d.get("norm_parts", {}).items()},
+            refinement=dict(d.get("refinement", {})),
         )
 
 

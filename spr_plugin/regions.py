@@ -130,7 +130,9 @@ def _valid_objects(coco: COCO, img_id: int, config: RegionConfig, stats: RegionS
         box = Box.from_xywh(*bbox)
         if box.area < config.min_box_area:
             continue
-        objs.append(AnnotatedObject(int(ann["id"]), str(cat["name"]), box))
+        listed = cat.get("synonyms") if isinstance(cat.get("synonyms"), list) else []  # LVIS: a list of names
+        synonyms = tuple(s for s in listed if isinstance(s, str) and s.strip() and s != cat["name"])
+        objs.append(AnnotatedObject(int(ann["id"]), str(cat["name"]), box, synonyms))
     return objs
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .box_formats import BoxFormat, get_box_format
+from .box_formats import get_box_format
 from .records import Region, SemanticScore
 from .scoring import CandidateScorer, ScoringConfig, SemanticScorer
 from .semantic import DEFAULT_TEXT_MODEL
@@ -61,12 +61,23 @@ def load_grounder(config: ScoringConfig, device: str | None = None):
     return PhraseGrounder.load(gcfg)
 
 
+def load_label_matcher(config: ScoringConfig, semantic: SemanticScorer, text_model: str = DEFAULT_TEXT_MODEL, device=None):
+    """Label agreement with the run's text model: the text scorer's own, or loaded for CLIP-only runs."""
+    from .labels import LabelMatcher
+    from .semantic import TextSemanticScorer
+
+    parts = semantic.scorers if isinstance(semantic, MeanSemanticScorer) else [semantic]
+    text = next((s for s in parts if isinstance(s, TextSemanticScorer)), None) or TextSemanticScorer.load(text_model, device)
+    return LabelMatcher(text.embed, config.label_threshold)
+
+
 def build_candidate_scorer(
-    config: ScoringConfig, text_model: str = DEFAULT_TEXT_MODEL, device: str | None = None, box_format: BoxFormat | None = None
+    config: ScoringConfig, text_model: str = DEFAULT_TEXT_MODEL, device: str | None = None, box_format=None
 ):
-    """A ready :class:`CandidateScorer` for the run described by ``config``; ``box_format`` replaces the default
-    parser of ``config.box_format`` (e.g. a Qwen2.5-VL parser with another image frame)."""
+    """A ready :class:`CandidateScorer` for the run described by ``config`` (``box_format``: a configured
+    :class:`~spr_plugin.box_formats.BoxFormat`, e.g. Qwen2.5-VL with the run's image frame)."""
     box_format = box_format or get_box_format(config.box_format)  # the cheap checks first: fail before loading models
     grounder = load_grounder(config, device)
     semantic = load_semantic_scorer(config, text_model, device)
-    return CandidateScorer(config, semantic, box_format, grounder=grounder, dedupe_iou=config.iou_threshold)
+    labels = load_label_matcher(config, semantic, text_model, device)
+    return CandidateScorer(config, semantic, box_format, grounder=grounder, dedupe_iou=config.iou_threshold, labels=labels)

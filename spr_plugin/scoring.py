@@ -10,14 +10,20 @@ loads them. See ``docs/scoring.md``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+import numpy as np
+from scipy.stats import rankdata
 
 from .box_formats import BoxFormat, get_box_format
 from .errors import ConfigError
 from .grounder import merge_predictions
-from .localization import DEFAULT_IOU_THRESHOLD, METRICS, localization_score
-from .records import Box, Candidate, Region, ScoredCandidate, SemanticScore
+from .labels import LabelMatcher
+from .localization import DEFAULT_IOU_THRESHOLD, METRICS, localization_score, masked_iou, match_hungarian
+from .options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, SCORE_NORMS
+from .records import Box, Candidate, ParseResult, Region, ScoredCandidate, SemanticScore
+from .semantic import TextSemanticScorer
 
 SEMANTIC_SCORERS = ("text", "clip", "clip+text")
 GROUNDER_PHRASES = ("all", "unboxed")
@@ -39,6 +45,15 @@ class ScoringConfig:
     grounder: str | None = None  # Grounding DINO folder; None = the model's own boxes only
     grounder_box_threshold: float = 0.35
     grounder_phrases: str = "all"  # ground ``all`` phrase labels or only ``unboxed`` ones
+    #: ``on``: a box matches an annotated object only if its phrase names that object's category
+    #: (spr_plugin/labels.py); ``off``: IoU alone decides, as in the paper's formula. On by default because
+    #: IoU alone rewards, and refinement then snaps, boxes whose phrase names another object.
+    label_match: str = "on"
+    label_threshold: float = DEFAULT_LABEL_THRESHOLD  # text-model cosine for labels the name rules leave open
+    #: Per-region normalisation of S_sem and S_loc before they are mixed with ``lam``: ``none`` (the paper),
+    #: ``zscore`` or ``rank``. The two parts live on different scales (MiniLM's S_sem varies 2-20x more within
+    #: a region than 0.2*S_loc), so without it the nominal 0.8/0.2 weighting is not the effective one.
+    score_norm: str = "none"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -57,20 +72,35 @@ class ScoringConfig:
             raise ConfigError(f"unknown grounder phrase mode {self.grounder_phrases!r}; choose one of all, unboxed")
         if not 0.0 <= self.grounder_box_threshold <= 1.0:
             raise ConfigError(f"grounder box threshold must lie in [0, 1], got {self.grounder_box_threshold}")
+        if self.label_match not in LABEL_MATCH_MODES:
+            raise ConfigError(f"unknown label-match mode {self.label_match!r}; choose one of {', '.join(LABEL_MATCH_MODES)}")
+        if not 0.0 <= self.label_threshold <= 1.0:
+            raise ConfigError(f"label threshold must lie in [0, 1], got {self.label_threshold}")
+        if self.score_norm not in SCORE_NORMS:
+            raise ConfigError(f"unknown score normalisation {self.score_norm!r}; choose one of {', '.join(SCORE_NORMS)}")
 
 
-def localization_with_detections(gt: Sequence[Box], own: Sequence[Box], detected: Sequence[Box], cfg: ScoringConfig):
+def localization_with_detections(
+    gt: Sequence[Box],
+    own: Sequence[Box],
+    detected: Sequence[Box],
+    cfg: ScoringConfig,
+    allowed: np.ndarray | None = None,
+):
     """S_loc over the description's own boxes plus the detector boxes that match an annotation.
 
     Detector boxes join the prediction set (as in the paper), but one that matches no annotated object
     is left out again: a detector false positive is not the description's fault, and under the
     Hungarian F1 it would lower the score of every candidate naming that phrase. So the grounder can
     only add matches. Removing unmatched columns keeps the one-to-one assignment optimal.
+    ``allowed`` covers the columns ``[*own, *detected]``.
     """
-    loc = localization_score(gt, [*own, *detected], cfg.loc_metric, cfg.iou_threshold)
+    loc = localization_score(gt, [*own, *detected], cfg.loc_metric, cfg.iou_threshold, allowed)
     used = sorted({m.pred_index - len(own) for m in loc.matches if m.pred_index >= len(own)})
     if len(used) < len(detected):
-        loc = localization_score(gt, [*own, *(detected[i] for i in used)], cfg.loc_metric, cfg.iou_threshold)
+        keep = [*range(len(own)), *(len(own) + i for i in used)]
+        sub = None if allowed is None else allowed[:, keep]
+        loc = localization_score(gt, [*own, *(detected[i] for i in used)], cfg.loc_metric, cfg.iou_threshold, sub)
     return replace(loc, n_grounded=len(used))
 
 
@@ -85,7 +115,25 @@ class PhraseGrounder(Protocol):
 
     def labels_to_ground(self, phrases) -> list[str]: ...
 
-    def ground_batch(self, queries: Sequence[tuple[Region, Sequence[str]]]) -> list[list[Box]]: ...
+    def ground_labelled(self, queries: Sequence[tuple[Region, Sequence[str]]]) -> list[list[tuple[str, Box]]]: ...
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One description as the scorer saw it, kept so that no later stage parses or matches it again.
+
+    ``agree[g, i]`` says whether phrase ``i`` of ``parse`` may be matched to annotated object ``g`` (its
+    label names the object's category, or it is a bare box); ``matches`` maps phrase indices to objects,
+    one to one, under the run's label matching: refinement snaps exactly these boxes.
+    """
+
+    region: Region
+    candidate: Candidate
+    parse: ParseResult
+    agree: np.ndarray
+    matches: dict[int, int]
+    scored: ScoredCandidate
+    detected: tuple[tuple[str, Box], ...] = field(default=())
 
 
 class CandidateScorer:
@@ -102,15 +150,24 @@ class CandidateScorer:
         box_format: BoxFormat | None = None,
         grounder: PhraseGrounder | None = None,
         dedupe_iou: float = DEFAULT_IOU_THRESHOLD,
+        labels: LabelMatcher | None = None,
     ) -> None:
         self.config = config
         self.semantic = semantic
         self.box_format = box_format or get_box_format(config.box_format)
         self.grounder = grounder
         self.dedupe_iou = dedupe_iou
+        # Without an explicit matcher, a text scorer's own embeddings decide open label pairs; any other
+        # scorer leaves only the name rules (scorer_factory passes a matcher with the run's text model).
+        embed = semantic.embed if isinstance(semantic, TextSemanticScorer) else None
+        self.labels = labels or LabelMatcher(embed, config.label_threshold)
 
     def score(self, items: Sequence[tuple[Region, Candidate]]) -> list[ScoredCandidate]:
-        """Score initial ``(region, candidate)`` pairs; the semantic model sees all of them in one batch."""
+        """Score initial ``(region, candidate)`` pairs (S unnormalised; see :func:`mix_scores`)."""
+        return [a.scored for a in self.assess(items)]
+
+    def assess(self, items: Sequence[tuple[Region, Candidate]]) -> list[Assessment]:
+        """Parse, match and score initial candidates; the semantic model sees all of them in one batch."""
         fmt = self.box_format
         parses = [fmt.parse(c.text, r.width, r.height) for r, c in items]
         sem_inputs = [
@@ -119,36 +176,103 @@ class CandidateScorer:
         ]
         semantics = self.semantic.score_batch(sem_inputs)
         detected = self._ground(items, parses)
-        return [
-            self._combine(region, cand, False, parse, sem, extra)
-            for (region, cand), parse, sem, extra in zip(items, parses, semantics, detected)
-        ]
+        return self._assess(items, parses, semantics, detected, refined=False)
 
-    def score_refined(self, items: Sequence[tuple[Region, Candidate, ScoredCandidate]]) -> list[ScoredCandidate]:
-        """Score refinements ``(region, refined candidate, its scored initial candidate)``.
+    def assess_refined(self, items: Sequence[tuple[Assessment, Candidate, bool]]) -> list[Assessment]:
+        """Score refinements ``(initial assessment, refined candidate, words changed)``.
 
-        Refinement edits only the grounding (boxes snapped or removed, words kept), so a refinement keeps
-        the S_sem of its initial text and only S_loc is recomputed. Re-embedding the refined text would
-        instead punish it for the phrases whose boxes were removed, which is the opposite of SPR's intent,
-        and would double the semantic model's work. Detector boxes come from the initial text's phrases.
+        Snapping or ungrounding boxes changes no words, so such a refinement keeps the S_sem of its initial
+        text and only S_loc is recomputed. Re-embedding it would punish it for the phrases whose boxes were
+        removed, which is the opposite of SPR's intent, and would double the semantic model's work. A
+        refinement that removed phrases (``drop``) changed its words and is scored again. Detector boxes
+        come from the initial text's phrases.
         """
         fmt = self.box_format
-        initial_parses = [fmt.parse(init.candidate.text, r.width, r.height) for r, _, init in items]
-        detected = self._ground([(r, init.candidate) for r, _, init in items], initial_parses)
-        return [
-            self._combine(region, cand, True, fmt.parse(cand.text, region.width, region.height), init.semantic, extra)
-            for (region, cand, init), extra in zip(items, detected)
-        ]
+        pairs = [(a.region, cand) for a, cand, _ in items]
+        parses = [fmt.parse(c.text, r.width, r.height) for r, c in pairs]
+        changed = [i for i, (_, _, words_changed) in enumerate(items) if words_changed]
+        fresh = self.semantic.score_batch(
+            [(pairs[i][0], fmt.plain_text(pairs[i][1].text, pairs[i][0].width, pairs[i][0].height),
+              [p.label for p in parses[i].phrases]) for i in changed]
+        )  # fmt: skip
+        semantics = [a.scored.semantic for a, _, _ in items]
+        for i, sem in zip(changed, fresh):
+            semantics[i] = sem
+        return self._assess(pairs, parses, semantics, [list(a.detected) for a, _, _ in items], refined=True)
 
-    def _combine(self, region: Region, cand: Candidate, refined: bool, parse, sem: SemanticScore, extra) -> ScoredCandidate:
+    def _assess(self, items, parses, semantics, detected, refined: bool) -> list[Assessment]:
         cfg = self.config
-        extra = merge_predictions(parse.boxes, extra, self.dedupe_iou)
-        loc = localization_with_detections([o.box for o in region.objects], parse.boxes, extra, cfg)
-        total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score
-        return ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped))
+        extras = [self._merge_detected(parse, found) for parse, found in zip(parses, detected)]
+        agreements = self.labels.agreement(
+            [(r.objects, [p.label for p in parse.phrases] + [lab for lab, _ in extra]) for (r, _), parse, extra in
+             zip(items, parses, extras)]
+        )  # fmt: skip
+        out = []
+        for (region, cand), parse, sem, extra, agree_all in zip(items, parses, semantics, extras, agreements):
+            n_phrases = len(parse.phrases)
+            agree = agree_all[:, :n_phrases]
+            boxed = [i for i, p in enumerate(parse.phrases) if p.box is not None]
+            gt = [o.box for o in region.objects]
+            allowed = None
+            if cfg.label_match == "on":
+                allowed = np.concatenate([agree[:, boxed], agree_all[:, n_phrases:]], axis=1)
+            loc = localization_with_detections(gt, parse.boxes, [b for _, b in extra], cfg, allowed)
+            own_allowed = None if allowed is None else allowed[:, : len(boxed)]
+            own = match_hungarian(masked_iou(gt, parse.boxes, own_allowed), cfg.iou_threshold)
+            matches = {boxed[m.pred_index]: m.gt_index for m in own}
+            total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score
+            scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped))
+            out.append(Assessment(region, cand, parse, agree, matches, scored, tuple(extra)))
+        return out
 
-    def _ground(self, items: Sequence[tuple[Region, Candidate]], parses) -> list[list[Box]]:
+    def _merge_detected(self, parse: ParseResult, found: Sequence[tuple[str, Box]]) -> list[tuple[str, Box]]:
+        """Detector boxes that duplicate none of the description's own boxes, with their phrase labels."""
+        if not found:
+            return []
+        kept = merge_predictions(parse.boxes, [b for _, b in found], self.dedupe_iou)
+        out, k = [], 0
+        for label, box in found:  # merge_predictions keeps the order of the boxes it keeps
+            if k < len(kept) and box == kept[k]:
+                out.append((label, box))
+                k += 1
+        return out
+
+    def _ground(self, items: Sequence[tuple[Region, Candidate]], parses) -> list[list[tuple[str, Box]]]:
         if self.grounder is None:
             return [[] for _ in items]
         queries = [(r, self.grounder.labels_to_ground(parse.phrases)) for (r, _), parse in zip(items, parses)]
-        return self.grounder.ground_batch(queries)
+        return self.grounder.ground_labelled(queries)
+
+
+def normalise(values: Sequence[float], method: str) -> np.ndarray:
+    """Per-region normalisation of one score part over the region's candidate pool.
+
+    ``zscore``: (x - mean) / std, 0 where all values are equal. ``rank``: average rank scaled to [0, 1]
+    (0.5 for a single value or all ties). ``none``: unchanged.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if method == "none" or x.size == 0:
+        return x
+    if method == "zscore":
+        std = x.std()
+        return (x - x.mean()) / std if std > 1e-12 else np.zeros_like(x)
+    if method == "rank":
+        if x.size == 1 or np.all(x == x[0]):
+            return np.full_like(x, 0.5)
+        return (rankdata(x) - 1.0) / (x.size - 1.0)
+    raise ConfigError(f"unknown score normalisation {method!r}; choose one of {', '.join(SCORE_NORMS)}")
+
+
+def mix_scores(pool: Sequence[ScoredCandidate], lam: float, method: str) -> list[ScoredCandidate]:
+    """The pool (one region's initial and refined candidates) with S = λ·norm(S_sem) + (1-λ)·norm(S_loc).
+
+    With ``none`` the scores are the scorer's own; otherwise each candidate records its normalised parts.
+    """
+    if method == "none":
+        return [replace(s, score=lam * s.semantic.score + (1.0 - lam) * s.localization.score) for s in pool]
+    sem = normalise([s.semantic.score for s in pool], method)
+    loc = normalise([s.localization.score for s in pool], method)
+    return [
+        replace(s, score=float(lam * a + (1.0 - lam) * b), norm_parts={"sem": float(a), "loc": float(b)})
+        for s, a, b in zip(pool, sem, loc)
+    ]

@@ -85,10 +85,10 @@ def test_export_hf_parquet_loads_with_datasets_and_images_decode(built, tmp_path
         "parquet", data_files=str(tmp_path / "hf" / f"{NAME}.parquet"), split="train", cache_dir=str(tmp_path / "cache")
     )
     assert ds.num_rows == summary["dataset"]["records"]
-    frame_columns = {"box_format", "image_max_pixels", "image_min_pixels", "prompt_template"}
+    frame_columns = ("box_format", "image_max_pixels", "image_min_pixels", "template", "prompt_template")
     assert set(ds.column_names) == {"prompt", "chosen", "rejected", "images", *frame_columns}
-    # the build's defaults, recorded per row (tests/test_trl_dpo.py exports other values)
-    assert set(zip(*(ds[c] for c in sorted(frame_columns)))) == {("qwen2_vl", 768 * 768, 32 * 32, PROMPT_TEMPLATE)}
+    # what the build recorded in <name>.spr.json, per row (its defaults here; tests/test_trl_dpo.py builds in another frame)
+    assert set(zip(*(ds[c] for c in frame_columns))) == {("qwen2_vl", 768 * 768, 32 * 32, "qwen2_vl", PROMPT_TEMPLATE)}
     assert isinstance(ds.features["images"].feature, datasets.Image)
     records = [json.loads(line) for line in (data / f"{NAME}.jsonl").read_text().splitlines()]
     for row, rec in zip(ds, records):
@@ -142,6 +142,20 @@ def test_export_hf_records_null_template_for_prompts_that_are_not_sprs(built, tm
         ),
     ],
 )
+def test_export_hf_refuses_flags_that_contradict_the_recorded_build(built, tmp_path):
+    data, _ = built
+    cmd = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", "--image-max-pixels", "12544"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"spr export-hf: error: dataset '{NAME}' was built with image_max_pixels=589824 ({data / (NAME + '.spr.json')}) "
+        "but --image-max-pixels says 12544; leave it out to use the recorded value"
+    )
+    assert not (tmp_path / "hf").exists()
+    same = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf2", "--image-max-pixels", "589824"]
+    assert subprocess.run(same, capture_output=True, text=True, timeout=120).returncode == 0  # agreeing values are fine
+
+
 def test_export_hf_bad_frame_flags_are_one_line_errors(built, tmp_path, flags, message):
     data, _ = built
     cmd = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", *flags]

@@ -51,6 +51,8 @@ def test_build_registers_the_chosen_only_sft_companion(built):
     assert info[NAME] == ranking_entry(f"{NAME}.jsonl")
     assert info[f"{NAME}_chosen"] == chosen_sft_entry(f"{NAME}_chosen.jsonl")
     assert "ranking" not in info[f"{NAME}_chosen"]  # SFT: listed under LlamaBoard's default stage
+    meta = json.loads((built / f"{NAME}_chosen.spr.json").read_text())  # spr check-recipe checks SFT recipes too
+    assert meta == {**json.loads((built / f"{NAME}.spr.json").read_text()), "chosen_only_of": NAME}
     pairs, sft = _lines(built / f"{NAME}.jsonl"), _lines(built / f"{NAME}_chosen.jsonl")
     assert len(pairs) == len(sft) > 0
     for pair, rec in zip(pairs, sft):
@@ -133,6 +135,16 @@ def test_sft_recipes_name_the_registered_companions_and_parse_in_llamafactory(bu
         args.update(bf16=False, output_dir=str(tmp_path / "out"))
         _, data_args, _, finetuning_args, _ = get_train_args(args)
         assert finetuning_args.stage == "sft" and data_args.dataset == [f"{NAME}_chosen"]
+
+
+def test_check_recipe_checks_the_sft_recipe_against_the_companion(built, tmp_path):
+    recipe = yaml.safe_load((ROOT / "recipes/spr_qwen2vl_chosen_sft_cpu_demo.yaml").read_text())
+    for frame, ok in ((768 * 768, True), (recipe["image_max_pixels"], False)):  # the build used the default frame
+        path = tmp_path / f"sft_{frame}.yaml"
+        path.write_text(yaml.safe_dump({**recipe, "dataset": f"{NAME}_chosen", "image_max_pixels": frame}))
+        proc = subprocess.run([*SPR, "check-recipe", str(path), "--dataset-dir", str(built)], capture_output=True, text=True)
+        assert (proc.returncode == 0) is ok, proc.stderr
+        assert (f"{NAME}_chosen: frame" in proc.stdout) if ok else ("image frame mismatch" in proc.stderr)
 
 
 @pytest.mark.slow

@@ -123,9 +123,11 @@ def test_the_floor_is_below_every_well_formed_completion(reward, scorer):
             SPRReward(scorer, malformed_reward=floor)
 
 
-def test_paper_metric_is_refused_before_any_model_loads():
+def test_gameable_or_unbounded_settings_are_refused_before_any_model_loads():
     with pytest.raises(ConfigError, match="needs --loc-metric hungarian"):
         SPRReward.load(ScoringConfig(loc_metric="paper"), text_model="/nonexistent/model")
+    with pytest.raises(ConfigError, match="needs --score-norm none, got 'zscore'"):
+        SPRReward.load(ScoringConfig(score_norm="zscore"), text_model="/nonexistent/model")
 
 
 def test_completion_ids_are_decoded_with_the_box_tokens(reward, scorer, tiny_qwen2vl):
@@ -162,9 +164,10 @@ def test_qwen25_reward_parses_in_the_rows_image_frame(scorer, synthetic_scenes):
     """Qwen2.5-VL boxes are pixels of the pre-resized input: the same text means other boxes in another frame, so
     the reward parses in the frame the prompts were written for and refuses rows of another one."""
     from spr_plugin.hf_export import FrameFacts
+    from spr_plugin.lf_image import ImageFrame
 
     reg = next(iter(sample_regions(load_coco(synthetic_scenes), synthetic_scenes.parent / "images", RegionConfig(k=3))))
-    small = FrameFacts("qwen2_5_vl", FRAME, 1024).box_format_obj()
+    small = FrameFacts("qwen2_5_vl", ImageFrame(FRAME, 1024)).box_format_obj()
     text = "The region shows " + " and ".join(small.render(o.category, o.box, reg.width, reg.height) for o in reg.objects)
     n = 1
     columns = {"region": [reg.to_dict()] * n, "box_format": ["qwen2_5_vl"] * n}
@@ -226,6 +229,7 @@ def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_fi
     import datasets
 
     from spr_plugin.hf_export import FrameFacts
+    from spr_plugin.lf_image import ImageFrame
 
     out = tmp_path / "q25.parquet"
     cmd = [*SPR, "export-grpo", "--regions", str(regions_file), "--out", str(out), "--box-format", "qwen2_5_vl"]
@@ -233,7 +237,7 @@ def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_fi
     assert proc.returncode == 0, proc.stderr
     row = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "c"))[0]
     reg = _regions(regions_file)[0]
-    in_frame = training_prompt(reg, FrameFacts("qwen2_5_vl", FRAME, 1024).box_format_obj())
+    in_frame = training_prompt(reg, FrameFacts("qwen2_5_vl", ImageFrame(FRAME, 1024)).box_format_obj())
     assert "<image>" + row["prompt"][0]["content"][1]["text"] == in_frame != training_prompt(reg, get_box_format("qwen2_5_vl"))
 
 

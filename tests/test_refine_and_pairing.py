@@ -19,7 +19,7 @@ def test_refine_snaps_matched_boxes_and_drops_hallucinated_ones():
         "<|object_ref_start|>blue square<|object_ref_end|><|box_start|>(1,2),(x<|box_end|>."
     )
     res = refine_candidate(cand(text), r, FMT)
-    assert res.snapped == 1 and res.dropped == 2
+    assert res.snapped == 1 and res.ungrounded == 2
     parse = FMT.parse(res.candidate.text, W, H)
     assert parse.dropped == {}
     (box,) = parse.boxes

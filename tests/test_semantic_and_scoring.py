@@ -82,9 +82,10 @@ def test_refinement_keeps_the_semantic_score_and_recomputes_localization(text_sc
         f"{FMT.render('blue square', Box(0, 300, 50, 350), W, H)}."  # wrong box: will be ungrounded
     )
     scorer = CandidateScorer(ScoringConfig(), text_scorer)
-    (initial,) = scorer.score([(r, cand(text))])
+    (assessed,) = scorer.assess([(r, cand(text))])
+    initial = assessed.scored
     refined_cand = refine_candidate(cand(text), r, FMT).candidate
-    (refined,) = scorer.score_refined([(r, refined_cand, initial)])
+    (refined,) = [a.scored for a in scorer.assess_refined([(assessed, refined_cand, False)])]
     assert refined.refined and not initial.refined
     assert refined.semantic == initial.semantic  # words unchanged: S_sem is the initial text's
     assert refined.localization.n_pred == 1 and refined.localization.score > initial.localization.score

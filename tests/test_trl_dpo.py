@@ -23,15 +23,16 @@ FRAME = 12544  # the tiny model's processor budget: LLaMA-Factory's pre-resize a
 
 @pytest.fixture(scope="module")
 def parquet(tmp_path_factory) -> Path:
-    """`spr build --candidates` on rendered scenes, then `spr export-hf` with the frame the tests train in."""
+    """`spr build --candidates` on rendered scenes in the frame the tests train in, then `spr export-hf`."""
     tmp = tmp_path_factory.mktemp("trl_dpo")
     scenes = render_scenes(tmp / "scenes", n_images=4, seed=5)
     common = ["--annotations", scenes, "--images", scenes.parent / "images"]
     subprocess.run([*SPR, "regions", *map(str, common), "--out", str(tmp / "r.jsonl")], check=True, capture_output=True)
     write_candidates(tmp / "r.jsonl", tmp / "c.jsonl")
     build = [*common, "--candidates", tmp / "c.jsonl", "--work-dir", tmp / "w", "--dataset-dir", tmp / "data", "--name", NAME]
-    subprocess.run([*SPR, "build", *map(str, build), "--min-margin", "0"], check=True, capture_output=True)
-    export = ["--dataset-dir", tmp / "data", "--name", NAME, "--out", tmp / "hf", "--image-max-pixels", FRAME]
+    build += ["--min-margin", "0", "--image-max-pixels", FRAME]
+    subprocess.run([*SPR, "build", *map(str, build)], check=True, capture_output=True)
+    export = ["--dataset-dir", tmp / "data", "--name", NAME, "--out", tmp / "hf"]  # the frame comes from <name>.spr.json
     proc = subprocess.run([*SPR, "export-hf", *map(str, export)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return tmp / "hf" / f"{NAME}.parquet"
@@ -59,9 +60,10 @@ def test_import_trl_fixes_only_trls_own_flags():
 
 def test_the_parquet_records_box_format_frame_and_prompt_template(parquet, tmp_path):
     ds = _load(parquet, tmp_path)
-    assert {"box_format", "image_max_pixels", "image_min_pixels", "prompt_template"} <= set(ds.column_names)
+    assert {"box_format", "image_max_pixels", "image_min_pixels", "template", "prompt_template"} <= set(ds.column_names)
     for row in ds:
         assert (row["box_format"], row["image_max_pixels"], row["image_min_pixels"]) == ("qwen2_vl", FRAME, 32 * 32)
+        assert row["template"] == "qwen2_vl"
         assert row["prompt_template"] == PROMPT_TEMPLATE
         prompt = row["prompt"][0]["content"][1]["text"]
         assert prompt.startswith("Describe the region <|box_start|>(") and prompt.endswith("bounding box.")

@@ -24,6 +24,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--device", default="cpu")
     add_pre_resize_args(g)
+    f = p.add_argument_group("one image frame: refuse to evaluate in another frame than training used")
+    f.add_argument("--recipe", type=Path, default=None, help="the training YAML: its image_max/min_pixels must match")
+    f.add_argument("--dataset-dir", type=Path, default=None, help="with --name: a dataset spr built; its frame must match")
+    f.add_argument("--name", default=None, help="dataset name in --dataset-dir")
     g.add_argument(
         "--out", type=Path, required=True, help="report JSON; per-item results go to OUT with .items.jsonl (resumable)"
     )
@@ -41,12 +45,31 @@ def items_path(out: Path) -> Path:
     return out.with_suffix(".items.jsonl")
 
 
+def check_eval_frame(a: argparse.Namespace) -> None:
+    """Refuse, before loading anything, an evaluation frame that differs from the recipe's or the dataset's."""
+    from ..lf_image import ImageFrame, frame_from_args
+    from ..recipe_check import check_frames, check_recipe_frame, meta_path, read_meta
+
+    frame = frame_from_args(a)
+    if a.recipe is not None:
+        check_recipe_frame(a.recipe, frame, "this evaluation")
+    if (a.dataset_dir is None) != (a.name is None):
+        raise SPRError("--dataset-dir and --name go together (the dataset whose frame the evaluation must use)")
+    if a.dataset_dir is not None:
+        meta = read_meta(a.dataset_dir, a.name)
+        if meta is None:
+            raise SPRError(f"{meta_path(a.dataset_dir, a.name)} not found: was dataset {a.name!r} built by spr?")
+        built = ImageFrame.from_dict(meta["frame"])
+        check_frames(built, f"dataset {a.name!r} ({meta_path(a.dataset_dir, a.name)})", frame, "this evaluation")
+
+
 def cmd_eval_rec(a: argparse.Namespace) -> int:
     from .model import load_model
     from .rec import RecConfig, evaluate_rec
     from .rec_data import load_rec_items
     from .report import rec_table, write_json
 
+    check_eval_frame(a)
     cfg = RecConfig(
         box_format=a.box_format,
         prompt=a.prompt,
@@ -77,6 +100,7 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
     from .region import RegionEvalConfig, evaluate_region
     from .report import region_table, write_json
 
+    check_eval_frame(a)
     if a.regions is not None:
         regions, source = load_regions(a.regions), str(a.regions)
     else:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..box_formats import REF_END, REF_START, BoxFormat, get_box_format
 from ..errors import ConfigError, SPRError
-from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 from ..prompts import IMAGE_TOKEN, Prompt
 from ..records import Box
 from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
@@ -136,7 +136,7 @@ def evaluate_rec(
     progress: bool = True,
 ) -> RecReport:
     """Evaluate (resuming from ``results_path``) and summarise; per-item records stay in ``results_path``."""
-    fmt = get_box_format(config.box_format)
+    fmt = get_box_format(config.box_format, ImageFrame(config.image_max_pixels, config.image_min_pixels))
     template = config.template
     results, reused = run_resumable(
         [it.item_id for it in items],

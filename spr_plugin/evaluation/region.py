@@ -15,7 +15,7 @@ from typing import Any
 
 from ..box_formats import BoxFormat, get_box_format
 from ..errors import ConfigError
-from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 from ..localization import iou_matrix, match_hungarian
 from ..prompts import Prompt, training_prompt
 from ..records import Region
@@ -80,7 +80,7 @@ def evaluate_region(
     regions_source: str = "",
     progress: bool = True,
 ) -> RegionReport:
-    fmt = get_box_format(config.box_format)
+    fmt = get_box_format(config.box_format, ImageFrame(config.image_max_pixels, config.image_min_pixels))
     results, reused = run_resumable(
         [r.region_id for r in regions],
         lambda i: Prompt("box_text", training_prompt(regions[i], fmt), (regions[i].image_path,)),
