@@ -1,6 +1,6 @@
 """LoRA DPO of Qwen2-VL with TRL's own DPOTrainer on the parquet `spr export-hf` writes (docs/trl.md).
 
-    spr export-hf --dataset-dir data --name spr_qwen2vl --out hf --image-max-pixels 262144
+    spr export-hf --dataset-dir data --name spr_qwen2vl --out hf
     python recipes/trl_dpo_qwen2vl.py --model Qwen/Qwen2-VL-7B-Instruct --data hf/spr_qwen2vl.parquet \
         --output-dir saves/qwen2vl-7b/lora/spr_trl_dpo --bf16
 
