@@ -131,17 +131,6 @@ def test_export_hf_records_null_template_for_prompts_that_are_not_sprs(built, tm
     assert ds["prompt_template"] == [PROMPT_TEMPLATE, None]
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--box-format", "yolo"], "unknown box format 'yolo'; choose one of qwen2_5_vl, qwen2_5_vl_json, qwen2_vl"),
-        (["--image-max-pixels", "0"], "image_max_pixels must be a positive integer or None (no pre-resize), got 0"),
-        (
-            ["--image-max-pixels", "1000", "--image-min-pixels", "2000"],
-            "image_min_pixels (2000) must not exceed image_max_pixels (1000)",
-        ),
-    ],
-)
 def test_export_hf_refuses_flags_that_contradict_the_recorded_build(built, tmp_path):
     data, _ = built
     cmd = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", "--image-max-pixels", "12544"]
@@ -156,6 +145,17 @@ def test_export_hf_refuses_flags_that_contradict_the_recorded_build(built, tmp_p
     assert subprocess.run(same, capture_output=True, text=True, timeout=120).returncode == 0  # agreeing values are fine
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--box-format", "yolo"], "unknown box format 'yolo'; choose one of qwen2_5_vl, qwen2_5_vl_json, qwen2_vl"),
+        (["--image-max-pixels", "0"], "image_max_pixels must be a positive integer or None (no pre-resize), got 0"),
+        (
+            ["--image-max-pixels", "1000", "--image-min-pixels", "2000"],
+            "image_min_pixels (2000) must not exceed image_max_pixels (1000)",
+        ),
+    ],
+)
 def test_export_hf_bad_frame_flags_are_one_line_errors(built, tmp_path, flags, message):
     data, _ = built
     cmd = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", *flags]
