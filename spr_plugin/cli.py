@@ -313,7 +313,7 @@ def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
     ``recorded``: the dataset recorded them at build time (``<name>.spr.json``); the flags then default to
     those values and must agree with them.
     """
-    from .lf_image import add_pre_resize_args
+    from .lf_image import NOT_GIVEN, add_pre_resize_args
 
     g = p.add_argument_group(
         "box format and image frame (default: as the build recorded them)" if recorded else "box format and image frame"
@@ -321,9 +321,7 @@ def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
     g.add_argument("--box-format", default=None if recorded else "qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json")
     add_pre_resize_args(g)
     if recorded:
-        from .hf_export import UNSET
-
-        p.set_defaults(image_max_pixels=UNSET, image_min_pixels=UNSET)
+        p.set_defaults(image_max_pixels=NOT_GIVEN, image_min_pixels=NOT_GIVEN)
 
 
 def _add_viewer_commands(sub) -> None:

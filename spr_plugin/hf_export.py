@@ -32,16 +32,13 @@ from typing import Any
 from .box_formats import BoxFormat, get_box_format
 from .errors import SPRError
 from .jsonl import read_dataset_records
-from .lf_image import ImageFrame
+from .lf_image import NOT_GIVEN, ImageFrame
 from .paths import contained_path
 from .prompts import PROMPT_TEMPLATE
 from .recipe_check import meta_path, read_meta
 from .registry import read_dataset_info
 
 IMAGE_TOKEN = "<image>"
-
-#: "Not given on the command line" (``None`` already means "no pre-resize" for a pixel bound).
-UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -79,13 +76,13 @@ class FrameFacts:
         dataset_dir: str | Path,
         name: str,
         box_format: str | None = None,
-        image_max_pixels: int | None | object = UNSET,
-        image_min_pixels: int | None | object = UNSET,
+        image_max_pixels: int | None | object = NOT_GIVEN,
+        image_min_pixels: int | None | object = NOT_GIVEN,
     ) -> FrameFacts:
         """The facts a built dataset recorded (``<name>.spr.json``); given values must agree with them. For a
         dataset spr did not build, the given values, else the build's defaults. Bad values are refused first."""
         given = {"box_format": box_format, "image_max_pixels": image_max_pixels, "image_min_pixels": image_min_pixels}
-        given = {k: v for k, v in given.items() if v is not UNSET and not (k == "box_format" and v is None)}
+        given = {k: v for k, v in given.items() if v is not NOT_GIVEN and not (k == "box_format" and v is None)}
         meta = read_meta(dataset_dir, name)
         recorded = {"box_format": "qwen2_vl", **ImageFrame().to_dict()}
         if meta is not None:

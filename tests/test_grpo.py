@@ -390,3 +390,11 @@ def test_grpo_rewards_real_grounded_samples_of_the_warmed_up_demo_model(demo_run
     assert boxed, texts  # real samples with parsed boxes reached the reward
     trl_texts = [c[0]["content"] for kwargs, _ in recorder.calls for c in kwargs["completions"]]
     assert not any(FMT.parse(t, w, h).boxes for t, (w, h) in zip(trl_texts, width_height))  # TRL's own texts lost them
+
+
+def test_building_the_cli_parser_imports_no_torch():
+    """`spr --help` and every one-line error stay fast: the new subcommands import their modules lazily."""
+    code = "import sys; from spr_plugin.cli import build_parser; build_parser(); "
+    code += "print(sorted({'torch', 'trl', 'datasets'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
