@@ -45,12 +45,10 @@ def prepare(root: Path) -> tuple[Path, Path, Path]:
     run = {"check": True, "capture_output": True}
     subprocess.run([*spr, "regions", *common, "--out", str(root / "r.jsonl")], **run)
     write_candidates(root / "r.jsonl", root / "c.jsonl")
-    build = [*common, "--candidates", str(root / "c.jsonl"), "--work-dir", str(root / "w"), "--dataset-dir", str(root / "d")]
-    subprocess.run([*spr, "build", *build, "--name", "spr_bench", "--min-margin", "0"], **run)
     frame = ["--image-max-pixels", str(FRAME)]
-    subprocess.run(
-        [*spr, "export-hf", "--dataset-dir", str(root / "d"), "--name", "spr_bench", "--out", str(root), *frame], **run
-    )
+    build = [*common, "--candidates", str(root / "c.jsonl"), "--work-dir", str(root / "w"), "--dataset-dir", str(root / "d")]
+    subprocess.run([*spr, "build", *build, "--name", "spr_bench", "--min-margin", "0", *frame], **run)
+    subprocess.run([*spr, "export-hf", "--dataset-dir", str(root / "d"), "--name", "spr_bench", "--out", str(root)], **run)
     subprocess.run([*spr, "export-grpo", "--regions", str(root / "r.jsonl"), "--out", str(root / "grpo.parquet"), *frame], **run)
     return model, root / "spr_bench.parquet", root / "grpo.parquet"
 
