@@ -22,7 +22,7 @@ from typing import Any
 from spr_plugin.box_formats import get_box_format
 from spr_plugin.candidates import GenerationStats, Generator, generate_with_config, merge_candidates, read_candidates
 from spr_plugin.errors import SPRError
-from spr_plugin.export import ExportConfig, ExportResult, export_dataset
+from spr_plugin.export import ExportConfig, ExportResult, check_files_free, export_dataset
 from spr_plugin.generation import GenerationConfig
 from spr_plugin.jsonl import atomic_write_jsonl, atomic_write_text, read_jsonl
 from spr_plugin.lf_image import ImageFrame
@@ -30,7 +30,7 @@ from spr_plugin.pairing import PairingConfig
 from spr_plugin.ranking import PairStats, rank_and_pair
 from spr_plugin.records import Region
 from spr_plugin.regions import RegionConfig, RegionStats, load_coco, sample_regions
-from spr_plugin.registry import check_can_register, ranking_entry
+from spr_plugin.registry import build_entries, check_can_register_entries
 from spr_plugin.scorer_factory import build_candidate_scorer
 from spr_plugin.scoring import ScoringConfig
 from spr_plugin.semantic import DEFAULT_TEXT_MODEL
@@ -116,11 +116,8 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None) -> Bu
     """Run every stage; ``generator`` is required unless ``config.candidates_file`` is given."""
     if config.candidates_file is None and generator is None:
         raise SPRError("no candidate source: pass a candidates JSONL file or a generator model")
-    check_can_register(config.dataset_dir, config.name, ranking_entry(f"{config.name}.jsonl"), config.overwrite)
-    if (Path(config.dataset_dir) / f"{config.name}.jsonl").exists() and not config.overwrite:
-        raise SPRError(
-            f"{Path(config.dataset_dir) / (config.name + '.jsonl')} already exists; choose another --name or pass --overwrite"
-        )
+    check_can_register_entries(config.dataset_dir, build_entries(config.name), config.overwrite)
+    check_files_free(Path(config.dataset_dir), config.name, config.overwrite)
     if config.recipe is not None:
         from spr_plugin.recipe_check import check_recipe_frame
 

@@ -3,13 +3,15 @@
 Layout, chosen so that LLaMA-Factory resolves every path without extra settings (relative image paths
 are joined to ``media_dir``, which defaults to ``dataset_dir``, not to the json file's folder)::
 
-    <dataset_dir>/dataset_info.json          entry <name> merged in
-    <dataset_dir>/<name>.jsonl               one record per pair
+    <dataset_dir>/dataset_info.json          entries <name> and <name>_chosen merged in
+    <dataset_dir>/<name>.jsonl               one record per pair (DPO, ``ranking``)
+    <dataset_dir>/<name>_chosen.jsonl        the same prompts with the chosen answer only (SFT, the paper's ablation)
     <dataset_dir>/<name>.pairs.jsonl         the full score breakdown of every pair (for humans/tools)
     <dataset_dir>/<name>/images/...          images, referenced as "<name>/images/..."
 
 Records follow LLaMA-Factory's contract: ``conversations`` is the prompt (one user turn, one ``<image>``
-for the one image), ``chosen``/``rejected`` are single ``{"from": "gpt", "value": ...}`` dicts.
+for the one image), ``chosen``/``rejected`` are single ``{"from": "gpt", "value": ...}`` dicts. A chosen-only
+record is the conversation ``[human prompt, gpt chosen]`` with the same images.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .paths import contained_path
 from .prompts import strip_media_markers, training_prompt
 from .recipe_check import write_meta
 from .records import PreferencePair
-from .registry import check_can_register, ranking_entry, register_dataset
+from .registry import build_entries, check_can_register_entries, chosen_sft_name, register_datasets
 
 IMAGE_MODES = ("copy", "link", "absolute")
 
@@ -92,31 +94,42 @@ def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat) -> dict
     }
 
 
+def chosen_sft_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The chosen-only SFT record of a DPO record: the prompt and the chosen answer as one conversation."""
+    return {"conversations": [*record["conversations"], record["chosen"]], "images": record["images"]}
+
+
 def export_dataset(
     pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat, meta: dict[str, Any] | None = None
 ) -> ExportResult:
-    """Write the dataset files and register the entry; refuses before writing if the name is taken.
+    """Write the dataset files and register both entries; refuses before writing if a name is taken.
 
     ``meta`` (e.g. the run's scoring and pairing settings) joins the frame, box format and template in
-    ``<name>.spr.json``.
+    ``<name>.spr.json``; the chosen-only companion gets the same file, so ``spr check-recipe`` checks SFT recipes too.
     """
     if not pairs:
         raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
     dataset_dir = Path(config.dataset_dir)
-    file_name = f"{config.name}.jsonl"
-    entry = ranking_entry(file_name)
-    check_can_register(dataset_dir, config.name, entry, config.overwrite)
-    dataset_file = dataset_dir / file_name
-    if dataset_file.exists() and not config.overwrite:
-        raise SPRError(f"{dataset_file} already exists; choose another --name or pass --overwrite")
+    entries = build_entries(config.name)
+    check_can_register_entries(dataset_dir, entries, config.overwrite)
+    check_files_free(dataset_dir, config.name, config.overwrite)
+    dataset_file = dataset_dir / f"{config.name}.jsonl"
     placed: dict[str, str] = {}
     records = [pair_record(p, _place_image(p.region.image_path, config, p.region.image_id, placed), box_format) for p in pairs]
     atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
+    atomic_write_jsonl(dataset_dir / f"{chosen_sft_name(config.name)}.jsonl", [chosen_sft_record(r) for r in records])
     atomic_write_jsonl(dataset_file, records)
-    write_meta(
-        dataset_dir,
-        config.name,
-        {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})},
-    )
-    info = register_dataset(dataset_dir, config.name, entry, overwrite=config.overwrite)
+    facts = {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})}
+    write_meta(dataset_dir, config.name, facts)
+    write_meta(dataset_dir, chosen_sft_name(config.name), {**facts, "chosen_only_of": config.name})
+    info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
     return ExportResult(dataset_file, info, len(records), len(placed))
+
+
+def check_files_free(dataset_dir: Path, name: str, overwrite: bool) -> None:
+    """Refuse (unless ``overwrite``) when a data file a build of ``name`` writes is already there."""
+    if overwrite:
+        return
+    for file_name in (entry["file_name"] for entry in build_entries(name).values()):
+        if (Path(dataset_dir) / file_name).exists():
+            raise SPRError(f"{Path(dataset_dir) / file_name} already exists; choose another --name or pass --overwrite")
