@@ -55,6 +55,7 @@ from spr_plugin.evaluation.report import plot_accuracy_curves, rec_table, region
 from spr_plugin.lf_train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
 from spr_plugin.records import Region  # noqa: E402
 from spr_plugin.regions import RegionConfig, load_coco, sample_regions  # noqa: E402
+from spr_plugin.registry import chosen_sft_name, read_dataset_info  # noqa: E402
 from spr_plugin.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
 
 logger = logging.getLogger("effect_study")
@@ -330,22 +331,12 @@ def build_pairs(sft_model: Path, world: dict[str, Path], cfg: StudyConfig) -> Pa
 
 
 def write_chosen_sft(dpo_data: Path) -> tuple[Path, str]:
-    """The paper's ablation: the same pairs' chosen answers as plain SFT data (no rejected side)."""
-    name = "spr_study_chosen"
-    rows = [json.loads(line) for line in (dpo_data / "spr_study.jsonl").read_text().splitlines() if line.strip()]
-    recs = [{"conversations": [*r["conversations"], r["chosen"]], "images": r["images"]} for r in rows]
-    out = dpo_data / "chosen_sft"
-    out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(recs))
-    info = {
-        name: {
-            "file_name": f"{name}.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "images": "images"},
-        }
-    }
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=2))
-    return out, name
+    """The paper's ablation: the same pairs' chosen answers as plain SFT data (no rejected side), which every
+    build registers next to the DPO dataset as ``<name>_chosen``."""
+    name = chosen_sft_name("spr_study")
+    if name not in read_dataset_info(dpo_data):
+        raise SPRError(f"{dpo_data} has no {name} entry; rebuild the study's dataset")
+    return dpo_data, name
 
 
 def train_lora(stage: str, sft_model: Path, data_dir: Path, dataset: str, out: Path, cfg: StudyConfig, seed: int) -> Path:

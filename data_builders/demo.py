@@ -140,5 +140,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     print(f"\nSPR demo: {summary.export.records} preference pairs in {summary.export.dataset_file}")
     if adapter is not None:
         print(f"LoRA adapter: {adapter} (train loss {loss:.4f})")
-    print(f"See them in LlamaBoard: llamafactory-cli webui, Train tab, Data dir = {out / 'data'}, Stage = DPO")
+    print(
+        f"See them in LlamaBoard: spr webui --dataset-dir {out / 'data'} (Stage DPO lists {DEMO_DATASET}; the default "
+        f"Stage lists {DEMO_DATASET}_chosen, the chosen-only SFT ablation: recipes/spr_qwen2vl_chosen_sft_cpu_demo.yaml)"
+    )
     return DemoResult(summary, out / "data", adapter, loss)

@@ -17,6 +17,7 @@ from typing import Any
 
 from .jsonl import atomic_write_text
 from .records import PreferencePair
+from .registry import CHOSEN_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         "## Use",
         "",
         f"- LLaMA-Factory: `dataset_dir: <this folder>`, `dataset: {name}`, `stage: dpo`, `template: qwen2_vl`.",
-        f"- Files: `{name}.jsonl` (ShareGPT ranking records), `{name}.pairs.jsonl` (score breakdown of every pair), "
-        f"`{name}/images/` (images, paths relative to this folder).",
+        f"- The paper's ablation (supervised on the chosen answers only): `dataset: {name}{CHOSEN_SUFFIX}`, `stage: sft`.",
+        f"- Files: `{name}.jsonl` (ShareGPT ranking records), `{name}{CHOSEN_SUFFIX}.jsonl` (prompt + chosen answer), "
+        f"`{name}.pairs.jsonl` (score breakdown of every pair), `{name}/images/` (images, paths relative to this folder).",
         f"- Look at the pairs: `spr show --dataset-dir <this folder> --name {name} --out {name}_view`.",
         "",
         "## How it was made",

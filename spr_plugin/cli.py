@@ -322,18 +322,54 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(a: argparse.Namespace) -> int:
-    from .hf_export import export_hf
+    from .hf_export import FrameFacts, export_hf
     from .preflight import check_dataset_name, require_writable_dir
 
     check_dataset_name(a.name)
     require_writable_dir(a.out, "--out")
-    res = export_hf(a.dataset_dir, a.name, a.out, a.images)
+    facts = FrameFacts.of_dataset(a.dataset_dir, a.name, a.box_format, a.image_max_pixels, a.image_min_pixels)
+    res = export_hf(a.dataset_dir, a.name, a.out, facts, image_root=a.images)
     print(f"wrote {res.rows} rows to {res.parquet}; load with datasets.load_dataset('parquet', data_files=...)")
     return 0
 
 
+def cmd_export_grpo(a: argparse.Namespace) -> int:
+    from .grpo_export import export_grpo
+    from .hf_export import FrameFacts
+    from .lf_image import frame_from_args
+    from .preflight import require_writable_file
+    from .regions import read_regions
+
+    facts = FrameFacts(a.box_format, frame_from_args(a))
+    if a.max_regions is not None and a.max_regions < 1:
+        raise SPRError(f"--max-regions must be at least 1, got {a.max_regions}")
+    require_writable_file(a.out, "--out")
+    regions = read_regions(a.regions)[: a.max_regions]  # names sanitised, duplicate ids refused
+    res = export_grpo(regions, a.out, facts, image_root=a.images)
+    print(f"wrote {res.rows} prompts ({res.images} images) to {res.parquet}; reward: spr_plugin.grpo_reward.SPRReward")
+    return 0
+
+
+def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
+    """The box format and image frame the data was built with: every exported row records them (docs/trl.md).
+
+    ``recorded``: the dataset recorded them at build time (``<name>.spr.json``); the flags then default to
+    those values and must agree with them.
+    """
+    from .lf_image import NOT_GIVEN, add_pre_resize_args
+
+    g = p.add_argument_group(
+        "box format and image frame (default: as the build recorded them)" if recorded else "box format and image frame"
+    )
+    g.add_argument("--box-format", default=None if recorded else "qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json")
+    add_pre_resize_args(g)
+    if recorded:
+        p.set_defaults(image_max_pixels=NOT_GIVEN, image_min_pixels=NOT_GIVEN)
+
+
 def _add_viewer_commands(sub) -> None:
-    """``webui``, ``show`` and ``export-hf``: look at a built dataset (see docs/viewing.md)."""
+    """``webui``, ``show``, ``export-hf`` and ``export-grpo``: look at a built dataset or take it to TRL
+    (docs/viewing.md, docs/trl.md)."""
     p = sub.add_parser("webui", help="start LlamaBoard (llamafactory-cli webui) with its Data dir on a dataset folder")
     p.add_argument("--dataset-dir", type=Path, required=True, help="folder holding dataset_info.json")
     p.add_argument("--port", type=int, default=7860)
@@ -356,7 +392,21 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--images", type=Path, default=None, help="folder absolute image paths must lie under (--image-mode absolute)")
+    _add_frame_args(p, recorded=True)
     p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("export-grpo", help="write query regions as a GRPO prompt parquet for TRL with the SPR reward")
+    p.add_argument("--regions", type=Path, required=True, help="regions JSONL (spr regions, or a build's work-dir)")
+    p.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
+    p.add_argument("--max-regions", type=int, default=None, help="export only the first N regions")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder every image must lie under (default: the root recorded with each region)",
+    )
+    _add_frame_args(p, recorded=False)
+    p.set_defaults(func=cmd_export_grpo)
 
 
 def build_parser() -> argparse.ArgumentParser:

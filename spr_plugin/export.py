@@ -3,13 +3,15 @@
 Layout, chosen so that LLaMA-Factory resolves every path without extra settings (relative image paths
 are joined to ``media_dir``, which defaults to ``dataset_dir``, not to the json file's folder)::
 
-    <dataset_dir>/dataset_info.json          entry <name> merged in
-    <dataset_dir>/<name>.jsonl               one record per pair
+    <dataset_dir>/dataset_info.json          entries <name> and <name>_chosen merged in
+    <dataset_dir>/<name>.jsonl               one record per pair (DPO, ``ranking``)
+    <dataset_dir>/<name>_chosen.jsonl        the same prompts with the chosen answer only (SFT, the paper's ablation)
     <dataset_dir>/<name>.pairs.jsonl         the full score breakdown of every pair (for humans/tools)
     <dataset_dir>/<name>/images/...          images, referenced as "<name>/images/..."
 
 Records follow LLaMA-Factory's contract: ``conversations`` is the prompt (one user turn, one ``<image>``
-for the one image), ``chosen``/``rejected`` are single ``{"from": "gpt", "value": ...}`` dicts.
+for the one image), ``chosen``/``rejected`` are single ``{"from": "gpt", "value": ...}`` dicts. A chosen-only
+record is the conversation ``[human prompt, gpt chosen]`` with the same images.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .preflight import check_dataset_name
 from .prompts import training_prompt
 from .recipe_check import write_meta
 from .records import PreferencePair
-from .registry import check_can_register, ranking_entry, register_dataset
+from .registry import build_entries, check_can_register_entries, chosen_sft_name, register_datasets
 from .sanitize import SanitizeStats, kept_tokens, sanitize_answer
 
 IMAGE_MODES = ("copy", "link", "absolute")
@@ -129,11 +131,8 @@ def _export_lock(dataset_dir: Path, name: str) -> Iterator[None]:
 def check_can_export(config: ExportConfig) -> None:
     """Raise before any work if the export would be refused (name registered differently, file exists)."""
     dataset_dir = Path(config.dataset_dir)
-    file_name = f"{config.name}.jsonl"
-    check_can_register(dataset_dir, config.name, ranking_entry(file_name), config.overwrite)
-    dataset_file = dataset_dir / file_name
-    if dataset_file.exists() and not config.overwrite:
-        raise SPRError(f"{dataset_file} already exists; choose another --name or pass --overwrite")
+    check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite)
+    check_files_free(dataset_dir, config.name, config.overwrite)
 
 
 def _remove_stale_images(config: ExportConfig, placed: dict[str, str]) -> int:
@@ -150,19 +149,25 @@ def _remove_stale_images(config: ExportConfig, placed: dict[str, str]) -> int:
     return removed
 
 
+def chosen_sft_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The chosen-only SFT record of a DPO record: the prompt and the chosen answer as one conversation."""
+    return {"conversations": [*record["conversations"], record["chosen"]], "images": record["images"]}
+
+
 def export_dataset(
     pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat, meta: dict[str, Any] | None = None
 ) -> ExportResult:
-    """Write the dataset files and register the entry; refuses before writing if the name is taken.
+    """Write the dataset files and register both entries; refuses before writing if a name is taken.
 
     ``meta`` (e.g. the run's scoring and pairing settings) joins the frame, box format and template in
-    ``<name>.spr.json``. Exports of one name are serialised by a lock in ``dataset_dir``; the checks run again
-    inside it, so of two concurrent exports without ``--overwrite`` exactly one succeeds.
+    ``<name>.spr.json``; the chosen-only companion gets the same file, so ``spr check-recipe`` checks SFT recipes too.
+    Exports of one name are serialised by a lock in ``dataset_dir``; the checks run again inside it, so of two
+    concurrent exports without ``--overwrite`` exactly one succeeds.
     """
     if not pairs:
         raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
     dataset_dir = Path(config.dataset_dir)
-    entry = ranking_entry(f"{config.name}.jsonl")
+    entries = build_entries(config.name)
     check_can_export(config)  # a refused export creates nothing, not even the lock file
     for p in pairs:
         _image_source(p, config)  # every image checked (inside its root, a real image) before anything is written
@@ -173,12 +178,20 @@ def export_dataset(
         stats = SanitizeStats()
         records = [pair_record(p, _place_image(p, config, placed, copied), box_format, stats) for p in pairs]
         atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
+        atomic_write_jsonl(dataset_dir / f"{chosen_sft_name(config.name)}.jsonl", [chosen_sft_record(r) for r in records])
         atomic_write_jsonl(dataset_dir / f"{config.name}.jsonl", records)
-        write_meta(
-            dataset_dir,
-            config.name,
-            {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})},
-        )
+        facts = {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})}
+        write_meta(dataset_dir, config.name, facts)
+        write_meta(dataset_dir, chosen_sft_name(config.name), {**facts, "chosen_only_of": config.name})
         stale = _remove_stale_images(config, placed) if config.overwrite else 0
-        info = register_dataset(dataset_dir, config.name, entry, overwrite=config.overwrite)
+        info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
     return ExportResult(dataset_dir / f"{config.name}.jsonl", info, len(records), len(placed), copied[0], stale, stats.to_dict())
+
+
+def check_files_free(dataset_dir: Path, name: str, overwrite: bool) -> None:
+    """Refuse (unless ``overwrite``) when a data file a build of ``name`` writes is already there."""
+    if overwrite:
+        return
+    for file_name in (entry["file_name"] for entry in build_entries(name).values()):
+        if (Path(dataset_dir) / file_name).exists():
+            raise SPRError(f"{Path(dataset_dir) / file_name} already exists; choose another --name or pass --overwrite")

@@ -26,6 +26,10 @@ from PIL import Image
 DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
 DEFAULT_IMAGE_MIN_PIXELS = 32 * 32
 
+#: A pixel-bound flag that was not given (``None`` already means "no pre-resize"): the value then comes from
+#: what a build recorded (``spr export-hf``).
+NOT_GIVEN: Any = object()
+
 _MIN_SIDE = 28  # Qwen2-VL plugin: smart_resize needs sides of at least one 28-pixel patch
 _MAX_RATIO = 200  # above this aspect ratio smart_resize raises ...
 _CAPPED_RATIO = 180  # ... so the plugin squeezes the long side to this ratio

@@ -40,6 +40,10 @@ VARIANTS = ("box_text", "crop", "refs")
 
 _ASK = "Describe the region {box} in detail. Ground every object you mention with a bounding box."
 
+#: The user turn of every training record (DPO, chosen-only SFT, GRPO prompts): ``{box}`` is the query region
+#: written in the dataset's box format. Recorded in the parquets of ``spr export-hf`` / ``spr export-grpo``.
+PROMPT_TEMPLATE = IMAGE_TOKEN + _ASK
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -52,7 +56,7 @@ class Prompt:
 
 def training_prompt(region: Region, box_format: BoxFormat) -> str:
     """The user turn of every DPO record (LLaMA-Factory placeholder form)."""
-    return IMAGE_TOKEN + _ASK.format(box=box_format.render_box(region.box, region.width, region.height))
+    return PROMPT_TEMPLATE.format(box=box_format.render_box(region.box, region.width, region.height))
 
 
 def build_prompt(variant: str, region: Region, box_format: BoxFormat) -> Prompt:

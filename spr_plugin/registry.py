@@ -34,6 +34,29 @@ def ranking_entry(file_name: str) -> dict[str, Any]:
     }
 
 
+#: Suffix of the chosen-only SFT entry registered next to every built DPO dataset.
+CHOSEN_SUFFIX = "_chosen"
+
+
+def chosen_sft_entry(file_name: str) -> dict[str, Any]:
+    """A ShareGPT SFT entry (not ranking) with images: the prompt and the chosen answer as one conversation.
+
+    Why: the paper's ablation trains on the chosen answers alone (supervised) instead of preferences. As a
+    non-ranking entry it is listed under LlamaBoard's default Stage (Supervised Fine-Tuning), which otherwise
+    shows none of our datasets, and ``llamafactory-cli train`` accepts it with ``stage: sft``.
+    """
+    return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations", "images": "images"}}
+
+
+def chosen_sft_name(name: str) -> str:
+    return name + CHOSEN_SUFFIX
+
+
+def build_entries(name: str) -> dict[str, dict[str, Any]]:
+    """The entries a build registers: the DPO dataset and its chosen-only SFT companion."""
+    return {name: ranking_entry(f"{name}.jsonl"), chosen_sft_name(name): chosen_sft_entry(f"{chosen_sft_name(name)}.jsonl")}
+
+
 @contextmanager
 def _locked(dataset_dir: Path) -> Iterator[None]:
     lock_path = dataset_dir / f".{DATASET_INFO}.lock"
@@ -68,32 +91,47 @@ def _check_file_name(dataset_dir: str | os.PathLike, name: str, entry: dict[str,
             check_record_media(dataset_dir, data_file, entry.get("columns", {}))
 
 
+def _clash(info: dict[str, Any], entries: dict[str, dict[str, Any]], overwrite: bool, path: Path) -> None:
+    for name, entry in entries.items():
+        if name in info and info[name] != entry and not overwrite:
+            raise SPRError(
+                f"dataset {name!r} is already registered in {path} with a different entry; "
+                "choose another --name or pass --overwrite"
+            )
+
+
+def check_can_register_entries(
+    dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False
+) -> None:
+    """Raise before any data is written if registering ``entries`` would fail, so a refused run changes nothing."""
+    for name, entry in entries.items():
+        _check_file_name(dataset_dir, name, entry, scan_media=False)
+    _clash(read_dataset_info(dataset_dir), entries, overwrite, Path(dataset_dir) / DATASET_INFO)
+
+
 def check_can_register(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> None:
-    """Raise before any data is written if registering would fail, so a refused run changes nothing."""
-    _check_file_name(dataset_dir, name, entry, scan_media=False)
-    info = read_dataset_info(dataset_dir)
-    if name in info and info[name] != entry and not overwrite:
-        raise SPRError(
-            f"dataset {name!r} is already registered in {Path(dataset_dir) / DATASET_INFO} with a different entry; "
-            "choose another --name or pass --overwrite"
-        )
+    """:func:`check_can_register_entries` for one entry."""
+    check_can_register_entries(dataset_dir, {name: entry}, overwrite)
 
 
-def register_dataset(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> Path:
-    """Merge ``{name: entry}`` into ``<dataset_dir>/dataset_info.json``, keeping every other entry."""
-    _check_file_name(dataset_dir, name, entry)
+def register_datasets(dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False) -> Path:
+    """Merge all ``entries`` into ``<dataset_dir>/dataset_info.json`` in one locked, atomic step, keeping every
+    other entry; if any name clashes, none is written."""
+    for name, entry in entries.items():
+        _check_file_name(dataset_dir, name, entry)
     directory = Path(dataset_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / DATASET_INFO
     with _locked(directory):
         info = read_dataset_info(directory)
-        if info.get(name) == entry:
+        if all(info.get(name) == entry for name, entry in entries.items()):
             return path
-        if name in info and not overwrite:
-            raise SPRError(
-                f"dataset {name!r} is already registered in {path} with a different entry; "
-                "choose another --name or pass --overwrite"
-            )
-        info[name] = entry
+        _clash(info, entries, overwrite, path)
+        info.update(entries)
         atomic_write_text(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def register_dataset(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> Path:
+    """Merge ``{name: entry}`` into ``<dataset_dir>/dataset_info.json``, keeping every other entry."""
+    return register_datasets(dataset_dir, {name: entry}, overwrite)

@@ -84,14 +84,33 @@ def llamaboard_command() -> list[str]:
     return [llamafactory_cli(), "webui"]
 
 
+def stage_hint(info: dict) -> str:
+    """Which datasets LlamaBoard lists under which Stage.
+
+    Why: LlamaBoard opens on Stage "Supervised Fine-Tuning" and lists only the entries whose ``ranking`` flag
+    fits the stage (ranking ones for DPO and reward modelling only); with nothing listed and no message, users
+    conclude the folder was not read.
+    """
+    ranking = sorted(n for n, e in info.items() if isinstance(e, dict) and e.get("ranking"))
+    other = sorted(n for n, e in info.items() if not (isinstance(e, dict) and e.get("ranking")))
+    lines = []
+    if other:
+        lines.append(f"Stage Supervised Fine-Tuning (the default) lists: {', '.join(other)}")
+    else:
+        lines.append("Stage Supervised Fine-Tuning (the default) lists nothing here: no entry is an SFT dataset")
+    if ranking:
+        lines.append(f"Stage DPO (or Reward Modeling) lists: {', '.join(ranking)}")
+    return "\n".join(lines)
+
+
 def run_webui(config: WebUIConfig) -> None:
     """Replace this process by LlamaBoard started in the workspace (Ctrl-C stops it)."""
     workspace = prepare_workspace(config)
-    names = ", ".join(sorted(read_dataset_info(config.dataset_dir)))
     print(
         f"LlamaBoard on http://{config.host}:{config.port} (workspace {workspace}; "
         f"Data dir 'data' -> {Path(config.dataset_dir).resolve()})\n"
-        f"datasets: {names}. Ranking (DPO) datasets are listed once Stage is set to DPO; on CPU choose Compute type fp32.",
+        f"{stage_hint(read_dataset_info(config.dataset_dir))}\n"
+        "Changing Stage clears the Dataset box; on CPU choose Compute type fp32.",
         flush=True,
     )
     os.chdir(workspace)

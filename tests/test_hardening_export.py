@@ -203,3 +203,16 @@ def test_export_hf_embeds_no_file_from_outside_the_dataset(cli, tmp_path):
     _dataset(tmp_path, str(tmp_path / "abs.png"))
     assert export_hf(data, "ds", tmp_path / "out", image_root=tmp_path).rows == 1
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_export_grpo_embeds_only_images_under_the_root(cli, pairs_file, tmp_path):
+    region = _pairs(pairs_file)[0]["region"]
+    evil = {**region, "image_path": "/etc/passwd"}
+    regions = tmp_path / "r.jsonl"
+    regions.write_text(json.dumps(evil) + "\n")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "points outside")
+    regions.write_text(json.dumps({**evil, "image_root": "/"}) + "\n")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "unusable")
+    assert not (tmp_path / "g.parquet").exists()
+    regions.write_text(json.dumps(region) + "\n")
+    assert cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet").returncode == 0

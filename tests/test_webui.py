@@ -1,5 +1,5 @@
-"""`spr webui` in a real headless Chromium: the demo's DPO dataset is listed under Stage = DPO and its
-preview shows the chosen/rejected pair.
+"""`spr webui` in a real headless Chromium: the demo's chosen-only SFT dataset is listed under the default Stage,
+its DPO dataset under Stage = DPO and its preview shows the chosen/rejected pair.
 
 Chromium and chromedriver come from Debian (`scripts/setup.sh` installs them when run as root). CI must
 exercise this test, so a missing browser fails it there; only a non-root local run may skip.
@@ -183,6 +183,7 @@ def test_llamaboard_lists_and_previews_the_dpo_dataset(demo_run, tmp_path):
     with llamaboard(demo_run, tmp_path) as (driver, data, _):
         ui = UI(driver)
         ui.loaded()
+        ui.pick("Dataset", "spr_demo_chosen")  # the default Stage (SFT) lists the chosen-only companion
         ui.pick("Stage", "DPO")  # ranking datasets are listed only for DPO / reward modelling
         ui.pick("Dataset", "spr_demo")
         ui.click("Preview dataset")
