@@ -39,7 +39,29 @@ _CORNERS_RE = re.compile(rf"\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*,\s*\(\s*{_NUM}\s
 #: The four grounding markers of Qwen's token syntax; every other ``<|...|>`` token is foreign to an answer.
 _MARKER_RE = re.compile(r"<\|(object_ref_start|object_ref_end|box_start|box_end)\|>")
 _SPECIAL_RE = re.compile(r"<\|[a-z_]+\|>")
-_JSON_OBJ_RE = re.compile(r"\{[^{}]*\"bbox_2d\"[^{}]*\}", re.DOTALL)
+_BRACES_RE = re.compile(r"[{}]")
+_COMMA_AFTER_RE = re.compile(r"\s*,")
+
+
+def _innermost_objects(text: str, marker: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every brace pair with no brace inside that contains ``marker``, left to right.
+
+    The same spans as the regex ``\\{[^{}]*MARKER[^{}]*\\}``, found in one pass: that regex backtracks over
+    every occurrence of the marker in an unclosed object, which makes a reply like ``{"bbox_2d" "bbox_2d" ...``
+    quadratic (80 kB took 2.7 s).
+    """
+    spans = []
+    opened = -1
+    for m in _BRACES_RE.finditer(text):
+        if m.group() == "{":
+            opened = m.start()
+        elif opened >= 0:
+            if text.find(marker, opened, m.end()) >= 0:
+                spans.append((opened, m.end()))
+            opened = -1
+    return spans
+
+
 #: Longest box body worth reading: "(999,999),(999,999)" with generous spaces and decimals.
 _MAX_BOX_BODY = 96
 
@@ -375,10 +397,10 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
 
     def parse(self, text: str, width: int, height: int) -> ParseResult:
         result = ParseResult()
-        for m in _JSON_OBJ_RE.finditer(text):
+        for start, end in _innermost_objects(text, '"bbox_2d"'):
             label, box = "", None
             try:
-                obj = json.loads(m.group(0))
+                obj = json.loads(text[start:end])
                 label = str(obj.get("label", "")).strip()
                 values = obj["bbox_2d"]
                 if not (isinstance(values, list) and len(values) == 4):
@@ -386,32 +408,41 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
                 box = self.from_frame(tuple(float(v) for v in values), width, height, result)  # type: ignore[arg-type]
             except (ValueError, TypeError, KeyError):
                 result.drop("garbage")
-            result.phrases.append(GroundedPhrase(label, box, (m.start(), m.end()), box is None))
+            result.phrases.append(GroundedPhrase(label, box, (start, end), box is None))
         tail = text[text.rfind("}") + 1 :] if "}" in text else text
         if '"bbox_2d"' in tail:  # an object that never closed: generation was cut off
             result.drop("truncated")
         return result
 
     def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
-        out, cursor = [], 0
+        out: list[str] = []
+        last = -1  # index in ``out`` of the last piece that is not white space
+        cursor = 0
+
+        def emit(piece: str) -> None:
+            nonlocal last
+            out.append(piece)
+            if piece.strip():
+                last = len(out) - 1
+
         for i, phrase in enumerate(parse.phrases):
             if i not in boxes:
                 continue
             start, end = phrase.span
             box = boxes[i]
-            out.append(text[cursor:start])
+            emit(text[cursor:start])
             if not isinstance(box, Box):  # a JSON object without its box has nothing left: None and DROP agree
                 # Drop the object and one separating comma so the surrounding JSON list stays valid.
-                after = text[end:]
-                stripped = after.lstrip()
-                if stripped.startswith(","):
-                    end += len(after) - len(stripped) + 1
-                else:
-                    prefix = "".join(out).rstrip()
-                    if prefix.endswith(","):
-                        out = [prefix[:-1]]
+                comma = _COMMA_AFTER_RE.match(text, end)
+                if comma is not None:
+                    end = comma.end()
+                elif last >= 0 and out[last].rstrip().endswith(","):
+                    out[last] = out[last].rstrip()[:-1]
+                    del out[last + 1 :]
+                    while last >= 0 and not out[last].strip():
+                        last -= 1
             else:
-                out.append(self.render(phrase.label, box, width, height))
+                emit(self.render(phrase.label, box, width, height))
             cursor = end
         out.append(text[cursor:])
         return "".join(out)

@@ -16,20 +16,37 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from .box_formats import BoxFormat
-from .errors import SPRError
+from .errors import PartialBatchError, SPRError
 from .generation import GenerationConfig
+from .images import check_image_cached
 from .jsonl import JsonlAppender, read_jsonl
 from .prompts import Prompt, build_prompt
 from .records import Candidate, Region
+from .sanitize import SanitizeStats, kept_tokens, sanitize_answer
 
 logger = logging.getLogger(__name__)
+
+
+def sanitize_candidates(
+    candidates: Iterable[Candidate], box_format: BoxFormat, stats: SanitizeStats | None = None
+) -> list[Candidate]:
+    """Candidates as they may enter scoring and training data: cut at an end-of-turn token, every special
+    token except ``box_format``'s own grounding tokens removed (see :mod:`spr_plugin.sanitize`), counted."""
+    keep = kept_tokens(box_format)
+    out = []
+    for cand in candidates:
+        text, removed = sanitize_answer(cand.text, keep)
+        if stats is not None:
+            stats.add("candidates", removed)
+        out.append(cand if text == cand.text else replace(cand, text=text))
+    return out
 
 
 def read_candidates(path: str | os.PathLike, *, allow_empty: bool = False) -> list[Candidate]:
@@ -103,6 +120,9 @@ class GenerationStats:
     seconds: float = 0.0
     shard: str = "0/1"
     out_file: str = ""
+    sanitized: SanitizeStats = field(default_factory=SanitizeStats)
+    #: Prompts the back end could not answer, by reason (server back end: rejected, bad_reply, ...).
+    generator_failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def candidates_per_second(self) -> float:
@@ -119,6 +139,8 @@ class GenerationStats:
             "candidates_per_second": round(self.candidates_per_second, 3),
             "shard": self.shard,
             "out_file": self.out_file,
+            "sanitized": self.sanitized.to_dict(),
+            "generator_failures": dict(self.generator_failures),
         }
 
 
@@ -193,6 +215,7 @@ def generate_candidates(
     out = Path(out_path)
     started = time.monotonic()
     stats = GenerationStats(out_file=str(out))
+    keep = kept_tokens(box_format)
     with _exclusive(out):
         done = {c.key for c in read_candidates(out, allow_empty=True)} if out.exists() else set()
         todo = _work_items(regions, variants, num_samples, done, stats)
@@ -202,6 +225,14 @@ def generate_candidates(
             for start in range(0, len(todo), batch_size):
                 batch, prompts = [], []
                 for region, variant in todo[start : start + batch_size]:
+                    problem = check_image_cached(region.image_path)  # truncated, bomb, gone: skip, never abort
+                    if isinstance(problem, str):
+                        stats.skipped[problem] += num_samples
+                        logger.warning(
+                            "skipping region %s (%s): image %s: %s", region.region_id, variant, region.image_path, problem
+                        )
+                        bar.update(num_samples)
+                        continue
                     try:
                         prompts.append(build_prompt(variant, region, box_format))
                         batch.append((region, variant))
@@ -212,21 +243,32 @@ def generate_candidates(
                 if not batch:
                     continue
                 seeds = [prompt_seed(seed, r.region_id, v) for r, v in batch]
-                outputs = generator.generate(prompts, seeds)
+                failure: PartialBatchError | None = None
+                try:
+                    outputs: list[list[str]] = generator.generate(prompts, seeds)
+                except PartialBatchError as exc:  # keep what finished, then report the failure
+                    failure = exc
+                    outputs = [texts or [] for texts in exc.results]
                 for i, ((region, variant), texts) in enumerate(zip(batch, outputs)):
                     used_seed = seeds[i] if generator.seed_scope == "prompt" else seeds[0]
-                    if not texts:
+                    if not texts and failure is None:
                         stats.skipped["generation_failed"] += num_samples
                     for idx, text in enumerate(texts):
                         if (region.region_id, variant, idx) in done:
                             continue
+                        text, removed = sanitize_answer(text, keep)
+                        stats.sanitized.add("generated", removed)
                         cand = Candidate(region.region_id, variant, idx, text, generator.name, temperature, used_seed)
                         sink.write(cand.to_dict())
                         done.add(cand.key)
                         stats.generated += 1
                     bar.update(num_samples)
+                if failure is not None:
+                    bar.close()
+                    raise failure
         bar.close()
     stats.seconds = time.monotonic() - started
+    stats.generator_failures = dict(getattr(generator, "failures", None) or {})
     return stats
 
 

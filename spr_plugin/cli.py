@@ -11,6 +11,7 @@ User errors (missing files, malformed input, name clashes) print one line and ex
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -31,6 +32,19 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--regions-per-image", type=int, default=1)
     g.add_argument("--max-regions", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--virtual-objects",
+        default="ignore",
+        choices=["ignore", "keep", "drop"],
+        help="Objects365 objects flagged isfake (in a picture/screen) or isreflected: ignore (default; neither "
+        "required nor wrong to ground), keep (ordinary objects), drop (not there: a box on one is a false positive)",
+    )
+    g.add_argument(
+        "--border-tolerance",
+        type=float,
+        default=0.02,
+        help="boxes overshooting the image by at most this share of its side (min 2 px) are clamped (default 0.02)",
+    )
 
 
 def _add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -105,7 +119,14 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 def _region_config(a: argparse.Namespace):
     from .regions import RegionConfig
 
-    return RegionConfig(k=a.k, regions_per_image=a.regions_per_image, max_regions=a.max_regions, seed=a.seed)
+    return RegionConfig(
+        k=a.k,
+        regions_per_image=a.regions_per_image,
+        max_regions=a.max_regions,
+        seed=a.seed,
+        border_tolerance=a.border_tolerance,
+        virtual_objects=a.virtual_objects,
+    )
 
 
 def _scoring(a: argparse.Namespace):
@@ -138,13 +159,19 @@ def _generation_config(a: argparse.Namespace, seed: int):
 
 def cmd_regions(a: argparse.Namespace) -> int:
     from .jsonl import atomic_write_jsonl
-    from .regions import RegionStats, load_coco, sample_regions
+    from .preflight import require_writable_file
+    from .regions import RegionStats, check_images_found, load_coco, require_regions, sample_regions
 
+    config = _region_config(a)
+    require_writable_file(a.out, "--out")
+    coco = load_coco(a.annotations)
+    check_images_found(coco, a.images)
     stats = RegionStats()
-    regions = list(sample_regions(load_coco(a.annotations), a.images, _region_config(a), stats))
+    regions = list(sample_regions(coco, a.images, config, stats))
+    require_regions(regions, stats, a.annotations)
     atomic_write_jsonl(a.out, [r.to_dict() for r in regions])
-    print(json.dumps({"regions": len(regions), "images_seen": stats.images_seen, "skipped": dict(stats.skipped)}))
-    return 0 if regions else 1
+    print(json.dumps(stats.to_dict()))
+    return 0
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -154,20 +181,25 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_pair(a: argparse.Namespace) -> int:
-    from data_builders.coco_builder import load_regions
-
     from .box_formats import get_box_format
-    from .candidates import merge_candidates
+    from .candidates import merge_candidates, sanitize_candidates
     from .jsonl import atomic_write_jsonl
     from .lf_image import frame_from_args
+    from .preflight import require_writable_file
     from .ranking import rank_and_pair
+    from .regions import read_regions
+    from .sanitize import SanitizeStats
     from .scorer_factory import build_candidate_scorer
 
     scoring, pairing = _scoring(a)
+    require_writable_file(a.out, "--out")
     scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
-    pairs, stats = rank_and_pair(load_regions(a.regions), merge_candidates(a.candidates)[0], scorer, pairing)
+    sanitized = SanitizeStats()
+    regions = read_regions(a.regions, sanitized)
+    candidates = sanitize_candidates(merge_candidates(a.candidates)[0], scorer.box_format, sanitized)
+    pairs, stats = rank_and_pair(regions, candidates, scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
-    print(json.dumps(stats.to_dict(), indent=2))
+    print(json.dumps({**stats.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
     return 0 if pairs else 1
 
 
@@ -176,41 +208,41 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .export import ExportConfig, export_dataset
     from .jsonl import read_jsonl
     from .lf_image import frame_from_args
+    from .preflight import require_writable_dir
     from .recipe_check import check_recipe_frame
     from .records import PreferencePair
 
     frame = frame_from_args(a)
+    config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, a.images)
+    box_format = get_box_format(a.box_format, frame)
     if a.recipe is not None:
         check_recipe_frame(a.recipe, frame, "this export")
+    require_writable_dir(a.dataset_dir, "--dataset-dir")
     pairs = list(read_jsonl(a.pairs, PreferencePair.from_dict, what="pair"))
-    res = export_dataset(
-        pairs, ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame), get_box_format(a.box_format, frame)
-    )
+    res = export_dataset(pairs, config, box_format)
     print(f"wrote {res.records} pairs to {res.dataset_file}; registered {a.name!r} in {res.dataset_info}")
     return 0
 
 
 def cmd_register(a: argparse.Namespace) -> int:
+    from .preflight import check_dataset_name
     from .registry import ranking_entry, register_dataset
 
+    check_dataset_name(a.name)
     path = register_dataset(a.dataset_dir, a.name, ranking_entry(a.file_name), overwrite=a.overwrite)
     print(f"registered {a.name!r} ({a.file_name}) in {path}")
     return 0
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from data_builders.coco_builder import BuildConfig, build_dataset
+    from data_builders.coco_builder import BuildConfig, build_dataset, prepare_build
 
     scoring, pairing = _scoring(a)
-    generator = None
     gcfg = None
     if a.candidates is None:
         if not (a.model or a.base_url):
             raise SPRError("give --candidates FILE, --model CHECKPOINT or --backend openai --base-url URL to generate candidates")
-        from .generation_cli import make_generator
-
         gcfg = _generation_config(a, a.seed)
-        generator = make_generator(a, gcfg)
     from .lf_image import frame_from_args
 
     cfg = BuildConfig(
@@ -229,9 +261,16 @@ def cmd_build(a: argparse.Namespace) -> int:
         text_model=a.text_model,
         image_mode=a.image_mode,
         overwrite=a.overwrite,
+        fresh=a.fresh,
     )
+    prepared = prepare_build(cfg)  # names, folders, files, images, manifest: before the model loads
+    generator = None
+    if gcfg is not None:
+        from .generation_cli import make_generator
+
+        generator = make_generator(a, gcfg)
     try:
-        summary = build_dataset(cfg, generator)
+        summary = build_dataset(cfg, generator, prepared)
     finally:
         if generator is not None:
             generator.close()
@@ -284,9 +323,12 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 def cmd_export_hf(a: argparse.Namespace) -> int:
     from .hf_export import FrameFacts, export_hf
+    from .preflight import check_dataset_name, require_writable_dir
 
+    check_dataset_name(a.name)
+    require_writable_dir(a.out, "--out")
     facts = FrameFacts.of_dataset(a.dataset_dir, a.name, a.box_format, a.image_max_pixels, a.image_min_pixels)
-    res = export_hf(a.dataset_dir, a.name, a.out, facts)
+    res = export_hf(a.dataset_dir, a.name, a.out, facts, image_root=a.images)
     print(f"wrote {res.rows} rows to {res.parquet}; load with datasets.load_dataset('parquet', data_files=...)")
     return 0
 
@@ -294,15 +336,16 @@ def cmd_export_hf(a: argparse.Namespace) -> int:
 def cmd_export_grpo(a: argparse.Namespace) -> int:
     from .grpo_export import export_grpo
     from .hf_export import FrameFacts
-    from .jsonl import read_jsonl
     from .lf_image import frame_from_args
-    from .records import Region
+    from .preflight import require_writable_file
+    from .regions import read_regions
 
     facts = FrameFacts(a.box_format, frame_from_args(a))
     if a.max_regions is not None and a.max_regions < 1:
         raise SPRError(f"--max-regions must be at least 1, got {a.max_regions}")
-    regions = list(read_jsonl(a.regions, Region.from_dict, what="region"))[: a.max_regions]
-    res = export_grpo(regions, a.out, facts)
+    require_writable_file(a.out, "--out")
+    regions = read_regions(a.regions)[: a.max_regions]  # names sanitised, duplicate ids refused
+    res = export_grpo(regions, a.out, facts, image_root=a.images)
     print(f"wrote {res.rows} prompts ({res.images} images) to {res.parquet}; reward: spr_plugin.grpo_reward.SPRReward")
     return 0
 
@@ -348,6 +391,7 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--dataset-dir", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--images", type=Path, default=None, help="folder absolute image paths must lie under (--image-mode absolute)")
     _add_frame_args(p, recorded=True)
     p.set_defaults(func=cmd_export_hf)
 
@@ -355,6 +399,12 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--regions", type=Path, required=True, help="regions JSONL (spr regions, or a build's work-dir)")
     p.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
     p.add_argument("--max-regions", type=int, default=None, help="export only the first N regions")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder every image must lie under (default: the root recorded with each region)",
+    )
     _add_frame_args(p, recorded=False)
     p.set_defaults(func=cmd_export_grpo)
 
@@ -383,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_shard_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs stay quiet under a job scheduler)")
+    p.add_argument("--fresh", action="store_true", help="start over: remove OUT (a rerun with other settings refuses without it)")
     p.set_defaults(func=cmd_generate)
     add_merge_parser(sub)  # spr merge: join shard candidate files
 
@@ -402,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write pairs as a LLaMA-Factory dataset and register it")
     p.add_argument("--pairs", type=Path, required=True)
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder every image of the pairs must lie under (default: the image root recorded with each region)",
+    )
     p.add_argument("--box-format", default="qwen2_vl")
     _add_export_args(p)
     add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"))
@@ -423,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_region_args(p)
     p.add_argument("--candidates", type=Path, nargs="+", default=None, help="use these candidates (merged) instead of generating")
     p.add_argument("--work-dir", type=Path, default=Path("spr_work"), help="intermediate files (resumable)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: remove the work dir's stage files (a rerun with other settings refuses without it)",
+    )
     _add_generation_args(p, required=False)
     _add_scoring_args(p)
     _add_export_args(p)
@@ -445,17 +507,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: OS errors that are the user's or the machine's (a full disk, a read-only or missing folder, a file where
+#: a folder belongs, a name too long), reported in one line like any other user error.
+_USER_OS_ERRORS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+    errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ELOOP, errno.EMFILE, errno.EIO,
+}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except SPRError as exc:
-        print(f"spr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"spr {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _USER_OS_ERRORS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"spr {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"spr {args.command}: interrupted; finished records are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    """Messages quote user data (names, paths); a newline in it must not break the one-line promise."""
+    return " ".join(text.split()) if "\n" in text or "\r" in text else text
 
 
 if __name__ == "__main__":

@@ -12,3 +12,12 @@ class SPRError(Exception):
 
 class ConfigError(SPRError, ValueError):
     """An invalid setting (a ValueError too, so library callers can catch either)."""
+
+
+class PartialBatchError(SPRError):
+    """A generator failed part way through a batch. ``results`` holds, per prompt, the texts of the prompts
+    that finished (``None`` for the others), so the caller can keep them before reporting the failure."""
+
+    def __init__(self, message: str, results: list[list[str] | None]) -> None:
+        super().__init__(message)
+        self.results = results

@@ -16,22 +16,25 @@ record is the conversation ``[human prompt, gpt chosen]`` with the same images.
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Sequence
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .box_formats import BoxFormat
 from .errors import ConfigError, SPRError
+from .images import copy_verified, require_image
 from .jsonl import atomic_write_jsonl
 from .lf_image import ImageFrame
 from .paths import contained_path
-from .prompts import strip_media_markers, training_prompt
+from .preflight import check_dataset_name
+from .prompts import training_prompt
 from .recipe_check import write_meta
 from .records import PreferencePair
 from .registry import build_entries, check_can_register_entries, chosen_sft_name, register_datasets
+from .sanitize import SanitizeStats, kept_tokens, sanitize_answer
 
 IMAGE_MODES = ("copy", "link", "absolute")
 
@@ -44,12 +47,15 @@ class ExportConfig:
     overwrite: bool = False
     #: The frame the candidates were sampled in; recorded in ``<name>.spr.json`` so a recipe can be checked.
     frame: ImageFrame = field(default_factory=ImageFrame)
+    #: Folder every image of the pairs must lie under (``--images``); None = the root each region recorded
+    #: when it was sampled. A pairs file is data from elsewhere: without this check a record naming
+    #: ``/etc/shadow`` would copy it into a dataset that may be published.
+    image_root: Path | None = None
 
     def __post_init__(self) -> None:
         if self.image_mode not in IMAGE_MODES:
             raise ConfigError(f"unknown image mode {self.image_mode!r}; choose one of {', '.join(IMAGE_MODES)}")
-        if not self.name or any(c in self.name for c in "/\\ ") or self.name.startswith("."):
-            raise SPRError(f"invalid dataset name {self.name!r}: use letters, digits, '-' and '_'")
+        check_dataset_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -58,40 +64,89 @@ class ExportResult:
     dataset_info: Path
     records: int
     images: int
+    images_copied: int = 0
+    stale_images_removed: int = 0
+    sanitized: dict[str, Any] | None = None
 
 
-def _place_image(src: str, config: ExportConfig, image_id: int, placed: dict[str, str]) -> str:
-    """Put one image where LLaMA-Factory will find it; returns the path to store in the record."""
-    if src in placed:
-        return placed[src]
-    source = Path(src)
+def _image_source(pair: PreferencePair, config: ExportConfig) -> Path:
+    """The pair's image, once it is known to lie under the image root and to be a usable image."""
+    root = config.image_root if config.image_root is not None else pair.region.image_root
+    where = f"region {pair.region.region_id}"
+    if not root:
+        raise SPRError(
+            f"{where}: the pairs file records no image root for {pair.region.image_path}; pass --images FOLDER "
+            "(the folder the images were sampled from)"
+        )
+    source = contained_path(root, pair.region.image_path, f"{where}: image")  # refuses paths outside the root
     if not source.is_file():
         raise SPRError(f"image not found while exporting: {source}")
+    require_image(source, f"{where}: image")  # a text file, a truncated JPEG or a bomb is not exported
+    return source
+
+
+def _place_image(pair: PreferencePair, config: ExportConfig, placed: dict[str, str], copied: list[int]) -> str:
+    """Put one image where LLaMA-Factory will find it; returns the path to store in the record."""
+    key = pair.region.image_path
+    if key in placed:
+        return placed[key]
+    source = _image_source(pair, config)
     if config.image_mode == "absolute":
-        rel = str(source.resolve())
+        rel = str(source)
     else:
-        rel = f"{config.name}/images/{image_id}_{source.name}"
+        rel = f"{config.name}/images/{pair.region.image_id}_{source.name}"
         dest = contained_path(config.dataset_dir, rel, f"image path of {source}")  # LLaMA-Factory joins it to dataset_dir
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            if config.image_mode == "link":
-                try:
-                    os.link(source, dest)
-                except OSError:
-                    shutil.copy2(source, dest)
-            else:
-                shutil.copy2(source, dest)
-    placed[src] = rel
+        copied[0] += copy_verified(source, dest, link=config.image_mode == "link")
+    placed[key] = rel
     return rel
 
 
-def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat) -> dict[str, Any]:
+def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat, stats: SanitizeStats | None = None) -> dict[str, Any]:
+    """One ShareGPT ranking record; the answers pass through the sanitiser (no stray special token reaches training)."""
+    keep = kept_tokens(box_format)
+    chosen, n_chosen = sanitize_answer(pair.chosen.candidate.text, keep)
+    rejected, n_rejected = sanitize_answer(pair.rejected.candidate.text, keep)
+    if stats is not None:
+        stats.add("exported_answers", n_chosen + n_rejected)
     return {
         "conversations": [{"from": "human", "value": training_prompt(pair.region, box_format)}],
-        "chosen": {"from": "gpt", "value": strip_media_markers(pair.chosen.candidate.text)},
-        "rejected": {"from": "gpt", "value": strip_media_markers(pair.rejected.candidate.text)},
+        "chosen": {"from": "gpt", "value": chosen},
+        "rejected": {"from": "gpt", "value": rejected},
         "images": [image],
     }
+
+
+@contextmanager
+def _export_lock(dataset_dir: Path, name: str) -> Iterator[None]:
+    """Serialise exports of one dataset name: the second waits, then sees the first one's dataset."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    with (dataset_dir / f".{name}.export.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def check_can_export(config: ExportConfig) -> None:
+    """Raise before any work if the export would be refused (name registered differently, file exists)."""
+    dataset_dir = Path(config.dataset_dir)
+    check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite)
+    check_files_free(dataset_dir, config.name, config.overwrite)
+
+
+def _remove_stale_images(config: ExportConfig, placed: dict[str, str]) -> int:
+    """After an ``--overwrite``, images of the replaced dataset that no record names any more."""
+    folder = Path(config.dataset_dir) / config.name / "images"
+    if config.image_mode == "absolute" or not folder.is_dir():
+        return 0
+    keep = {Path(rel).name for rel in placed.values()}
+    removed = 0
+    for entry in folder.iterdir():
+        if entry.is_file() and entry.name not in keep:
+            entry.unlink()
+            removed += 1
+    return removed
 
 
 def chosen_sft_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -106,24 +161,31 @@ def export_dataset(
 
     ``meta`` (e.g. the run's scoring and pairing settings) joins the frame, box format and template in
     ``<name>.spr.json``; the chosen-only companion gets the same file, so ``spr check-recipe`` checks SFT recipes too.
+    Exports of one name are serialised by a lock in ``dataset_dir``; the checks run again inside it, so of two
+    concurrent exports without ``--overwrite`` exactly one succeeds.
     """
     if not pairs:
         raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
     dataset_dir = Path(config.dataset_dir)
     entries = build_entries(config.name)
-    check_can_register_entries(dataset_dir, entries, config.overwrite)
-    check_files_free(dataset_dir, config.name, config.overwrite)
-    dataset_file = dataset_dir / f"{config.name}.jsonl"
-    placed: dict[str, str] = {}
-    records = [pair_record(p, _place_image(p.region.image_path, config, p.region.image_id, placed), box_format) for p in pairs]
-    atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
-    atomic_write_jsonl(dataset_dir / f"{chosen_sft_name(config.name)}.jsonl", [chosen_sft_record(r) for r in records])
-    atomic_write_jsonl(dataset_file, records)
-    facts = {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})}
-    write_meta(dataset_dir, config.name, facts)
-    write_meta(dataset_dir, chosen_sft_name(config.name), {**facts, "chosen_only_of": config.name})
-    info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
-    return ExportResult(dataset_file, info, len(records), len(placed))
+    check_can_export(config)  # a refused export creates nothing, not even the lock file
+    for p in pairs:
+        _image_source(p, config)  # every image checked (inside its root, a real image) before anything is written
+    with _export_lock(dataset_dir, config.name):
+        check_can_export(config)  # again under the lock: a concurrent export of this name may just have finished
+        placed: dict[str, str] = {}
+        copied = [0]
+        stats = SanitizeStats()
+        records = [pair_record(p, _place_image(p, config, placed, copied), box_format, stats) for p in pairs]
+        atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
+        atomic_write_jsonl(dataset_dir / f"{chosen_sft_name(config.name)}.jsonl", [chosen_sft_record(r) for r in records])
+        atomic_write_jsonl(dataset_dir / f"{config.name}.jsonl", records)
+        facts = {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})}
+        write_meta(dataset_dir, config.name, facts)
+        write_meta(dataset_dir, chosen_sft_name(config.name), {**facts, "chosen_only_of": config.name})
+        stale = _remove_stale_images(config, placed) if config.overwrite else 0
+        info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
+    return ExportResult(dataset_dir / f"{config.name}.jsonl", info, len(records), len(placed), copied[0], stale, stats.to_dict())
 
 
 def check_files_free(dataset_dir: Path, name: str, overwrite: bool) -> None:

@@ -18,11 +18,10 @@ from PIL import Image
 
 from .errors import ConfigError, SPRError
 from .lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds, lf_preprocess_image
-from .prompts import IMAGE_TOKEN, VARIANTS, Prompt, strip_media_markers
+from .prompts import IMAGE_TOKEN, VARIANTS, Prompt
+from .sanitize import QWEN_GROUNDING_TOKENS, sanitize_answer
 
 logger = logging.getLogger(__name__)
-
-_STRIP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -205,7 +204,6 @@ def resolve_device(device: str) -> str:
 
 
 def clean_output(text: str) -> str:
-    """The answer without the chat end marker, padding and media tokens (box and reference tokens stay)."""
-    for tok in _STRIP_TOKENS:
-        text = text.split(tok)[0] if tok == "<|im_end|>" else text.replace(tok, "")
-    return strip_media_markers(text).strip()
+    """The answer without the chat end marker, padding, media and chat tokens (Qwen's box and reference
+    tokens stay; :func:`spr_plugin.candidates.sanitize_candidates` narrows that to the run's box format)."""
+    return sanitize_answer(text, QWEN_GROUNDING_TOKENS)[0]

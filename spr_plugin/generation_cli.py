@@ -116,21 +116,48 @@ def make_generator(a: argparse.Namespace, cfg):
     return OpenAIServerGenerator(server)
 
 
-def cmd_generate(a: argparse.Namespace) -> int:
-    from data_builders.coco_builder import load_regions
+def generation_fingerprint(cfg, box_format: str) -> dict:
+    """What a candidates file depends on besides its regions: sampling settings, model and box format.
 
+    Settings that only change speed or memory (batch size, device, sequences per call) are left out, so
+    a resumed run may use other ones.
+    """
+    from .manifest import settings
+
+    gen = dict(settings(cfg) or {})
+    for key in ("batch_size", "device", "max_batch_sequences"):
+        gen.pop(key, None)
+    if os.path.exists(str(gen.get("model", ""))):
+        gen["model"] = os.path.abspath(gen["model"])
+    return {"generation": gen, "box_format": box_format}
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
     from .box_formats import get_box_format
     from .candidates import generate_with_config
+    from .manifest import Manifest, file_digest
+    from .preflight import require_writable_file
+    from .regions import read_regions
     from .sharding import resolve_shard, select_shard, shard_path
 
     spec = resolve_shard(a.shard)
     cfg = generation_config(a, a.seed)
     box_format = get_box_format(a.box_format, frame_from_args(a))
-    regions = list(select_shard(load_regions(a.regions), spec))
     out = shard_path(a.out, spec)
+    require_writable_file(out, "--out")
+    regions = list(select_shard(read_regions(a.regions), spec))
+    # A rerun appends to the same file: refuse if it was started with other regions or settings.
+    manifest = Manifest(out.with_name(out.name + ".manifest.json"), {"candidates": [out, out.with_name(f".{out.name}.lock")]})
+    stage = {"candidates": {"regions": file_digest(a.regions), "shard": str(spec), **generation_fingerprint(cfg, a.box_format)}}
+    if a.fresh:
+        manifest.reset()
+    manifest.check(
+        stage, what=f"candidates file {out}", hint="rerun with the same settings, write to another --out, or pass --fresh"
+    )
     if spec.is_split:
         logger.info("shard %s: %d regions -> %s", spec, len(regions), out)
     generator = make_generator(a, cfg)
+    manifest.record(stage)
     try:
         stats = generate_with_config(regions, generator, box_format, out, cfg, progress=not a.no_progress)
     finally:

@@ -22,6 +22,8 @@ from typing import Any
 
 from .errors import SPRError
 from .hf_export import FrameFacts, content_parts, conversation_feature, frame_features, write_parquet
+from .images import require_image
+from .paths import contained_path
 from .prompts import training_prompt
 from .records import Region
 
@@ -38,7 +40,8 @@ def region_feature():
     import datasets
 
     box = datasets.List(datasets.Value("float64"))
-    obj = {"ann_id": datasets.Value("int64"), "category": datasets.Value("string"), "box": box}
+    names = datasets.List(datasets.Value("string"))
+    obj = {"ann_id": datasets.Value("int64"), "category": datasets.Value("string"), "box": box, "synonyms": names}
     return {
         "region_id": datasets.Value("string"),
         "image_id": datasets.Value("int64"),
@@ -48,6 +51,11 @@ def region_feature():
         "box": box,
         "objects": datasets.List(obj),
         "seed_ann_id": datasets.Value("int64"),
+        # What the annotations leave open (regions.py): the reward must not punish it either.
+        "image_root": datasets.Value("string"),
+        "ignored": datasets.List(obj),
+        "not_exhaustive": names,
+        "absent": names,
     }
 
 
@@ -62,8 +70,25 @@ def grpo_row(region: Region, facts: FrameFacts, image_bytes: bytes) -> dict[str,
     }
 
 
-def export_grpo(regions: Sequence[Region], out: str | Path, facts: FrameFacts | None = None) -> GRPOExportResult:
-    """Write the prompt parquet ``out`` (images embedded) for the given regions."""
+def _image_file(region: Region, image_root: str | Path | None) -> Path:
+    """The region's image, once it lies under the image root (``--images``, else the one the region recorded)
+    and decodes as an image: a regions file from elsewhere must not embed ``/etc/shadow`` in the parquet."""
+    root = image_root if image_root is not None else region.image_root
+    if not root:
+        raise SPRError(
+            f"region {region.region_id}: the regions file records no image root for {region.image_path}; "
+            "pass --images FOLDER (the folder the images were sampled from)"
+        )
+    path = contained_path(root, region.image_path, f"region {region.region_id}: image")
+    require_image(path, f"region {region.region_id}: image")
+    return path
+
+
+def export_grpo(
+    regions: Sequence[Region], out: str | Path, facts: FrameFacts | None = None, image_root: str | Path | None = None
+) -> GRPOExportResult:
+    """Write the prompt parquet ``out`` (images embedded) for the given regions; every image must lie under
+    ``image_root`` (default: the root each region recorded) and be a usable image."""
     import datasets
 
     parquet = Path(out)
@@ -78,7 +103,7 @@ def export_grpo(regions: Sequence[Region], out: str | Path, facts: FrameFacts | 
         path = region.image_path
         if path not in cache:
             try:
-                cache[path] = Path(path).read_bytes()
+                cache[path] = _image_file(region, image_root).read_bytes()
             except OSError as exc:
                 raise SPRError(f"region {region.region_id}: cannot read image {path} ({exc.strerror or exc})") from None
         rows.append(grpo_row(region, facts, cache[path]))

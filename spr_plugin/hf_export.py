@@ -6,7 +6,8 @@ LLaMA-Factory's ShareGPT: ``prompt`` (a user turn whose content lists ``{"type":
 (one assistant turn each) and ``images`` (decoded by an ``Image`` feature, bytes embedded in the
 parquet so the file is self-contained). Records are read through ``dataset_info.json`` so the
 columns and tags a user registered are honoured, and every image path must stay inside the dataset
-folder (see :mod:`spr_plugin.paths`).
+folder (see :mod:`spr_plugin.paths`), or, for ``--image-mode absolute`` datasets, under the folder given
+with ``--images``; each must decode as an image, so no other file can end up in the parquet.
 
 The ShareGPT records do not say in which coordinate frame their boxes are written, so every row also
 carries the facts a trainer needs to show the model the frame the boxes were written for, as the build
@@ -31,6 +32,7 @@ from typing import Any
 
 from .box_formats import BoxFormat, get_box_format
 from .errors import SPRError
+from .images import require_image
 from .jsonl import read_dataset_records
 from .lf_image import NOT_GIVEN, ImageFrame
 from .paths import contained_path
@@ -155,7 +157,9 @@ def content_parts(text: str) -> list[dict[str, str | None]]:
     return parts
 
 
-def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str) -> dict[str, Any]:
+def trl_row(
+    record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str, image_root: Path | None = None
+) -> dict[str, Any]:
     """One ShareGPT ranking record -> ``{prompt, chosen, rejected, images}`` in TRL's conversational form."""
     cols = {
         "messages": "conversations",
@@ -178,9 +182,21 @@ def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, wh
         raise SPRError(f"{where}: not a ShareGPT ranking record ({type(exc).__name__}: {exc})") from None
     images = []
     for p in image_paths:
-        path = Path(p) if Path(str(p)).is_absolute() else contained_path(dataset_dir, str(p), f"{where}: image")
+        if not isinstance(p, str) or not p:
+            raise SPRError(f"{where}: image entry {p!r} is not a file path")
+        if Path(p).is_absolute():
+            # --image-mode absolute datasets name images outside the folder: only under a root the user names.
+            if image_root is None:
+                raise SPRError(
+                    f"{where}: image {p} lies outside {dataset_dir}; pass --images FOLDER if the dataset's images "
+                    "really live there (--image-mode absolute)"
+                )
+            path = contained_path(image_root, p, f"{where}: image")
+        else:
+            path = contained_path(dataset_dir, p, f"{where}: image")
         if not path.is_file():
             raise SPRError(f"{where}: image not found: {path}")
+        require_image(path, f"{where}: image")  # only real images are embedded, never an arbitrary file
         images.append({"bytes": path.read_bytes(), "path": path.name})  # embedded: the parquet travels alone
     n_placeholders = sum(part["type"] == "image" for m in prompt for part in m["content"])
     if n_placeholders != len(images):
@@ -188,7 +204,13 @@ def trl_row(record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, wh
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "images": images}
 
 
-def export_hf(dataset_dir: str | Path, name: str, out: str | Path, facts: FrameFacts | None = None) -> HFExportResult:
+def export_hf(
+    dataset_dir: str | Path,
+    name: str,
+    out: str | Path,
+    facts: FrameFacts | None = None,
+    image_root: str | Path | None = None,
+) -> HFExportResult:
     """Write ``<out>/<name>.parquet`` (images embedded) and return its path; load it back with
     ``datasets.load_dataset("parquet", data_files=...)``. ``facts``: the box format and image frame the dataset
     was built with (default: :meth:`FrameFacts.of_dataset`)."""
@@ -199,16 +221,22 @@ def export_hf(dataset_dir: str | Path, name: str, out: str | Path, facts: FrameF
     if name not in info:
         raise SPRError(f"dataset {name!r} is not registered in {dataset_dir / 'dataset_info.json'}")
     entry = info[name]
-    if not entry.get("ranking") or entry.get("formatting", "alpaca") != "sharegpt" or "file_name" not in entry:
+    if (
+        not isinstance(entry, dict)
+        or not entry.get("ranking")
+        or entry.get("formatting", "alpaca") != "sharegpt"
+        or "file_name" not in entry
+    ):
         raise SPRError(f"dataset {name!r} is not a local ShareGPT ranking dataset; only those can be exported")
     data_file = contained_path(dataset_dir, str(entry["file_name"]), f"dataset {name!r} file_name")
     records = _read_records(data_file)
     if not records:
         raise SPRError(f"{data_file} holds no records")
     facts = facts or FrameFacts.of_dataset(dataset_dir, name)
+    root = None if image_root is None else Path(image_root)
     rows = []
     for i, record in enumerate(records):
-        row = trl_row(record, entry, dataset_dir, f"{data_file}:{i + 1}")
+        row = trl_row(record, entry, dataset_dir, f"{data_file}:{i + 1}", root)
         user_text = "".join(IMAGE_TOKEN if p["type"] == "image" else p["text"] or "" for p in row["prompt"][-1]["content"])
         rows.append({**row, **facts.columns(PROMPT_TEMPLATE if follows_prompt_template(user_text) else None)})
     features = datasets.Features(

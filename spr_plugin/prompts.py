@@ -15,33 +15,25 @@ from PIL import Image
 from .box_formats import REF_END, REF_START, BoxFormat
 from .errors import ConfigError
 from .records import Region
+from .sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
 
 IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; one per image
 
-#: Media markers that must never appear in an answer: LLaMA-Factory's placeholders (counted against the
-#: record's media) and Qwen2-VL's vision special tokens (the collator derives M-RoPE positions from them).
-MEDIA_MARKERS: tuple[str, ...] = (
-    "<image>",
-    "<video>",
-    "<audio>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-
 
 def strip_media_markers(text: str) -> str:
-    """``text`` without media placeholders or vision tokens, so it is safe as a training answer.
+    """``text`` without media placeholders, vision, chat or other special tokens (Qwen's grounding tokens stay),
+    removed to a fixed point by :func:`spr_plugin.sanitize.remove_tokens`.
 
     Why: sampled answers of a weak model do contain them (seen: ``<|video_pad|>``), and one in a DPO
     record breaks LLaMA-Factory: a stray ``<image>`` fails its placeholder count, a stray
     ``<|video_pad|>`` with no video crashes the Qwen2-VL collator's M-RoPE position computation.
     """
-    for marker in MEDIA_MARKERS:
-        text = text.replace(marker, "")
-    return text
+    return remove_tokens(text, QWEN_GROUNDING_TOKENS)[0]
+
+
+def _name(text: str) -> str:
+    """A category name as it may appear in a prompt (names of regions files from elsewhere are not trusted)."""
+    return sanitize_phrase(text)[0] or "object"
 
 
 VARIANTS = ("box_text", "crop", "refs")
@@ -83,6 +75,6 @@ def build_prompt(variant: str, region: Region, box_format: BoxFormat) -> Prompt:
         )
         return Prompt(variant, text, (region.image_path, crop))
     if variant == "refs":
-        refs = ", ".join(f"{REF_START}{c}{REF_END}" for c in region.categories)
+        refs = ", ".join(f"{REF_START}{_name(c)}{REF_END}" for c in region.categories)
         return Prompt(variant, f"{IMAGE_TOKEN}{ask} The region contains: {refs}.", (region.image_path,))
     raise ConfigError(f"unknown prompt variant {variant!r}; choose from {', '.join(VARIANTS)}")

@@ -11,6 +11,7 @@ frames (Qwen2-VL's [0,1000) grid, Qwen2.5-VL's resized-input pixels) exist only 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,7 +60,11 @@ class Box:
 
 @dataclass(frozen=True)
 class AnnotatedObject:
-    """One ground-truth object of a query region, as the detection annotations give it."""
+    """One ground-truth object of a query region, as the detection annotations give it.
+
+    ``category`` is the readable name (``bat (animal)``, not LVIS's ``bat_(animal)``) and ``synonyms`` the
+    other names the dataset gives it (LVIS ``synonyms``); label-aware matching accepts any of them.
+    """
 
     ann_id: int
     category: str
@@ -75,8 +80,10 @@ class AnnotatedObject:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnnotatedObject:
-        synonyms = tuple(str(s) for s in d.get("synonyms") or ())
-        return cls(int(d["ann_id"]), str(d["category"]), Box.from_list(d["box"]), synonyms)
+        synonyms = d.get("synonyms") or ()
+        if not isinstance(synonyms, (list, tuple)):
+            raise TypeError(f"synonyms must be a list of names, got {type(synonyms).__name__}")
+        return cls(int(d["ann_id"]), str(d["category"]), Box.from_list(d["box"]), tuple(str(s) for s in synonyms))
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,14 @@ class Region:
     """A query region: the union box of a seed object and its nearest neighbours.
 
     ``image_path`` is the image file as found on disk when the region was sampled (absolute), so later
-    stages never have to guess the image root again.
+    stages never have to guess the image root again; ``image_root`` is the folder it was found under, and
+    stages that copy images (export) refuse a path outside it.
+
+    Three optional fields keep a description from being punished for what the annotations do not say:
+    ``ignored`` holds objects that are neither required nor wrong to ground (crowd regions, Objects365
+    objects in a picture or a reflection under the ``ignore`` policy), ``not_exhaustive`` the names of
+    categories LVIS did not label exhaustively in this image (a box on an unlabelled one is not a false
+    positive) and ``absent`` the names LVIS verified are not in the image (``neg_category_ids``).
     """
 
     region_id: str
@@ -95,6 +109,10 @@ class Region:
     box: Box
     objects: tuple[AnnotatedObject, ...]
     seed_ann_id: int
+    image_root: str = ""
+    ignored: tuple[AnnotatedObject, ...] = ()
+    not_exhaustive: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
 
     @property
     def categories(self) -> list[str]:
@@ -102,7 +120,7 @@ class Region:
         return list(dict.fromkeys(o.category for o in self.objects))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "region_id": self.region_id,
             "image_id": self.image_id,
             "image_path": self.image_path,
@@ -112,6 +130,15 @@ class Region:
             "objects": [o.to_dict() for o in self.objects],
             "seed_ann_id": self.seed_ann_id,
         }
+        if self.image_root:
+            d["image_root"] = self.image_root
+        if self.ignored:
+            d["ignored"] = [o.to_dict() for o in self.ignored]
+        if self.not_exhaustive:
+            d["not_exhaustive"] = list(self.not_exhaustive)
+        if self.absent:
+            d["absent"] = list(self.absent)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Region:
@@ -124,7 +151,19 @@ class Region:
             box=Box.from_list(d["box"]),
             objects=tuple(AnnotatedObject.from_dict(o) for o in d["objects"]),
             seed_ann_id=int(d["seed_ann_id"]),
+            image_root=str(d.get("image_root") or ""),
+            ignored=tuple(AnnotatedObject.from_dict(o) for o in d.get("ignored") or ()),
+            not_exhaustive=_names(d.get("not_exhaustive")),
+            absent=_names(d.get("absent")),
         )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of category names, got {value!r:.60}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -152,15 +191,39 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        text = d["text"]
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        region_id = d["region_id"]
+        if not isinstance(region_id, (str, int)) or isinstance(region_id, bool):
+            raise TypeError(f"region_id must be a string, got {type(region_id).__name__}")
+        temperature = d.get("temperature")
         return cls(
-            region_id=str(d["region_id"]),
+            region_id=str(region_id),
             variant=str(d.get("variant", "unknown")),
-            sample_idx=int(d.get("sample_idx", 0)),
-            text=str(d["text"]),
+            sample_idx=_count(d.get("sample_idx", 0), "sample_idx"),
+            text=text,
             generator=str(d.get("generator", "")),
-            temperature=None if d.get("temperature") is None else float(d["temperature"]),
-            seed=None if d.get("seed") is None else int(d["seed"]),
+            temperature=None if temperature is None else _finite(temperature, "temperature"),
+            seed=None if d.get("seed") is None else _count(d["seed"], "seed"),
         )
+
+
+def _count(value: Any, what: str) -> int:
+    """A non-negative integer field (JSON ``1.0`` accepted, ``Infinity``, ``1.5``, ``true`` and ``"1"`` not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    if value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    return int(value)
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r:.40}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -216,6 +279,10 @@ class LocalizationScore:
     #: How many of the ``n_pred`` boxes came from a phrase grounder (they are the last ones) rather
     #: than from the description's own text; 0 unless a grounder is configured.
     n_grounded: int = 0
+    #: Boxes of the description left out of ``n_pred`` because the annotations cannot judge them: a box whose
+    #: phrase names a category LVIS did not label exhaustively in the image, or a box on an ignored object
+    #: (a crowd, an Objects365 object in a picture or a reflection). They are neither matches nor false positives.
+    n_neutral: int = 0
 
     @property
     def precision(self) -> float:
@@ -233,12 +300,16 @@ class LocalizationScore:
             "n_pred": self.n_pred,
             "matches": [[m.gt_index, m.pred_index, round(m.iou, 4)] for m in self.matches],
             "n_grounded": self.n_grounded,
+            **({"n_neutral": self.n_neutral} if self.n_neutral else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LocalizationScore:
         matches = tuple(Match(int(g), int(p), float(i)) for g, p, i in d["matches"])
-        return cls(float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches, int(d.get("n_grounded", 0)))
+        return cls(
+            float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches,
+            int(d.get("n_grounded", 0)), int(d.get("n_neutral", 0)),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,15 @@
-"""Query regions from COCO-format detection annotations (COCO, Objects365 and LVIS all use it).
+"""Query regions from COCO-format detection annotations (COCO, Objects365 and LVIS, see :mod:`.annotations`).
 
 SPR asks the model to describe *regions*, not single objects: a random seed object is grown by merging
 its nearest neighbouring objects until the region holds more than ``k`` objects (k = 4 in the paper).
 Objects lying inside the grown box join the region too, otherwise a faithful description of the crop
 would be punished for naming them.
+
+What the annotations leave open is recorded with the region so scoring never punishes a description for
+it: crowd boxes and (by default) Objects365's ``isfake``/``isreflected`` objects become ``ignored`` objects
+(neither required nor wrong to ground), LVIS's ``not_exhaustive_category_ids`` become ``not_exhaustive``
+names. Boxes that overshoot the image border by a little (Objects365 floats) are clamped; an image much
+smaller than its boxes is the wrong image and is skipped.
 
 Sampling is seeded per image (``seed``, ``image_id``), so the regions of an image do not depend on
 which other images are processed, their order, or the shard a process works on.
@@ -11,26 +17,35 @@ which other images are processed, their order, or the shard a process works on.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import math
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
+from .annotations import FALLBACK_NAME, MAX_NAME_LEN, DetectionIndex, category_name, category_synonyms, load_coco
 from .errors import ConfigError, SPRError
-from .paths import is_contained
+from .images import MISSING, ImageLocator, check_image
+from .jsonl import read_jsonl
 from .records import AnnotatedObject, Box, Region
+from .sanitize import SanitizeStats, sanitize_phrase
+
+__all__ = [
+    "RegionConfig", "RegionStats", "load_coco", "sample_regions", "grow_region", "require_regions",
+    "check_images_found", "read_regions", "clean_region",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
+
+#: What to do with Objects365 v2 objects flagged ``isfake`` (in a picture or on a screen) or ``isreflected``
+#: (a reflection): ``ignore`` (default: not required, not wrong to ground), ``keep`` (ordinary objects),
+#: ``drop`` (not there: a box on one counts as a false positive).
+VIRTUAL_POLICIES = ("ignore", "keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -41,77 +56,74 @@ class RegionConfig:
     seed: int = 0
     min_box_area: float = 16.0  # annotations smaller than this (pixels²) are noise for grounding
     containment: float = 0.9  # share of an object's area inside the region for it to belong to it
+    #: A box may overshoot the image border by this share of the image side (at least 2 px) and is clamped;
+    #: more means the annotations belong to another (larger) image, which is then skipped.
+    border_tolerance: float = 0.02
+    virtual_objects: str = "ignore"  # Objects365 isfake / isreflected, see VIRTUAL_POLICIES
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.regions_per_image < 1:
             raise ConfigError(f"regions_per_image must be >= 1, got {self.regions_per_image}")
+        if self.max_regions is not None and self.max_regions < 1:
+            raise ConfigError(f"max_regions must be >= 1, got {self.max_regions}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0 (numpy seeds are non-negative), got {self.seed}")
+        if not 0.0 <= self.border_tolerance < 1.0:
+            raise ConfigError(f"border_tolerance must lie in [0, 1), got {self.border_tolerance}")
+        if self.virtual_objects not in VIRTUAL_POLICIES:
+            raise ConfigError(
+                f"unknown virtual-object policy {self.virtual_objects!r}; choose one of {', '.join(VIRTUAL_POLICIES)}"
+            )
 
 
 @dataclass
 class RegionStats:
-    """What region sampling skipped and why; reported in the run summary."""
+    """What region sampling skipped, clamped and ignored, and why; reported in the run summary."""
 
     images_seen: int = 0
     regions: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+    boxes_clamped: int = 0
+    ignored_objects: Counter = field(default_factory=Counter)  # crowd / isfake / isreflected
+    loader: dict[str, int] = field(default_factory=dict)  # what the annotation loader changed (annotations.py)
 
     def skip(self, reason: str, example: str) -> None:
         self.skipped[reason] += 1
         self.examples.setdefault(reason, example)
 
+    def reasons(self) -> str:
+        """The skip counts with one example each, for a one-line error."""
+        return ", ".join(f"{k}: {v} (e.g. {self.examples[k]})" for k, v in self.skipped.most_common()) or "no images"
 
-def load_coco(annotation_file: str | os.PathLike) -> COCO:
-    """Read a COCO-format json with pycocotools, turning every failure into a clear :class:`SPRError`."""
-    path = Path(annotation_file)
-    if not path.is_file():
-        raise SPRError(f"annotation file not found: {path}")
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise SPRError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SPRError(f"{path}: cannot be read ({exc})") from None
-    if not isinstance(data, dict):
-        raise SPRError(f"{path}: a COCO annotation file holds a JSON object, found {type(data).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise SPRError(f"{path}: missing or malformed '{key}' list (is this a COCO-format detection file?)")
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not {"id", "file_name"} <= img.keys():
-            raise SPRError(f"{path}: images[{i}] needs 'id' and 'file_name'")
-        if not _is_id(img["id"]):
-            raise SPRError(f"{path}: images[{i}] has id {img['id']!r}; image ids must be non-negative integers")
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not {"id", "name"} <= cat.keys():
-            raise SPRError(f"{path}: categories[{i}] needs 'id' and 'name'")
-        if not _is_id(cat["id"]) or not isinstance(cat["name"], str):
-            raise SPRError(f"{path}: categories[{i}] needs an integer 'id' and a string 'name', found {cat!r:.80}")
-    # Annotations pycocotools cannot index (non-integer ids, no category_id) are dropped here.
-    data["annotations"] = [
-        a
-        for a in data["annotations"]
-        if isinstance(a, dict) and _is_id(a.get("image_id")) and _is_id(a.get("id")) and _is_id(a.get("category_id"))
-    ]
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco.createIndex()
-    return coco
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images_seen": self.images_seen,
+            "regions": self.regions,
+            "skipped": dict(self.skipped),
+            "skipped_examples": dict(self.examples),
+            "boxes_clamped_to_image": self.boxes_clamped,
+            "ignored_objects": dict(self.ignored_objects),
+            "loader": dict(self.loader),
+        }
 
 
-def _is_id(value: object) -> bool:
-    """COCO, Objects365 and LVIS ids are non-negative integers (bools are not ids)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _flag(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0 or value is True
 
 
-def _valid_objects(coco: COCO, img_id: int, config: RegionConfig, stats: RegionStats) -> list[AnnotatedObject]:
-    objs = []
+@dataclass
+class _Candidates:
+    """An image's annotations sorted into required objects and ignored ones (raw boxes, not yet clamped)."""
+
+    objects: list[tuple[int, int, Box]] = field(default_factory=list)  # (ann_id, cat_id, box)
+    ignored: list[tuple[int, int, Box, str]] = field(default_factory=list)  # (..., why)
+
+
+def _annotations(coco: COCO, img_id: int, config: RegionConfig, stats: RegionStats) -> _Candidates:
+    out = _Candidates()
     for ann in coco.imgToAnns.get(img_id, []):
         bbox = ann.get("bbox")
         if not (
@@ -121,18 +133,53 @@ def _valid_objects(coco: COCO, img_id: int, config: RegionConfig, stats: RegionS
         ):
             stats.skip("malformed_annotation", f"annotation {ann.get('id')}")
             continue
-        cat = coco.cats.get(ann.get("category_id"))
-        if cat is None:
-            stats.skip("unknown_category", f"annotation {ann.get('id')} has category_id {ann.get('category_id')!r}")
-            continue
-        if ann.get("iscrowd", 0):
+        cat_id = ann.get("category_id")
+        if cat_id not in coco.cats:
+            stats.skip("unknown_category", f"annotation {ann.get('id')} has category_id {cat_id!r}")
             continue
         box = Box.from_xywh(*bbox)
         if box.area < config.min_box_area:
             continue
-        listed = cat.get("synonyms") if isinstance(cat.get("synonyms"), list) else []  # LVIS: a list of names
-        synonyms = tuple(s for s in listed if isinstance(s, str) and s.strip() and s != cat["name"])
-        objs.append(AnnotatedObject(int(ann["id"]), str(cat["name"]), box, synonyms))
+        why = (
+            "crowd"
+            if _flag(ann.get("iscrowd", 0))
+            else "isfake"
+            if _flag(ann.get("isfake", 0))
+            else "isreflected"
+            if _flag(ann.get("isreflected", 0))
+            else ""
+        )
+        if why and (why == "crowd" or config.virtual_objects == "ignore"):
+            out.ignored.append((int(ann["id"]), int(cat_id), box, why))
+        elif why and config.virtual_objects == "drop":
+            stats.ignored_objects[f"{why}_dropped"] += 1
+        else:
+            out.objects.append((int(ann["id"]), int(cat_id), box))
+    return out
+
+
+def _fit(box: Box, width: int, height: int, config: RegionConfig) -> Box | None:
+    """``box`` clamped to the image if it overshoots by at most the tolerance, else None."""
+    tx, ty = max(2.0, config.border_tolerance * width), max(2.0, config.border_tolerance * height)
+    if box.x1 < -tx or box.y1 < -ty or box.x2 > width + tx or box.y2 > height + ty:
+        return None
+    return Box(
+        min(max(box.x1, 0.0), width), min(max(box.y1, 0.0), height), min(max(box.x2, 0.0), width), min(max(box.y2, 0.0), height)
+    )
+
+
+def _objects(coco: COCO, raw: list[tuple[int, int, Box]], width: int, height: int, config: RegionConfig, stats: RegionStats):
+    """Clamped objects of one image, or None if a box lies far outside it (the annotations are for another image)."""
+    objs = []
+    for ann_id, cat_id, box in raw:
+        fitted = _fit(box, width, height, config)
+        if fitted is None:
+            return None
+        if fitted != box:
+            stats.boxes_clamped += 1
+        if fitted.area < config.min_box_area:
+            continue
+        objs.append(AnnotatedObject(ann_id, category_name(coco, cat_id), fitted, category_synonyms(coco, cat_id)))
     return objs
 
 
@@ -158,16 +205,54 @@ def grow_region(objects: list[AnnotatedObject], seed_index: int, config: RegionC
     return box, sorted(members)
 
 
-def _image_size(path: Path) -> tuple[int, int] | str:
-    """The image's real size, or the reason it cannot be used."""
-    if not path.is_file():
-        return "missing_image"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return "corrupt_image"
+def _sample_names(coco: COCO, n: int = 20) -> list[str]:
+    """``file_name`` of the first ``n`` images (id order) that have annotations: what layouts are judged on."""
+    names = []
+    for img_id in sorted(coco.imgs):
+        if coco.imgToAnns.get(img_id):
+            name = coco.imgs[img_id].get("file_name")
+            if isinstance(name, str) and name:
+                names.append(name)
+                if len(names) >= n:
+                    break
+    return names
+
+
+def image_locator(coco: COCO, image_root: str | os.PathLike) -> ImageLocator:
+    """A locator for ``coco``'s images under ``image_root``, its layout learned from the first images."""
+    locator = ImageLocator(image_root)
+    locator.learn(_sample_names(coco))
+    return locator
+
+
+def check_images_found(coco: COCO, image_root: str | os.PathLike) -> ImageLocator:
+    """Raise :class:`SPRError` before any long work if the images of ``coco`` are not under ``image_root``.
+
+    The first images with annotations are looked up in every known layout
+    (:class:`~spr_plugin.images.ImageLocator`); if none is found, the message names where the first one was
+    expected. Returns the locator (its layout learned) for sampling.
+    """
+    locator = ImageLocator(image_root)
+    if not locator.root.is_dir():
+        raise SPRError(f"image folder not found: {locator.root} (--images)")
+    names = _sample_names(coco)
+    if names and locator.learn(names) == 0:
+        inside = [n for n in names if locator.contains(n)]
+        example = inside[0] if inside else names[0]
+        where = locator.expected(example) if inside else f"outside {locator.root}"
+        raise SPRError(
+            f"none of the first {len(names)} images of {getattr(coco, 'path', 'the annotations')} is under "
+            f"{locator.root}: {example!r} was expected at {where}; pass the folder the json's file_name entries are "
+            "relative to as --images (Objects365: the folder holding train/ or val/; LVIS: the COCO folder holding "
+            "train2017/ and val2017/)"
+        )
+    return locator
+
+
+def require_regions(regions: list[Region], stats: RegionStats, source: object) -> None:
+    """One line saying why no region came out, instead of an empty file and a silent exit status."""
+    if not regions:
+        raise SPRError(f"no query region could be sampled from {source} ({stats.reasons()})")
 
 
 def sample_regions(
@@ -175,28 +260,50 @@ def sample_regions(
 ) -> Iterator[Region]:
     """Yield query regions, image by image in id order; skipped images are counted in ``stats``."""
     stats = stats if stats is not None else RegionStats()
-    root = Path(image_root).resolve()
+    if isinstance(coco, DetectionIndex):
+        stats.loader = dict(coco.load_stats)
+    locator = image_locator(coco, image_root)
+    root = str(locator.root)
     for img_id in sorted(coco.imgs):
         if config.max_regions is not None and stats.regions >= config.max_regions:
             return
         info = coco.imgs[img_id]
         stats.images_seen += 1
-        objects = _valid_objects(coco, img_id, config, stats)
-        if len(objects) <= config.k:
-            stats.skip("too_few_objects", f"image {img_id} has {len(objects)} usable objects")
+        cands = _annotations(coco, img_id, config, stats)
+        if len(cands.objects) <= config.k:
+            stats.skip("too_few_objects", f"image {img_id} has {len(cands.objects)} usable objects")
             continue
-        if not is_contained(root, str(info["file_name"])):  # "../../etc/passwd", "/abs/elsewhere.jpg"
-            stats.skip("path_outside_image_root", f"image {img_id}: {info['file_name']!r}")
+        file_name = info.get("file_name")
+        try:
+            path = locator.locate(file_name) if isinstance(file_name, str) else None
+        except SPRError:  # "../../etc/passwd", "/abs/elsewhere.jpg"
+            stats.skip("path_outside_image_root", f"image {img_id}: {file_name!r}")
             continue
-        path = root / str(info["file_name"])
-        size = _image_size(path)
+        if path is None:
+            stats.skip(
+                MISSING, str(locator.root / str(file_name)) if isinstance(file_name, str) and file_name else f"image {img_id}"
+            )
+            continue
+        size = check_image(path)  # decodes: truncated files and decompression bombs are skipped here
         if isinstance(size, str):
             stats.skip(size, str(path))
             continue
         width, height = size
-        if any(o.box.x2 > width + 1 or o.box.y2 > height + 1 or o.box.x1 < -1 or o.box.y1 < -1 for o in objects):
+        objects = _objects(coco, cands.objects, width, height, config, stats)
+        if objects is None:
             stats.skip("image_smaller_than_box", f"{path} is {width}x{height}")
             continue
+        if len(objects) <= config.k:
+            stats.skip("too_few_objects", f"image {img_id} has {len(objects)} usable objects")
+            continue
+        ignored = []
+        for ann_id, cat_id, box, why in cands.ignored:
+            fitted = _fit(box, width, height, config)
+            if fitted is not None and fitted.area > 0:
+                ignored.append(
+                    (AnnotatedObject(ann_id, category_name(coco, cat_id), fitted, category_synonyms(coco, cat_id)), why)
+                )
+        not_exhaustive, absent = _lvis_names(coco, img_id)
         rng = np.random.default_rng([config.seed, int(img_id)])
         seen: set[tuple[int, ...]] = set()
         for r, seed_index in enumerate(rng.permutation(len(objects))[: config.regions_per_image]):
@@ -206,6 +313,10 @@ def sample_regions(
                 continue
             seen.add(member_ids)
             stats.regions += 1
+            region_ignored = tuple(o for o, _ in ignored if _overlaps(o.box, box))
+            for o, why in ignored:
+                if _overlaps(o.box, box):
+                    stats.ignored_objects[why] += 1
             yield Region(
                 region_id=f"{img_id}_{r}",
                 image_id=int(img_id),
@@ -215,6 +326,80 @@ def sample_regions(
                 box=box,
                 objects=tuple(objects[i] for i in members),
                 seed_ann_id=objects[int(seed_index)].ann_id,
+                image_root=root,
+                ignored=region_ignored,
+                not_exhaustive=not_exhaustive,
+                absent=absent,
             )
             if config.max_regions is not None and stats.regions >= config.max_regions:
                 return
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return min(a.x2, b.x2) > max(a.x1, b.x1) and min(a.y2, b.y2) > max(a.y1, b.y1)
+
+
+def _lvis_names(coco: COCO, img_id: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """LVIS's not-exhaustive and negative categories of an image, as names (with synonyms)."""
+    if not isinstance(coco, DetectionIndex):
+        return (), ()
+
+    def names(ids: frozenset[int]) -> tuple[str, ...]:
+        out: list[str] = []
+        for cid in sorted(ids):
+            out += [category_name(coco, cid), *category_synonyms(coco, cid)]
+        return tuple(dict.fromkeys(out))
+
+    return names(coco.not_exhaustive.get(img_id, frozenset())), names(coco.absent.get(img_id, frozenset()))
+
+
+def _clean_object(obj: AnnotatedObject, stats: SanitizeStats | None) -> AnnotatedObject:
+    name, removed = sanitize_phrase(obj.category, MAX_NAME_LEN)
+    synonyms = []
+    for s in obj.synonyms:
+        alt, n = sanitize_phrase(s, MAX_NAME_LEN)
+        removed += n
+        if alt and alt != name:
+            synonyms.append(alt)
+    if stats is not None:
+        stats.add("category_names", removed)
+    name = name or (synonyms[0] if synonyms else FALLBACK_NAME)
+    if name == obj.category and tuple(synonyms) == obj.synonyms:
+        return obj
+    return replace(obj, category=name, synonyms=tuple(dict.fromkeys(synonyms)))
+
+
+def clean_region(region: Region, stats: SanitizeStats | None = None) -> Region:
+    """``region`` with every name passed through the sanitiser (regions files come from elsewhere too)."""
+
+    def names(values: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for v in values:
+            text, removed = sanitize_phrase(v, MAX_NAME_LEN)
+            if stats is not None:
+                stats.add("category_names", removed)
+            if text:
+                out.append(text)
+        return tuple(dict.fromkeys(out))
+
+    return replace(
+        region,
+        objects=tuple(_clean_object(o, stats) for o in region.objects),
+        ignored=tuple(_clean_object(o, stats) for o in region.ignored),
+        not_exhaustive=names(region.not_exhaustive),
+        absent=names(region.absent),
+    )
+
+
+def read_regions(path: str | os.PathLike, stats: SanitizeStats | None = None) -> list[Region]:
+    """Regions of a JSONL file, names sanitised; a repeated ``region_id`` is refused (candidates are keyed by it)."""
+    regions: list[Region] = []
+    first: dict[str, int] = {}
+    for i, region in enumerate(read_jsonl(path, Region.from_dict, what="region"), start=1):
+        if region.region_id in first:
+            raise SPRError(f"{path}: region_id {region.region_id!r} appears twice (records {first[region.region_id]} and {i})")
+        first[region.region_id] = i
+        if region.width < 1 or region.height < 1:
+            raise SPRError(f"{path}: region {region.region_id!r} has image size {region.width}x{region.height}")
+        regions.append(clean_region(region, stats))
+    return regions

@@ -20,7 +20,7 @@ from .box_formats import BoxFormat, get_box_format
 from .errors import ConfigError
 from .grounder import merge_predictions
 from .labels import LabelMatcher
-from .localization import DEFAULT_IOU_THRESHOLD, METRICS, localization_score, masked_iou, match_hungarian
+from .localization import DEFAULT_IOU_THRESHOLD, METRICS, iou_matrix, localization_score, masked_iou, match_hungarian
 from .options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, SCORE_NORMS
 from .records import Box, Candidate, ParseResult, Region, ScoredCandidate, SemanticScore
 from .semantic import TextSemanticScorer
@@ -203,13 +203,16 @@ class CandidateScorer:
     def _assess(self, items, parses, semantics, detected, refined: bool) -> list[Assessment]:
         cfg = self.config
         extras = [self._merge_detected(parse, found) for parse, found in zip(parses, detected)]
+        # Ignored objects (crowds, Objects365 objects in pictures / reflections) share the label check of the
+        # real ones: their rows follow the objects' rows and are split off below.
         agreements = self.labels.agreement(
-            [(r.objects, [p.label for p in parse.phrases] + [lab for lab, _ in extra]) for (r, _), parse, extra in
+            [((*r.objects, *r.ignored), [p.label for p in parse.phrases] + [lab for lab, _ in extra]) for (r, _), parse, extra in
              zip(items, parses, extras)]
         )  # fmt: skip
         out = []
-        for (region, cand), parse, sem, extra, agree_all in zip(items, parses, semantics, extras, agreements):
+        for (region, cand), parse, sem, extra, agree_both in zip(items, parses, semantics, extras, agreements):
             n_phrases = len(parse.phrases)
+            agree_all, agree_ignored = agree_both[: len(region.objects)], agree_both[len(region.objects) :, :n_phrases]
             agree = agree_all[:, :n_phrases]
             boxed = [i for i, p in enumerate(parse.phrases) if p.box is not None]
             gt = [o.box for o in region.objects]
@@ -217,6 +220,9 @@ class CandidateScorer:
             if cfg.label_match == "on":
                 allowed = np.concatenate([agree[:, boxed], agree_all[:, n_phrases:]], axis=1)
             loc = localization_with_detections(gt, parse.boxes, [b for _, b in extra], cfg, allowed)
+            neutral = neutral_boxes(region, parse, boxed, loc, agree_ignored[:, boxed], cfg)
+            if neutral:
+                loc = _without(gt, parse.boxes, [b for _, b in extra], neutral, cfg, allowed)
             own_allowed = None if allowed is None else allowed[:, : len(boxed)]
             own = match_hungarian(masked_iou(gt, parse.boxes, own_allowed), cfg.iou_threshold)
             matches = {boxed[m.pred_index]: m.gt_index for m in own}
@@ -242,6 +248,54 @@ class CandidateScorer:
             return [[] for _ in items]
         queries = [(r, self.grounder.labels_to_ground(parse.phrases)) for (r, _), parse in zip(items, parses)]
         return self.grounder.ground_labelled(queries)
+
+
+def neutral_boxes(
+    region: Region, parse: ParseResult, boxed: Sequence[int], loc, agree_ignored: np.ndarray, cfg: ScoringConfig
+) -> list[int]:
+    """Indices (into ``parse.boxes``) of unmatched boxes the annotations cannot judge.
+
+    A box matched to no annotated object would count as a false positive. That is wrong when the annotations
+    are silent about it: its phrase names a category LVIS lists as not exhaustively labelled in this image
+    (``region.not_exhaustive``; a category it verified absent, ``region.absent``, is never excused), or it lies
+    on an ignored object (IoU above the threshold, and its phrase names that object's category or it is a bare
+    box). Such boxes are left out of S_loc altogether: a right box on an object LVIS did not label must not
+    count against the description, and it cannot count for it either.
+    """
+    from .labels import names_agree, normalize_label
+
+    matched = {m.pred_index for m in loc.matches}
+    unmatched = [j for j in range(len(boxed)) if j not in matched]
+    if not unmatched or not (region.not_exhaustive or region.ignored):
+        return []
+    excused = [normalize_label(n) for n in region.not_exhaustive]
+    excused = [n for n in excused if n]
+    absent = [n for n in (normalize_label(a) for a in region.absent) if n]
+    ignored_iou = iou_matrix([o.box for o in region.ignored], parse.boxes) if region.ignored else None
+    out = []
+    for j in unmatched:
+        label = normalize_label(parse.phrases[boxed[j]].label)
+        if absent and label and names_agree(label, absent):
+            continue
+        if excused and label and names_agree(label, excused):
+            out.append(j)
+        elif ignored_iou is not None and any(
+            ignored_iou[g, j] > cfg.iou_threshold and (cfg.label_match == "off" or agree_ignored[g, j])
+            for g in range(len(region.ignored))
+        ):
+            out.append(j)
+    return out
+
+
+def _without(gt, own: Sequence[Box], detected: Sequence[Box], neutral: Sequence[int], cfg: ScoringConfig, allowed):
+    """S_loc with the ``neutral`` own boxes left out; match indices keep pointing at the description's boxes."""
+    keep = [j for j in range(len(own)) if j not in set(neutral)]
+    cols = [*keep, *range(len(own), len(own) + len(detected))]
+    sub = None if allowed is None else allowed[:, cols]
+    loc = localization_with_detections(gt, [own[j] for j in keep], detected, cfg, sub)
+    back = [*keep, *range(len(own), len(own) + len(detected))]
+    matches = tuple(replace(m, pred_index=back[m.pred_index]) for m in loc.matches)
+    return replace(loc, matches=matches, n_neutral=len(neutral))
 
 
 def normalise(values: Sequence[float], method: str) -> np.ndarray:

@@ -17,6 +17,11 @@ request asks for ``num_samples`` choices (``n``) with a per-prompt ``seed`` and,
 ``extra_body``, ``skip_special_tokens: false`` (vLLM/SGLang sampling parameter) so Qwen's box tokens
 survive. LLaMA-Factory's API ignores unknown request fields: start it with ``skip_special_tokens:
 false`` in its YAML instead (and it ignores ``seed``).
+
+A server is a remote party: its replies are read through a transport that stops at a size cap (a reply
+cut off there is malformed, not a hang), a reply that is not a chat completion (not JSON, no ``choices``)
+fails only its own prompt and is counted, and a request that fails for good in the middle of a batch
+does not discard the prompts of that batch that finished (:class:`~spr_plugin.errors.PartialBatchError`).
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ import asyncio
 import base64
 import io
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from PIL import Image
 
-from .errors import ConfigError, SPRError
+from .errors import ConfigError, PartialBatchError, SPRError
 from .generation import clean_output
 from .lf_image import (
     DEFAULT_IMAGE_MAX_PIXELS,
@@ -132,6 +138,78 @@ def to_openai_messages(
     return [{"role": "user", "content": content}]
 
 
+def reply_byte_cap(num_samples: int, max_new_tokens: int) -> int:
+    """Bytes a chat completion of ``num_samples`` choices may take: generous JSON per token plus 1 MB of envelope."""
+    return 1_000_000 + 64 * num_samples * max_new_tokens
+
+
+def _capped_transport(cap: int):
+    """An httpx transport whose response bodies end after ``cap`` bytes (the connection is closed there).
+
+    A body cut off at the cap fails to parse as JSON and is counted as a malformed reply of that prompt;
+    raising instead would make the client retry the same oversized reply.
+    """
+    import httpx
+
+    class _CappedStream(httpx.AsyncByteStream):
+        def __init__(self, inner: httpx.AsyncByteStream) -> None:
+            self._inner = inner
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            left = cap
+            async for chunk in self._inner:
+                if len(chunk) >= left:
+                    yield chunk[:left]
+                    break
+                left -= len(chunk)
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    class _CappedTransport(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self._inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await self._inner.handle_async_request(request)
+            headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-length"]
+            return httpx.Response(
+                response.status_code,
+                headers=headers,
+                stream=_CappedStream(response.stream),  # type: ignore[arg-type]
+                extensions=response.extensions,
+            )
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return _CappedTransport()
+
+
+class _BadReply(Exception):
+    """A 200 reply that is not a chat completion with text choices."""
+
+
+def reply_texts(resp: Any, max_chars: int) -> tuple[list[str], int]:
+    """The text of every choice of a chat completion, each cut to ``max_chars``; and how many were cut.
+
+    Raises :class:`_BadReply` for a reply without a ``choices`` list or without any text choice.
+    """
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list):
+        raise _BadReply("no 'choices' list")
+    texts, cut = [], 0
+    for choice in choices:
+        content = getattr(getattr(choice, "message", None), "content", None)
+        if isinstance(content, str):
+            cut += len(content) > max_chars
+            texts.append(content[:max_chars])
+    if choices and not texts:
+        raise _BadReply("no choice holds a text message")
+    return texts, cut
+
+
 class OpenAIServerGenerator:
     """Samples candidates from an OpenAI-compatible server with bounded concurrency.
 
@@ -143,17 +221,22 @@ class OpenAIServerGenerator:
 
     def __init__(self, config: ServerConfig, *, check: bool = True) -> None:
         import httpx
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         self.config = config
         self.requests = 0
+        #: Prompts whose reply was unusable, by reason (``bad_reply``, ``reply_cut_at_cap``, ``rejected``, ...).
+        self.failures: Counter = Counter()
         self._loop = asyncio.new_event_loop()
         timeout = httpx.Timeout(config.timeout, connect=min(10.0, config.timeout))
+        self.max_reply_bytes = reply_byte_cap(config.num_samples, config.max_new_tokens)
+        self.max_reply_chars = 32 * config.max_new_tokens  # no token is 32 characters; longer means a broken server
         self._client = AsyncOpenAI(
             base_url=config.base_url.rstrip("/"),
             api_key=config.api_key or "EMPTY",
             timeout=timeout,
             max_retries=config.max_retries,
+            http_client=DefaultAsyncHttpxClient(transport=_capped_transport(self.max_reply_bytes), timeout=timeout),
         )
         self._sem: asyncio.Semaphore | None = None
         if check:
@@ -183,7 +266,7 @@ class OpenAIServerGenerator:
         url, cfg = self.config.base_url, self.config
         quick = self._client.with_options(max_retries=0, timeout=min(30.0, cfg.timeout))
         try:
-            ids = [m.id for m in self._run(quick.models.list()).data]
+            ids = [str(m.id) for m in self._run(quick.models.list()).data]
         except openai.APIConnectionError as exc:
             raise SPRError(
                 f"cannot reach an OpenAI-compatible server at {url} ({exc.__cause__ or exc}); start it first "
@@ -197,6 +280,10 @@ class OpenAIServerGenerator:
             ) from None
         except openai.APIStatusError as exc:
             raise SPRError(f"{url}/models answered HTTP {exc.status_code}: {_detail(exc)}") from None
+        except (openai.OpenAIError, ValueError, TypeError, AttributeError) as exc:  # not JSON, not a model list
+            raise SPRError(
+                f"{url}/models did not answer like an OpenAI-compatible API ({type(exc).__name__}); check --base-url"
+            ) from None
         if cfg.model not in ids:
             raise SPRError(
                 f"model {cfg.model!r} is not served at {url}; it serves: {', '.join(ids) or 'nothing'} (see --served-model)"
@@ -212,20 +299,40 @@ class OpenAIServerGenerator:
     async def _generate_all(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[list[str]]:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.config.concurrency)
+        bad_before = self.failures["bad_reply"]
         tasks = [asyncio.ensure_future(self._one(p, s)) for p, s in zip(prompts, seeds)]
         try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:  # cancelled from outside (Ctrl-C): stop the rest
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for err in errors:
+            if not isinstance(err, Exception):
+                raise err
+        if errors:
+            first = errors[0]
+            message = str(first) if isinstance(first, SPRError) else f"{type(first).__name__}: {first}"
+            raise PartialBatchError(message, [None if isinstance(r, BaseException) else r for r in results])
+        if prompts and all(not r for r in results) and self.failures["bad_reply"] - bad_before >= len(prompts):
+            raise SPRError(
+                f"{self.config.base_url} answers chat requests with replies that are not OpenAI chat completions "
+                "(not JSON, or no 'choices'); check --base-url and the server"
+            )
+        return [r for r in results if not isinstance(r, BaseException)]
 
     async def _one(self, prompt: Prompt, seed: int) -> list[str]:
         import openai
 
         cfg = self.config
-        messages = to_openai_messages(prompt, cfg.image_max_pixels, cfg.image_min_pixels)
+        try:
+            messages = to_openai_messages(prompt, cfg.image_max_pixels, cfg.image_min_pixels)
+        except SPRError as exc:
+            self.failures["unreadable_image"] += 1
+            logger.warning("skipping a %s prompt: %s", prompt.variant, exc)
+            return []
         texts: list[str] = []
         # A server may return fewer choices than asked (some ignore n): ask again for the rest.
         for attempt in range(4):
@@ -246,9 +353,11 @@ class OpenAIServerGenerator:
                         seed=seed + attempt,
                         extra_body={"skip_special_tokens": False, **cfg.extra_body},
                     )
+                    got, cut = reply_texts(resp, self.max_reply_chars)
                 except openai.NotFoundError as exc:
                     raise SPRError(f"{cfg.base_url} answered 404 for model {cfg.model!r}: {_detail(exc)}") from None
                 except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                    self.failures["rejected"] += 1
                     logger.warning("server rejected a %s prompt (HTTP %s): %s", prompt.variant, exc.status_code, _detail(exc))
                     return []
                 except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
@@ -258,7 +367,16 @@ class OpenAIServerGenerator:
                     ) from None
                 except openai.APIStatusError as exc:
                     raise SPRError(f"{cfg.base_url} answered HTTP {exc.status_code}: {_detail(exc)}") from None
-            texts += [clean_output(c.message.content or "") for c in resp.choices]
+                except (openai.APIResponseValidationError, _BadReply, ValueError, TypeError, AttributeError) as exc:
+                    # Not JSON (or cut off at the reply cap), no 'choices', choices without text.
+                    self.failures["bad_reply"] += 1
+                    logger.warning("unusable reply to a %s prompt (%s: %s)", prompt.variant, type(exc).__name__, str(exc)[:120])
+                    return texts[: cfg.num_samples]
+            if cut:
+                self.failures["reply_cut_at_cap"] += cut
+            texts += [clean_output(t) for t in got]
+            if not got:
+                break
         return texts[: cfg.num_samples]
 
     def close(self) -> None:

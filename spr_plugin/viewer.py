@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .box_formats import BoxFormat, get_box_format
 from .errors import SPRError
+from .images import require_image
 from .jsonl import read_jsonl
 from .records import Box, PreferencePair, ScoredCandidate
 
@@ -219,7 +220,9 @@ def show_pairs(config: ShowConfig) -> ShowResult:
     pngs, sections = [], []
     for i, pair in enumerate(pairs):
         png = out / f"pair_{i:03d}.png"
-        render_pair(pair, find_image(pair, config), fmt).save(png)
+        image = find_image(pair, config)
+        require_image(image, f"image of region {pair.region.region_id}")  # a bomb or a non-image is one line
+        render_pair(pair, image, fmt).save(png)
         pngs.append(png)
         sections.append(
             f"<section><h2>{i}: region {html.escape(pair.region.region_id)} (margin {pair.margin:.3f})</h2>"

@@ -126,7 +126,7 @@ def test_export_hf_records_null_template_for_prompts_that_are_not_sprs(built, tm
     rec["images"] = [str((data / rec["images"][0]).resolve())]
     other = {**rec, "conversations": [{"from": "human", "value": "<image>What is in the picture?"}]}
     (own / f"{NAME}.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(other) + "\n")
-    res = export_hf(own, NAME, tmp_path / "out")
+    res = export_hf(own, NAME, tmp_path / "out", image_root=data)  # absolute image paths: only under a root given
     ds = datasets.load_dataset("parquet", data_files=str(res.parquet), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds["prompt_template"] == [PROMPT_TEMPLATE, None]
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -137,7 +138,7 @@ def test_name_clash_leaves_existing_dataset_untouched(staged, tmp_path):
 
 def test_missing_image_at_export_is_a_clear_error(staged, tmp_path):
     pairs = [json.loads(line) for line in (staged / "pairs.jsonl").read_text().splitlines()]
-    pairs[0]["region"]["image_path"] = str(tmp_path / "gone.jpg")
+    pairs[0]["region"]["image_path"] = str(Path(pairs[0]["region"]["image_root"]) / "gone.jpg")
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     p = spr("export", "--pairs", tmp_path / "pairs.jsonl", "--dataset-dir", tmp_path / "data")
     assert_user_error(p, "image not found", "gone.jpg")

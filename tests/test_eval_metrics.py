@@ -120,7 +120,8 @@ def test_coco_style_refs_one_item_per_sentence_and_split(tmp_path):
     items = load_rec_items(f, split="val")
     assert [(i.item_id, i.expression) for i in items] == [("1_11", "left man"), ("1_1", "man")]
     assert items[0].box == Box(10, 20, 40, 60)  # COCO x,y,w,h -> corners
-    assert len(load_rec_items(f)) == 3
+    with pytest.raises(SPRError, match="holds the splits train, val; choose one with --split"):
+        load_rec_items(f)  # evaluating train and val together by accident is refused
 
 
 def test_detection_file_gives_only_unambiguous_expressions(synthetic_scenes):

@@ -248,7 +248,8 @@ def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_fi
         ("not_parquet", "spr export-grpo: error: the output must be a .parquet file, got {tmp}/out.json"),
         ("max_regions", "spr export-grpo: error: --max-regions must be at least 1, got 0"),
         ("box_format", "spr export-grpo: error: unknown box format 'yolo'; choose one of qwen2_5_vl, qwen2_5_vl_json, qwen2_vl"),
-        ("image", "spr export-grpo: error: region {rid}: cannot read image {tmp}/gone.jpg (No such file or directory)"),
+        ("image", "spr export-grpo: error: region {rid}: image {root}/gone.jpg is unusable (missing image)"),
+        ("outside", "spr export-grpo: error: region {rid}: image '/etc/passwd' points outside {root}; refusing to read it"),
         ("bad_line", "spr export-grpo: error: {tmp}/bad.jsonl:1: not a valid region (KeyError: 'region_id')"),
     ],
 )
@@ -265,7 +266,10 @@ def test_export_grpo_user_errors_are_one_line(regions_file, tmp_path, case, mess
         extra = ["--box-format", "yolo"]
     elif case == "image":
         regions = tmp_path / "gone.jsonl"
-        atomic_write_jsonl(regions, [{**reg.to_dict(), "image_path": str(tmp_path / "gone.jpg")}])
+        atomic_write_jsonl(regions, [{**reg.to_dict(), "image_path": str(Path(reg.image_root) / "gone.jpg")}])
+    elif case == "outside":  # a regions file must not embed any file of the disk into the parquet
+        regions = tmp_path / "evil.jsonl"
+        atomic_write_jsonl(regions, [{**reg.to_dict(), "image_path": "/etc/passwd"}])
     elif case == "bad_line":
         regions = tmp_path / "bad.jsonl"
         regions.write_text('{"image_id": 1}\n')
@@ -273,7 +277,7 @@ def test_export_grpo_user_errors_are_one_line(regions_file, tmp_path, case, mess
         [*SPR, "export-grpo", "--regions", str(regions), "--out", str(out), *extra], capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == message.format(tmp=tmp_path, rid=reg.region_id)
+    assert proc.stderr.strip() == message.format(tmp=tmp_path, rid=reg.region_id, root=reg.image_root)
     assert not out.exists()
 
 

@@ -6,6 +6,7 @@ Kept out of :mod:`spr_plugin.cli` so the main CLI only has to register one subco
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import SPRError
@@ -32,6 +33,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="report JSON; per-item results go to OUT with .items.jsonl (resumable)"
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--fresh", action="store_true", help="discard per-item results of an earlier run (a rerun with other settings refuses)"
+    )
 
 
 def _thresholds(text: str) -> tuple[float, ...]:
@@ -43,6 +47,26 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 def items_path(out: Path) -> Path:
     return out.with_suffix(".items.jsonl")
+
+
+def _model_id(name: str | None) -> str | None:
+    return os.path.abspath(name) if name is not None and os.path.exists(name) else name
+
+
+def _results_manifest(out: Path, inputs: dict, fresh: bool):
+    """The per-item results file is resumed only if it was made with the same model, data and settings."""
+    from ..manifest import Manifest
+
+    results = items_path(out)
+    manifest = Manifest(results.with_name(results.name + ".manifest.json"), {"results": [results]})
+    if fresh:
+        manifest.reset()
+    manifest.check(
+        {"results": inputs},
+        what=f"results file {results}",
+        hint="rerun with the same settings, write to another --out, or pass --fresh",
+    )
+    return manifest
 
 
 def check_eval_frame(a: argparse.Namespace) -> None:
@@ -64,9 +88,11 @@ def check_eval_frame(a: argparse.Namespace) -> None:
 
 
 def cmd_eval_rec(a: argparse.Namespace) -> int:
+    from ..manifest import file_digest
+    from ..preflight import require_writable_file
     from .model import load_model
-    from .rec import RecConfig, evaluate_rec
-    from .rec_data import load_rec_items
+    from .rec import RecConfig, evaluate_rec, usable_items
+    from .rec_data import load_rec
     from .report import rec_table, write_json
 
     check_eval_frame(a)
@@ -80,38 +106,52 @@ def cmd_eval_rec(a: argparse.Namespace) -> int:
         image_max_pixels=a.image_max_pixels,
         image_min_pixels=a.image_min_pixels,
     )
-    items = load_rec_items(a.annotations, a.images, a.split)
+    require_writable_file(a.out, "--out")
+    data = load_rec(a.annotations, a.images, a.split, media_dir=a.out.with_suffix(".images"))
+    items, skipped = usable_items(data.items)
     if a.limit is not None:
         items = items[: a.limit]
+    if not items:
+        raise SPRError(f"no REC item has a usable image ({dict(skipped)})")
+    inputs = {
+        "annotations": [file_digest(p) for p in a.annotations],
+        "split": a.split,
+        "images": None if a.images is None else os.path.abspath(a.images),
+        "model": _model_id(a.model),
+        "adapter": _model_id(a.adapter),
+        "box_format": a.box_format,
+        "prompt": cfg.template,
+        "max_new_tokens": cfg.max_new_tokens,
+        "image_max_pixels": cfg.image_max_pixels,
+        "image_min_pixels": cfg.image_min_pixels,
+    }
+    manifest = _results_manifest(a.out, inputs, a.fresh)
     loaded = load_model(a.model, a.adapter, device=a.device)
-    report = evaluate_rec(items, loaded, cfg, items_path(a.out), annotations=str(a.annotations), progress=not a.quiet)
+    manifest.record({"results": inputs})
+    source = ", ".join(map(str, a.annotations))
+    report = evaluate_rec(items, loaded, cfg, items_path(a.out), annotations=source, progress=not a.quiet)
+    report.skipped_items = dict(skipped)
+    report.data = data.to_dict()
     write_json(a.out, report.to_dict())
     print(f"prompt: {report.prompt!r}")
     print(rec_table({loaded.name: report.summary}))
     print(f"report: {a.out}  per-item results: {items_path(a.out)} ({report.reused} reused from an earlier run)")
+    if skipped:
+        print(f"skipped {sum(skipped.values())} items with unusable images: {dict(skipped)}")
     return 0
 
 
 def cmd_eval_region(a: argparse.Namespace) -> int:
-    from data_builders.coco_builder import load_regions
-
-    from ..regions import RegionConfig, load_coco, sample_regions
+    from ..images import check_image_cached
+    from ..manifest import file_digest
+    from ..preflight import require_writable_file
+    from ..regions import RegionConfig, RegionStats, check_images_found, load_coco, read_regions, require_regions, sample_regions
     from .model import load_model
     from .region import RegionEvalConfig, evaluate_region
     from .report import region_table, write_json
 
+    require_writable_file(a.out, "--out")
     check_eval_frame(a)
-    if a.regions is not None:
-        regions, source = load_regions(a.regions), str(a.regions)
-    else:
-        if a.annotations is None or a.images is None:
-            raise SPRError("give --regions FILE, or --annotations and --images to sample held-out query regions")
-        rc = RegionConfig(k=a.k, regions_per_image=a.regions_per_image, max_regions=a.limit, seed=a.seed)
-        regions, source = list(sample_regions(load_coco(a.annotations), a.images, rc)), str(a.annotations)
-    if a.limit is not None:
-        regions = regions[: a.limit]
-    if not regions:
-        raise SPRError(f"no query region in {source} (images need more than --k {a.k} usable objects)")
     cfg = RegionEvalConfig(
         box_format=a.box_format,
         iou_threshold=a.iou_threshold,
@@ -120,9 +160,44 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
         image_max_pixels=a.image_max_pixels,
         image_min_pixels=a.image_min_pixels,
     )
+    if a.regions is not None:
+        regions, source = read_regions(a.regions), str(a.regions)
+        data_inputs: dict = {"regions": file_digest(a.regions)}
+    else:
+        if a.annotations is None or a.images is None:
+            raise SPRError("give --regions FILE, or --annotations and --images to sample held-out query regions")
+        rc = RegionConfig(k=a.k, regions_per_image=a.regions_per_image, max_regions=a.limit, seed=a.seed)
+        coco = load_coco(a.annotations)
+        check_images_found(coco, a.images)
+        stats = RegionStats()
+        regions, source = list(sample_regions(coco, a.images, rc, stats)), str(a.annotations)
+        require_regions(regions, stats, a.annotations)  # says why (missing images, too few objects, ...)
+        data_inputs = {"annotations": file_digest(a.annotations), "images": os.path.abspath(a.images), "sampling": rc.__dict__}
+    if a.limit is not None:
+        regions = regions[: a.limit]
+    bad = {r.region_id: p for r in regions if isinstance(p := check_image_cached(r.image_path), str)}
+    if len(bad) == len(regions):
+        raise SPRError(
+            f"no region of {source} has a usable image (e.g. {regions[0].image_path}: {next(iter(bad.values()))})"
+            if regions
+            else f"no query region in {source}"
+        )
+    regions = [r for r in regions if r.region_id not in bad]
+    inputs = {
+        **data_inputs,
+        "model": _model_id(a.model),
+        "adapter": _model_id(a.adapter),
+        "box_format": a.box_format,
+        "iou_threshold": cfg.iou_threshold,
+        "max_new_tokens": cfg.max_new_tokens,
+        "image_max_pixels": cfg.image_max_pixels,
+        "image_min_pixels": cfg.image_min_pixels,
+    }
+    manifest = _results_manifest(a.out, inputs, a.fresh)
     loaded = load_model(a.model, a.adapter, device=a.device)
+    manifest.record({"results": inputs})
     report = evaluate_region(regions, loaded, cfg, items_path(a.out), regions_source=source, progress=not a.quiet)
-    write_json(a.out, report.to_dict())
+    write_json(a.out, {**report.to_dict(), "skipped_regions": len(bad)})
     print(region_table({loaded.name: report.summary}))
     print(f"report: {a.out}  per-region results: {items_path(a.out)} ({report.reused} reused from an earlier run)")
     return 0
@@ -137,13 +212,18 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--annotations",
         type=Path,
+        nargs="+",
         required=True,
-        help="JSONL {id, image, expression, box:[x1,y1,x2,y2]} or COCO-style refs .json",
+        help="REC file(s): refer's refs(unc).p (instances.json beside it), merged refs .json, MDETR "
+        "finetune_refcoco_*.json, Qwen-VL grounding .jsonl, lmms-eval RefCOCO .parquet, or our JSONL "
+        "{id, image, expression, box:[x1,y1,x2,y2]} (docs/evaluation.md)",
     )
     p.add_argument(
         "--images", type=Path, default=None, help="folder relative image paths start from (default: the file's folder)"
     )
-    p.add_argument("--split", default=None, help="refs json only: evaluate this split (e.g. val)")
+    p.add_argument(
+        "--split", default=None, help="files holding several splits (refer pickles, merged refs json): the split to evaluate"
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
     p.add_argument("--prompt", default=None, help="prompt template with {expression} (default depends on --box-format)")
     p.add_argument(

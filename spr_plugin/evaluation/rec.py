@@ -9,17 +9,17 @@ report and can be changed with ``--prompt``.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
-
-from PIL import Image
 
 from ..box_formats import REF_END, REF_START, BoxFormat, get_box_format
 from ..errors import ConfigError, SPRError
+from ..images import check_image_cached
 from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 from ..prompts import IMAGE_TOKEN, Prompt
 from ..records import Box
+from ..sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
 from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
 from .model import LoadedModel
 from .rec_data import RecItem
@@ -63,6 +63,10 @@ class RecConfig:
             raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
         if self.prompt is not None and "{expression}" not in self.prompt:
             raise ConfigError("the REC prompt template must contain {expression}")
+        if self.prompt is not None and remove_tokens(self.prompt, QWEN_GROUNDING_TOKENS)[1]:
+            raise ConfigError(
+                "the REC prompt template must not hold <image>, chat or other special tokens (the image goes first)"
+            )
         if not self.thresholds or any(not 0 < t <= 1 for t in self.thresholds):
             raise ConfigError(f"IoU thresholds must lie in (0, 1], got {self.thresholds}")
         get_box_format(self.box_format)  # fail early on an unknown format
@@ -73,8 +77,9 @@ class RecConfig:
 
 
 def rec_prompt(expression: str, template: str) -> str:
-    """User turn (LLaMA-Factory placeholder form): the image, then the question."""
-    return IMAGE_TOKEN + template.format(expression=expression)
+    """User turn (LLaMA-Factory placeholder form): the image, then the question. The expression is sanitised
+    again here (a special token in it would add an image placeholder or a chat turn to the prompt)."""
+    return IMAGE_TOKEN + template.replace("{expression}", sanitize_phrase(expression, 1000)[0])
 
 
 def first_box(answer: str, box_format: BoxFormat, width: int, height: int) -> Box | None:
@@ -85,13 +90,31 @@ def first_box(answer: str, box_format: BoxFormat, width: int, height: int) -> Bo
     return None
 
 
-@lru_cache(maxsize=4096)
 def image_size(path: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError) as exc:
-        raise SPRError(f"cannot open image {path}: {exc}") from None
+    """Size of an item's image (checked before evaluation by :func:`usable_items`)."""
+    size = check_image_cached(path)
+    if isinstance(size, str):
+        raise SPRError(f"cannot use image {path}: {size.replace('_', ' ')}")
+    return size
+
+
+def usable_items(items: list[RecItem]) -> tuple[list[RecItem], Counter]:
+    """The items whose image can be shown to the model, checked before any model is loaded.
+
+    A missing image is the user's error (a wrong ``--images``): one line naming where it was expected. An
+    image that is there but unusable (truncated, not an image, a decompression bomb) skips its items, counted
+    in the report, so one bad file does not end a long evaluation.
+    """
+    images = list(dict.fromkeys(it.image for it in items))
+    missing = [p for p in images if not os.path.isfile(p)]
+    if missing:
+        raise SPRError(
+            f"{len(missing)} of {len(images)} images not found, e.g. {missing[0]}; --images must be the folder the "
+            "file's image names start from (RefCOCO: COCO train2014)"
+        )
+    bad = {p: r for p in images if isinstance(r := check_image_cached(p), str)}
+    skipped: Counter = Counter(bad[it.image] for it in items if it.image in bad)
+    return [it for it in items if it.image not in bad], skipped
 
 
 @dataclass
@@ -106,6 +129,9 @@ class RecReport:
     summary: RecSummary
     reused: int = 0
     decoding: dict[str, Any] = field(default_factory=dict)
+    #: Items left out because their image is unusable (by reason), and what loading the files counted.
+    skipped_items: dict[str, int] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

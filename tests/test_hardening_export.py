@@ -1,0 +1,218 @@
+"""Image paths and copies: a pairs or regions file cannot copy files from outside its image root into a
+dataset, copies are atomic and verified, --overwrite replaces images, exports of one name are serialised,
+and dataset_info.json keeps its mode and symlink target. Real files, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from candidates_factory import write_candidates
+from spr_plugin.cli import main
+from spr_plugin.hf_export import export_hf
+from spr_plugin.jsonl import atomic_write_text
+from spr_plugin.registry import ranking_entry, register_dataset
+
+SPR = [sys.executable, "-m", "spr_plugin.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def spr(*args, **kw):
+    return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
+
+
+class _Run:
+    def __init__(self, returncode: int, stderr: str) -> None:
+        self.returncode, self.stderr = returncode, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """The ``spr`` entry point in process (the same code path as the console script, without a new interpreter)."""
+
+    def run(*args) -> _Run:
+        code = main([str(a) for a in args])
+        return _Run(code, capsys.readouterr().err)
+
+    return run
+
+
+def one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, proc.stderr
+    for frag in fragments:
+        assert frag in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pairs_file(synthetic_scenes, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("export_pairs")
+    images = synthetic_scenes.parent / "images"
+    assert main(["regions", "--annotations", str(synthetic_scenes), "--images", str(images), "--out", str(work / "r.jsonl")]) == 0
+    write_candidates(work / "r.jsonl", work / "c.jsonl")
+    assert (
+        main(
+            [
+                "pair",
+                "--regions",
+                str(work / "r.jsonl"),
+                "--candidates",
+                str(work / "c.jsonl"),
+                "--out",
+                str(work / "pairs.jsonl"),
+            ]
+        )
+        == 0
+    )
+    return work / "pairs.jsonl"
+
+
+def _pairs(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write(path: Path, pairs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return path
+
+
+@pytest.mark.parametrize("target", ["/etc/shadow", "/etc/passwd", "{tmp}/secret.png", "{root}/../secret.png"])
+def test_a_pairs_file_cannot_export_files_outside_its_image_root(cli, pairs_file, tmp_path, target):
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")  # even a real image outside the root is refused
+    pairs = _pairs(pairs_file)
+    pairs[0]["region"]["image_path"] = target.format(tmp=tmp_path, root=pairs[0]["region"]["image_root"])
+    bad = _write(tmp_path / "evil.jsonl", pairs)
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "points outside", "refusing")
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_a_pairs_file_naming_root_slash_still_cannot_export_a_non_image(cli, pairs_file, tmp_path):
+    pairs = _pairs(pairs_file)
+    pairs[0]["region"]["image_root"] = "/"
+    pairs[0]["region"]["image_path"] = "/etc/passwd"
+    bad = _write(tmp_path / "evil.jsonl", pairs)
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "/etc/passwd", "unusable")
+    # --images pins the root whatever the file says
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data", "--images", tmp_path), "points outside")
+    assert not (tmp_path / "data" / "spr_qwen2vl.jsonl").exists()
+
+
+def test_pairs_without_a_recorded_root_need_images(cli, pairs_file, tmp_path):
+    pairs = _pairs(pairs_file)
+    for p in pairs:
+        del p["region"]["image_root"]
+    old = _write(tmp_path / "old.jsonl", pairs)
+    one_line_error(cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d1"), "records no image root", "--images")
+    root = Path(_pairs(pairs_file)[0]["region"]["image_root"])
+    ok = cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d2", "--images", root)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_truncated_copies_are_replaced_and_overwrite_replaces_images(cli, pairs_file, tmp_path):
+    data = tmp_path / "data"
+    assert cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds").returncode == 0
+    copies = sorted((data / "ds" / "images").iterdir())
+    sources = {Path(p["region"]["image_path"]).name: Path(p["region"]["image_path"]) for p in _pairs(pairs_file)}
+    victim = copies[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # what a killed copy used to leave behind
+    (victim.parent / ".leftover.jpg.abc.tmp").write_bytes(b"half")
+    stale = victim.parent / "999_old.jpg"
+    stale.write_bytes(b"from an older export")
+    p = cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", "--overwrite")
+    assert p.returncode == 0, p.stderr
+    src = sources[victim.name.split("_", 1)[1]]
+    assert victim.read_bytes() == src.read_bytes()
+    assert not stale.exists() and not (victim.parent / ".leftover.jpg.abc.tmp").exists()
+    assert sorted(victim.parent.iterdir()) == copies
+
+
+@pytest.mark.slow
+def test_concurrent_exports_of_one_name_never_both_succeed(pairs_file, tmp_path):
+    data = tmp_path / "data"
+    procs = [
+        subprocess.Popen(
+            [*SPR, "export", "--pairs", str(pairs_file), "--dataset-dir", str(data), "--name", "race"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2, 2], results
+    assert all("already exists" in err for code, err in results if code == 2)
+    assert len((data / "race.jsonl").read_text().splitlines()) == len(_pairs(pairs_file))
+
+
+def test_dataset_info_keeps_its_mode_and_symlink_target(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real = shared / "dataset_info.json"
+    real.write_text(json.dumps({"users_own": {"file_name": "mine.json"}}))
+    os.chmod(real, 0o664)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").symlink_to(real)
+    (data / "a.jsonl").write_text("")
+    register_dataset(data, "a", ranking_entry("a.jsonl"))
+    assert (data / "dataset_info.json").is_symlink()  # the link stays a link ...
+    assert set(json.loads(real.read_text())) == {"users_own", "a"}  # ... and its target got the entry
+    assert stat.S_IMODE(real.stat().st_mode) == 0o664
+    atomic_write_text(tmp_path / "new.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def _dataset(tmp_path: Path, image: str) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    rec = {"conversations": [{"from": "human", "value": "<image>Describe."}], "chosen": {"from": "gpt", "value": "a"},
+           "rejected": {"from": "gpt", "value": "b"}, "images": [image]}  # fmt: skip
+    (data / "ds.jsonl").write_text(json.dumps(rec) + "\n")
+    (data / "dataset_info.json").write_text(json.dumps({"ds": ranking_entry("ds.jsonl")}))
+    return data
+
+
+def test_export_hf_embeds_no_file_from_outside_the_dataset(cli, tmp_path):
+    from spr_plugin.errors import SPRError
+
+    data = _dataset(tmp_path, "/etc/passwd")
+    with pytest.raises(SPRError, match="lies outside"):
+        export_hf(data, "ds", tmp_path / "out")
+    with pytest.raises(SPRError, match="points outside"):
+        export_hf(data, "ds", tmp_path / "out", image_root=tmp_path)
+    with pytest.raises(SPRError, match="unusable"):
+        export_hf(data, "ds", tmp_path / "out", image_root="/etc")  # inside the given root, but not an image
+    (data / "notes.txt").write_text("secret")
+    _dataset(tmp_path, "notes.txt")
+    one_line_error(cli("export-hf", "--dataset-dir", data, "--name", "ds", "--out", tmp_path / "out"), "unusable")
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "abs.png")
+    _dataset(tmp_path, str(tmp_path / "abs.png"))
+    assert export_hf(data, "ds", tmp_path / "out", image_root=tmp_path).rows == 1
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_export_grpo_embeds_only_images_under_the_root(cli, pairs_file, tmp_path):
+    region = _pairs(pairs_file)[0]["region"]
+    evil = {**region, "image_path": "/etc/passwd"}
+    regions = tmp_path / "r.jsonl"
+    regions.write_text(json.dumps(evil) + "\n")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "points outside")
+    regions.write_text(json.dumps({**evil, "image_root": "/"}) + "\n")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "unusable")
+    assert not (tmp_path / "g.parquet").exists()
+    regions.write_text(json.dumps(region) + "\n")
+    assert cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet").returncode == 0
