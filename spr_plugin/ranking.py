@@ -134,7 +134,7 @@ def _refine_all(
     if policy == "off":
         return initial, [None] * len(initial)
     fmt = scorer.box_format
-    results = [refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy) for a in initial]
+    results = [refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy, a.neutral) for a in initial]
     refined = scorer.assess_refined([(a, res.candidate, res.words_changed) for a, res in zip(initial, results)])
     refined = [replace(a, scored=replace(a.scored, refinement=res.to_dict())) for a, res in zip(refined, results)]
     return refined, list(results)

@@ -85,18 +85,23 @@ def refine(
     matches: dict[int, int],
     box_format: BoxFormat,
     policy: str = "correct",
+    neutral: frozenset[int] = frozenset(),
 ) -> RefineResult:
-    """Refine one parsed candidate; ``agree`` and ``matches`` as in :class:`spr_plugin.scoring.Assessment`."""
+    """Refine one parsed candidate; ``agree``, ``matches`` and ``neutral`` as in :class:`spr_plugin.scoring.Assessment`.
+
+    ``neutral`` phrases (boxes on objects the annotations are silent about, e.g. LVIS not-exhaustive categories)
+    stay as written: a right box on an unlabelled object must not be taken out of the chosen answer.
+    """
     check_policy(policy)
     if policy == "off":
         return RefineResult(candidate, policy)
     phrases = parse.phrases
     gt = [o.box for o in region.objects]
     edits: dict[int, Edit] = {i: gt[g] for i, g in matches.items()}
-    corrected = _correct(parse, agree, matches, gt) if policy == "correct" else {}
+    corrected = _correct(parse, agree, matches, gt, neutral) if policy == "correct" else {}
     edits.update(corrected)
     for i, phrase in enumerate(phrases):
-        if i in edits:
+        if i in edits or i in neutral:
             continue
         if policy == "drop":
             edits[i] = DROP
@@ -118,7 +123,9 @@ def refine(
     )
 
 
-def _correct(parse: ParseResult, agree: np.ndarray, matches: dict[int, int], gt: list[Box]) -> dict[int, Box]:
+def _correct(
+    parse: ParseResult, agree: np.ndarray, matches: dict[int, int], gt: list[Box], neutral: frozenset[int] = frozenset()
+) -> dict[int, Box]:
     """Unmatched labelled phrases -> the box of an unclaimed object their label names, one to one.
 
     Among several objects of the named category the assignment prefers the one the phrase's own box
@@ -126,7 +133,7 @@ def _correct(parse: ParseResult, agree: np.ndarray, matches: dict[int, int], gt:
     """
     claimed = set(matches.values())
     free_objects = [g for g in range(len(gt)) if g not in claimed]
-    open_phrases = [i for i, p in enumerate(parse.phrases) if i not in matches and p.label]
+    open_phrases = [i for i, p in enumerate(parse.phrases) if i not in matches and i not in neutral and p.label]
     if not free_objects or not open_phrases:
         return {}
     boxes = [parse.phrases[i].box for i in open_phrases]

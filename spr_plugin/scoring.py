@@ -134,6 +134,9 @@ class Assessment:
     matches: dict[int, int]
     scored: ScoredCandidate
     detected: tuple[tuple[str, Box], ...] = field(default=())
+    #: Phrase indices of boxes the annotations cannot judge (see :func:`neutral_boxes`): refinement keeps them
+    #: as written, since it can neither snap them to an annotation nor call them wrong.
+    neutral: frozenset[int] = frozenset()
 
 
 class CandidateScorer:
@@ -228,7 +231,8 @@ class CandidateScorer:
             matches = {boxed[m.pred_index]: m.gt_index for m in own}
             total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score
             scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped))
-            out.append(Assessment(region, cand, parse, agree, matches, scored, tuple(extra)))
+            neutral_phrases = frozenset(boxed[j] for j in neutral)
+            out.append(Assessment(region, cand, parse, agree, matches, scored, tuple(extra), neutral_phrases))
         return out
 
     def _merge_detected(self, parse: ParseResult, found: Sequence[tuple[str, Box]]) -> list[tuple[str, Box]]:

@@ -99,3 +99,16 @@ def test_lvis_lists_flow_from_the_json_through_regions_jsonl_into_scoring(tmp_pa
         _loc(scorer, other, _text(*[(o.category, o.box) for o in other.objects], ("bananas", Box(280, 180, 310, 230)))).n_neutral
         == 0
     )
+
+
+@pytest.mark.parametrize("policy", ["strip", "correct", "drop"])
+def test_refinement_keeps_a_box_the_annotations_cannot_judge(scorer, policy):
+    """The chosen answer must not lose a right box on an object LVIS did not label (nor may a wrong box stay)."""
+    from spr_plugin.refine import refine
+
+    text = _text(*RIGHT, ("banana", BANANA), ("unicorn", Box(500, 350, 600, 450)))
+    (a,) = scorer.assess([(_region(not_exhaustive=("banana",)), Candidate("397133_0", "t", 0, text))])
+    assert [a.parse.phrases[i].label for i in a.neutral] == ["banana"]
+    out = refine(a.candidate, a.region, a.parse, a.agree, a.matches, FMT, policy, a.neutral).candidate.text
+    labels = [p.label for p in FMT.parse(out, W, H).phrases if p.box is not None]
+    assert labels == ["aerosol can", "bat", "banana"]
