@@ -32,14 +32,14 @@ for p in (REPO, REPO / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from spr_plugin.box_formats import get_box_format  # noqa: E402
-from spr_plugin.candidates import read_candidates  # noqa: E402
-from spr_plugin.jsonl import read_jsonl  # noqa: E402
-from spr_plugin.pairing import PairingConfig  # noqa: E402
-from spr_plugin.ranking import rank_and_pair  # noqa: E402
-from spr_plugin.records import Region  # noqa: E402
-from spr_plugin.scorer_factory import load_grounder, load_semantic_scorer  # noqa: E402
-from spr_plugin.scoring import CandidateScorer, ScoringConfig  # noqa: E402
+from spr_plugin.core.jsonl import read_jsonl  # noqa: E402
+from spr_plugin.core.records import Region  # noqa: E402
+from spr_plugin.families.box_formats import get_box_format  # noqa: E402
+from spr_plugin.generation.candidates import read_candidates  # noqa: E402
+from spr_plugin.scoring.factory import load_grounder, load_semantic_scorer  # noqa: E402
+from spr_plugin.scoring.pairing import PairingConfig  # noqa: E402
+from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig  # noqa: E402
+from spr_plugin.scoring.stage import rank_and_pair  # noqa: E402
 
 DEMO = REPO / "runs" / "demo" / "work"
 SEMANTICS = ("text", "clip", "clip+text")
@@ -52,8 +52,8 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, str]:
         return DEMO / "regions.jsonl", DEMO / "candidates.jsonl", f"demo run ({DEMO})"
     from candidates_factory import write_candidates
     from data_builders.synthetic import render_scenes
-    from spr_plugin.jsonl import atomic_write_jsonl
-    from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+    from spr_plugin.core.jsonl import atomic_write_jsonl
+    from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
     root = args.out / "scenes"
     ann = render_scenes(root, n_images=12, seed=0)
@@ -66,7 +66,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, str]:
 def _models(args: argparse.Namespace) -> tuple[str, str, bool]:
     if args.clip_model and args.grounder:
         return str(args.clip_model), str(args.grounder), False
-    from spr_plugin.tiny_scorers import build_tiny_clip, build_tiny_grounding_dino
+    from spr_plugin.testing.tiny_checkpoints import build_tiny_clip, build_tiny_grounding_dino
 
     clip = str(args.clip_model or build_tiny_clip(args.out / "models" / "tiny-clip"))
     gdino = str(args.grounder or build_tiny_grounding_dino(args.out / "models" / "tiny-grounding-dino"))

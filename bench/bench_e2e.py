@@ -22,11 +22,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_builders.coco_builder import BuildConfig, build_dataset  # noqa: E402
-from spr_plugin.errors import SPRError  # noqa: E402
-from spr_plugin.generation import GenerationConfig, TransformersGenerator  # noqa: E402
-from spr_plugin.pairing import PairingConfig  # noqa: E402
-from spr_plugin.regions import RegionConfig  # noqa: E402
+from spr_plugin.core.errors import SPRError  # noqa: E402
+from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator  # noqa: E402
+from spr_plugin.pipeline import BuildConfig, build_dataset  # noqa: E402
+from spr_plugin.regions.sampling import RegionConfig  # noqa: E402
+from spr_plugin.scoring.pairing import PairingConfig  # noqa: E402
 
 WARM = REPO / "runs" / "demo" / "tiny-qwen2vl-warm"
 
@@ -48,7 +48,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
-    from spr_plugin.tiny_model import build_tiny_qwen2vl
+    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
 
     work = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     model = a.model or (WARM if (WARM / "model.safetensors").is_file() else None)

@@ -28,16 +28,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spr_plugin.box_formats import get_box_format  # noqa: E402
-from spr_plugin.candidates import generate_candidates  # noqa: E402
-from spr_plugin.generation import GenerationConfig, TransformersGenerator  # noqa: E402
-from spr_plugin.prompts import VARIANTS  # noqa: E402
-from spr_plugin.server_generation import OpenAIServerGenerator, ServerConfig  # noqa: E402
+from spr_plugin.families.box_formats import get_box_format  # noqa: E402
+from spr_plugin.families.prompts import VARIANTS  # noqa: E402
+from spr_plugin.generation.candidates import generate_candidates  # noqa: E402
+from spr_plugin.generation.server_backend import OpenAIServerGenerator, ServerConfig  # noqa: E402
+from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator  # noqa: E402
 
 
 def _regions(n_images: int, work: Path):
     from data_builders.synthetic import render_scenes
-    from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+    from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
     coco = render_scenes(work / "scenes", n_images=n_images, seed=0)
     return list(sample_regions(load_coco(coco), coco.parent / "images", RegionConfig(regions_per_image=2)))
@@ -107,7 +107,7 @@ def main() -> None:
     model = a.model
     if model is None:
         from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
-        from spr_plugin.tiny_model import build_tiny_qwen2vl
+        from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
 
         model = str(build_tiny_qwen2vl(work / "tiny-qwen2vl", corpus=[*CATEGORY_NAMES, *SCENE_WORDS]))
     regions = _regions(a.images, work)

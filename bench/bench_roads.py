@@ -36,7 +36,7 @@ def prepare(root: Path) -> tuple[Path, Path, Path]:
     """(tiny model, DPO parquet, GRPO prompt parquet) built with the CLI users run."""
     from candidates_factory import write_candidates
     from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
-    from spr_plugin.tiny_model import build_tiny_qwen2vl
+    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
 
     spr = [sys.executable, "-m", "spr_plugin.cli"]
     model = build_tiny_qwen2vl(root / "tiny", corpus=[*CATEGORY_NAMES, *SCENE_WORDS])
@@ -89,9 +89,9 @@ def main() -> None:
     from peft import LoraConfig
     from transformers import AutoProcessor
 
-    from spr_plugin.grpo_reward import SPRReward
-    from spr_plugin.lf_train import CPU_RUN_SETTINGS, run_train, write_yaml
-    from spr_plugin.trl_adapter import Qwen2VLDPOTrainer, Qwen2VLGRPOTrainer, import_trl
+    from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml
+    from spr_plugin.trl.dpo import Qwen2VLDPOTrainer, Qwen2VLGRPOTrainer, import_trl
+    from spr_plugin.trl.grpo_reward import SPRReward
 
     trl = import_trl()
     root = Path(tempfile.mkdtemp(prefix="bench_roads_"))
@@ -133,7 +133,7 @@ def main() -> None:
     trainer.add_callback(_callback(grpo_timer))
     trainer.train()
 
-    from spr_plugin.records import Region
+    from spr_plugin.core.records import Region
 
     texts = [t for ids, _ in sampled for t in reward.completion_texts([None] * len(ids), ids)]
     regions = [Region.from_dict(r) for _, regs in sampled for r in regs]

@@ -27,12 +27,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spr_plugin.box_formats import get_box_format  # noqa: E402
-from spr_plugin.candidates import read_candidates  # noqa: E402
-from spr_plugin.jsonl import read_jsonl  # noqa: E402
-from spr_plugin.records import Box, Candidate, Region  # noqa: E402
-from spr_plugin.scoring import CandidateScorer, ScoringConfig  # noqa: E402
-from spr_plugin.semantic import TextSemanticScorer, region_reference_text  # noqa: E402
+from spr_plugin.core.jsonl import read_jsonl  # noqa: E402
+from spr_plugin.core.records import Box, Candidate, Region  # noqa: E402
+from spr_plugin.families.box_formats import get_box_format  # noqa: E402
+from spr_plugin.generation.candidates import read_candidates  # noqa: E402
+from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig  # noqa: E402
+from spr_plugin.scoring.semantic import TextSemanticScorer, region_reference_text  # noqa: E402
 
 FILLERS = ("The region shows", "I can see", "In this area there are", "This part of the image contains", "Here we have")
 
@@ -40,7 +40,7 @@ FILLERS = ("The region shows", "I can see", "In this area there are", "This part
 def synthetic_candidates(n_images: int, per_region: int, seed: int = 0) -> tuple[list[Region], list[Candidate]]:
     """Rendered scenes -> regions -> grounded descriptions with jittered, missing and invented boxes."""
     from data_builders.synthetic import render_scenes
-    from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+    from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
     root = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
     coco_path = render_scenes(root, n_images=n_images, seed=seed)

@@ -44,19 +44,19 @@ if str(REPO) not in sys.path:
 
 from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
 from data_builders.warmup import DATASET_NAME, _copy_processor_files, write_sft_dataset  # noqa: E402
-from spr_plugin.box_formats import Qwen2VLFormat  # noqa: E402
-from spr_plugin.errors import SPRError  # noqa: E402
+from spr_plugin.core.errors import SPRError  # noqa: E402
+from spr_plugin.core.records import Region  # noqa: E402
 from spr_plugin.evaluation.metrics import RecSummary, RegionSummary  # noqa: E402
 from spr_plugin.evaluation.model import load_model  # noqa: E402
 from spr_plugin.evaluation.rec import RecConfig, default_prompt, evaluate_rec, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region  # noqa: E402
 from spr_plugin.evaluation.report import plot_accuracy_curves, rec_table, region_table, write_json  # noqa: E402
-from spr_plugin.lf_train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
-from spr_plugin.records import Region  # noqa: E402
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions  # noqa: E402
-from spr_plugin.registry import chosen_sft_name, read_dataset_info  # noqa: E402
-from spr_plugin.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
+from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
+from spr_plugin.llamafactory.registry import chosen_sft_name, read_dataset_info  # noqa: E402
+from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions  # noqa: E402
+from spr_plugin.testing.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
 
 logger = logging.getLogger("effect_study")
 
@@ -293,11 +293,11 @@ def train_sft_model(world: dict[str, Path], cfg: StudyConfig) -> Path:
 
 
 def build_pairs(sft_model: Path, world: dict[str, Path], cfg: StudyConfig) -> Path:
-    """SPR pairs from the SFT model's own samples on the SPR scene set (data_builders.coco_builder)."""
-    from data_builders.coco_builder import BuildConfig, build_dataset
-    from spr_plugin.generation import GenerationConfig, TransformersGenerator
-    from spr_plugin.pairing import PairingConfig
-    from spr_plugin.scoring import ScoringConfig
+    """SPR pairs from the SFT model's own samples on the SPR scene set (spr_plugin.pipeline)."""
+    from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+    from spr_plugin.pipeline import BuildConfig, build_dataset
+    from spr_plugin.scoring.pairing import PairingConfig
+    from spr_plugin.scoring.scorer import ScoringConfig
 
     data = cfg.out / "spr_data"
     if (data / "spr_study.jsonl").is_file():

@@ -18,17 +18,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spr_plugin.errors import SPRError
-from spr_plugin.generation import GenerationConfig, TransformersGenerator
-from spr_plugin.lf_image import ImageFrame
-from spr_plugin.lf_train import run_train
-from spr_plugin.pairing import PairingConfig
-from spr_plugin.regions import RegionConfig
-from spr_plugin.tiny_model import build_tiny_qwen2vl
-
-from .coco_builder import BuildConfig, BuildSummary, build_dataset
-from .synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
-from .warmup import warmup_sft
+from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
+from data_builders.warmup import warmup_sft
+from spr_plugin.core.errors import SPRError
+from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.llamafactory.train import run_train
+from spr_plugin.pipeline import BuildConfig, BuildSummary, build_dataset
+from spr_plugin.regions.sampling import RegionConfig
+from spr_plugin.scoring.pairing import PairingConfig
+from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
 
 logger = logging.getLogger(__name__)
 

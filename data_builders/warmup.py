@@ -18,11 +18,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from spr_plugin.box_formats import Qwen2VLFormat
-from spr_plugin.errors import SPRError
-from spr_plugin.lf_train import CPU_RUN_SETTINGS, run_train, write_yaml
-from spr_plugin.prompts import training_prompt
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+from spr_plugin.core.errors import SPRError
+from spr_plugin.families.box_formats import Qwen2VLFormat
+from spr_plugin.families.prompts import training_prompt
+from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
 DATASET_NAME = "spr_warmup_sft"
 
@@ -55,7 +55,7 @@ def write_sft_dataset(
 ) -> Path:
     """Write a ShareGPT SFT dataset + ``dataset_info.json`` of GT grounded region descriptions.
 
-    The user turn is exactly the DPO training prompt (:func:`spr_plugin.prompts.training_prompt`),
+    The user turn is exactly the DPO training prompt (:func:`spr_plugin.families.prompts.training_prompt`),
     so the warmed-up model answers the question candidate generation will ask. Image paths are
     absolute so LLaMA-Factory never has to resolve them against a ``media_dir``.
     Returns ``dataset_dir`` (the folder to pass as LLaMA-Factory's ``dataset_dir``).
@@ -155,7 +155,7 @@ def warmup_sft(
         "seed": seed,
     }
     log_path = Path(log_file) if log_file else work / "train.log"
-    # offline env, log file and the error tail (as SPRError) come from spr_plugin.lf_train
+    # offline env, log file and the error tail (as SPRError) come from spr_plugin.llamafactory.train
     run_train(write_yaml(work / "sft.yaml", config), log_path=log_path, echo=echo)
     if not (out / "model.safetensors").is_file():
         raise SPRError(f"warm-up SFT finished but saved no model.safetensors in {out}; see {log_path}")

@@ -6,7 +6,7 @@
 
 The defaults mirror recipes/spr_qwen2vl.yaml (LLaMA-Factory's road): LoRA rank 8 on the language model's linear
 layers (vision tower and projector frozen), beta 0.1, sigmoid loss, learning rate 5e-6, cosine schedule, batch 1
-x 8 accumulation. trl 0.24 + transformers 5.6 need spr_plugin.trl_adapter's Qwen2VLDPOTrainer; it also applies
+x 8 accumulation. trl 0.24 + transformers 5.6 need spr_plugin.trl.dpo's Qwen2VLDPOTrainer; it also applies
 the image frame the parquet records (image_max_pixels / image_min_pixels), as LLaMA-Factory does.
 """
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from spr_plugin.trl_adapter import Qwen2VLDPOTrainer, import_trl
+    from spr_plugin.trl.dpo import Qwen2VLDPOTrainer, import_trl
 
     trl = import_trl()
     train = datasets.load_dataset("parquet", data_files=a.data, split="train")

@@ -6,7 +6,7 @@
         --output-dir saves/qwen2vl-7b/lora/spr_grpo --bf16
 
 Each prompt asks for a grounded description of a query region; the policy samples --num-generations answers,
-spr_plugin.grpo_reward.SPRReward scores each with the pair builder's own scorer (S = lam*S_sem + (1-lam)*S_loc,
+spr_plugin.trl.grpo_reward.SPRReward scores each with the pair builder's own scorer (S = lam*S_sem + (1-lam)*S_loc,
 Hungarian S_loc, malformed answers at the floor), and GRPO raises the answers above their group's mean. The box
 format and image frame come from the parquet's columns, so the reward parses what the prompts asked for.
 """
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from spr_plugin.errors import SPRError
-    from spr_plugin.grpo_reward import SPRReward
-    from spr_plugin.scoring import ScoringConfig
-    from spr_plugin.trl_adapter import Qwen2VLGRPOTrainer, import_trl
+    from spr_plugin.core.errors import SPRError
+    from spr_plugin.scoring.scorer import ScoringConfig
+    from spr_plugin.trl.dpo import Qwen2VLGRPOTrainer, import_trl
+    from spr_plugin.trl.grpo_reward import SPRReward
 
     trl = import_trl()
     train = datasets.load_dataset("parquet", data_files=a.data, split="train")

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import SPRError
-from .lf_image import add_pre_resize_args
+from spr_plugin.core.errors import SPRError
+from spr_plugin.llamafactory.image import add_pre_resize_args
 
 logger = logging.getLogger("spr")
 
@@ -48,7 +48,7 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
-    from .generation_cli import add_generation_args  # both back ends, see docs/generation.md
+    from spr_plugin.generation.cli import add_generation_args  # both back ends, see docs/generation.md
 
     add_generation_args(p, required)
 
@@ -72,7 +72,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grounder", default=None, help="local Grounding DINO folder: its phrase boxes join S_loc (default off)")
     g.add_argument("--grounder-threshold", type=float, default=0.35, help="min detector score of a grounded phrase box")
     g.add_argument("--grounder-phrases", default="all", choices=["all", "unboxed"], help="which phrase labels to ground")
-    from .options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, REFINE_POLICIES, SCORE_NORMS
+    from spr_plugin.core.options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, REFINE_POLICIES, SCORE_NORMS
 
     g.add_argument(
         "--label-match",
@@ -117,7 +117,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _region_config(a: argparse.Namespace):
-    from .regions import RegionConfig
+    from spr_plugin.regions.sampling import RegionConfig
 
     return RegionConfig(
         k=a.k,
@@ -130,8 +130,8 @@ def _region_config(a: argparse.Namespace):
 
 
 def _scoring(a: argparse.Namespace):
-    from .pairing import PairingConfig
-    from .scoring import ScoringConfig
+    from spr_plugin.scoring.pairing import PairingConfig
+    from spr_plugin.scoring.scorer import ScoringConfig
 
     scoring = ScoringConfig(
         a.box_format,
@@ -152,15 +152,15 @@ def _scoring(a: argparse.Namespace):
 
 
 def _generation_config(a: argparse.Namespace, seed: int):
-    from .generation_cli import generation_config
+    from spr_plugin.generation.cli import generation_config
 
     return generation_config(a, seed)
 
 
 def cmd_regions(a: argparse.Namespace) -> int:
-    from .jsonl import atomic_write_jsonl
-    from .preflight import require_writable_file
-    from .regions import RegionStats, check_images_found, load_coco, require_regions, sample_regions
+    from spr_plugin.core.jsonl import atomic_write_jsonl
+    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.regions.sampling import RegionStats, check_images_found, load_coco, require_regions, sample_regions
 
     config = _region_config(a)
     require_writable_file(a.out, "--out")
@@ -175,21 +175,21 @@ def cmd_regions(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .generation_cli import cmd_generate as run  # back ends, sharding, resume: docs/generation.md
+    from spr_plugin.generation.cli import cmd_generate as run  # back ends, sharding, resume: docs/generation.md
 
     return run(a)
 
 
 def cmd_pair(a: argparse.Namespace) -> int:
-    from .box_formats import get_box_format
-    from .candidates import merge_candidates, sanitize_candidates
-    from .jsonl import atomic_write_jsonl
-    from .lf_image import frame_from_args
-    from .preflight import require_writable_file
-    from .ranking import rank_and_pair
-    from .regions import read_regions
-    from .sanitize import SanitizeStats
-    from .scorer_factory import build_candidate_scorer
+    from spr_plugin.core.jsonl import atomic_write_jsonl
+    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.core.sanitize import SanitizeStats
+    from spr_plugin.families.box_formats import get_box_format
+    from spr_plugin.generation.candidates import merge_candidates, sanitize_candidates
+    from spr_plugin.llamafactory.image import frame_from_args
+    from spr_plugin.regions.sampling import read_regions
+    from spr_plugin.scoring.factory import build_candidate_scorer
+    from spr_plugin.scoring.stage import rank_and_pair
 
     scoring, pairing = _scoring(a)
     require_writable_file(a.out, "--out")
@@ -204,13 +204,13 @@ def cmd_pair(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .box_formats import get_box_format
-    from .export import ExportConfig, export_dataset
-    from .jsonl import read_jsonl
-    from .lf_image import frame_from_args
-    from .preflight import require_writable_dir
-    from .recipe_check import check_recipe_frame
-    from .records import PreferencePair
+    from spr_plugin.core.jsonl import read_jsonl
+    from spr_plugin.core.preflight import require_writable_dir
+    from spr_plugin.core.records import PreferencePair
+    from spr_plugin.families.box_formats import get_box_format
+    from spr_plugin.llamafactory.export import ExportConfig, export_dataset
+    from spr_plugin.llamafactory.image import frame_from_args
+    from spr_plugin.llamafactory.recipe_check import check_recipe_frame
 
     frame = frame_from_args(a)
     config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, a.images)
@@ -225,8 +225,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_register(a: argparse.Namespace) -> int:
-    from .preflight import check_dataset_name
-    from .registry import ranking_entry, register_dataset
+    from spr_plugin.core.preflight import check_dataset_name
+    from spr_plugin.llamafactory.registry import ranking_entry, register_dataset
 
     check_dataset_name(a.name)
     path = register_dataset(a.dataset_dir, a.name, ranking_entry(a.file_name), overwrite=a.overwrite)
@@ -235,7 +235,7 @@ def cmd_register(a: argparse.Namespace) -> int:
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from data_builders.coco_builder import BuildConfig, build_dataset, prepare_build
+    from spr_plugin.pipeline import BuildConfig, build_dataset, prepare_build
 
     scoring, pairing = _scoring(a)
     gcfg = None
@@ -243,7 +243,7 @@ def cmd_build(a: argparse.Namespace) -> int:
         if not (a.model or a.base_url):
             raise SPRError("give --candidates FILE, --model CHECKPOINT or --backend openai --base-url URL to generate candidates")
         gcfg = _generation_config(a, a.seed)
-    from .lf_image import frame_from_args
+    from spr_plugin.llamafactory.image import frame_from_args
 
     cfg = BuildConfig(
         frame=frame_from_args(a),
@@ -266,7 +266,7 @@ def cmd_build(a: argparse.Namespace) -> int:
     prepared = prepare_build(cfg)  # names, folders, files, images, manifest: before the model loads
     generator = None
     if gcfg is not None:
-        from .generation_cli import make_generator
+        from spr_plugin.generation.cli import make_generator
 
         generator = make_generator(a, gcfg)
     try:
@@ -281,7 +281,7 @@ def cmd_build(a: argparse.Namespace) -> int:
 
 
 def cmd_check_recipe(a: argparse.Namespace) -> int:
-    from .recipe_check import check_recipe
+    from spr_plugin.llamafactory.recipe_check import check_recipe
 
     for line in check_recipe(a.recipe, a.dataset_dir):
         print(line)
@@ -307,14 +307,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_webui(a: argparse.Namespace) -> int:
-    from .webui import WebUIConfig, run_webui
+    from spr_plugin.llamafactory.webui import WebUIConfig, run_webui
 
     run_webui(WebUIConfig(a.dataset_dir, a.workspace, a.port, a.host))
     return 0
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    from .viewer import ShowConfig, show_pairs
+    from spr_plugin.inspect.viewer import ShowConfig, show_pairs
 
     res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format))
     print(f"rendered {res.pairs} pairs: open {res.html}")
@@ -322,8 +322,8 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(a: argparse.Namespace) -> int:
-    from .hf_export import FrameFacts, export_hf
-    from .preflight import check_dataset_name, require_writable_dir
+    from spr_plugin.core.preflight import check_dataset_name, require_writable_dir
+    from spr_plugin.inspect.hf_export import FrameFacts, export_hf
 
     check_dataset_name(a.name)
     require_writable_dir(a.out, "--out")
@@ -334,11 +334,11 @@ def cmd_export_hf(a: argparse.Namespace) -> int:
 
 
 def cmd_export_grpo(a: argparse.Namespace) -> int:
-    from .grpo_export import export_grpo
-    from .hf_export import FrameFacts
-    from .lf_image import frame_from_args
-    from .preflight import require_writable_file
-    from .regions import read_regions
+    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.inspect.hf_export import FrameFacts
+    from spr_plugin.llamafactory.image import frame_from_args
+    from spr_plugin.regions.sampling import read_regions
+    from spr_plugin.trl.grpo_export import export_grpo
 
     facts = FrameFacts(a.box_format, frame_from_args(a))
     if a.max_regions is not None and a.max_regions < 1:
@@ -346,7 +346,7 @@ def cmd_export_grpo(a: argparse.Namespace) -> int:
     require_writable_file(a.out, "--out")
     regions = read_regions(a.regions)[: a.max_regions]  # names sanitised, duplicate ids refused
     res = export_grpo(regions, a.out, facts, image_root=a.images)
-    print(f"wrote {res.rows} prompts ({res.images} images) to {res.parquet}; reward: spr_plugin.grpo_reward.SPRReward")
+    print(f"wrote {res.rows} prompts ({res.images} images) to {res.parquet}; reward: spr_plugin.trl.grpo_reward.SPRReward")
     return 0
 
 
@@ -356,7 +356,7 @@ def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
     ``recorded``: the dataset recorded them at build time (``<name>.spr.json``); the flags then default to
     those values and must agree with them.
     """
-    from .lf_image import NOT_GIVEN, add_pre_resize_args
+    from spr_plugin.llamafactory.image import NOT_GIVEN, add_pre_resize_args
 
     g = p.add_argument_group(
         "box format and image frame (default: as the build recorded them)" if recorded else "box format and image frame"
@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--box-format", default="qwen2_vl")
     _add_generation_args(p, required=True)
-    from .generation_cli import add_merge_parser, add_shard_args
+    from spr_plugin.generation.cli import add_merge_parser, add_shard_args
 
     add_shard_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs stay quiet under a job scheduler)")
@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-train", action="store_true", help="stop after building the dataset")
     p.set_defaults(func=cmd_demo)
     _add_viewer_commands(sub)
-    from .evaluation.cli import add_eval_parser
+    from spr_plugin.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)  # spr eval rec / spr eval region
     return parser

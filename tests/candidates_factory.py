@@ -4,8 +4,8 @@ controlled errors (jittered, hallucinated and missing boxes), so scores have a k
 import json
 import random
 
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.records import Box, Region
+from spr_plugin.core.records import Box, Region
+from spr_plugin.families.box_formats import get_box_format
 
 
 def _jitter(box: Box, rng: random.Random, amount: float) -> Box:

@@ -25,7 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def tiny_qwen2vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random Qwen2-VL (tokenizer, processor, weights), built in a few seconds."""
     from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
-    from spr_plugin.tiny_model import build_tiny_qwen2vl
+    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
 
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny-qwen2vl", corpus=[*CATEGORY_NAMES, *SCENE_WORDS])
 
@@ -41,7 +41,7 @@ def synthetic_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random CLIP that ``SentenceTransformer(path)`` loads (scores are meaningless)."""
-    from spr_plugin.tiny_scorers import build_tiny_clip
+    from spr_plugin.testing.tiny_checkpoints import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
@@ -49,7 +49,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random Grounding DINO with MiniLM's BERT tokenizer (boxes are meaningless)."""
-    from spr_plugin.tiny_scorers import build_tiny_grounding_dino
+    from spr_plugin.testing.tiny_checkpoints import build_tiny_grounding_dino
 
     return build_tiny_grounding_dino(tmp_path_factory.mktemp("models") / "tiny-grounding-dino")
 

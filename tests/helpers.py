@@ -1,6 +1,6 @@
 """Small builders of records shared by the unit tests."""
 
-from spr_plugin.records import AnnotatedObject, Box, Candidate, Region
+from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
 
 W, H = 640, 480
 

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 from transformers import Qwen2VLImageProcessor
 
-from spr_plugin.box_formats import ResizeSpec, get_box_format
-from spr_plugin.errors import SPRError
-from spr_plugin.records import Box
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.records import Box
+from spr_plugin.families.box_formats import ResizeSpec, get_box_format
 
 W, H = 640, 480
 BOXES = [Box(10, 20, 200, 180), Box(300.5, 100.2, 639, 479), Box(0, 0, 5, 7)]

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from candidates_factory import write_candidates
-from data_builders.coco_builder import BuildConfig, build_dataset
-from spr_plugin.errors import SPRError
-from spr_plugin.hf_export import export_hf
-from spr_plugin.jsonl import atomic_write_jsonl
-from spr_plugin.pairing import PairingConfig
-from spr_plugin.prompts import PROMPT_TEMPLATE
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.jsonl import atomic_write_jsonl
+from spr_plugin.families.prompts import PROMPT_TEMPLATE
+from spr_plugin.inspect.hf_export import export_hf
+from spr_plugin.pipeline import BuildConfig, build_dataset
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.scoring.pairing import PairingConfig
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 NAME = "spr_card"

@@ -11,8 +11,8 @@ import yaml
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
-from spr_plugin.registry import build_entries, chosen_sft_entry, ranking_entry
-from spr_plugin.webui import stage_hint
+from spr_plugin.llamafactory.registry import build_entries, chosen_sft_entry, ranking_entry
+from spr_plugin.llamafactory.webui import stage_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
@@ -149,7 +149,7 @@ def test_check_recipe_checks_the_sft_recipe_against_the_companion(built, tmp_pat
 
 @pytest.mark.slow
 def test_llamafactory_cli_trains_the_chosen_sft_recipe(built, tiny_qwen2vl, tmp_path):
-    from spr_plugin.lf_train import run_train
+    from spr_plugin.llamafactory.train import run_train
 
     out = tmp_path / "sft"
     overrides = {"model_name_or_path": tiny_qwen2vl, "dataset_dir": built, "dataset": f"{NAME}_chosen"}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from spr_plugin.errors import SPRError
+from spr_plugin.core.errors import SPRError
 from spr_plugin.evaluation.model import load_model
 from spr_plugin.evaluation.rec import RecConfig, evaluate_rec
 from spr_plugin.evaluation.rec_data import rec_items_from_detections
 from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import sys
 import pytest
 from formats_factory import W, draw_image, six_boxes, write_lvis, write_objects365
 
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.errors import SPRError
-from spr_plugin.prompts import build_prompt
-from spr_plugin.regions import RegionConfig, RegionStats, check_images_found, load_coco, sample_regions
-from spr_plugin.semantic import region_reference_text
+from spr_plugin.core.errors import SPRError
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.prompts import build_prompt
+from spr_plugin.regions.sampling import RegionConfig, RegionStats, check_images_found, load_coco, sample_regions
+from spr_plugin.scoring.semantic import region_reference_text
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

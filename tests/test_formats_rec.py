@@ -12,9 +12,9 @@ import sys
 import pytest
 from formats_factory import py2_pickle, six_boxes, write_lmms_parquet, write_mdetr, write_qwen_vl_jsonl, write_refer
 
-from spr_plugin.errors import SPRError
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.records import Box
 from spr_plugin.evaluation.rec_data import load_rec, read_plain_pickle
-from spr_plugin.records import Box
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.candidates import generate_candidates, prompt_seed, read_candidates
-from spr_plugin.errors import ConfigError
-from spr_plugin.generation import GenerationConfig, TransformersGenerator, clean_output
-from spr_plugin.prompts import VARIANTS, build_prompt
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.prompts import VARIANTS, build_prompt
+from spr_plugin.generation.candidates import generate_candidates, prompt_seed, read_candidates
+from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator, clean_output
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
 FMT = get_box_format("qwen2_vl")
 

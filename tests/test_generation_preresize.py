@@ -2,7 +2,7 @@
 
 LLaMA-Factory pre-resizes every image (``image_max_pixels``/``image_min_pixels``, then the Qwen2-VL
 plugin's 28-pixel side and aspect cap) before the HF processor; Qwen2.5-VL boxes are pixels of the
-result. These tests check :mod:`spr_plugin.lf_image` against LLaMA-Factory's own plugin, and that the
+result. These tests check :mod:`spr_plugin.llamafactory.image` against LLaMA-Factory's own plugin, and that the
 in-process generator, the server generator and evaluation all feed the model the pre-resized image.
 """
 
@@ -18,21 +18,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spr_plugin.box_formats import ResizeSpec
 from spr_plugin.cli import build_parser, main
-from spr_plugin.errors import ConfigError
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import Box
 from spr_plugin.evaluation.model import load_model
 from spr_plugin.evaluation.rec import RecConfig, evaluate_rec
 from spr_plugin.evaluation.rec_data import RecItem, write_rec_jsonl
 from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
-from spr_plugin.generation import GenerationConfig, TransformersGenerator
-from spr_plugin.generation_cli import generation_config, make_generator
-from spr_plugin.lf_image import lf_image_size, lf_preprocess_image, lf_resize_steps
-from spr_plugin.prompts import IMAGE_TOKEN, Prompt
-from spr_plugin.records import Box
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
-from spr_plugin.server_generation import to_openai_messages
-from spr_plugin.tiny_model import MAX_PIXELS, MIN_PIXELS
+from spr_plugin.families.box_formats import ResizeSpec
+from spr_plugin.families.prompts import IMAGE_TOKEN, Prompt
+from spr_plugin.generation.cli import generation_config, make_generator
+from spr_plugin.generation.server_backend import to_openai_messages
+from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.llamafactory.image import lf_image_size, lf_preprocess_image, lf_resize_steps
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.testing.tiny_model import MAX_PIXELS, MIN_PIXELS
 
 LF_DEFAULT = (768 * 768, 32 * 32)
 # Below the tiny processor's max_pixels (28*28*16), so smart_resize keeps the pre-resize's effect visible.

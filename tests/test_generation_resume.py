@@ -13,13 +13,13 @@ from collections import Counter
 
 import pytest
 
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.candidates import _exclusive, generate_candidates, read_candidates
-from spr_plugin.errors import SPRError
-from spr_plugin.generation import GenerationConfig, TransformersGenerator
-from spr_plugin.prompts import VARIANTS
-from spr_plugin.records import Region
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.records import Region
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.prompts import VARIANTS
+from spr_plugin.generation.candidates import _exclusive, generate_candidates, read_candidates
+from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 N_SAMPLES = 2

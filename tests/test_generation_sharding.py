@@ -15,12 +15,12 @@ import pytest
 
 from candidates_factory import write_candidates
 from helpers import region
-from spr_plugin.candidates import merge_candidates, read_candidates
 from spr_plugin.cli import main
-from spr_plugin.errors import ConfigError, SPRError
-from spr_plugin.records import Candidate
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
-from spr_plugin.sharding import ShardSpec, launched_world, resolve_shard, select_shard, shard_of, shard_path
+from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.records import Candidate
+from spr_plugin.generation.candidates import merge_candidates, read_candidates
+from spr_plugin.generation.sharding import ShardSpec, launched_world, resolve_shard, select_shard, shard_of, shard_path
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

@@ -12,9 +12,10 @@ from PIL import Image
 
 from candidates_factory import write_candidates
 from spr_plugin import cli
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.errors import ConfigError
-from spr_plugin.grounder import (
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region, ScoredCandidate
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.scoring.grounder import (
     GrounderConfig,
     PhraseGrounder,
     build_caption,
@@ -22,9 +23,8 @@ from spr_plugin.grounder import (
     phrase_token_spans,
     select_phrase_boxes,
 )
-from spr_plugin.records import AnnotatedObject, Box, Candidate, Region, ScoredCandidate
-from spr_plugin.scoring import CandidateScorer, ScoringConfig
-from spr_plugin.semantic import TextSemanticScorer
+from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.semantic import TextSemanticScorer
 
 FMT = get_box_format("qwen2_vl")
 W, H = 120, 90

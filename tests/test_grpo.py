@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from helpers import H, W, region
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.errors import ConfigError, SPRError
-from spr_plugin.grpo_reward import MALFORMED_REWARD, SPRReward, malformed_reason
-from spr_plugin.jsonl import atomic_write_jsonl
-from spr_plugin.prompts import PROMPT_TEMPLATE, training_prompt
-from spr_plugin.records import Box, Candidate, Region
-from spr_plugin.regions import RegionConfig, load_coco, sample_regions
-from spr_plugin.scoring import CandidateScorer, ScoringConfig
-from spr_plugin.semantic import TextSemanticScorer
+from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.jsonl import atomic_write_jsonl
+from spr_plugin.core.records import Box, Candidate, Region
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.prompts import PROMPT_TEMPLATE, training_prompt
+from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.semantic import TextSemanticScorer
+from spr_plugin.trl.grpo_reward import MALFORMED_REWARD, SPRReward, malformed_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
@@ -163,8 +163,8 @@ def test_reward_refuses_rows_it_cannot_score(reward):
 def test_qwen25_reward_parses_in_the_rows_image_frame(scorer, synthetic_scenes):
     """Qwen2.5-VL boxes are pixels of the pre-resized input: the same text means other boxes in another frame, so
     the reward parses in the frame the prompts were written for and refuses rows of another one."""
-    from spr_plugin.hf_export import FrameFacts
-    from spr_plugin.lf_image import ImageFrame
+    from spr_plugin.inspect.hf_export import FrameFacts
+    from spr_plugin.llamafactory.image import ImageFrame
 
     reg = next(iter(sample_regions(load_coco(synthetic_scenes), synthetic_scenes.parent / "images", RegionConfig(k=3))))
     small = FrameFacts("qwen2_5_vl", ImageFrame(FRAME, 1024)).box_format_obj()
@@ -228,8 +228,8 @@ def test_export_grpo_writes_prompts_images_and_annotations(prompts_parquet, regi
 def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_file, tmp_path):
     import datasets
 
-    from spr_plugin.hf_export import FrameFacts
-    from spr_plugin.lf_image import ImageFrame
+    from spr_plugin.inspect.hf_export import FrameFacts
+    from spr_plugin.llamafactory.image import ImageFrame
 
     out = tmp_path / "q25.parquet"
     cmd = [*SPR, "export-grpo", "--regions", str(regions_file), "--out", str(out), "--box-format", "qwen2_5_vl"]
@@ -304,7 +304,7 @@ def _run_grpo(
     import datasets
     from transformers import AutoProcessor
 
-    from spr_plugin.trl_adapter import Qwen2VLGRPOTrainer, import_trl
+    from spr_plugin.trl.dpo import Qwen2VLGRPOTrainer, import_trl
 
     trl = import_trl()
     processor = AutoProcessor.from_pretrained(model_dir, padding_side="left")

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from spr_plugin.box_formats import BOX_END, BOX_START, REF_END, REF_START, get_box_format
-from spr_plugin.localization import iou_matrix, localization_score
-from spr_plugin.records import Box
+from spr_plugin.core.records import Box
+from spr_plugin.families.box_formats import BOX_END, BOX_START, REF_END, REF_START, get_box_format
+from spr_plugin.scoring.localization import iou_matrix, localization_score
 
 FORMATS = ["qwen2_vl", "qwen2_5_vl", "qwen2_5_vl_json"]
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,9 +16,9 @@ from PIL import Image
 
 from candidates_factory import write_candidates
 from spr_plugin.cli import main
-from spr_plugin.hf_export import export_hf
-from spr_plugin.jsonl import atomic_write_text
-from spr_plugin.registry import ranking_entry, register_dataset
+from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.inspect.hf_export import export_hf
+from spr_plugin.llamafactory.registry import ranking_entry, register_dataset
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -187,7 +187,7 @@ def _dataset(tmp_path: Path, image: str) -> Path:
 
 
 def test_export_hf_embeds_no_file_from_outside_the_dataset(cli, tmp_path):
-    from spr_plugin.errors import SPRError
+    from spr_plugin.core.errors import SPRError
 
     data = _dataset(tmp_path, "/etc/passwd")
     with pytest.raises(SPRError, match="lies outside"):

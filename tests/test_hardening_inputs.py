@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from spr_plugin.errors import SPRError
-from spr_plugin.regions import RegionConfig, RegionStats, load_coco, sample_regions
-from spr_plugin.registry import ranking_entry, register_dataset
+from spr_plugin.core.errors import SPRError
+from spr_plugin.llamafactory.registry import ranking_entry, register_dataset
+from spr_plugin.regions.sampling import RegionConfig, RegionStats, load_coco, sample_regions
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

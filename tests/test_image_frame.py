@@ -12,9 +12,9 @@ import yaml
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
-from spr_plugin.box_formats import get_box_format
 from spr_plugin.cli import build_parser
-from spr_plugin.lf_image import ImageFrame
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.llamafactory.image import ImageFrame
 
 REPO = Path(__file__).resolve().parents[1]
 SPR = [sys.executable, "-m", "spr_plugin.cli"]

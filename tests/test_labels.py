@@ -1,12 +1,12 @@
-"""Label agreement (spr_plugin/labels.py): name rules, synonyms, and the real MiniLM for the rest."""
+"""Label agreement (spr_plugin/scoring/labels.py): name rules, synonyms, and the real MiniLM for the rest."""
 
 import numpy as np
 import pytest
 
-from spr_plugin.errors import ConfigError
-from spr_plugin.labels import LabelMatcher, category_names, names_agree, normalize_label
-from spr_plugin.records import AnnotatedObject, Box
-from spr_plugin.semantic import TextSemanticScorer
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import AnnotatedObject, Box
+from spr_plugin.scoring.labels import LabelMatcher, category_names, names_agree, normalize_label
+from spr_plugin.scoring.semantic import TextSemanticScorer
 
 
 def obj(category, synonyms=()):

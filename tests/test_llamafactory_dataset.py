@@ -10,7 +10,7 @@ import yaml
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
-from spr_plugin.registry import ranking_entry
+from spr_plugin.llamafactory.registry import ranking_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from spr_plugin.errors import SPRError
-from spr_plugin.localization import iou_matrix, localization_score
-from spr_plugin.records import Box
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.records import Box
+from spr_plugin.scoring.localization import iou_matrix, localization_score
 
 GT = [Box(0, 0, 10, 10), Box(20, 20, 30, 30)]
 

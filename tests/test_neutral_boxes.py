@@ -10,11 +10,11 @@ import pytest
 from formats_factory import write_lvis
 
 from helpers import H, W
-from spr_plugin.box_formats import get_box_format
 from spr_plugin.cli import main
-from spr_plugin.records import AnnotatedObject, Box, Candidate, Region
-from spr_plugin.scoring import CandidateScorer, ScoringConfig
-from spr_plugin.semantic import TextSemanticScorer
+from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.semantic import TextSemanticScorer
 
 FMT = get_box_format("qwen2_vl")
 OBJECTS = (
@@ -83,7 +83,7 @@ def test_a_box_on_an_ignored_object_is_neutral_only_if_it_names_it(scorer):
 
 
 def test_lvis_lists_flow_from_the_json_through_regions_jsonl_into_scoring(tmp_path, scorer):
-    from spr_plugin.regions import read_regions
+    from spr_plugin.regions.sampling import read_regions
 
     ann, coco_root = write_lvis(tmp_path)
     out = tmp_path / "regions.jsonl"
@@ -104,7 +104,7 @@ def test_lvis_lists_flow_from_the_json_through_regions_jsonl_into_scoring(tmp_pa
 @pytest.mark.parametrize("policy", ["strip", "correct", "drop"])
 def test_refinement_keeps_a_box_the_annotations_cannot_judge(scorer, policy):
     """The chosen answer must not lose a right box on an object LVIS did not label (nor may a wrong box stay)."""
-    from spr_plugin.refine import refine
+    from spr_plugin.scoring.refine import refine
 
     text = _text(*RIGHT, ("banana", BANANA), ("unicorn", Box(500, 350, 600, 450)))
     (a,) = scorer.assess([(_region(not_exhaustive=("banana",)), Candidate("397133_0", "t", 0, text))])

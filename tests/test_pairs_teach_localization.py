@@ -9,14 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import H, W, cand, region
-from spr_plugin.box_formats import BOX_START, REF_START, get_box_format
-from spr_plugin.labels import LabelMatcher
-from spr_plugin.pairing import PairingConfig
-from spr_plugin.ranking import rank_and_pair
-from spr_plugin.records import AnnotatedObject, Box, Candidate, LocalizationScore, Region, ScoredCandidate, SemanticScore
-from spr_plugin.refine import refine_candidate
-from spr_plugin.scoring import CandidateScorer, ScoringConfig, mix_scores, normalise
-from spr_plugin.semantic import TextSemanticScorer
+from spr_plugin.core.records import AnnotatedObject, Box, Candidate, LocalizationScore, Region, ScoredCandidate, SemanticScore
+from spr_plugin.families.box_formats import BOX_START, REF_START, get_box_format
+from spr_plugin.scoring.labels import LabelMatcher
+from spr_plugin.scoring.pairing import PairingConfig
+from spr_plugin.scoring.refine import refine_candidate
+from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig, mix_scores, normalise
+from spr_plugin.scoring.semantic import TextSemanticScorer
+from spr_plugin.scoring.stage import rank_and_pair
 
 FMT = get_box_format("qwen2_vl")
 CATS = ("red circle", "blue square", "green triangle", "yellow star", "purple diamond")

@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from data_builders.synthetic import render_scenes
-from spr_plugin.errors import SPRError
-from spr_plugin.regions import RegionConfig, RegionStats, load_coco, sample_regions
+from spr_plugin.core.errors import SPRError
+from spr_plugin.regions.sampling import RegionConfig, RegionStats, load_coco, sample_regions
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_sampling_is_seeded_and_independent_of_other_images(scenes):
 def test_max_regions_and_round_trip(scenes):
     regions = list(sample_regions(load_coco(scenes), scenes.parent / "images", RegionConfig(max_regions=2)))
     assert len(regions) == 2
-    from spr_plugin.records import Region
+    from spr_plugin.core.records import Region
 
     assert [Region.from_dict(r.to_dict()) for r in regions] == regions
 

@@ -6,8 +6,8 @@ import multiprocessing as mp
 
 import pytest
 
-from spr_plugin.errors import SPRError
-from spr_plugin.registry import ranking_entry, register_dataset
+from spr_plugin.core.errors import SPRError
+from spr_plugin.llamafactory.registry import ranking_entry, register_dataset
 
 
 def test_merge_keeps_existing_entries(tmp_path):

@@ -1,4 +1,4 @@
-"""Safe resume: work is reused only when it was made from the same inputs and settings (spr_plugin.manifest).
+"""Safe resume: work is reused only when it was made from the same inputs and settings (spr_plugin.core.manifest).
 
 A rerun with another seed, k, temperature or model used to score the first run's candidates against the new
 regions and report them as already done. Now it refuses in one line naming what changed, and ``--fresh``
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from candidates_factory import write_candidates
-from spr_plugin.errors import SPRError
-from spr_plugin.manifest import Manifest, differences
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.manifest import Manifest, differences
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -139,7 +139,7 @@ def test_fresh_starts_over(gen_build):
 
 
 def test_candidates_file_builds_track_the_files_content(synthetic_scenes, tmp_path):
-    from data_builders.coco_builder import BuildConfig, build_dataset, build_regions
+    from spr_plugin.pipeline import BuildConfig, build_dataset, build_regions
 
     cfg = BuildConfig(
         annotations=synthetic_scenes, image_root=synthetic_scenes.parent / "images", work_dir=tmp_path / "work",

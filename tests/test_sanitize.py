@@ -1,4 +1,4 @@
-"""The one sanitiser (spr_plugin.sanitize): special tokens removed to a fixed point, kept grounding tokens
+"""The one sanitiser (spr_plugin.core.sanitize): special tokens removed to a fixed point, kept grounding tokens
 kept, linear time; and every boundary that uses it (names, candidates, generation output, export)."""
 
 from __future__ import annotations
@@ -11,13 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import cand, region
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.candidates import sanitize_candidates
-from spr_plugin.export import pair_record
-from spr_plugin.generation import clean_output
-from spr_plugin.prompts import build_prompt, strip_media_markers
-from spr_plugin.records import AnnotatedObject, Box
-from spr_plugin.sanitize import (
+from spr_plugin.core.records import AnnotatedObject, Box
+from spr_plugin.core.sanitize import (
     _TOKEN_RE,
     QWEN_GROUNDING_TOKENS,
     SanitizeStats,
@@ -26,6 +21,11 @@ from spr_plugin.sanitize import (
     sanitize_answer,
     sanitize_phrase,
 )
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.prompts import build_prompt, strip_media_markers
+from spr_plugin.generation.candidates import sanitize_candidates
+from spr_plugin.generation.transformers_backend import clean_output
+from spr_plugin.llamafactory.export import pair_record
 
 GROUNDED = "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(10,20),(300,400)<|box_end|>"
 
@@ -131,7 +131,7 @@ def test_category_names_with_tokens_never_reach_a_prompt():
 
 
 def test_exported_answers_are_sanitised(tmp_path):
-    from spr_plugin.records import LocalizationScore, PreferencePair, ScoredCandidate, SemanticScore
+    from spr_plugin.core.records import LocalizationScore, PreferencePair, ScoredCandidate, SemanticScore
 
     def scored(text):
         return ScoredCandidate(
@@ -147,7 +147,7 @@ def test_exported_answers_are_sanitised(tmp_path):
 
 
 def test_regions_files_from_elsewhere_are_sanitised_on_read(tmp_path):
-    from spr_plugin.regions import read_regions
+    from spr_plugin.regions.sampling import read_regions
 
     r = region()
     bad = r.to_dict()

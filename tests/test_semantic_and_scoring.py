@@ -3,11 +3,11 @@
 import pytest
 
 from helpers import H, W, cand, region
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.errors import SPRError
-from spr_plugin.records import Box
-from spr_plugin.scoring import CandidateScorer, ScoringConfig
-from spr_plugin.semantic import TextSemanticScorer, region_reference_text
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.records import Box
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.semantic import TextSemanticScorer, region_reference_text
 
 FMT = get_box_format("qwen2_vl")
 
@@ -74,7 +74,7 @@ def test_bad_scoring_config_is_a_clear_error(kwargs):
 
 
 def test_refinement_keeps_the_semantic_score_and_recomputes_localization(text_scorer):
-    from spr_plugin.refine import refine_candidate
+    from spr_plugin.scoring.refine import refine_candidate
 
     r = region()
     text = (

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from candidates_factory import write_candidates
-from data_builders.coco_builder import BuildConfig, build_dataset, build_regions
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.errors import SPRError
-from spr_plugin.records import PreferencePair
-from spr_plugin.viewer import CHOSEN_COLOR, PANEL_WIDTH, REJECTED_COLOR, ShowConfig, annotated_text, show_pairs
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.records import PreferencePair
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.inspect.viewer import CHOSEN_COLOR, PANEL_WIDTH, REJECTED_COLOR, ShowConfig, annotated_text, show_pairs
+from spr_plugin.pipeline import BuildConfig, build_dataset, build_regions
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 

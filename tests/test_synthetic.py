@@ -13,8 +13,8 @@ from pycocotools.coco import COCO
 
 from data_builders.synthetic import CATEGORY_NAMES, COLOURS, render_scenes
 from data_builders.warmup import DATASET_NAME, write_sft_dataset
-from spr_plugin.box_formats import Qwen2VLFormat
-from spr_plugin.records import Box
+from spr_plugin.core.records import Box
+from spr_plugin.families.box_formats import Qwen2VLFormat
 
 
 def _digest(folder: Path) -> dict[str, str]:

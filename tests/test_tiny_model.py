@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from spr_plugin.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_qwen2vl
+from spr_plugin.testing.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_qwen2vl
 
 PROMPT = (
     "Describe the region <|box_start|>(10,20),(500,600)<|box_end|> in detail. "
@@ -113,7 +113,7 @@ def test_warmup_sft_output_loads_and_generates(tiny_qwen2vl, synthetic_scenes, t
 @pytest.mark.slow
 def test_warmup_failure_raises_with_log_tail(synthetic_scenes, tmp_path):
     from data_builders.warmup import warmup_sft
-    from spr_plugin.errors import SPRError
+    from spr_plugin.core.errors import SPRError
 
     with pytest.raises(SPRError, match="llamafactory-cli train failed") as err:
         warmup_sft(tmp_path / "no-such-model", synthetic_scenes, synthetic_scenes.parent / "images", tmp_path / "warm", steps=1)
@@ -125,7 +125,7 @@ def test_set_image_budget_changes_the_visual_token_count(tiny_qwen2vl, synthetic
     """The processor cap decides how many merged visual tokens an image becomes (the effect study raises it)."""
     import shutil
 
-    from spr_plugin.tiny_model import set_image_budget
+    from spr_plugin.testing.tiny_model import set_image_budget
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_qwen2vl, model_dir)

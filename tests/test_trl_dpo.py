@@ -1,4 +1,4 @@
-"""TRL's own DPOTrainer on the parquet of `spr export-hf`, with spr_plugin.trl_adapter (trl 0.24 + transformers 5.6):
+"""TRL's own DPOTrainer on the parquet of `spr export-hf`, with spr_plugin.trl.dpo (trl 0.24 + transformers 5.6):
 the import fix, log-probabilities equal to the model's own encoding of the same rows, the example script training
 a LoRA adapter for a few real steps, and the refusals that replace crashes deep inside the forward pass."""
 
@@ -12,8 +12,8 @@ import pytest
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
-from spr_plugin.errors import SPRError
-from spr_plugin.prompts import PROMPT_TEMPLATE
+from spr_plugin.core.errors import SPRError
+from spr_plugin.families.prompts import PROMPT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
@@ -48,7 +48,7 @@ def test_import_trl_fixes_only_trls_own_flags():
     import transformers.utils.import_utils as tf_import_utils
 
     before = tf_import_utils._is_package_available
-    from spr_plugin.trl_adapter import import_trl
+    from spr_plugin.trl.dpo import import_trl
 
     trl = import_trl()
     from trl import import_utils
@@ -88,7 +88,7 @@ def test_adapter_log_probs_equal_the_models_own_encoding(parquet, tiny_qwen2vl, 
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from spr_plugin.trl_adapter import Qwen2VLDPOTrainer, import_trl, preprocess_images
+    from spr_plugin.trl.dpo import Qwen2VLDPOTrainer, import_trl, preprocess_images
 
     trl = import_trl()
     ds = _vary_image_sizes(_load(parquet, tmp_path))
@@ -141,7 +141,7 @@ def test_example_script_trains_a_lora_adapter_with_trls_dpo_trainer(parquet, tin
 def test_a_prompt_longer_than_max_prompt_length_is_refused_not_cut(parquet, tiny_qwen2vl, tmp_path):
     from transformers import AutoProcessor
 
-    from spr_plugin.trl_adapter import Qwen2VLDPOTrainer, import_trl
+    from spr_plugin.trl.dpo import Qwen2VLDPOTrainer, import_trl
 
     trl = import_trl()
     processor = AutoProcessor.from_pretrained(tiny_qwen2vl)
@@ -158,7 +158,7 @@ def test_answers_with_a_media_token_are_refused(parquet, tiny_qwen2vl, tmp_path)
     """Qwen2-VL counts every <|image_pad|> as an image placeholder: one in an answer fails the forward pass."""
     from transformers import AutoProcessor
 
-    from spr_plugin.trl_adapter import Qwen2VLDPOTrainer, import_trl
+    from spr_plugin.trl.dpo import Qwen2VLDPOTrainer, import_trl
 
     trl = import_trl()
     ds = _load(parquet, tmp_path)
@@ -182,7 +182,7 @@ def test_answers_with_a_media_token_are_refused(parquet, tiny_qwen2vl, tmp_path)
 def test_rows_without_the_recorded_frame_are_refused(parquet, tiny_qwen2vl, tmp_path):
     from transformers import AutoProcessor
 
-    from spr_plugin.trl_adapter import Qwen2VLDPOTrainer, import_trl
+    from spr_plugin.trl.dpo import Qwen2VLDPOTrainer, import_trl
 
     trl = import_trl()
     ds = _load(parquet, tmp_path).remove_columns(["image_max_pixels", "image_min_pixels"])

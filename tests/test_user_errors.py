@@ -5,20 +5,20 @@ import json
 import pytest
 
 from candidates_factory import write_candidates
-from data_builders.coco_builder import BuildConfig, build_dataset
 from data_builders.demo import DemoConfig, run_demo
 from helpers import region
-from spr_plugin.box_formats import get_box_format
-from spr_plugin.candidates import read_candidates
-from spr_plugin.errors import SPRError
-from spr_plugin.export import ExportConfig, export_dataset
-from spr_plugin.generation import GenerationConfig, TransformersGenerator
-from spr_plugin.jsonl import JsonlAppender, read_jsonl
-from spr_plugin.lf_train import run_train
-from spr_plugin.pairing import PairingConfig
-from spr_plugin.prompts import build_prompt
-from spr_plugin.records import Candidate
-from spr_plugin.regions import RegionConfig
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
+from spr_plugin.core.records import Candidate
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.prompts import build_prompt
+from spr_plugin.generation.candidates import read_candidates
+from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.llamafactory.export import ExportConfig, export_dataset
+from spr_plugin.llamafactory.train import run_train
+from spr_plugin.pipeline import BuildConfig, build_dataset
+from spr_plugin.regions.sampling import RegionConfig
+from spr_plugin.scoring.pairing import PairingConfig
 
 
 def test_jsonl_names_file_and_line(tmp_path):
@@ -91,7 +91,7 @@ def test_build_with_no_usable_region(tmp_path, synthetic_scenes):
 
 def test_build_where_no_pair_survives_writes_no_dataset(tmp_path, synthetic_scenes):
     cfg = _build_config(tmp_path, synthetic_scenes, candidates_file=tmp_path / "c.jsonl", pairing=PairingConfig(min_margin=5.0))
-    from data_builders.coco_builder import build_regions
+    from spr_plugin.pipeline import build_regions
 
     build_regions(cfg)
     write_candidates(tmp_path / "work" / "regions.jsonl", tmp_path / "c.jsonl")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from spr_plugin.errors import SPRError
-from spr_plugin.webui import WebUIConfig, prepare_workspace
+from spr_plugin.core.errors import SPRError
+from spr_plugin.llamafactory.webui import WebUIConfig, prepare_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 CHROME_FLAGS = [

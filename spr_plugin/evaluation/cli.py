@@ -9,9 +9,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import SPRError
-from ..lf_image import add_pre_resize_args
-from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS
+from spr_plugin.core.errors import SPRError
+from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
+from spr_plugin.llamafactory.image import add_pre_resize_args
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def _model_id(name: str | None) -> str | None:
 
 def _results_manifest(out: Path, inputs: dict, fresh: bool):
     """The per-item results file is resumed only if it was made with the same model, data and settings."""
-    from ..manifest import Manifest
+    from spr_plugin.core.manifest import Manifest
 
     results = items_path(out)
     manifest = Manifest(results.with_name(results.name + ".manifest.json"), {"results": [results]})
@@ -71,8 +71,8 @@ def _results_manifest(out: Path, inputs: dict, fresh: bool):
 
 def check_eval_frame(a: argparse.Namespace) -> None:
     """Refuse, before loading anything, an evaluation frame that differs from the recipe's or the dataset's."""
-    from ..lf_image import ImageFrame, frame_from_args
-    from ..recipe_check import check_frames, check_recipe_frame, meta_path, read_meta
+    from spr_plugin.llamafactory.image import ImageFrame, frame_from_args
+    from spr_plugin.llamafactory.recipe_check import check_frames, check_recipe_frame, meta_path, read_meta
 
     frame = frame_from_args(a)
     if a.recipe is not None:
@@ -88,12 +88,12 @@ def check_eval_frame(a: argparse.Namespace) -> None:
 
 
 def cmd_eval_rec(a: argparse.Namespace) -> int:
-    from ..manifest import file_digest
-    from ..preflight import require_writable_file
-    from .model import load_model
-    from .rec import RecConfig, evaluate_rec, usable_items
-    from .rec_data import load_rec
-    from .report import rec_table, write_json
+    from spr_plugin.core.manifest import file_digest
+    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.evaluation.model import load_model
+    from spr_plugin.evaluation.rec import RecConfig, evaluate_rec, usable_items
+    from spr_plugin.evaluation.rec_data import load_rec
+    from spr_plugin.evaluation.report import rec_table, write_json
 
     check_eval_frame(a)
     cfg = RecConfig(
@@ -142,13 +142,21 @@ def cmd_eval_rec(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_region(a: argparse.Namespace) -> int:
-    from ..images import check_image_cached
-    from ..manifest import file_digest
-    from ..preflight import require_writable_file
-    from ..regions import RegionConfig, RegionStats, check_images_found, load_coco, read_regions, require_regions, sample_regions
-    from .model import load_model
-    from .region import RegionEvalConfig, evaluate_region
-    from .report import region_table, write_json
+    from spr_plugin.core.images import check_image_cached
+    from spr_plugin.core.manifest import file_digest
+    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.evaluation.model import load_model
+    from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
+    from spr_plugin.evaluation.report import region_table, write_json
+    from spr_plugin.regions.sampling import (
+        RegionConfig,
+        RegionStats,
+        check_images_found,
+        load_coco,
+        read_regions,
+        require_regions,
+        sample_regions,
+    )
 
     require_writable_file(a.out, "--out")
     check_eval_frame(a)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
-from ..records import Box
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import Box
 
 #: Thresholds reported by default: SPR's paper reports Acc@0.5 and the 0.5-0.9 curve.
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SPRError
+from spr_plugin.core.errors import SPRError
 
 
 @dataclass

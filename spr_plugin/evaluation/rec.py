@@ -1,7 +1,7 @@
 """``spr eval rec``: referring expression comprehension accuracy of a grounding model.
 
 For every expression the model is asked (greedy decoding) for the box of the described object; the
-first box of its answer, parsed with the model's box format (:mod:`spr_plugin.box_formats`), is the
+first box of its answer, parsed with the model's box format (:mod:`spr_plugin.families.box_formats`), is the
 prediction. REC scores are notoriously prompt-sensitive, so the prompt template is part of the
 report and can be changed with ``--prompt``.
 """
@@ -13,17 +13,17 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..box_formats import REF_END, REF_START, BoxFormat, get_box_format
-from ..errors import ConfigError, SPRError
-from ..images import check_image_cached
-from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
-from ..prompts import IMAGE_TOKEN, Prompt
-from ..records import Box
-from ..sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
-from .metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
-from .model import LoadedModel
-from .rec_data import RecItem
-from .runner import decoding_settings, run_resumable
+from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.images import check_image_cached
+from spr_plugin.core.records import Box
+from spr_plugin.core.sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
+from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
+from spr_plugin.evaluation.model import LoadedModel
+from spr_plugin.evaluation.rec_data import RecItem
+from spr_plugin.evaluation.runner import decoding_settings, run_resumable
+from spr_plugin.families.box_formats import REF_END, REF_START, BoxFormat, get_box_format
+from spr_plugin.families.prompts import IMAGE_TOKEN, Prompt
+from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 
 #: Default prompts per box format. Qwen2-VL marks the referred phrase with its reference tokens;
 #: Qwen2.5-VL's JSON form is asked for JSON (Qwen's own documented grounding request).

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SPRError
-from ..images import ImageLocator
-from ..jsonl import atomic_output, loads_strict, read_jsonl
-from ..records import Box
-from ..sanitize import SanitizeStats, sanitize_phrase
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.images import ImageLocator
+from spr_plugin.core.jsonl import atomic_output, loads_strict, read_jsonl
+from spr_plugin.core.records import Box
+from spr_plugin.core.sanitize import SanitizeStats, sanitize_phrase
 
 MAX_EXPRESSION_LEN = 1000
 PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
@@ -290,7 +290,7 @@ def _lmms_parquet(path: Path, root: Path | None, split: str | None, data: RecDat
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from ..images import check_image
+    from spr_plugin.core.images import check_image
 
     try:
         pf = pq.ParquetFile(path)
@@ -437,8 +437,8 @@ def write_rec_jsonl(path: str | os.PathLike, items: Iterable[RecItem]) -> Path:
 def rec_items_from_detections(annotation_file: str | os.PathLike, image_root: str | os.PathLike) -> list[RecItem]:
     """REC items from a COCO-format *detection* file: every object whose category is unique in its image,
     with the category name as the expression (unambiguous by construction; no RefCOCO needed)."""
-    from ..annotations import category_name
-    from ..regions import load_coco
+    from spr_plugin.regions.annotations import category_name
+    from spr_plugin.regions.sampling import load_coco
 
     coco = load_coco(annotation_file)
     root = Path(image_root)

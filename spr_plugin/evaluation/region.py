@@ -1,8 +1,8 @@
 """``spr eval region``: how well a model's grounded region descriptions localize the region's objects.
 
 This measures the behaviour SPR trains directly: the model is asked the DPO training question
-(:func:`spr_plugin.prompts.training_prompt`) about held-out query regions, answers greedily, and every
-box of its description is matched one-to-one (Hungarian, :mod:`spr_plugin.localization`) to the
+(:func:`spr_plugin.families.prompts.training_prompt`) about held-out query regions, answers greedily, and every
+box of its description is matched one-to-one (Hungarian, :mod:`spr_plugin.scoring.localization`) to the
 region's annotated objects at IoU > threshold (SPR keeps boxes with IoU > 0.5). Labels are not
 compared: this is localization quality, like GVD's F1_loc, not naming accuracy.
 """
@@ -13,15 +13,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..box_formats import BoxFormat, get_box_format
-from ..errors import ConfigError
-from ..lf_image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
-from ..localization import iou_matrix, match_hungarian
-from ..prompts import Prompt, training_prompt
-from ..records import Region
-from .metrics import RegionSummary, region_summary
-from .model import LoadedModel
-from .runner import decoding_settings, run_resumable
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import Region
+from spr_plugin.evaluation.metrics import RegionSummary, region_summary
+from spr_plugin.evaluation.model import LoadedModel
+from spr_plugin.evaluation.runner import decoding_settings, run_resumable
+from spr_plugin.families.box_formats import BoxFormat, get_box_format
+from spr_plugin.families.prompts import Prompt, training_prompt
+from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
+from spr_plugin.scoring.localization import iou_matrix, match_hungarian
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import SPRError
-from ..jsonl import atomic_write_text
-from .metrics import RecSummary, RegionSummary
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.evaluation.metrics import RecSummary, RegionSummary
 
 
 def rec_table(rows: Mapping[str, RecSummary]) -> str:

@@ -1,0 +1,222 @@
+"""Image files from other people's datasets: find them, check they decode, copy them safely.
+
+Every stage that touches an image goes through here, so a bad file is met the same way everywhere:
+
+* :func:`check_image` opens an image with PIL's decompression-bomb guard turned into an error (a 1 kB PNG
+  can claim 100000x100000 pixels and take the machine's memory) and decodes it fully (``verify()`` alone
+  does not notice a truncated JPEG, which then kills generation at the same image on every rerun). It
+  returns the size or the reason the image is unusable, never raises, so callers skip and count it.
+* :class:`ImageLocator` finds the file a json's ``file_name`` names under an image root, also in the
+  layouts the official archives extract to (Objects365's json says ``images/v1/patch8/x.jpg``, the archive
+  gives ``val/patch8/x.jpg``), and never outside the root.
+* :func:`copy_verified` copies atomically (temp file + rename) and compares content, so a run killed during
+  a copy never leaves a truncated image that a rerun would accept.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+from PIL import Image, UnidentifiedImageError
+
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.paths import contained_path
+
+#: Reasons :func:`check_image` gives for an unusable image (keys of the skip counters in every summary).
+MISSING, CORRUPT, TOO_LARGE = "missing_image", "corrupt_image", "image_too_large"
+
+#: Image formats a model input may have; anything else (a text file, a PDF) is not an image for us.
+IMAGE_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "MPO"})
+
+
+def check_image(path: str | os.PathLike, *, decode: bool = True) -> tuple[int, int] | str:
+    """The image's ``(width, height)``, or why it cannot be used: :data:`MISSING`, :data:`CORRUPT`
+    (not an image, truncated, undecodable) or :data:`TOO_LARGE` (over PIL's decompression-bomb limit).
+
+    ``decode`` decodes the pixels (JPEGs at 1/8 scale via ``draft``, which still reads every byte), so a
+    truncated file is caught here and not in the middle of a generation batch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return MISSING
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.format not in IMAGE_FORMATS:
+                    return CORRUPT
+                size = im.size
+                if decode:
+                    if im.format in ("JPEG", "MPO"):
+                        im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                    im.load()
+                else:
+                    im.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return TOO_LARGE
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError):
+        return CORRUPT
+    if size[0] < 1 or size[1] < 1:
+        return CORRUPT
+    return size
+
+
+@lru_cache(maxsize=65536)
+def _checked(path: str, mtime_ns: int, size: int) -> tuple[int, int] | str:
+    return check_image(path)
+
+
+def check_image_cached(path: str | os.PathLike) -> tuple[int, int] | str:
+    """:func:`check_image`, decoded once per file version (keyed by path, mtime and size)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return MISSING
+    return _checked(str(path), st.st_mtime_ns, st.st_size)
+
+
+def require_image(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """The size of a usable image, else :class:`SPRError` naming the file and the reason."""
+    result = check_image_cached(path)
+    if isinstance(result, str):
+        raise SPRError(f"{what} {path} is unusable ({result.replace('_', ' ')})")
+    return result
+
+
+class ImageLocator:
+    """Finds images under ``root`` by the ``file_name`` a json gives them.
+
+    The json's own layout (``root/file_name``) is the default. Other layouts drop leading folders of the name
+    (``images/v1/patch8/x.jpg`` -> ``patch8/x.jpg``) and look directly under ``root`` or under one of its
+    sub-folders (``train/``, ``val/``, ``val2017/``): the layout official archives extract to. Which layout a
+    dataset uses is decided once, by :meth:`learn`, from a sample of its names: the layout that finds most of
+    them, the json's own on a tie, and never one that maps two names to one file. Afterwards each name is
+    looked up in that layout and the json's own, one ``stat`` each. A per-image search would be wrong: for a
+    missing ``seq3/0001.jpg`` it would happily return ``seq1/0001.jpg``. Names that leave ``root`` (``..``,
+    absolute paths elsewhere) are never looked up.
+    """
+
+    def __init__(self, root: str | os.PathLike, max_subdirs: int = 64) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.max_subdirs = max_subdirs
+        self.layout: tuple[int, Path] = (0, self.root)  # (leading folders dropped, base folder)
+        self._subdirs: list[Path] | None = None
+
+    def subdirs(self) -> list[Path]:
+        if self._subdirs is None:
+            found: list[Path] = []
+            try:
+                with os.scandir(self.root) as it:
+                    found = [Path(e.path) for e in it if not e.name.startswith(".") and e.is_dir()]
+            except OSError:
+                pass
+            self._subdirs = sorted(found)[: self.max_subdirs]
+        return self._subdirs
+
+    @staticmethod
+    def _parts(file_name: str) -> tuple[str, ...]:
+        return PurePosixPath(file_name.replace("\\", "/")).parts
+
+    def _at(self, layout: tuple[int, Path], file_name: str) -> Path | None:
+        drop, base = layout
+        parts = self._parts(file_name)
+        if os.path.isabs(file_name) or drop >= len(parts):
+            return None
+        return base.joinpath(*parts[drop:])
+
+    def learn(self, file_names: list[str]) -> int:
+        """Pick the layout that finds most of ``file_names`` (the json's own on a tie); returns how many it finds."""
+        names = [n for n in file_names if isinstance(n, str) and n and self.contains(n)]
+        layouts: list[tuple[int, Path]] = [(0, self.root)]
+        depth = max((len(self._parts(n)) for n in names), default=0)
+        for drop in range(depth):
+            for base in (self.root, *self.subdirs()):
+                if (drop, base) not in layouts:
+                    layouts.append((drop, base))
+        best, best_hits = (0, self.root), -1
+        distinct = len(set(names))
+        for layout in layouts:
+            mapped = [self._at(layout, n) if not os.path.isabs(n) else Path(os.path.normpath(n)) for n in names]
+            if len({p for p in mapped if p is not None}) < distinct:
+                continue  # lossy: two different names would land on one file (seq1/0001.jpg, seq2/0001.jpg)
+            hits = sum(p is not None and p.is_file() for p in mapped)
+            if hits > best_hits:
+                best, best_hits = layout, hits
+            if best_hits == len(names):
+                break
+        self.layout = best
+        return max(best_hits, 0)
+
+    def contains(self, file_name: str) -> bool:
+        try:
+            contained_path(self.root, file_name, "image file_name")
+        except SPRError:
+            return False
+        return True
+
+    def candidates(self, file_name: str) -> list[Path]:
+        """Where :meth:`locate` looks for ``file_name``, in order: the learned layout, then the json's own."""
+        direct = contained_path(self.root, file_name, "image file_name")  # raises for paths leaving the root
+        learned = self._at(self.layout, file_name)
+        return list(dict.fromkeys(p for p in (learned, direct) if p is not None))
+
+    def locate(self, file_name: str) -> Path | None:
+        """The image file for ``file_name``, or None. Raises :class:`SPRError` for a name that leaves the root."""
+        for path in self.candidates(file_name):
+            if path.is_file():
+                return path
+        return None
+
+    def expected(self, file_name: str) -> str:
+        """Where ``file_name`` was looked for, for a one-line error."""
+        return " or ".join(str(p) for p in self.candidates(file_name))
+
+
+def copy_verified(source: str | os.PathLike, dest: str | os.PathLike, *, link: bool = False) -> bool:
+    """Make ``dest`` a complete copy of ``source``; returns True if it had to be (re)written.
+
+    An existing ``dest`` with the same content is kept; anything else (a truncated copy from a killed run,
+    an older image of the same name) is replaced. The copy goes to a temp file in ``dest``'s folder that is
+    renamed over ``dest`` only once complete, so ``dest`` is never half-written. ``link`` tries a hard link
+    first (same disk, no extra space).
+    """
+    source, dest = Path(source), Path(dest)
+    if dest.is_file() and not dest.is_symlink():
+        try:
+            if filecmp.cmp(source, dest, shallow=False):
+                return False
+        except OSError:
+            pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        if link:
+            os.unlink(tmp)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+        else:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        if not link:
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

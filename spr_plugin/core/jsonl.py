@@ -1,0 +1,185 @@
+"""JSONL files for intermediate results: append-only writes and reads that name the bad line.
+
+Every stage appends one line per finished record and flushes it, so a crash loses at most the line
+being written; a reader skips a torn last line instead of failing the whole resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from spr_plugin.core.errors import SPRError
+
+T = TypeVar("T")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that refuses ``NaN``/``Infinity`` (Python's json accepts them; no JSON file should hold them)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def read_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *, what: str = "record") -> Iterator[T]:
+    """Yield ``parse(obj)`` for every line; a bad line raises :class:`SPRError` naming file and line.
+
+    A torn final line (no trailing newline, invalid JSON), as left by a killed writer, is skipped. Lines are
+    decoded one by one, so invalid UTF-8 is reported with its line number too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SPRError(f"{what} file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    lines = data.split(b"\n")
+    torn_last = not data.endswith(b"\n")
+    if not torn_last:
+        lines.pop()  # the empty piece after the final newline
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        last = lineno == len(lines) and torn_last
+        try:
+            obj = loads_strict(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            if last:
+                return  # a writer killed inside a multi-byte character
+            raise SPRError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start})") from None
+        except ValueError as exc:  # JSONDecodeError, NaN/Infinity
+            if last:
+                return  # torn last line of an interrupted run
+            raise SPRError(f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(obj, dict):
+            raise SPRError(f"{path}:{lineno}: expected a JSON object per line, found {type(obj).__name__}")
+        try:
+            yield parse(obj)
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
+            raise SPRError(f"{path}:{lineno}: not a valid {what} ({type(exc).__name__}: {exc})") from None
+
+
+def read_dataset_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """Records of a LLaMA-Factory data file, numbered for error messages: a ``.json`` list (numbered from 1)
+    or a ``.jsonl`` file (numbered by line). Invalid JSON or UTF-8 raises :class:`SPRError` naming file and line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if path.suffix == ".json":
+        try:
+            records = loads_strict(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+        except ValueError as exc:
+            raise SPRError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(records, list):
+            raise SPRError(f"{path}: expected a JSON list of records")
+        return list(enumerate(records, start=1))
+    numbered = []
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            try:
+                numbered.append((lineno, loads_strict(line.decode("utf-8"))))
+            except UnicodeDecodeError as exc:
+                raise SPRError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start})") from None
+            except ValueError as exc:
+                raise SPRError(f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    return numbered
+
+
+class JsonlAppender:
+    """Appends records to a JSONL file, one flushed line each; repairs a torn last line on open."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open("rb+") as f:
+                data = f.read()
+                if not data.endswith(b"\n"):
+                    f.seek(data.rfind(b"\n") + 1)
+                    f.truncate()
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(target: Path) -> int:
+    """The mode the replacement of ``target`` gets: the existing file's, or what ``open()`` would give a new file.
+
+    ``mkstemp`` creates 0600 files; replacing a shared ``dataset_info.json`` (0664) with one would lock the
+    other users of the dataset folder out.
+    """
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def replace_target(path: str | os.PathLike) -> Path:
+    """The file an atomic replace of ``path`` must write: the symlink's target if ``path`` is a symlink
+    (replacing the link itself would cut the user's shared file loose), else ``path``."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """A temp file next to ``path`` that replaces it on success: readers see the old or the new file,
+    never a half-written one, and a crash or a full disk leaves only the old one (the temp file is removed).
+    The replacement keeps the old file's mode and, for a symlink, writes its target."""
+    target = replace_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    file_mode = _new_file_mode(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so readers see the old or the new content, never a half-written one."""
+    with atomic_output(path) as f:
+        f.write(text)
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)

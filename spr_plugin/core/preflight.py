@@ -1,0 +1,63 @@
+"""Checks that run before any long work, so a user error costs a second, not hours of generation.
+
+An output folder that is a file, lies under a file, or cannot be written is found by actually creating
+(and removing) a temp file in the folder or its nearest existing ancestor: permission bits, ACLs, read-only
+mounts and full quotas all show up that way, and nothing the user owns is created or changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from spr_plugin.core.errors import SPRError
+
+#: LLaMA-Factory dataset names become file names (``<name>.jsonl``, ``<name>/images``) and ``dataset_info``
+#: keys: letters, digits, ``-``, ``_`` and ``.``, starting with a letter or digit, at most 100 characters.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_dataset_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith(".jsonl") or ".." in name:
+        shown = name if len(str(name)) <= 40 else str(name)[:37] + "..."
+        raise SPRError(
+            f"invalid dataset name {shown!r}: use letters, digits, '-', '_' and '.', start with a letter or digit, "
+            "at most 100 characters"
+        )
+    return name
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p
+
+
+def require_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` is, or can become, a folder this process can write; else :class:`SPRError` (one line)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SPRError(f"{what} {p} is a file, not a folder")
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise SPRError(f"{what} {p} cannot be created: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".spr-write-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if base == p else f" (its nearest existing folder {base} is not writable)"
+        raise SPRError(f"{what} {p} is not writable{where}: {exc.strerror or exc}") from None
+    return p
+
+
+def require_writable_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` can be written as a file (its folder is writable and it is not a folder itself)."""
+    p = Path(path)
+    if p.is_dir():
+        raise SPRError(f"{what} {p} is a folder; give a file name")
+    require_writable_dir(p.parent if str(p.parent) else Path("."), f"{what} folder")
+    return p

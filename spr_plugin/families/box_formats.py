@@ -1,0 +1,480 @@
+"""Grounded-text box formats: parse model text into pixel boxes and write pixel boxes back as text.
+
+Each model family writes boxes in its own coordinate frame, and mixing frames up is the most
+reported bug of grounding pipelines. This module is the only place that knows about frames:
+
+* ``qwen2_vl``: ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``
+  with integers normalised to the [0,1000) grid, independent of the image size.
+* ``qwen2_5_vl``: the same tokens, but absolute pixels of the *resized model input*
+  (LLaMA-Factory's ``image_max_pixels`` resize followed by the processor's ``smart_resize``).
+* ``qwen2_5_vl_json``: Qwen2.5-VL's JSON answer ``[{"bbox_2d": [x1,y1,x2,y2], "label": "..."}]``,
+  in the same resized-input frame.
+
+Everything outside this module sees boxes in original-image pixels only (:class:`~spr_plugin.core.records.Box`).
+Bad boxes never raise: garbage, truncated, out-of-range, reversed or zero-area boxes are clamped or
+dropped and counted in :class:`~spr_plugin.core.records.ParseResult` so a run can report its parse-failure rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import Box, GroundedPhrase, ParseResult
+from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, lf_image_size
+
+REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
+BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
+
+_NUM = r"(-?\d++(?:\.\d++)?)"
+_CORNERS_RE = re.compile(rf"\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*,\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*")
+#: The four grounding markers of Qwen's token syntax; every other ``<|...|>`` token is foreign to an answer.
+_MARKER_RE = re.compile(r"<\|(object_ref_start|object_ref_end|box_start|box_end)\|>")
+_SPECIAL_RE = re.compile(r"<\|[a-z_]+\|>")
+_BRACES_RE = re.compile(r"[{}]")
+_COMMA_AFTER_RE = re.compile(r"\s*,")
+
+
+def _innermost_objects(text: str, marker: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every brace pair with no brace inside that contains ``marker``, left to right.
+
+    The same spans as the regex ``\\{[^{}]*MARKER[^{}]*\\}``, found in one pass: that regex backtracks over
+    every occurrence of the marker in an unclosed object, which makes a reply like ``{"bbox_2d" "bbox_2d" ...``
+    quadratic (80 kB took 2.7 s).
+    """
+    spans = []
+    opened = -1
+    for m in _BRACES_RE.finditer(text):
+        if m.group() == "{":
+            opened = m.start()
+        elif opened >= 0:
+            if text.find(marker, opened, m.end()) >= 0:
+                spans.append((opened, m.end()))
+            opened = -1
+    return spans
+
+
+#: Longest box body worth reading: "(999,999),(999,999)" with generous spaces and decimals.
+_MAX_BOX_BODY = 96
+
+#: Edit for :meth:`BoxFormat.rewrite` that removes a phrase entirely (its words and its boxes).
+DROP = "drop"
+Edit = Box | None | Literal["drop"]
+
+#: Share of the frame a coordinate may overshoot and still be clamped rather than dropped.
+DEFAULT_TOLERANCE = 0.02
+
+
+class BoxFormat(ABC):
+    """A model family's way of writing boxes in text.
+
+    Subclasses define the coordinate frame (``frame_size``) and the surface syntax; the shared code
+    here converts between the frame and original-image pixels and validates boxes the same way for all.
+    """
+
+    name: str
+    #: LLaMA-Factory's chat template for the model family that writes this format.
+    template: str = "qwen2_vl"
+
+    def __init__(self, tolerance: float = DEFAULT_TOLERANCE) -> None:
+        self.tolerance = tolerance
+
+    @abstractmethod
+    def frame_size(self, width: int, height: int) -> tuple[float, float]:
+        """Width and height of the coordinate frame the model writes numbers in."""
+
+    @abstractmethod
+    def parse(self, text: str, width: int, height: int) -> ParseResult:
+        """Find every grounded phrase of ``text``; boxes come back in original-image pixels."""
+
+    @abstractmethod
+    def render(self, label: str, box: Box, width: int, height: int) -> str:
+        """Write one grounded phrase (label plus box) as the model would."""
+
+    @abstractmethod
+    def render_box(self, box: Box, width: int, height: int) -> str:
+        """Write a bare box (used to point at the query region in prompts)."""
+
+    @abstractmethod
+    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
+        """Rewrite phrases of ``text`` (indices into ``parse.phrases``): a Box snaps the phrase to it,
+        ``None`` removes its grounding (the words stay), :data:`DROP` removes the phrase with its words.
+        Phrases not named stay as they are."""
+
+    def clean(self, text: str, width: int, height: int) -> str:
+        """Remove malformed grounding debris, keeping well-formed units (identity where nothing applies)."""
+        return text
+
+    def plain_text(self, text: str, width: int, height: int) -> str:
+        """The description with all grounding removed (labels kept), for text-only scorers."""
+        parse = self.parse(text, width, height)
+        out = self.rewrite(text, parse, {i: None for i in range(len(parse.phrases))}, width, height)
+        return re.sub(r"\s+", " ", _SPECIAL_RE.sub("", out)).strip()
+
+    # -- frame conversion shared by all formats -------------------------------------------------
+
+    def to_frame(self, box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+        """Original pixels -> integer frame coordinates, clamped inside the frame."""
+        fw, fh = self.frame_size(width, height)
+        sx, sy = fw / width, fh / height
+        max_x, max_y = self._max_coord(fw), self._max_coord(fh)
+        return (
+            _clamp_int(box.x1 * sx, max_x),
+            _clamp_int(box.y1 * sy, max_y),
+            _clamp_int(box.x2 * sx, max_x),
+            _clamp_int(box.y2 * sy, max_y),
+        )
+
+    def _max_coord(self, frame_extent: float) -> int:
+        return int(frame_extent)
+
+    def from_frame(self, values: tuple[float, float, float, float], width: int, height: int, result: ParseResult) -> Box | None:
+        """Frame coordinates -> original pixels, after validation. Returns None (and counts why) for bad boxes."""
+        x1, y1, x2, y2 = values
+        if not all(math.isfinite(v) for v in values):
+            result.drop("garbage")
+            return None
+        fw, fh = self.frame_size(width, height)
+        tol_x, tol_y = self.tolerance * fw, self.tolerance * fh
+        if min(x1, x2) < -tol_x or max(x1, x2) > fw + tol_x or min(y1, y2) < -tol_y or max(y1, y2) > fh + tol_y:
+            result.drop("out_of_range")
+            return None
+        if x1 > x2 or y1 > y2:
+            result.drop("reversed")
+            return None
+        cx1, cy1, cx2, cy2 = (min(max(x1, 0.0), fw), min(max(y1, 0.0), fh), min(max(x2, 0.0), fw), min(max(y2, 0.0), fh))
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            result.clamped += 1
+        if cx2 <= cx1 or cy2 <= cy1:
+            result.drop("zero_area")
+            return None
+        sx, sy = width / fw, height / fh
+        return Box(cx1 * sx, cy1 * sy, cx2 * sx, cy2 * sy)
+
+
+def _clamp_int(v: float, hi: int) -> int:
+    return int(min(max(round(v), 0), hi))
+
+
+#: Coordinate debris ("(1,1", "[12, 40, 3"): it may start only where a number or bracket starts, and every
+#: quantifier is possessive, so the regex engine never rescans a digit run (linear, not quadratic, time).
+_COORDS_RE = re.compile(
+    r"(?:,\s*+)?(?<![\w.])[(\[]?\s*+-?\d++(?:\.\d++)?(?:\s*+[,)\]]\s*+[(\[]?\s*+-?\d++(?:\.\d++)?)++\s*+[)\]]?"
+)
+
+
+def _scrub(segment: str) -> str:
+    """Text between well-formed units: drop stray special tokens and, if there were any, coordinate debris."""
+    if not _SPECIAL_RE.search(segment):
+        return segment
+    # Markers become spaces so the words they separated do not run together ("squareblue").
+    return _COORDS_RE.sub(" ", _SPECIAL_RE.sub(" ", segment))
+
+
+_SEP_AFTER_RE = re.compile(r"\s*+(?:,|\band\b|\bor\b)")
+_BARE_BOX_NEXT_RE = re.compile(r"\s*+" + re.escape(BOX_START))
+
+
+def _drop_trailing_separator(chunk: str) -> str:
+    """``chunk`` without a final ", " / " and " / " or " (the separator before a dropped phrase)."""
+    stripped = chunk.rstrip()
+    if stripped.endswith(","):
+        return stripped[:-1]
+    for word in ("and", "or"):
+        if stripped.endswith(word) and (len(stripped) == len(word) or not stripped[-len(word) - 1].isalnum()):
+            return stripped[: -len(word)].rstrip()
+    return chunk
+
+
+def _tidy(text: str) -> str:
+    """Collapse the spaces and punctuation that removing units leaves behind."""
+    text = re.sub(r"[ \t]{2,}", " ", text)
+    text = re.sub(r" +([,.;:!?])", r"\1", text)
+    return re.sub(r",(?:\s*,)+", ",", text).strip()
+
+
+class _TokenFormat(BoxFormat):
+    """Qwen's ``<|object_ref_start|>...<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` token syntax.
+
+    The grammar, read in one left-to-right pass over the markers (linear in the text length, so a
+    hostile megabyte of text parses in milliseconds)::
+
+        unit := REF_START label REF_END (BOX)*  |  BOX
+        BOX  := BOX_START "(x1,y1),(x2,y2)" BOX_END
+
+    A reference owns the boxes that follow it with only white space between. Anything else is damage and
+    becomes a *malformed* phrase whose span covers it, so refinement can remove exactly that text: a
+    reference whose end marker never comes (its label runs to the next marker), a box cut off by the
+    next marker or the end of the text (``truncated``), a box end with no start (``garbage``). Spans of
+    different phrases never overlap.
+    """
+
+    def render(self, label: str, box: Box, width: int, height: int) -> str:
+        return f"{REF_START}{label}{REF_END}{self.render_box(box, width, height)}"
+
+    def render_box(self, box: Box, width: int, height: int) -> str:
+        x1, y1, x2, y2 = self.to_frame(box, width, height)
+        return f"{BOX_START}({x1},{y1}),({x2},{y2}){BOX_END}"
+
+    def parse(self, text: str, width: int, height: int) -> ParseResult:
+        result = ParseResult()
+        marks = list(_MARKER_RE.finditer(text))
+        kinds = [m.group(1) for m in marks]
+        i = 0
+        while i < len(marks):
+            m, kind = marks[i], kinds[i]
+            if kind == "object_ref_start":
+                if i + 1 >= len(marks) or kinds[i + 1] != "object_ref_end":
+                    # An unterminated reference holds no box (nothing to count as dropped), but it is damage
+                    # that refinement must remove: a malformed phrase.
+                    end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+                    result.phrases.append(GroundedPhrase(text[m.end() : end].strip(), None, (m.start(), end), True))
+                    i += 1
+                    continue
+                label = text[m.end() : marks[i + 1].start()].strip()
+                cursor, i = marks[i + 1].end(), i + 2
+                owned: list[tuple[Box | None, bool]] = []
+                while i < len(marks) and kinds[i] == "box_start" and not text[cursor : marks[i].start()].strip():
+                    box, malformed, cursor, i = self._read_box(text, marks, kinds, i, width, height, result)
+                    owned.append((box, malformed))
+                span = (m.start(), cursor)
+                if not owned:
+                    result.phrases.append(GroundedPhrase(label, None, span))
+                for box, malformed in owned:
+                    result.phrases.append(GroundedPhrase(label, box, span, malformed))
+            elif kind == "box_start":
+                start = m.start()
+                box, malformed, end, i = self._read_box(text, marks, kinds, i, width, height, result)
+                result.phrases.append(GroundedPhrase("", box, (start, end), malformed))
+            else:  # an end marker with nothing open: the model skipped its start token
+                result.drop("garbage")
+                i += 1
+        return result
+
+    def _read_box(
+        self, text: str, marks: list[re.Match[str]], kinds: list[str], i: int, width: int, height: int, result: ParseResult
+    ) -> tuple[Box | None, bool, int, int]:
+        """The box opened by ``marks[i]``: (box or None, malformed, end of its text, index of the next marker)."""
+        if i + 1 >= len(marks) or kinds[i + 1] != "box_end":
+            result.drop("truncated")
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+            return None, True, end, i + 1
+        body = text[marks[i].end() : marks[i + 1].start()]
+        corners = _CORNERS_RE.fullmatch(body) if len(body) <= _MAX_BOX_BODY else None
+        if corners is None:
+            result.drop("garbage")
+            return None, True, marks[i + 1].end(), i + 2
+        box = self.from_frame(tuple(float(v) for v in corners.groups()), width, height, result)  # type: ignore[arg-type]
+        return box, box is None, marks[i + 1].end(), i + 2
+
+    def clean(self, text: str, width: int, height: int) -> str:
+        """Keep well-formed grounded units; elsewhere remove stray markers and the coordinates beside them.
+
+        Refinement rewrites only what the parser recognised; model noise such as a reference followed by
+        coordinates without ``<|box_start|>`` would otherwise survive into the *chosen* text and teach
+        malformed boxes. Numbers are only removed from stretches that held a stray marker.
+        """
+        parse = self.parse(text, width, height)
+        keep: dict[tuple[int, int], bool] = {}
+        for p in parse.phrases:
+            keep[p.span] = keep.get(p.span, True) and p.box is not None
+        out, cursor = [], 0
+        after_unit = False  # is the output so far a unit followed by white space only?
+        for span in sorted(s for s, ok in keep.items() if ok):
+            gap = _scrub(text[cursor : span[0]])
+            out.append(gap)
+            after_unit = after_unit and not gap.strip()
+            unit = text[span[0] : span[1]]
+            cursor = span[1]
+            if after_unit and unit.startswith(BOX_START):
+                # Scrubbing removed what stood between a unit and this bare box: kept, the box would now
+                # belong to the unit's phrase (a binding nobody wrote). It goes, with the debris.
+                continue
+            out.append(unit)
+            after_unit = True
+        out.append(_scrub(text[cursor:]))
+        return _tidy("".join(out))
+
+    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
+        # Phrases that share a span (one reference, several boxes) are rewritten together.
+        by_span: dict[tuple[int, int], list[int]] = {}
+        for i, phrase in enumerate(parse.phrases):
+            by_span.setdefault(phrase.span, []).append(i)
+        out: list[str] = []
+        cursor = 0
+        for span, members in sorted(by_span.items()):
+            if not any(i in boxes for i in members):
+                continue
+            start, end = span
+            edits = [boxes.get(i, parse.phrases[i].box) for i in members]
+            label = parse.phrases[members[0]].label
+            kept_boxes = [b for b in edits if isinstance(b, Box)]
+            out.append(text[cursor:start])
+            if all(e == DROP for e in edits):
+                # Take one separating comma or conjunction with the phrase, so the sentence still reads, unless
+                # that would leave a bare box right after a unit: the box would then belong to its phrase.
+                after = _SEP_AFTER_RE.match(text, end)
+                if after is not None and not _BARE_BOX_NEXT_RE.match(text, after.end()):
+                    end = after.end()
+                elif not _BARE_BOX_NEXT_RE.match(text, end):
+                    out[-1] = _drop_trailing_separator(out[-1])
+            elif kept_boxes:
+                unit = f"{REF_START}{label}{REF_END}" if label else ""
+                out.append(unit + "".join(self.render_box(b, width, height) for b in kept_boxes))
+            else:
+                out.append(label)
+            cursor = end
+        out.append(text[cursor:])
+        return "".join(out)
+
+
+class Qwen2VLFormat(_TokenFormat):
+    """Qwen2-VL: integers on a [0,1000) grid, whatever the image size."""
+
+    name = "qwen2_vl"
+
+    def frame_size(self, width: int, height: int) -> tuple[float, float]:
+        return (1000.0, 1000.0)
+
+    def _max_coord(self, frame_extent: float) -> int:
+        return int(frame_extent) - 1  # the grid is [0, 1000): 999 is the last value
+
+
+@dataclass(frozen=True)
+class ResizeSpec:
+    """How a Qwen2.5-VL input image is resized before the model sees it.
+
+    ``pre_max_pixels``/``pre_min_pixels`` mirror LLaMA-Factory's ``image_max_pixels``/``image_min_pixels``
+    (applied first, by LLaMA-Factory), ``min_pixels``/``max_pixels`` the HF processor's ``smart_resize``.
+    Boxes must be written in the frame the model actually saw, or training teaches wrong coordinates.
+    """
+
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    pre_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    pre_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
+    factor: int = 28
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        # LLaMA-Factory's pre-resize (also applied by generation and evaluation, see lf_image), then smart_resize.
+        w, h = lf_image_size(width, height, self.pre_max_pixels, self.pre_min_pixels)
+        h_bar, w_bar = smart_resize(h, w, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return (w_bar, h_bar)
+
+
+class Qwen25VLFormat(_TokenFormat):
+    """Qwen2.5-VL token form: absolute pixels of the resized model input."""
+
+    name = "qwen2_5_vl"
+
+    def __init__(self, resize: ResizeSpec | None = None, tolerance: float = DEFAULT_TOLERANCE) -> None:
+        super().__init__(tolerance)
+        self.resize = resize or ResizeSpec()
+
+    def frame_size(self, width: int, height: int) -> tuple[float, float]:
+        w, h = self.resize.input_size(width, height)
+        return (float(w), float(h))
+
+
+class Qwen25VLJsonFormat(Qwen25VLFormat):
+    """Qwen2.5-VL JSON form: ``{"bbox_2d": [x1,y1,x2,y2], "label": "..."}`` objects, resized-input pixels."""
+
+    name = "qwen2_5_vl_json"
+
+    def render(self, label: str, box: Box, width: int, height: int) -> str:
+        return json.dumps({"bbox_2d": list(self.to_frame(box, width, height)), "label": label}, ensure_ascii=False)
+
+    def render_box(self, box: Box, width: int, height: int) -> str:
+        return json.dumps(list(self.to_frame(box, width, height)))
+
+    def parse(self, text: str, width: int, height: int) -> ParseResult:
+        result = ParseResult()
+        for start, end in _innermost_objects(text, '"bbox_2d"'):
+            label, box = "", None
+            try:
+                obj = json.loads(text[start:end])
+                label = str(obj.get("label", "")).strip()
+                values = obj["bbox_2d"]
+                if not (isinstance(values, list) and len(values) == 4):
+                    raise ValueError("bbox_2d must hold 4 numbers")
+                box = self.from_frame(tuple(float(v) for v in values), width, height, result)  # type: ignore[arg-type]
+            except (ValueError, TypeError, KeyError):
+                result.drop("garbage")
+            result.phrases.append(GroundedPhrase(label, box, (start, end), box is None))
+        tail = text[text.rfind("}") + 1 :] if "}" in text else text
+        if '"bbox_2d"' in tail:  # an object that never closed: generation was cut off
+            result.drop("truncated")
+        return result
+
+    def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
+        out: list[str] = []
+        last = -1  # index in ``out`` of the last piece that is not white space
+        cursor = 0
+
+        def emit(piece: str) -> None:
+            nonlocal last
+            out.append(piece)
+            if piece.strip():
+                last = len(out) - 1
+
+        for i, phrase in enumerate(parse.phrases):
+            if i not in boxes:
+                continue
+            start, end = phrase.span
+            box = boxes[i]
+            emit(text[cursor:start])
+            if not isinstance(box, Box):  # a JSON object without its box has nothing left: None and DROP agree
+                # Drop the object and one separating comma so the surrounding JSON list stays valid.
+                comma = _COMMA_AFTER_RE.match(text, end)
+                if comma is not None:
+                    end = comma.end()
+                elif last >= 0 and out[last].rstrip().endswith(","):
+                    out[last] = out[last].rstrip()[:-1]
+                    del out[last + 1 :]
+                    while last >= 0 and not out[last].strip():
+                        last -= 1
+            else:
+                emit(self.render(phrase.label, box, width, height))
+            cursor = end
+        out.append(text[cursor:])
+        return "".join(out)
+
+    def plain_text(self, text: str, width: int, height: int) -> str:
+        labels = [p.label for p in self.parse(text, width, height).phrases if p.label]
+        if labels:
+            return ", ".join(labels)
+        return super().plain_text(text, width, height)
+
+
+_FORMATS: dict[str, type[BoxFormat]] = {
+    Qwen2VLFormat.name: Qwen2VLFormat,
+    Qwen25VLFormat.name: Qwen25VLFormat,
+    Qwen25VLJsonFormat.name: Qwen25VLJsonFormat,
+}
+
+
+def available_formats() -> list[str]:
+    return sorted(_FORMATS)
+
+
+def get_box_format(name: str, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
+    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``).
+
+    ``frame`` is the run's LLaMA-Factory pre-resize: Qwen2.5-VL formats parse and write pixels of the image
+    *after* it, so a run with non-default ``image_max_pixels`` must pass its frame here.
+    """
+    try:
+        cls = _FORMATS[name]
+    except KeyError:
+        raise ConfigError(f"unknown box format {name!r}; choose one of {', '.join(available_formats())}") from None
+    if frame is not None and issubclass(cls, Qwen25VLFormat) and "resize" not in kwargs:
+        kwargs["resize"] = ResizeSpec(pre_max_pixels=frame.image_max_pixels, pre_min_pixels=frame.image_min_pixels)
+    return cls(**kwargs)  # type: ignore[arg-type]

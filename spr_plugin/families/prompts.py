@@ -1,0 +1,80 @@
+"""Prompt variants for candidate generation, and the prompt stored in the DPO dataset.
+
+SPR prompts the model several ways so candidates differ: the region box written in the text, the
+cropped region given as a second image, and object references taken from the annotations. The DPO
+dataset always uses the plain ``box_text`` prompt with the full image, the request users make at
+inference time, so the preference is learned for the question the model will actually be asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import Region
+from spr_plugin.core.sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
+from spr_plugin.families.box_formats import REF_END, REF_START, BoxFormat
+
+IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; one per image
+
+
+def strip_media_markers(text: str) -> str:
+    """``text`` without media placeholders, vision, chat or other special tokens (Qwen's grounding tokens stay),
+    removed to a fixed point by :func:`spr_plugin.core.sanitize.remove_tokens`.
+
+    Why: sampled answers of a weak model do contain them (seen: ``<|video_pad|>``), and one in a DPO
+    record breaks LLaMA-Factory: a stray ``<image>`` fails its placeholder count, a stray
+    ``<|video_pad|>`` with no video crashes the Qwen2-VL collator's M-RoPE position computation.
+    """
+    return remove_tokens(text, QWEN_GROUNDING_TOKENS)[0]
+
+
+def _name(text: str) -> str:
+    """A category name as it may appear in a prompt (names of regions files from elsewhere are not trusted)."""
+    return sanitize_phrase(text)[0] or "object"
+
+
+VARIANTS = ("box_text", "crop", "refs")
+
+_ASK = "Describe the region {box} in detail. Ground every object you mention with a bounding box."
+
+#: The user turn of every training record (DPO, chosen-only SFT, GRPO prompts): ``{box}`` is the query region
+#: written in the dataset's box format. Recorded in the parquets of ``spr export-hf`` / ``spr export-grpo``.
+PROMPT_TEMPLATE = IMAGE_TOKEN + _ASK
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A user turn: text with one ``<image>`` placeholder per image, and the images in order."""
+
+    variant: str
+    text: str
+    images: tuple[Image.Image | str, ...]
+
+
+def training_prompt(region: Region, box_format: BoxFormat) -> str:
+    """The user turn of every DPO record (LLaMA-Factory placeholder form)."""
+    return PROMPT_TEMPLATE.format(box=box_format.render_box(region.box, region.width, region.height))
+
+
+def build_prompt(variant: str, region: Region, box_format: BoxFormat) -> Prompt:
+    """A generation prompt of the given variant; images are paths or PIL crops."""
+    box = box_format.render_box(region.box, region.width, region.height)
+    ask = _ASK.format(box=box)
+    if variant == "box_text":
+        return Prompt(variant, IMAGE_TOKEN + ask, (region.image_path,))
+    if variant == "crop":
+        with Image.open(region.image_path) as im:
+            b = region.box
+            crop = im.convert("RGB").crop((int(b.x1), int(b.y1), max(int(b.x2), int(b.x1) + 1), max(int(b.y2), int(b.y1) + 1)))
+        text = (
+            f"{IMAGE_TOKEN}This is the full image. {IMAGE_TOKEN}This is the region {box} cropped from it. "
+            f"{ask} Use coordinates of the full image."
+        )
+        return Prompt(variant, text, (region.image_path, crop))
+    if variant == "refs":
+        refs = ", ".join(f"{REF_START}{_name(c)}{REF_END}" for c in region.categories)
+        return Prompt(variant, f"{IMAGE_TOKEN}{ask} The region contains: {refs}.", (region.image_path,))
+    raise ConfigError(f"unknown prompt variant {variant!r}; choose from {', '.join(VARIANTS)}")

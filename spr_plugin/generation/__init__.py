@@ -1,0 +1,1 @@
+"""Stage 2: candidate descriptions, sampled by transformers or an OpenAI-compatible server."""

@@ -1,0 +1,186 @@
+"""Command-line side of candidate generation: back-end options, ``spr generate`` and ``spr merge``.
+
+Kept out of :mod:`spr_plugin.cli` so the generation options (in-process transformers or an
+OpenAI-compatible server, sharding, memory bounds) live next to each other; ``cli`` only wires them in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from spr_plugin.core.errors import SPRError
+from spr_plugin.llamafactory.image import add_pre_resize_args, frame_from_args
+
+logger = logging.getLogger("spr")
+
+BACKENDS = ("transformers", "openai")
+
+
+def add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
+    """Sampling options shared by both back ends, then each back end's own."""
+    g = p.add_argument_group("generation (docs/generation.md)")
+    g.add_argument(
+        "--backend",
+        default="transformers",
+        choices=BACKENDS,
+        help="transformers: in process (--model); openai: an OpenAI-compatible server (vLLM, SGLang, llamafactory-cli api)",
+    )
+    g.add_argument("--num-samples", type=int, default=4, help="samples per prompt variant")
+    g.add_argument("--temperature", type=float, default=0.9)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=4, help="prompts per batch (openai: at least 4 x --concurrency)")
+    g.add_argument("--variants", default="box_text,crop,refs", help="comma-separated prompt variants")
+    add_pre_resize_args(g)  # both back ends: Qwen2.5-VL boxes live in the pre-resized frame
+
+    t = p.add_argument_group("in-process back end (--backend transformers)")
+    t.add_argument("--model", default=None, help="local Qwen2-VL checkpoint folder (or hub id if reachable)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto (this process's GPU under accelerate launch)")
+    t.add_argument(
+        "--max-batch-sequences",
+        type=int,
+        default=32,
+        help="memory bound: at most this many sequences (prompts x samples) per generate() call",
+    )
+
+    s = p.add_argument_group("server back end (--backend openai)")
+    s.add_argument("--base-url", default=None, help="API root, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--served-model", default=None, help="model name as the server lists it in /v1/models")
+    s.add_argument("--api-key", default=None, help="bearer token (default: $SPR_API_KEY, $OPENAI_API_KEY, or none)")
+    s.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    s.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
+    s.add_argument("--max-retries", type=int, default=5, help="retries per request on connection errors, 429 and 5xx")
+
+
+def add_shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="i/n: generate only shard i of n (split by a stable hash of region_id); writes OUT.shard-i-of-n.jsonl. "
+        "Default under accelerate launch: the process index of the process count",
+    )
+
+
+def generation_config(a: argparse.Namespace, seed: int):
+    """The run's :class:`GenerationConfig` (``model`` is the served name for the server back end)."""
+    from spr_plugin.generation.transformers_backend import GenerationConfig
+
+    if a.backend == "transformers" and not a.model:
+        raise SPRError("--model CHECKPOINT is required with --backend transformers")
+    if a.backend == "openai" and not (a.base_url and a.served_model):
+        raise SPRError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) and --served-model NAME")
+    batch = a.batch_size if a.backend == "transformers" else max(a.batch_size, 4 * a.concurrency)
+    return GenerationConfig(
+        model=a.model if a.backend == "transformers" else a.served_model,
+        num_samples=a.num_samples,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        max_new_tokens=a.max_new_tokens,
+        batch_size=batch,
+        variants=tuple(v.strip() for v in a.variants.split(",") if v.strip()),
+        seed=seed,
+        device=a.device,
+        max_batch_sequences=a.max_batch_sequences,
+        image_max_pixels=a.image_max_pixels,
+        image_min_pixels=a.image_min_pixels,
+    )
+
+
+def make_generator(a: argparse.Namespace, cfg):
+    """The back end the options name; the server back end checks URL and model before returning."""
+    if a.backend == "transformers":
+        from spr_plugin.generation.transformers_backend import TransformersGenerator
+
+        return TransformersGenerator(cfg)
+    from spr_plugin.generation.server_backend import OpenAIServerGenerator, ServerConfig
+
+    api_key = a.api_key or os.environ.get("SPR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    server = ServerConfig(
+        base_url=a.base_url,
+        model=a.served_model,
+        api_key=api_key,
+        num_samples=cfg.num_samples,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        concurrency=a.concurrency,
+        timeout=a.request_timeout,
+        max_retries=a.max_retries,
+        image_max_pixels=cfg.image_max_pixels,
+        image_min_pixels=cfg.image_min_pixels,
+    )
+    return OpenAIServerGenerator(server)
+
+
+def generation_fingerprint(cfg, box_format: str) -> dict:
+    """What a candidates file depends on besides its regions: sampling settings, model and box format.
+
+    Settings that only change speed or memory (batch size, device, sequences per call) are left out, so
+    a resumed run may use other ones.
+    """
+    from spr_plugin.core.manifest import settings
+
+    gen = dict(settings(cfg) or {})
+    for key in ("batch_size", "device", "max_batch_sequences"):
+        gen.pop(key, None)
+    if os.path.exists(str(gen.get("model", ""))):
+        gen["model"] = os.path.abspath(gen["model"])
+    return {"generation": gen, "box_format": box_format}
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from spr_plugin.core.manifest import Manifest, file_digest
+    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.families.box_formats import get_box_format
+    from spr_plugin.generation.candidates import generate_with_config
+    from spr_plugin.generation.sharding import resolve_shard, select_shard, shard_path
+    from spr_plugin.regions.sampling import read_regions
+
+    spec = resolve_shard(a.shard)
+    cfg = generation_config(a, a.seed)
+    box_format = get_box_format(a.box_format, frame_from_args(a))
+    out = shard_path(a.out, spec)
+    require_writable_file(out, "--out")
+    regions = list(select_shard(read_regions(a.regions), spec))
+    # A rerun appends to the same file: refuse if it was started with other regions or settings.
+    manifest = Manifest(out.with_name(out.name + ".manifest.json"), {"candidates": [out, out.with_name(f".{out.name}.lock")]})
+    stage = {"candidates": {"regions": file_digest(a.regions), "shard": str(spec), **generation_fingerprint(cfg, a.box_format)}}
+    if a.fresh:
+        manifest.reset()
+    manifest.check(
+        stage, what=f"candidates file {out}", hint="rerun with the same settings, write to another --out, or pass --fresh"
+    )
+    if spec.is_split:
+        logger.info("shard %s: %d regions -> %s", spec, len(regions), out)
+    generator = make_generator(a, cfg)
+    manifest.record(stage)
+    try:
+        stats = generate_with_config(regions, generator, box_format, out, cfg, progress=not a.no_progress)
+    finally:
+        generator.close()
+    stats.shard = str(spec)
+    print(json.dumps(stats.to_dict()))
+    return 0
+
+
+def cmd_merge(a: argparse.Namespace) -> int:
+    from spr_plugin.core.jsonl import atomic_write_jsonl
+    from spr_plugin.generation.candidates import merge_candidates
+
+    if a.out.resolve() in {Path(p).resolve() for p in a.candidates}:
+        raise SPRError(f"--out {a.out} is one of the inputs; write the merge to a new file")
+    merged, stats = merge_candidates(a.candidates)
+    atomic_write_jsonl(a.out, [c.to_dict() for c in merged])
+    print(json.dumps({**stats.to_dict(), "out": str(a.out)}))
+    return 0
+
+
+def add_merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="join candidate files (e.g. one per shard) into one, dropping duplicate keys")
+    p.add_argument("--candidates", type=Path, nargs="+", required=True, help="candidate JSONL files (shell globs work)")
+    p.add_argument("--out", type=Path, required=True, help="merged candidates JSONL to write")
+    p.set_defaults(func=cmd_merge)

@@ -1,0 +1,214 @@
+"""Candidate generation in process with a local Qwen2-VL checkpoint through transformers.
+
+Prompts are batched with left padding (decoder-only generation continues from the right edge) and
+each prompt is sampled ``num_samples`` times in the same ``generate`` call. Memory is bounded by
+``max_batch_sequences``: a call never holds more than that many sequences (prompts x samples), so a
+large ``num_samples`` splits into several calls instead of running out of memory. Special tokens are
+kept when decoding: Qwen's box and reference markers are special tokens and would otherwise vanish,
+which is also why LLaMA-Factory inference needs ``skip_special_tokens: false`` for grounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.sanitize import QWEN_GROUNDING_TOKENS, sanitize_answer
+from spr_plugin.families.prompts import IMAGE_TOKEN, VARIANTS, Prompt
+from spr_plugin.llamafactory.image import (
+    DEFAULT_IMAGE_MAX_PIXELS,
+    DEFAULT_IMAGE_MIN_PIXELS,
+    check_pixel_bounds,
+    lf_preprocess_image,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings; every candidate records the variant, seed and temperature that made it."""
+
+    model: str
+    num_samples: int = 4
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    batch_size: int = 4
+    variants: tuple[str, ...] = VARIANTS
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "auto"
+    max_batch_sequences: int = 32  # prompts x samples per generate() call: the memory bound
+    greedy: bool = False  # only for tests and debugging: SPR needs sampled, diverse candidates
+    #: LLaMA-Factory's pre-resize (its YAML keys of the same names; None = none). Must equal the training
+    #: run's values: Qwen2.5-VL boxes are pixels of the resized input, so the model must see the same frame.
+    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
+    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
+
+    def __post_init__(self) -> None:
+        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
+        if problem:
+            raise ConfigError(problem)
+        if min(self.num_samples, self.batch_size, self.max_new_tokens, self.max_batch_sequences) < 1:
+            raise ConfigError("num_samples, batch_size, max_new_tokens and max_batch_sequences must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 (SPR needs diverse samples)")
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ConfigError(f"unknown prompt variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+
+
+def to_chat_messages(prompt: Prompt) -> list[dict]:
+    """Turn ``<image>`` placeholders into chat-template content parts, keeping their order."""
+    content: list[dict] = []
+    pieces = prompt.text.split(IMAGE_TOKEN)
+    if len(pieces) - 1 != len(prompt.images):
+        raise ValueError(f"prompt has {len(pieces) - 1} image placeholders for {len(prompt.images)} images")
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            content.append({"type": "image"})
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return [{"role": "user", "content": content}]
+
+
+def load_rgb(image: Image.Image | str) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as im:
+        return im.convert("RGB")
+
+
+def load_model_input(image: Image.Image | str, image_max_pixels: int | None, image_min_pixels: int | None) -> Image.Image:
+    """An RGB image as LLaMA-Factory would hand it to the processor (pre-resized, see :mod:`.lf_image`).
+
+    Generation and evaluation must show the model the frame it was trained in; feeding the original
+    image would let the processor's ``smart_resize`` pick a different frame for large images.
+    """
+    if isinstance(image, Image.Image):
+        return lf_preprocess_image(image, image_max_pixels, image_min_pixels)
+    with Image.open(image) as im:
+        out = lf_preprocess_image(im, image_max_pixels, image_min_pixels)
+        return out.copy() if out is im else out  # the file closes on return
+
+
+def encode_prompts(processor, prompts: Sequence[Prompt], device: str, image_max_pixels: int | None, image_min_pixels: int | None):
+    """Chat-templated, left-padded model inputs (a BatchFeature), images pre-resized like LLaMA-Factory.
+
+    Shared by candidate generation and evaluation so both show the model the training-time frame.
+    """
+    texts = [processor.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    images = [load_model_input(img, image_max_pixels, image_min_pixels) for p in prompts for img in p.images]
+    return processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(device)
+
+
+@dataclass
+class TransformersGenerator:
+    """Samples grounded descriptions from a local image-text-to-text checkpoint."""
+
+    config: GenerationConfig
+    model: object = field(init=False, repr=False)
+    processor: object = field(init=False, repr=False)
+    #: Sequences (prompts x samples) of every ``model.generate`` call so far, for stats and tests.
+    calls: list[int] = field(init=False, default_factory=list)
+    #: One torch RNG seed per ``generate`` call (a batch), recorded on each candidate of that batch.
+    seed_scope: str = field(init=False, default="batch")
+
+    def __post_init__(self) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        try:
+            self.processor = AutoProcessor.from_pretrained(self.config.model)
+            self.model = AutoModelForImageTextToText.from_pretrained(self.config.model, dtype=self.config.dtype)
+        except (OSError, ValueError) as exc:
+            raise SPRError(f"cannot load the generator model {self.config.model!r}: {exc}") from None
+        self.device = resolve_device(self.config.device)
+        self.model.to(self.device).eval()  # type: ignore[attr-defined]
+        self.processor.tokenizer.padding_side = "left"  # type: ignore[attr-defined]
+
+    @property
+    def name(self) -> str:
+        return self.config.model
+
+    def encode(self, prompts: Sequence[Prompt]):
+        """Chat-templated, left-padded model inputs of a batch of prompts (a BatchFeature)."""
+        cfg = self.config
+        return encode_prompts(self.processor, prompts, self.device, cfg.image_max_pixels, cfg.image_min_pixels)
+
+    def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[list[str]]:
+        """``num_samples`` texts for each prompt, in prompt order.
+
+        The torch RNG is seeded once with ``seeds[0]`` (sampling in a batch shares one RNG stream), then
+        the prompts run in calls of at most ``max_batch_sequences`` sequences.
+        """
+        import torch
+
+        cfg = self.config
+        n, cap = cfg.num_samples, cfg.max_batch_sequences
+        torch.manual_seed(int(seeds[0]) if seeds else cfg.seed)
+        if n > cap:  # even one prompt is too many sequences: split its samples over several calls
+            results = []
+            for prompt in prompts:
+                texts: list[str] = []
+                while len(texts) < n:
+                    texts += self._generate([prompt], min(cap, n - len(texts)))[0]
+                results.append(texts)
+            return results
+        per_call = max(1, cap // n)
+        results = []
+        for start in range(0, len(prompts), per_call):
+            results += self._generate(prompts[start : start + per_call], n)
+        return results
+
+    def _generate(self, prompts: Sequence[Prompt], n: int) -> list[list[str]]:
+        import torch
+
+        cfg = self.config
+        inputs = self.encode(prompts)
+        sampling = {} if cfg.greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p}
+        with torch.inference_mode():
+            out = self.model.generate(  # type: ignore[attr-defined]
+                **inputs,
+                **sampling,
+                do_sample=not cfg.greedy,
+                max_new_tokens=cfg.max_new_tokens,
+                num_return_sequences=1 if cfg.greedy else n,  # greedy samples would all be equal
+                pad_token_id=self.processor.tokenizer.pad_token_id,  # type: ignore[attr-defined]
+            )
+        self.calls.append(out.shape[0])
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # type: ignore[attr-defined]
+        cleaned = [clean_output(t) for t in decoded]
+        if cfg.greedy:
+            return [[text] * n for text in cleaned]
+        return [cleaned[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def close(self) -> None:
+        """Nothing to release (the model is garbage-collected); present for the Generator protocol."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: this process's accelerator under ``accelerate launch`` (one GPU per process), else
+    ``cuda`` if available, else ``cpu``; anything else is passed to torch unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    from spr_plugin.generation.sharding import launched_world
+
+    if launched_world() is not None:
+        from accelerate import PartialState
+
+        return str(PartialState().device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def clean_output(text: str) -> str:
+    """The answer without the chat end marker, padding, media and chat tokens (Qwen's box and reference
+    tokens stay; :func:`spr_plugin.generation.candidates.sanitize_candidates` narrows that to the run's box format)."""
+    return sanitize_answer(text, QWEN_GROUNDING_TOKENS)[0]

@@ -1,0 +1,245 @@
+"""``spr show``: draw chosen vs rejected descriptions on their image, with the scores behind the choice.
+
+A preference dataset is only as good as its pairs, and a pair is judged fastest by looking at it: the
+query region, the annotated objects, the boxes each description claims, and why one scored higher
+(semantic parts, localization matches, boxes the parser had to drop). Boxes are parsed with
+:mod:`spr_plugin.families.box_formats`, the same code the scorer used, so the picture shows what was scored.
+
+Output: ``<out>/pair_000.png`` ... (one image per pair, chosen left, rejected right) and ``<out>/index.html``
+embedding them with the full texts.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.images import require_image
+from spr_plugin.core.jsonl import read_jsonl
+from spr_plugin.core.records import Box, PreferencePair, ScoredCandidate
+from spr_plugin.families.box_formats import BoxFormat, get_box_format
+
+CHOSEN_COLOR = (0, 170, 60)
+REJECTED_COLOR = (220, 40, 40)
+REGION_COLOR = (255, 200, 0)
+GT_COLOR = (150, 150, 150)
+PANEL_WIDTH = 560
+MAX_TEXT_LINES = 24  # longer descriptions are cut in the PNG; index.html has the full text
+FONT_SIZE = 15
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    pairs: Path | None
+    dataset_dir: Path | None
+    name: str
+    out: Path
+    n: int = 8
+    box_format: str = "qwen2_vl"
+
+    def __post_init__(self) -> None:
+        if (self.pairs is None) == (self.dataset_dir is None):
+            raise SPRError("give either --pairs FILE or --dataset-dir DIR (with --name)")
+        if self.n < 1:
+            raise SPRError(f"-n must be at least 1, got {self.n}")
+
+    def pairs_file(self) -> Path:
+        if self.pairs is not None:
+            return Path(self.pairs)
+        assert self.dataset_dir is not None
+        return Path(self.dataset_dir) / f"{self.name}.pairs.jsonl"
+
+
+@dataclass(frozen=True)
+class ShowResult:
+    html: Path
+    pngs: list[Path]
+    pairs: int
+
+
+def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def find_image(pair: PreferencePair, config: ShowConfig) -> Path:
+    """The pair's image: its original path, else the copy an export placed in the dataset folder."""
+    original = Path(pair.region.image_path)
+    if original.is_file():
+        return original
+    roots = [Path(config.dataset_dir)] if config.dataset_dir else []
+    roots.append(config.pairs_file().parent)
+    for root in roots:
+        copy = root / config.name / "images" / f"{pair.region.image_id}_{original.name}"
+        if copy.is_file():
+            return copy
+    raise SPRError(f"image of region {pair.region.region_id} not found: {original} (nor an exported copy)")
+
+
+def annotated_text(side: ScoredCandidate, fmt: BoxFormat, width: int, height: int) -> str:
+    """The description with each grounded unit written ``label [k]`` (k numbers the drawn boxes) and
+    ``label [dropped]`` where the parser rejected the box, so text and picture can be read together."""
+    text = side.candidate.text
+    parse = fmt.parse(text, width, height)
+    out, cursor, k, seen = [], 0, 0, set()
+    for phrase in parse.phrases:
+        start, end = phrase.span
+        if phrase.span in seen:  # one reference with several boxes shares a span
+            if phrase.box is not None:
+                out[-1] += f"[{k}]"
+                k += 1
+            continue
+        seen.add(phrase.span)
+        if start < cursor:
+            continue
+        out.append(text[cursor:start])
+        if phrase.box is not None:
+            out.append(f"{phrase.label or 'box'} [{k}]")
+            k += 1
+        else:
+            out.append(f"{phrase.label} [dropped]" if phrase.label else "[dropped box]")
+        cursor = end
+    out.append(text[cursor:])
+    plain = "".join(out)
+    for token in ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|im_end|>"):
+        plain = plain.replace(token, " ")
+    return " ".join(plain.split())
+
+
+def score_lines(side: ScoredCandidate) -> list[str]:
+    """The score and its parts, one fact per line."""
+    loc, sem = side.localization, side.semantic
+    matches = ", ".join(f"gt{m.gt_index}<->[{m.pred_index}] IoU {m.iou:.2f}" for m in loc.matches) or "none"
+    drops = ", ".join(f"{k}: {v}" for k, v in sorted(side.parse_dropped.items())) or "none"
+    parts = getattr(sem, "parts", None) or {"text_region": sem.text_region, "phrase_objects": sem.phrase_objects}
+    grounded = getattr(loc, "n_grounded", 0)
+    return [
+        f"score {side.score:.3f}  ({'refined' if side.refined else 'initial'}, variant {side.candidate.variant})",
+        f"S_sem {sem.score:.3f} ({sem.scorer}): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+        f"S_loc {loc.score:.3f} ({loc.metric}): n_gt {loc.n_gt}, n_pred {loc.n_pred}, matched {len(loc.matches)}"
+        + (f", {grounded} boxes from the grounder" if grounded else ""),
+        f"matches: {matches}",
+        f"parse drops: {drops}",
+    ]
+
+
+def _draw_box(
+    draw: ImageDraw.ImageDraw, box: Box, scale: float, color, width: int, label: str | None, font, below: bool = False
+) -> None:
+    """A box outline with its label on a filled tag: above the box, or ``below`` it (annotations), so the
+    tags of a description's boxes and of the annotated objects do not cover each other."""
+    xy = [box.x1 * scale, box.y1 * scale, box.x2 * scale, box.y2 * scale]
+    draw.rectangle(xy, outline=color, width=width)
+    if label:
+        tx = xy[0] + 2
+        ty = xy[3] + 2 if below else max(0, xy[1] - FONT_SIZE - 4)
+        bbox = draw.textbbox((tx, ty), label, font=font)
+        draw.rectangle([bbox[0] - 2, bbox[1] - 1, bbox[2] + 2, bbox[3] + 1], fill=color)
+        draw.text((tx, ty), label, fill=(255, 255, 255), font=font)
+
+
+def render_panel(image: Image.Image, pair: PreferencePair, side: ScoredCandidate, chosen: bool, fmt: BoxFormat) -> Image.Image:
+    """One side of a pair: the image with region, annotated objects and this side's boxes, then its scores."""
+    region = pair.region
+    font, small = _font(), _font(FONT_SIZE - 2)
+    scale = PANEL_WIDTH / region.width
+    pic = image.convert("RGB").resize((PANEL_WIDTH, max(1, round(region.height * scale))))
+    draw = ImageDraw.Draw(pic)
+    for i, obj in enumerate(region.objects):
+        _draw_box(draw, obj.box, scale, GT_COLOR, 1, f"gt{i}", small, below=True)
+    _draw_box(draw, region.box, scale, REGION_COLOR, 3, None, font)
+    color = CHOSEN_COLOR if chosen else REJECTED_COLOR
+    for k, box in enumerate(fmt.parse(side.candidate.text, region.width, region.height).boxes):
+        _draw_box(draw, box, scale, color, 3, f"[{k}]", font)
+
+    lines = []
+    for line in score_lines(side):
+        lines += textwrap.wrap(line, 70, subsequent_indent="    ")
+    lines.append("")
+    lines += textwrap.wrap(annotated_text(side, fmt, region.width, region.height), 70)
+    lines = lines[:MAX_TEXT_LINES]
+    panel = Image.new("RGB", (PANEL_WIDTH, pic.height + 2 * FONT_SIZE + 20 + len(lines) * (FONT_SIZE + 2)), "white")
+    panel.paste(pic, (0, 0))
+    draw = ImageDraw.Draw(panel)
+    y = pic.height + 6
+    draw.rectangle([0, pic.height, PANEL_WIDTH - 1, pic.height + 4], fill=color)
+    draw.text((6, y), ("CHOSEN" if chosen else "REJECTED") + f"  region {region.region_id}", fill=color, font=font)
+    y += FONT_SIZE + 6
+    for line in lines:
+        draw.text((6, y), line, fill=(0, 0, 0), font=small)
+        y += FONT_SIZE + 2
+    return panel
+
+
+def render_pair(pair: PreferencePair, image_path: Path, fmt: BoxFormat) -> Image.Image:
+    """Chosen (green) left, rejected (red) right, with a header naming the margin."""
+    with Image.open(image_path) as im:
+        im.load()
+        left = render_panel(im, pair, pair.chosen, True, fmt)
+        right = render_panel(im, pair, pair.rejected, False, fmt)
+    header = 28
+    out = Image.new("RGB", (left.width + right.width + 10, max(left.height, right.height) + header), (235, 235, 235))
+    ImageDraw.Draw(out).text(
+        (6, 6),
+        f"region {pair.region.region_id}  image {image_path.name}  margin {pair.margin:.3f}  "
+        f"(yellow: query region, grey: annotated objects)",
+        fill=(0, 0, 0),
+        font=_font(),
+    )
+    out.paste(left, (0, header))
+    out.paste(right, (left.width + 10, header))
+    return out
+
+
+def _html_side(side: ScoredCandidate, chosen: bool) -> str:
+    color = "#00aa3c" if chosen else "#dc2828"
+    rows = "".join(f"<li>{html.escape(line)}</li>" for line in score_lines(side))
+    title = "chosen" if chosen else "rejected"
+    return (
+        f'<div class="side" style="border-top:4px solid {color}"><b>{title}</b><ul>{rows}</ul>'
+        f"<pre>{html.escape(side.candidate.text)}</pre></div>"
+    )
+
+
+def show_pairs(config: ShowConfig) -> ShowResult:
+    """Render the first ``config.n`` pairs of the pairs file into ``config.out``."""
+    fmt = get_box_format(config.box_format)
+    pairs = list(itertools.islice(read_jsonl(config.pairs_file(), PreferencePair.from_dict, what="pair"), config.n))
+    if not pairs:
+        raise SPRError(f"{config.pairs_file()} holds no pairs")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs, sections = [], []
+    for i, pair in enumerate(pairs):
+        png = out / f"pair_{i:03d}.png"
+        image = find_image(pair, config)
+        require_image(image, f"image of region {pair.region.region_id}")  # a bomb or a non-image is one line
+        render_pair(pair, image, fmt).save(png)
+        pngs.append(png)
+        sections.append(
+            f"<section><h2>{i}: region {html.escape(pair.region.region_id)} (margin {pair.margin:.3f})</h2>"
+            f'<img src="{png.name}" alt="pair {i}"><div class="sides">{_html_side(pair.chosen, True)}'
+            f"{_html_side(pair.rejected, False)}</div></section>"
+        )
+    page = out / "index.html"
+    page.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>SPR pairs</title><style>"
+        "body{font-family:sans-serif;margin:1em}img{max-width:100%}.sides{display:flex;gap:1em}"
+        ".side{flex:1}pre{white-space:pre-wrap;word-break:break-all;background:#f4f4f4;padding:.5em}"
+        "</style></head><body>"
+        f"<h1>SPR preference pairs ({len(pairs)} from {html.escape(str(config.pairs_file()))})</h1>"
+        "<p>Green: boxes of the chosen description; red: the rejected one; yellow: the query region; "
+        "grey: annotated objects (gtN). [k] numbers a description's parsed boxes in text order.</p>"
+        + "".join(sections)
+        + "</body></html>\n",
+        encoding="utf-8",
+    )
+    return ShowResult(page, pngs, len(pairs))

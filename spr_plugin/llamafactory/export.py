@@ -1,0 +1,197 @@
+"""Write preference pairs as a LLaMA-Factory ShareGPT ranking dataset and register it.
+
+Layout, chosen so that LLaMA-Factory resolves every path without extra settings (relative image paths
+are joined to ``media_dir``, which defaults to ``dataset_dir``, not to the json file's folder)::
+
+    <dataset_dir>/dataset_info.json          entries <name> and <name>_chosen merged in
+    <dataset_dir>/<name>.jsonl               one record per pair (DPO, ``ranking``)
+    <dataset_dir>/<name>_chosen.jsonl        the same prompts with the chosen answer only (SFT, the paper's ablation)
+    <dataset_dir>/<name>.pairs.jsonl         the full score breakdown of every pair (for humans/tools)
+    <dataset_dir>/<name>/images/...          images, referenced as "<name>/images/..."
+
+Records follow LLaMA-Factory's contract: ``conversations`` is the prompt (one user turn, one ``<image>``
+for the one image), ``chosen``/``rejected`` are single ``{"from": "gpt", "value": ...}`` dicts. A chosen-only
+record is the conversation ``[human prompt, gpt chosen]`` with the same images.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.images import copy_verified, require_image
+from spr_plugin.core.jsonl import atomic_write_jsonl
+from spr_plugin.core.paths import contained_path
+from spr_plugin.core.preflight import check_dataset_name
+from spr_plugin.core.records import PreferencePair
+from spr_plugin.core.sanitize import SanitizeStats, kept_tokens, sanitize_answer
+from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.prompts import training_prompt
+from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.llamafactory.recipe_check import write_meta
+from spr_plugin.llamafactory.registry import build_entries, check_can_register_entries, chosen_sft_name, register_datasets
+
+IMAGE_MODES = ("copy", "link", "absolute")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    dataset_dir: Path
+    name: str = "spr_qwen2vl"
+    image_mode: str = "copy"  # copy: self-contained folder; link: hard links (same disk); absolute: no copies
+    overwrite: bool = False
+    #: The frame the candidates were sampled in; recorded in ``<name>.spr.json`` so a recipe can be checked.
+    frame: ImageFrame = field(default_factory=ImageFrame)
+    #: Folder every image of the pairs must lie under (``--images``); None = the root each region recorded
+    #: when it was sampled. A pairs file is data from elsewhere: without this check a record naming
+    #: ``/etc/shadow`` would copy it into a dataset that may be published.
+    image_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_mode not in IMAGE_MODES:
+            raise ConfigError(f"unknown image mode {self.image_mode!r}; choose one of {', '.join(IMAGE_MODES)}")
+        check_dataset_name(self.name)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    dataset_file: Path
+    dataset_info: Path
+    records: int
+    images: int
+    images_copied: int = 0
+    stale_images_removed: int = 0
+    sanitized: dict[str, Any] | None = None
+
+
+def _image_source(pair: PreferencePair, config: ExportConfig) -> Path:
+    """The pair's image, once it is known to lie under the image root and to be a usable image."""
+    root = config.image_root if config.image_root is not None else pair.region.image_root
+    where = f"region {pair.region.region_id}"
+    if not root:
+        raise SPRError(
+            f"{where}: the pairs file records no image root for {pair.region.image_path}; pass --images FOLDER "
+            "(the folder the images were sampled from)"
+        )
+    source = contained_path(root, pair.region.image_path, f"{where}: image")  # refuses paths outside the root
+    if not source.is_file():
+        raise SPRError(f"image not found while exporting: {source}")
+    require_image(source, f"{where}: image")  # a text file, a truncated JPEG or a bomb is not exported
+    return source
+
+
+def _place_image(pair: PreferencePair, config: ExportConfig, placed: dict[str, str], copied: list[int]) -> str:
+    """Put one image where LLaMA-Factory will find it; returns the path to store in the record."""
+    key = pair.region.image_path
+    if key in placed:
+        return placed[key]
+    source = _image_source(pair, config)
+    if config.image_mode == "absolute":
+        rel = str(source)
+    else:
+        rel = f"{config.name}/images/{pair.region.image_id}_{source.name}"
+        dest = contained_path(config.dataset_dir, rel, f"image path of {source}")  # LLaMA-Factory joins it to dataset_dir
+        copied[0] += copy_verified(source, dest, link=config.image_mode == "link")
+    placed[key] = rel
+    return rel
+
+
+def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat, stats: SanitizeStats | None = None) -> dict[str, Any]:
+    """One ShareGPT ranking record; the answers pass through the sanitiser (no stray special token reaches training)."""
+    keep = kept_tokens(box_format)
+    chosen, n_chosen = sanitize_answer(pair.chosen.candidate.text, keep)
+    rejected, n_rejected = sanitize_answer(pair.rejected.candidate.text, keep)
+    if stats is not None:
+        stats.add("exported_answers", n_chosen + n_rejected)
+    return {
+        "conversations": [{"from": "human", "value": training_prompt(pair.region, box_format)}],
+        "chosen": {"from": "gpt", "value": chosen},
+        "rejected": {"from": "gpt", "value": rejected},
+        "images": [image],
+    }
+
+
+@contextmanager
+def _export_lock(dataset_dir: Path, name: str) -> Iterator[None]:
+    """Serialise exports of one dataset name: the second waits, then sees the first one's dataset."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    with (dataset_dir / f".{name}.export.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def check_can_export(config: ExportConfig) -> None:
+    """Raise before any work if the export would be refused (name registered differently, file exists)."""
+    dataset_dir = Path(config.dataset_dir)
+    check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite)
+    check_files_free(dataset_dir, config.name, config.overwrite)
+
+
+def _remove_stale_images(config: ExportConfig, placed: dict[str, str]) -> int:
+    """After an ``--overwrite``, images of the replaced dataset that no record names any more."""
+    folder = Path(config.dataset_dir) / config.name / "images"
+    if config.image_mode == "absolute" or not folder.is_dir():
+        return 0
+    keep = {Path(rel).name for rel in placed.values()}
+    removed = 0
+    for entry in folder.iterdir():
+        if entry.is_file() and entry.name not in keep:
+            entry.unlink()
+            removed += 1
+    return removed
+
+
+def chosen_sft_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The chosen-only SFT record of a DPO record: the prompt and the chosen answer as one conversation."""
+    return {"conversations": [*record["conversations"], record["chosen"]], "images": record["images"]}
+
+
+def export_dataset(
+    pairs: Sequence[PreferencePair], config: ExportConfig, box_format: BoxFormat, meta: dict[str, Any] | None = None
+) -> ExportResult:
+    """Write the dataset files and register both entries; refuses before writing if a name is taken.
+
+    ``meta`` (e.g. the run's scoring and pairing settings) joins the frame, box format and template in
+    ``<name>.spr.json``; the chosen-only companion gets the same file, so ``spr check-recipe`` checks SFT recipes too.
+    Exports of one name are serialised by a lock in ``dataset_dir``; the checks run again inside it, so of two
+    concurrent exports without ``--overwrite`` exactly one succeeds.
+    """
+    if not pairs:
+        raise SPRError("no preference pairs to export (see the run summary for why candidates were skipped)")
+    dataset_dir = Path(config.dataset_dir)
+    entries = build_entries(config.name)
+    check_can_export(config)  # a refused export creates nothing, not even the lock file
+    for p in pairs:
+        _image_source(p, config)  # every image checked (inside its root, a real image) before anything is written
+    with _export_lock(dataset_dir, config.name):
+        check_can_export(config)  # again under the lock: a concurrent export of this name may just have finished
+        placed: dict[str, str] = {}
+        copied = [0]
+        stats = SanitizeStats()
+        records = [pair_record(p, _place_image(p, config, placed, copied), box_format, stats) for p in pairs]
+        atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
+        atomic_write_jsonl(dataset_dir / f"{chosen_sft_name(config.name)}.jsonl", [chosen_sft_record(r) for r in records])
+        atomic_write_jsonl(dataset_dir / f"{config.name}.jsonl", records)
+        facts = {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})}
+        write_meta(dataset_dir, config.name, facts)
+        write_meta(dataset_dir, chosen_sft_name(config.name), {**facts, "chosen_only_of": config.name})
+        stale = _remove_stale_images(config, placed) if config.overwrite else 0
+        info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
+    return ExportResult(dataset_dir / f"{config.name}.jsonl", info, len(records), len(placed), copied[0], stale, stats.to_dict())
+
+
+def check_files_free(dataset_dir: Path, name: str, overwrite: bool) -> None:
+    """Refuse (unless ``overwrite``) when a data file a build of ``name`` writes is already there."""
+    if overwrite:
+        return
+    for file_name in (entry["file_name"] for entry in build_entries(name).values()):
+        if (Path(dataset_dir) / file_name).exists():
+            raise SPRError(f"{Path(dataset_dir) / file_name} already exists; choose another --name or pass --overwrite")

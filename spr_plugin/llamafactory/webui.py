@@ -1,0 +1,118 @@
+"""``spr webui``: start LlamaBoard (``llamafactory-cli webui``) so it shows the datasets of one folder.
+
+LlamaBoard's "Data dir" textbox defaults to ``data`` *relative to the directory it was started in*, and
+neither an environment variable nor a config file changes that default (LLaMA-Factory 0.9.5). A saved
+``llamaboard_config/*.yaml`` preset must be loaded by hand and names UI element ids that change between
+releases; patching ``DEFAULT_DATA_DIR`` in-process breaks because the constant is copied into several
+modules. The robust way is therefore to start LlamaBoard in a small *workspace* folder whose ``data``
+entry is a symlink to the dataset folder:
+
+    <workspace>/data -> <dataset_dir>      the default "data" now lists our datasets
+    <workspace>/saves/...                   where LlamaBoard puts trained adapters
+    <workspace>/llamaboard_cache/...        its user config
+
+Training launched from the UI runs ``llamafactory-cli train`` in the same working directory, so the
+relative ``dataset_dir: data`` it sends and the dataset's relative image paths resolve through the link.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from spr_plugin.core.errors import SPRError
+from spr_plugin.llamafactory.registry import DATASET_INFO, read_dataset_info
+from spr_plugin.llamafactory.train import llamafactory_cli
+
+
+@dataclass(frozen=True)
+class WebUIConfig:
+    dataset_dir: Path
+    workspace: Path | None = None  # default: <dataset_dir>/../llamaboard
+    port: int = 7860
+    host: str = "127.0.0.1"  # loopback unless the user asks for more
+
+    def resolved_workspace(self) -> Path:
+        return (self.workspace or Path(self.dataset_dir).resolve().parent / "llamaboard").resolve()
+
+
+def prepare_workspace(config: WebUIConfig) -> Path:
+    """Create the workspace with ``data`` linked to the dataset folder; returns the workspace path.
+
+    Refuses (rather than replaces) a ``data`` entry that is not already our link, so a user's own
+    folder is never touched.
+    """
+    dataset_dir = Path(config.dataset_dir).resolve()
+    if not (dataset_dir / DATASET_INFO).is_file():
+        raise SPRError(f"{dataset_dir} has no {DATASET_INFO}; build or register a dataset there first")
+    info = read_dataset_info(dataset_dir)  # fails early on a malformed file, as LlamaBoard would silently list nothing
+    if not info:
+        raise SPRError(f"{dataset_dir / DATASET_INFO} holds no dataset entry")
+    workspace = config.resolved_workspace()
+    if workspace == dataset_dir:
+        raise SPRError(f"the workspace must differ from the dataset folder ({dataset_dir}); pass another --workspace")
+    workspace.mkdir(parents=True, exist_ok=True)
+    link = workspace / "data"
+    if link.is_symlink():
+        if link.resolve() != dataset_dir:
+            link.unlink()  # our own link from an earlier run, pointing elsewhere
+            link.symlink_to(dataset_dir, target_is_directory=True)
+    elif link.exists():
+        raise SPRError(f"{link} exists and is not a link to {dataset_dir}; pass another --workspace")
+    else:
+        link.symlink_to(dataset_dir, target_is_directory=True)
+    return workspace
+
+
+def webui_env(config: WebUIConfig) -> dict[str, str]:
+    """Environment for LlamaBoard: loopback host and port, no analytics calls on a closed network, and
+    the interpreter's bin folder on PATH because LlamaBoard starts training as ``llamafactory-cli``."""
+    env = dict(os.environ)
+    env["GRADIO_SERVER_NAME"] = config.host
+    env["GRADIO_SERVER_PORT"] = str(config.port)
+    env.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    env.setdefault("DISABLE_VERSION_CHECK", "1")
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def llamaboard_command() -> list[str]:
+    """The LlamaBoard launcher next to the running interpreter (a venv need not be activated)."""
+    return [llamafactory_cli(), "webui"]
+
+
+def stage_hint(info: dict) -> str:
+    """Which datasets LlamaBoard lists under which Stage.
+
+    Why: LlamaBoard opens on Stage "Supervised Fine-Tuning" and lists only the entries whose ``ranking`` flag
+    fits the stage (ranking ones for DPO and reward modelling only); with nothing listed and no message, users
+    conclude the folder was not read.
+    """
+    ranking = sorted(n for n, e in info.items() if isinstance(e, dict) and e.get("ranking"))
+    other = sorted(n for n, e in info.items() if not (isinstance(e, dict) and e.get("ranking")))
+    lines = []
+    if other:
+        lines.append(f"Stage Supervised Fine-Tuning (the default) lists: {', '.join(other)}")
+    else:
+        lines.append("Stage Supervised Fine-Tuning (the default) lists nothing here: no entry is an SFT dataset")
+    if ranking:
+        lines.append(f"Stage DPO (or Reward Modeling) lists: {', '.join(ranking)}")
+    return "\n".join(lines)
+
+
+def run_webui(config: WebUIConfig) -> None:
+    """Replace this process by LlamaBoard started in the workspace (Ctrl-C stops it)."""
+    workspace = prepare_workspace(config)
+    print(
+        f"LlamaBoard on http://{config.host}:{config.port} (workspace {workspace}; "
+        f"Data dir 'data' -> {Path(config.dataset_dir).resolve()})\n"
+        f"{stage_hint(read_dataset_info(config.dataset_dir))}\n"
+        "Changing Stage clears the Dataset box; on CPU choose Compute type fp32.",
+        flush=True,
+    )
+    os.chdir(workspace)
+    command = llamaboard_command()
+    os.execve(command[0], command, webui_env(config))

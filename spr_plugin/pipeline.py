@@ -1,0 +1,336 @@
+"""Build an SPR DPO dataset from a COCO-format detection dataset and a candidate source.
+
+Stages, each leaving a file in ``work_dir`` so a run can be inspected and resumed::
+
+    regions.jsonl      query regions (seeded, deterministic); regions.stats.json what sampling skipped
+    candidates.jsonl   generated descriptions (append-only, resumable), unless --candidates is given
+    pairs.jsonl        chosen/rejected with full score breakdowns
+    summary.json       counts of everything skipped, and why
+    manifest.json      what each stage's output was made from (annotation hash, settings): a rerun with
+                       other settings refuses instead of reusing stale work (``fresh`` starts over)
+
+and finally the LLaMA-Factory dataset in ``dataset_dir`` (see :mod:`spr_plugin.llamafactory.export`). Everything a user
+can get wrong (the dataset name, unusable output folders, images not found, unreadable candidate files, a
+name clash, changed settings) is checked *before* any generation, so it fails in a second, not after hours
+of sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spr_plugin.core.errors import SPRError
+from spr_plugin.core.jsonl import atomic_write_jsonl, atomic_write_text
+from spr_plugin.core.manifest import Manifest, file_digest, settings
+from spr_plugin.core.preflight import require_writable_dir
+from spr_plugin.core.records import Candidate, Region
+from spr_plugin.core.sanitize import SanitizeStats
+from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.generation.candidates import (
+    GenerationStats,
+    Generator,
+    generate_with_config,
+    merge_candidates,
+    read_candidates,
+    sanitize_candidates,
+)
+from spr_plugin.generation.cli import generation_fingerprint
+from spr_plugin.generation.transformers_backend import GenerationConfig
+from spr_plugin.llamafactory.export import ExportConfig, ExportResult, check_can_export, export_dataset
+from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.regions.sampling import (
+    RegionConfig,
+    RegionStats,
+    check_images_found,
+    load_coco,
+    read_regions,
+    require_regions,
+    sample_regions,
+)
+from spr_plugin.scoring.factory import build_candidate_scorer
+from spr_plugin.scoring.pairing import PairingConfig
+from spr_plugin.scoring.scorer import ScoringConfig
+from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
+from spr_plugin.scoring.stage import PairStats, rank_and_pair
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    annotations: Path
+    image_root: Path
+    work_dir: Path
+    dataset_dir: Path
+    name: str = "spr_qwen2vl"
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    pairing: PairingConfig = field(default_factory=PairingConfig)
+    generation: GenerationConfig | None = None
+    candidates_file: Path | tuple[Path, ...] | None = None  # several files (shards) are merged, duplicate keys dropped
+    text_model: str = DEFAULT_TEXT_MODEL
+    image_mode: str = "copy"
+    overwrite: bool = False
+    progress: bool = True
+    fresh: bool = False  # remove the work dir's stage files (those the manifest covers) and start over
+    #: LLaMA-Factory's pre-resize the candidates are sampled (and must be trained and evaluated) in.
+    frame: ImageFrame = field(default_factory=ImageFrame)
+    recipe: Path | None = None  # a training YAML whose frame must match, checked before any work
+
+    def __post_init__(self) -> None:
+        gen = self.generation
+        if gen is not None and ImageFrame(gen.image_max_pixels, gen.image_min_pixels) != self.frame:
+            raise SPRError(
+                f"the generation frame {ImageFrame(gen.image_max_pixels, gen.image_min_pixels).to_dict()} differs from "
+                f"the build frame {self.frame.to_dict()}: one frame for sampling and training"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @property
+    def candidate_files(self) -> list[Path]:
+        if self.candidates_file is None:
+            return []
+        files = self.candidates_file
+        return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
+
+
+def work_manifest(work_dir: Path) -> Manifest:
+    """The manifest of a build's work dir and the stage files it covers (what ``fresh`` removes)."""
+    w = Path(work_dir)
+    return Manifest(
+        w / "manifest.json",
+        {
+            "regions": [w / "regions.jsonl", w / "regions.stats.json"],
+            "candidates": [w / "candidates.jsonl", w / ".candidates.jsonl.lock", w / "candidates.jsonl.manifest.json"],
+            "pairs": [w / "pairs.jsonl", w / "summary.json"],
+        },
+    )
+
+
+def stage_inputs(config: BuildConfig, annotations_digest: str, candidate_digests: list[str] | None = None) -> dict[str, dict]:
+    """What each stage's output depends on: the manifest compares these between runs."""
+    regions = {
+        "annotations": annotations_digest,
+        "image_root": os.path.abspath(config.image_root),
+        "config": settings(config.regions),
+    }
+    if config.candidates_file is not None:
+        candidates: dict[str, Any] = {"source": "files", "files": candidate_digests or []}
+    else:
+        candidates = {"source": "generate", **generation_fingerprint(config.generation, config.scoring.box_format)}
+    candidates["frame"] = settings(config.frame)  # Qwen2.5-VL boxes are pixels of this frame
+    candidates["upstream"] = _fingerprint(regions)
+    pairs = {
+        "frame": settings(config.frame),
+        "scoring": settings(config.scoring),
+        "pairing": settings(config.pairing),
+        "text_model": config.text_model,
+        "upstream": _fingerprint(candidates),
+    }
+    return {"regions": regions, "candidates": candidates, "pairs": pairs}
+
+
+def _fingerprint(obj: Any) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(json.dumps(settings(obj), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class BuildSummary:
+    config: dict[str, Any]
+    regions: RegionStats
+    generation: GenerationStats | None
+    pairs: PairStats
+    export: ExportResult | None = None
+    sanitized: SanitizeStats = field(default_factory=SanitizeStats)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "frame": self.config.get("frame"),
+            "regions": self.regions.to_dict(),
+            "generation": None if self.generation is None else self.generation.to_dict(),
+            "pairs": self.pairs.to_dict(),
+            "sanitized": self.sanitizer_counts(),
+            "dataset": None
+            if self.export is None
+            else {
+                "file": str(self.export.dataset_file),
+                "dataset_info": str(self.export.dataset_info),
+                "records": self.export.records,
+                "images": self.export.images,
+            },
+        }
+
+    def sanitizer_counts(self) -> dict[str, dict[str, int]]:
+        """Special tokens the sanitiser removed, per kind of text, over every stage of the build."""
+        total = SanitizeStats()
+        total.add("category_names", int(self.regions.loader.get("category_name_tokens_removed", 0)))
+        for stats in (self.generation.sanitized if self.generation else None, self.sanitized):
+            if stats is not None:
+                total.removed.update(stats.removed)
+                total.texts_changed.update(stats.texts_changed)
+        if self.export is not None and self.export.sanitized:
+            total.removed.update(self.export.sanitized.get("tokens_removed", {}))
+            total.texts_changed.update(self.export.sanitized.get("texts_changed", {}))
+        return total.to_dict()
+
+
+_HINT = "rerun with the same settings, use another --work-dir, or pass --fresh to start over"
+
+
+def _sample(config: BuildConfig, coco=None) -> tuple[list[Region], RegionStats]:
+    coco = coco if coco is not None else load_coco(config.annotations)
+    check_images_found(coco, config.image_root)  # one line before any long work
+    stats = RegionStats()
+    regions = list(sample_regions(coco, config.image_root, config.regions, stats))
+    require_regions(regions, stats, config.annotations)
+    return regions, stats
+
+
+def build_regions(config: BuildConfig) -> tuple[list[Region], RegionStats]:
+    """Sample the regions into ``work_dir/regions.jsonl`` and record them in the work dir's manifest."""
+    manifest = work_manifest(config.work_dir)
+    inputs = {"regions": stage_inputs(config, file_digest(config.annotations))["regions"]}
+    if config.fresh:
+        manifest.reset()
+    manifest.check(inputs, what=f"work dir {config.work_dir}", hint=_HINT)
+    regions, stats = _sample(config)
+    _write_regions(config.work_dir, regions, stats)
+    manifest.record(inputs)
+    return regions, stats
+
+
+def _write_regions(work_dir: Path, regions: list[Region], stats: RegionStats) -> None:
+    atomic_write_jsonl(work_dir / "regions.jsonl", [r.to_dict() for r in regions])
+    atomic_write_text(work_dir / "regions.stats.json", json.dumps(stats.to_dict(), indent=2) + "\n")
+
+
+def _reuse_regions(work_dir: Path) -> tuple[list[Region], RegionStats] | None:
+    """The regions of an earlier run with the same inputs (the manifest matched), or None."""
+    path, stats_path = work_dir / "regions.jsonl", work_dir / "regions.stats.json"
+    if not (path.is_file() and stats_path.is_file()):
+        return None
+    try:
+        raw = json.loads(stats_path.read_text(encoding="utf-8"))
+        stats = RegionStats(
+            images_seen=int(raw["images_seen"]),
+            regions=int(raw["regions"]),
+            examples=dict(raw.get("skipped_examples", {})),
+            boxes_clamped=int(raw.get("boxes_clamped_to_image", 0)),
+            loader=dict(raw.get("loader", {})),
+        )
+        stats.skipped.update(raw.get("skipped", {}))
+        stats.ignored_objects.update(raw.get("ignored_objects", {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    regions = read_regions(path)
+    return (regions, stats) if regions else None
+
+
+@dataclass
+class PreparedBuild:
+    """What :func:`prepare_build` checked and loaded, so :func:`build_dataset` does not repeat it."""
+
+    stages: dict[str, dict]
+    manifest: Manifest
+    candidates: list[Candidate] | None
+    coco: Any = None  # the annotation index, unless the regions of an earlier run are reused
+
+
+def prepare_build(config: BuildConfig) -> PreparedBuild:
+    """Every check that takes seconds, run before a model is loaded or a candidate generated.
+
+    The dataset name, the output folders (a file in the way, not writable), the registration (a clashing
+    entry, an existing dataset), the annotation file (readable, its images under ``--images``), candidate
+    files (readable) and the work dir's manifest (made with the same settings, unless ``fresh``).
+    """
+    export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite)  # validates the name
+    require_writable_dir(config.work_dir, "--work-dir")
+    require_writable_dir(config.dataset_dir, "--dataset-dir")
+    check_can_export(export_cfg)
+    if not Path(config.annotations).is_file():
+        raise SPRError(f"annotation file not found: {config.annotations}")
+    if config.recipe is not None:
+        from spr_plugin.llamafactory.recipe_check import check_recipe_frame
+
+        check_recipe_frame(config.recipe, config.frame, "this build")
+    get_box_format(config.scoring.box_format, config.frame)
+    candidates: list[Candidate] | None = None
+    digests = None
+    if config.candidates_file is not None:
+        candidates = merge_candidates(config.candidate_files)[0]  # unreadable files fail now, not after sampling
+        digests = [file_digest(f) for f in config.candidate_files]
+    stages = stage_inputs(config, file_digest(config.annotations), digests)
+    manifest = work_manifest(config.work_dir)
+    if config.fresh:
+        removed = manifest.reset()
+        if removed:
+            logger.info("--fresh: removed %d files of the earlier run in %s", len(removed), config.work_dir)
+    manifest.check(stages, what=f"work dir {config.work_dir}", hint=_HINT)
+    coco = None
+    if not manifest.existing_outputs("regions"):
+        coco = load_coco(config.annotations)
+        check_images_found(coco, config.image_root)
+    return PreparedBuild(stages, manifest, candidates, coco)
+
+
+def build_dataset(config: BuildConfig, generator: Generator | None = None, prepared: PreparedBuild | None = None) -> BuildSummary:
+    """Run every stage; ``generator`` is required unless ``config.candidates_file`` is given.
+
+    ``prepared`` is the result of :func:`prepare_build` when the caller ran the checks first (the CLI does,
+    before it loads the generator model); otherwise they run here.
+    """
+    if config.candidates_file is None and generator is None:
+        raise SPRError("no candidate source: pass a candidates JSONL file or a generator model")
+    prep = prepared if prepared is not None else prepare_build(config)
+    manifest, candidates = prep.manifest, prep.candidates
+    box_format = get_box_format(config.scoring.box_format, config.frame)
+
+    reused = _reuse_regions(config.work_dir) if manifest.existing_outputs("regions") else None
+    manifest.record(prep.stages)  # before the long work: a killed run's partial output is on record
+    if reused is None:
+        regions, region_stats = _sample(config, prep.coco)
+        _write_regions(config.work_dir, regions, region_stats)
+    else:
+        regions, region_stats = reused
+    gen_stats = None
+    if candidates is None:
+        gcfg = config.generation
+        assert gcfg is not None and generator is not None
+        cand_path = config.work_dir / "candidates.jsonl"
+        gen_stats = generate_with_config(regions, generator, box_format, cand_path, gcfg, progress=config.progress)
+        candidates = read_candidates(cand_path)
+
+    sanitized = SanitizeStats()
+    candidates = sanitize_candidates(candidates, box_format, sanitized)
+    scorer = build_candidate_scorer(config.scoring, config.text_model, box_format=box_format)
+    pairs, pair_stats = rank_and_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
+    atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
+    summary = BuildSummary(config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized)
+    if pairs:
+        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame)
+        meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions)}
+        summary.export = export_dataset(pairs, export_cfg, box_format, meta)
+        from spr_plugin.inspect.card import write_card  # the dataset card (README next to the dataset), docs/viewing.md
+
+        write_card(config.dataset_dir, config.name, summary.to_dict(), pairs)
+    atomic_write_text(config.work_dir / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    if not pairs:
+        raise SPRError(
+            f"no preference pair survived (see {config.work_dir / 'summary.json'}): {pair_stats.to_dict()['pairs_skipped']}"
+        )
+    return summary
+
+
+def load_regions(path: Path) -> list[Region]:
+    """Regions of a JSONL file (names sanitised, duplicate ids refused); see :func:`spr_plugin.regions.sampling.read_regions`."""
+    return read_regions(path)

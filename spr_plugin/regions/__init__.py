@@ -1,0 +1,1 @@
+"""Stage 1: query regions sampled from COCO-format annotations."""

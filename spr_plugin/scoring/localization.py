@@ -1,0 +1,90 @@
+"""Localization score S_loc: how well a description's boxes match the region's annotated boxes.
+
+Two matchings are offered, both pure functions of the IoU matrix:
+
+* ``paper``: SPR's formula, ``S_loc = 1/n · Σ_i max_j p[i, j]`` with IoUs at or below the threshold set to 0
+  (n = annotated objects). It is recall-like: one predicted box may serve many annotated objects, and
+  extra boxes cost nothing, so a description that repeats one good box or adds hallucinated boxes is
+  not penalised.
+* ``hungarian`` (default): a one-to-one assignment (``scipy.optimize.linear_sum_assignment``) that
+  maximises total IoU; pairs at or below the threshold do not count (SPR keeps boxes with IoU > 0.5).
+  The score is the soft F1
+  ``2 · Σ matched IoU / (n_gt + n_pred)``, so duplicates and hallucinated boxes lower it (precision)
+  and omitted objects lower it too (recall). We default to it because DPO learns whatever the reward
+  leaves open: with the paper's recall-only score the chosen side can be the one that sprays boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_iou
+
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import Box, LocalizationScore, Match
+
+METRICS = ("hungarian", "paper")
+DEFAULT_IOU_THRESHOLD = 0.5
+
+
+def iou_matrix(gt: Sequence[Box], pred: Sequence[Box]) -> np.ndarray:
+    """IoU of every annotated box (rows) with every predicted box (columns)."""
+    if not gt or not pred:
+        return np.zeros((len(gt), len(pred)), dtype=np.float64)
+    g = torch.tensor([b.as_list() for b in gt], dtype=torch.float64)
+    p = torch.tensor([b.as_list() for b in pred], dtype=torch.float64)
+    return box_iou(g, p).numpy()
+
+
+def match_hungarian(iou: np.ndarray, threshold: float = DEFAULT_IOU_THRESHOLD) -> list[Match]:
+    """One-to-one matches with IoU > threshold that maximise the summed IoU."""
+    if iou.size == 0:
+        return []
+    # Pairs at or below the threshold are worth nothing: left in, two of them could outweigh one real match.
+    rows, cols = linear_sum_assignment(np.where(iou > threshold, iou, 0.0), maximize=True)
+    return [Match(int(r), int(c), float(iou[r, c])) for r, c in zip(rows, cols) if iou[r, c] > threshold]
+
+
+def match_best(iou: np.ndarray, threshold: float = DEFAULT_IOU_THRESHOLD) -> list[Match]:
+    """For every annotated box its best predicted box (many-to-one), as in the paper's formula."""
+    if iou.size == 0:
+        return []
+    best = iou.argmax(axis=1)
+    return [Match(i, int(j), float(iou[i, j])) for i, j in enumerate(best) if iou[i, j] > threshold]
+
+
+def masked_iou(gt: Sequence[Box], pred: Sequence[Box], allowed: np.ndarray | None = None) -> np.ndarray:
+    """:func:`iou_matrix` with the pairs ``allowed`` forbids (label disagreement) set to 0, so they never match."""
+    iou = iou_matrix(gt, pred)
+    if allowed is not None and iou.size:
+        iou = np.where(allowed, iou, 0.0)
+    return iou
+
+
+def localization_score(
+    gt: Sequence[Box],
+    pred: Sequence[Box],
+    metric: str = "hungarian",
+    threshold: float = DEFAULT_IOU_THRESHOLD,
+    allowed: np.ndarray | None = None,
+) -> LocalizationScore:
+    """S_loc in [0, 1] with the matches it rests on.
+
+    ``allowed`` (``len(gt) x len(pred)`` booleans, see :mod:`spr_plugin.scoring.labels`) says which predicted box
+    may match which annotated object: a box whose phrase names another category matches nothing, so it
+    counts as a false positive under ``hungarian`` and earns nothing under ``paper``.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown localization metric {metric!r}; choose one of {', '.join(METRICS)}")
+    iou = masked_iou(gt, pred, allowed)
+    n_gt, n_pred = len(gt), len(pred)
+    if metric == "paper":
+        matches = match_best(iou, threshold)
+        score = sum(m.iou for m in matches) / n_gt if n_gt else 0.0
+    else:
+        matches = match_hungarian(iou, threshold)
+        score = 2.0 * sum(m.iou for m in matches) / (n_gt + n_pred) if (n_gt + n_pred) else 0.0
+    return LocalizationScore(float(score), metric, n_gt, n_pred, tuple(matches))

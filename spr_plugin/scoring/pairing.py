@@ -1,0 +1,89 @@
+"""Pair construction: the best-scored refined description against the lowest-scored initial one.
+
+A pair is skipped, with a reason that ends up in the run summary, when it would teach nothing:
+fewer than two candidates, chosen text equal to rejected text, or a score margin below ``min_margin``.
+Length statistics are reported because SPR's chosen side tends to be the longer, more detailed text
+and DPO readily learns length instead of localization (RLAIF-V balances lengths for that reason).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.records import PreferencePair, Region, ScoredCandidate
+from spr_plugin.scoring.refine import check_policy
+
+SKIP_TOO_FEW = "too_few_candidates"
+SKIP_IDENTICAL = "identical_texts"
+SKIP_LOW_MARGIN = "low_margin"
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    min_margin: float = 0.05  # in the units of S (normalised units when the run normalises)
+    #: What refinement does to phrases that matched no annotated object (spr_plugin/scoring/refine.py):
+    #: ``correct`` (default: give a phrase the box of the object it names, so chosen answers stay fully
+    #: grounded), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``.
+    refine_policy: str = "correct"
+
+    def __post_init__(self) -> None:
+        if self.min_margin < 0:
+            raise ConfigError(f"min_margin must be >= 0, got {self.min_margin}")
+        check_policy(self.refine_policy)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def make_pair(
+    region: Region,
+    initial: Sequence[ScoredCandidate],
+    refined: Sequence[ScoredCandidate],
+    config: PairingConfig = PairingConfig(),
+) -> PreferencePair | str:
+    """The region's pair, or the reason (one of the ``SKIP_*`` constants) why it has none."""
+    picked = select_pair(initial, refined, config)
+    if isinstance(picked, str):
+        return picked
+    return PreferencePair(region, refined[picked[0]], initial[picked[1]])
+
+
+def select_pair(
+    initial: Sequence[ScoredCandidate], refined: Sequence[ScoredCandidate], config: PairingConfig = PairingConfig()
+) -> tuple[int, int] | str:
+    """Indices ``(chosen in refined, rejected in initial)``, or the reason why the region has no pair."""
+    if len(initial) < 2 or not refined:
+        return SKIP_TOO_FEW
+    chosen, rejected = pick(initial, refined)
+    if _norm(refined[chosen].candidate.text) == _norm(initial[rejected].candidate.text):
+        return SKIP_IDENTICAL
+    if refined[chosen].score - initial[rejected].score < config.min_margin:
+        return SKIP_LOW_MARGIN
+    return chosen, rejected
+
+
+def pick(initial: Sequence[ScoredCandidate], refined: Sequence[ScoredCandidate]) -> tuple[int, int]:
+    """Indices of the best refined and the worst initial candidate; ties go to the earlier one (reproducible)."""
+    chosen = max(range(len(refined)), key=lambda i: (refined[i].score, -i))
+    rejected = min(range(len(initial)), key=lambda i: (initial[i].score, i))
+    return chosen, rejected
+
+
+def length_stats(pairs: Sequence[PreferencePair]) -> dict[str, float]:
+    """Word counts of chosen vs rejected texts (box tokens included, as the model sees them)."""
+    if not pairs:
+        return {"pairs": 0}
+    chosen = [len(p.chosen.candidate.text.split()) for p in pairs]
+    rejected = [len(p.rejected.candidate.text.split()) for p in pairs]
+    return {
+        "pairs": len(pairs),
+        "chosen_words_mean": statistics.fmean(chosen),
+        "rejected_words_mean": statistics.fmean(rejected),
+        "chosen_words_median": statistics.median(chosen),
+        "rejected_words_median": statistics.median(rejected),
+        "chosen_longer_fraction": sum(c > r for c, r in zip(chosen, rejected)) / len(pairs),
+    }

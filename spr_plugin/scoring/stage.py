@@ -1,0 +1,214 @@
+"""The score -> refine -> pair stage over many regions, batched for the semantic model.
+
+Regions are processed in chunks: all initial candidates of a chunk are assessed in one batch (parsed,
+label-matched, scored), refined with the run's policy from those very assessments, the refinements
+assessed in a second batch, each region's pool of scores normalised and mixed, and its pair built. A
+summary counts every candidate that could not take part and why, and says what the pairs teach: boxes
+per chosen and rejected answer, ungrounded mentions, label agreement of the chosen answers' boxes and
+the share of pairs that localization decided. A run can be judged from its numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from spr_plugin.core.records import Candidate, PreferencePair, Region
+from spr_plugin.scoring.localization import iou_matrix
+from spr_plugin.scoring.pairing import PairingConfig, length_stats, pick, select_pair
+from spr_plugin.scoring.refine import RefineResult, refine
+from spr_plugin.scoring.scorer import Assessment, CandidateScorer, mix_scores
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PairStats:
+    regions: int = 0
+    candidates: int = 0
+    candidates_without_region: int = 0
+    candidates_without_boxes: int = 0
+    boxes_dropped: Counter = field(default_factory=Counter)
+    boxes_snapped: int = 0
+    boxes_ungrounded: int = 0
+    boxes_corrected: int = 0
+    phrases_removed: int = 0
+    pairs: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    lengths: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "regions": self.regions,
+            "candidates": self.candidates,
+            "candidates_without_region": self.candidates_without_region,
+            "candidates_without_boxes": self.candidates_without_boxes,
+            "boxes_dropped_by_parser": dict(self.boxes_dropped),
+            "boxes_snapped_by_refinement": self.boxes_snapped,
+            "boxes_ungrounded_by_refinement": self.boxes_ungrounded,
+            "boxes_corrected_by_refinement": self.boxes_corrected,
+            "phrases_removed_by_refinement": self.phrases_removed,
+            "pairs": self.pairs,
+            "pairs_skipped": dict(self.skipped),
+            "lengths": self.lengths,
+            "pair_quality": self.quality,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class _PairEvidence:
+    """What the statistics need of one pair: both assessments and whether S_loc decided it."""
+
+    chosen: Assessment
+    rejected: Assessment
+    localization_decided: bool
+
+
+def rank_and_pair(
+    regions: Sequence[Region],
+    candidates: Sequence[Candidate],
+    scorer: CandidateScorer,
+    pairing: PairingConfig = PairingConfig(),
+    *,
+    chunk_regions: int = 32,
+    progress: bool = True,
+) -> tuple[list[PreferencePair], PairStats]:
+    """One pair per region where the candidates allow it, plus the statistics of the run."""
+    stats = PairStats(regions=len(regions), candidates=len(candidates))
+    by_region: dict[str, list[Candidate]] = defaultdict(list)
+    known = {r.region_id for r in regions}
+    for cand in candidates:
+        if cand.region_id in known:
+            by_region[cand.region_id].append(cand)
+        else:
+            stats.candidates_without_region += 1
+    pairs: list[PreferencePair] = []
+    evidence: list[_PairEvidence] = []
+    bar = tqdm(total=len(regions), desc="score+refine+pair", unit="region", disable=not progress)
+    for start in range(0, len(regions), chunk_regions):
+        chunk = regions[start : start + chunk_regions]
+        items = [(r, c) for r in chunk for c in by_region.get(r.region_id, [])]
+        initial = scorer.assess(items)
+        refined, results = _refine_all(initial, scorer, pairing.refine_policy)
+        per_region: dict[str, list[int]] = defaultdict(list)
+        for i, (a, res) in enumerate(zip(initial, results)):
+            per_region[a.region.region_id].append(i)
+            stats.boxes_dropped.update(a.parse.dropped)
+            stats.candidates_without_boxes += a.scored.localization.n_pred == 0
+            if res is not None:
+                stats.boxes_snapped += res.snapped
+                stats.boxes_ungrounded += res.ungrounded
+                stats.boxes_corrected += res.corrected
+                stats.phrases_removed += res.removed
+        for region in chunk:
+            found = _pair_region(region, [initial[i] for i in per_region[region.region_id]],
+                                 [refined[i] for i in per_region[region.region_id]], scorer, pairing)  # fmt: skip
+            if isinstance(found, str):
+                stats.skipped[found] += 1
+            else:
+                pairs.append(found[0])
+                evidence.append(found[1])
+        bar.update(len(chunk))
+    bar.close()
+    stats.pairs = len(pairs)
+    stats.lengths = length_stats(pairs)
+    stats.quality = pair_quality(evidence, scorer.config.iou_threshold)
+    stats.warnings = quality_warnings(stats.quality)
+    for warning in stats.warnings:
+        logger.warning(warning)
+    return pairs, stats
+
+
+def _refine_all(
+    initial: list[Assessment], scorer: CandidateScorer, policy: str
+) -> tuple[list[Assessment], list[RefineResult | None]]:
+    if policy == "off":
+        return initial, [None] * len(initial)
+    fmt = scorer.box_format
+    results = [refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy, a.neutral) for a in initial]
+    refined = scorer.assess_refined([(a, res.candidate, res.words_changed) for a, res in zip(initial, results)])
+    refined = [replace(a, scored=replace(a.scored, refinement=res.to_dict())) for a, res in zip(refined, results)]
+    return refined, list(results)
+
+
+def _pair_region(
+    region: Region, initial: list[Assessment], refined: list[Assessment], scorer: CandidateScorer, pairing: PairingConfig
+) -> tuple[PreferencePair, _PairEvidence] | str:
+    """Normalise and mix the region's pool, pick its pair, and note whether S_loc decided it."""
+    cfg = scorer.config
+    k = len(initial)
+    separate = pairing.refine_policy != "off"
+    pool = [a.scored for a in initial] + ([a.scored for a in refined] if separate else [])
+    mixed = mix_scores(pool, cfg.lam, cfg.score_norm)
+    init_scores, ref_scores = mixed[:k], (mixed[k:] if separate else mixed[:k])
+    picked = select_pair(init_scores, ref_scores, pairing)
+    if isinstance(picked, str):
+        return picked
+    c, r = picked
+    semantic_only = mix_scores(pool, 1.0, cfg.score_norm)
+    decided = pick(semantic_only[:k], semantic_only[k:] if separate else semantic_only[:k]) != (c, r)
+    pair = PreferencePair(region, ref_scores[c], init_scores[r])
+    return pair, _PairEvidence(refined[c], initial[r], decided)
+
+
+def _labelled_box_agreement(a: Assessment, threshold: float) -> tuple[int, int]:
+    """(labelled boxes of the text lying on an annotated object, of those the ones whose phrase names it)."""
+    boxed = [i for i, p in enumerate(a.parse.phrases) if p.box is not None and p.label]
+    if not boxed or not a.region.objects:
+        return 0, 0
+    iou = iou_matrix([o.box for o in a.region.objects], [a.parse.phrases[i].box for i in boxed])  # type: ignore[misc]
+    best = iou.argmax(axis=0)
+    on_object = [(j, int(best[j])) for j in range(len(boxed)) if iou[best[j], j] > threshold]
+    return len(on_object), sum(1 for j, g in on_object if a.agree[g, boxed[j]])
+
+
+def pair_quality(evidence: Sequence[_PairEvidence], threshold: float) -> dict[str, float]:
+    """What the pairs teach about grounding; every share is over the pairs (or boxes) it names."""
+    if not evidence:
+        return {"pairs": 0}
+    n = len(evidence)
+    chosen_boxes = [len(e.chosen.parse.boxes) for e in evidence]
+    rejected_boxes = [len(e.rejected.parse.boxes) for e in evidence]
+    ungrounded = [sum(1 for p in e.chosen.parse.phrases if p.label and p.box is None) for e in evidence]
+    labelled, agreeing = map(sum, zip(*(_labelled_box_agreement(e.chosen, threshold) for e in evidence)))
+    return {
+        "pairs": n,
+        "chosen_boxes_mean": statistics.fmean(chosen_boxes),
+        "rejected_boxes_mean": statistics.fmean(rejected_boxes),
+        "chosen_fewer_boxes_share": sum(c < r for c, r in zip(chosen_boxes, rejected_boxes)) / n,
+        "chosen_ungrounded_mentions_mean": statistics.fmean(ungrounded),
+        "chosen_with_ungrounded_mentions_share": sum(u > 0 for u in ungrounded) / n,
+        "chosen_labelled_boxes": labelled,
+        "chosen_box_label_agreement": agreeing / labelled if labelled else 1.0,
+        "rejected_malformed_share": sum(bool(e.rejected.parse.dropped) for e in evidence) / n,
+        "chosen_malformed_share": sum(bool(e.chosen.parse.dropped) for e in evidence) / n,
+        "localization_decided_share": sum(e.localization_decided for e in evidence) / n,
+    }
+
+
+def quality_warnings(quality: dict[str, float]) -> list[str]:
+    """Plain-language warnings for pair statistics that predict a DPO run learning the wrong thing."""
+    if not quality.get("pairs"):
+        return []
+    out = []
+    if quality["chosen_boxes_mean"] < quality["rejected_boxes_mean"]:
+        out.append(
+            f"chosen answers carry fewer boxes ({quality['chosen_boxes_mean']:.2f}) than rejected ones "
+            f"({quality['rejected_boxes_mean']:.2f}): DPO may learn to write fewer boxes rather than better ones "
+            "(try --refine-policy correct)"
+        )
+    if quality["chosen_box_label_agreement"] < 0.95:
+        out.append(
+            f"only {quality['chosen_box_label_agreement']:.0%} of the chosen answers' boxes carry a phrase naming the "
+            "object they sit on: the pairs teach wrong bindings (try --label-match on)"
+        )
+    return out

@@ -1,0 +1,1 @@
+"""TRL adapters: DPO collation, GRPO export and reward."""
