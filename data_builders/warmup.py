@@ -21,6 +21,7 @@ from typing import Any
 from spr_plugin.core.errors import SPRError
 from spr_plugin.families.box_formats import Qwen2VLFormat
 from spr_plugin.families.prompts import training_prompt
+from spr_plugin.llamafactory.registry import chosen_sft_entry, register_dataset
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
@@ -80,12 +81,8 @@ def write_sft_dataset(
     out = Path(dataset_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{DATASET_NAME}.json").write_text(json.dumps(records, indent=1))
-    info_entry = {
-        "file_name": f"{DATASET_NAME}.json",
-        "formatting": "sharegpt",
-        "columns": {"messages": "conversations", "images": "images"},
-    }
-    (out / "dataset_info.json").write_text(json.dumps({DATASET_NAME: info_entry}, indent=2))
+    # Through the registry's lock, like every writer of dataset_info.json: other entries are kept.
+    register_dataset(out, DATASET_NAME, chosen_sft_entry(f"{DATASET_NAME}.json"), overwrite=True)
     return out
 
 

@@ -8,7 +8,6 @@ from writing the same file; sharded runs write one file each and :func:`merge_ca
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from spr_plugin.core.errors import PartialBatchError, SPRError
@@ -154,18 +154,17 @@ def _exclusive(path: Path) -> Iterator[None]:
     """Refuse a second writer of the same candidates file (two runs would both generate missing keys)."""
     lock_path = path.with_name(f".{path.name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SPRError(
-                f"another process is writing {path} (lock {lock_path}); wait for it, or give each process "
-                "its own file (--shard i/n)"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SPRError(
+            f"another process is writing {path} (lock {lock_path}); wait for it, or give each process its own file (--shard i/n)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _work_items(

@@ -16,12 +16,13 @@ record is the conversation ``[human prompt, gpt chosen]`` with the same images.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import copy_verified, require_image
@@ -120,12 +121,8 @@ def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat, stats: 
 def _export_lock(dataset_dir: Path, name: str) -> Iterator[None]:
     """Serialise exports of one dataset name: the second waits, then sees the first one's dataset."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    with (dataset_dir / f".{name}.export.lock").open("a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    with FileLock(dataset_dir / f".{name}.export.lock"):
+        yield
 
 
 def check_can_export(config: ExportConfig) -> None:

@@ -9,13 +9,14 @@ asked, and leaves a malformed file untouched.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text
@@ -59,13 +60,9 @@ def build_entries(name: str) -> dict[str, dict[str, Any]]:
 
 @contextmanager
 def _locked(dataset_dir: Path) -> Iterator[None]:
-    lock_path = dataset_dir / f".{DATASET_INFO}.lock"
-    with lock_path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """The one lock every writer of ``dataset_info.json`` holds (waits for the others)."""
+    with FileLock(dataset_dir / f".{DATASET_INFO}.lock"):
+        yield
 
 
 def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
