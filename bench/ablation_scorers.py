@@ -34,7 +34,7 @@ for p in (REPO, REPO / "tests"):
 
 from spr_plugin.core.jsonl import read_jsonl  # noqa: E402
 from spr_plugin.core.records import Region  # noqa: E402
-from spr_plugin.families.box_formats import get_box_format  # noqa: E402
+from spr_plugin.families.profiles import get_box_format  # noqa: E402
 from spr_plugin.generation.candidates import read_candidates  # noqa: E402
 from spr_plugin.scoring.factory import load_grounder, load_semantic_scorer  # noqa: E402
 from spr_plugin.scoring.pairing import PairingConfig  # noqa: E402

@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spr_plugin.families.box_formats import get_box_format  # noqa: E402
+from spr_plugin.families.profiles import get_box_format  # noqa: E402
 from spr_plugin.families.prompts import VARIANTS  # noqa: E402
 from spr_plugin.generation.candidates import generate_candidates  # noqa: E402
 from spr_plugin.generation.server_backend import OpenAIServerGenerator, ServerConfig  # noqa: E402

@@ -21,8 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spr_plugin.core.sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_answer  # noqa: E402
-from spr_plugin.families.box_formats import BOX_END, BOX_START, REF_END, REF_START, available_formats, get_box_format  # noqa: E402
+from spr_plugin.core.sanitize import remove_tokens, sanitize_answer  # noqa: E402
+from spr_plugin.families.box_formats import BOX_END, BOX_START, REF_END, REF_START  # noqa: E402
+from spr_plugin.families.profiles import QWEN_GROUNDING_TOKENS, available_formats, get_box_format  # noqa: E402
 
 W, H = 1280, 960
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from spr_plugin.core.jsonl import read_jsonl  # noqa: E402
 from spr_plugin.core.records import Box, Candidate, Region  # noqa: E402
-from spr_plugin.families.box_formats import get_box_format  # noqa: E402
+from spr_plugin.families.profiles import get_box_format  # noqa: E402
 from spr_plugin.generation.candidates import read_candidates  # noqa: E402
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig  # noqa: E402
 from spr_plugin.scoring.semantic import TextSemanticScorer, region_reference_text  # noqa: E402

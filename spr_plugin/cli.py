@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
 from spr_plugin.llamafactory.image import add_pre_resize_args
 
 logger = logging.getLogger("spr")
@@ -55,7 +56,7 @@ def _add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring and pairing")
-    g.add_argument("--box-format", default="qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json")
+    g.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
     g.add_argument("--lam", type=float, default=0.8, help="weight of the semantic score (paper: 0.8)")
     g.add_argument("--loc-metric", default="hungarian", choices=["hungarian", "paper"])
     g.add_argument("--iou-threshold", type=float, default=0.5)
@@ -184,7 +185,7 @@ def cmd_pair(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import atomic_write_jsonl
     from spr_plugin.core.preflight import require_writable_file
     from spr_plugin.core.sanitize import SanitizeStats
-    from spr_plugin.families.box_formats import get_box_format
+    from spr_plugin.families.profiles import get_box_format
     from spr_plugin.generation.candidates import merge_candidates, sanitize_candidates
     from spr_plugin.llamafactory.image import frame_from_args
     from spr_plugin.regions.sampling import read_regions
@@ -207,7 +208,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import read_jsonl
     from spr_plugin.core.preflight import require_writable_dir
     from spr_plugin.core.records import PreferencePair
-    from spr_plugin.families.box_formats import get_box_format
+    from spr_plugin.families.profiles import get_box_format
     from spr_plugin.llamafactory.export import ExportConfig, export_dataset
     from spr_plugin.llamafactory.image import frame_from_args
     from spr_plugin.llamafactory.recipe_check import check_recipe_frame
@@ -361,7 +362,7 @@ def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
     g = p.add_argument_group(
         "box format and image frame (default: as the build recorded them)" if recorded else "box format and image frame"
     )
-    g.add_argument("--box-format", default=None if recorded else "qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json")
+    g.add_argument("--box-format", default=None if recorded else DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
     add_pre_resize_args(g)
     if recorded:
         p.set_defaults(image_max_pixels=NOT_GIVEN, image_min_pixels=NOT_GIVEN)
@@ -384,7 +385,7 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--name", default="spr_qwen2vl")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p.add_argument("-n", type=int, default=8, help="number of pairs to render")
-    p.add_argument("--box-format", default="qwen2_vl")
+    p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export-hf", help="export a built dataset as parquet for TRL (prompt/chosen/rejected/images)")
@@ -427,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="candidates JSONL (appended to; finished keys are skipped)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--box-format", default="qwen2_vl")
+    p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
     _add_generation_args(p, required=True)
     from spr_plugin.generation.cli import add_merge_parser, add_shard_args
 
@@ -459,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder every image of the pairs must lie under (default: the image root recorded with each region)",
     )
-    p.add_argument("--box-format", default="qwen2_vl")
+    p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
     _add_export_args(p)
     add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"))
     p.set_defaults(func=cmd_export)

@@ -30,7 +30,7 @@ from spr_plugin.core.manifest import Manifest, file_digest, settings
 from spr_plugin.core.preflight import require_writable_dir
 from spr_plugin.core.records import Candidate, Region
 from spr_plugin.core.sanitize import SanitizeStats
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.generation.candidates import (
     GenerationStats,
     Generator,

@@ -5,7 +5,7 @@ import json
 import random
 
 from spr_plugin.core.records import Box, Region
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 
 
 def _jitter(box: Box, rng: random.Random, amount: float) -> Box:

@@ -8,7 +8,8 @@ from transformers import Qwen2VLImageProcessor
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import Box
-from spr_plugin.families.box_formats import ResizeSpec, get_box_format
+from spr_plugin.families.box_formats import ResizeSpec
+from spr_plugin.families.profiles import get_box_format
 
 W, H = 640, 480
 BOXES = [Box(10, 20, 200, 180), Box(300.5, 100.2, 639, 479), Box(0, 0, 5, 7)]

@@ -11,7 +11,7 @@ from spr_plugin.core.records import Box
 from spr_plugin.evaluation.metrics import box_iou, is_hit, rec_summary, region_summary
 from spr_plugin.evaluation.rec import first_box
 from spr_plugin.evaluation.rec_data import load_rec_items, rec_items_from_detections
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 
 
 def test_box_iou_known_values():

@@ -15,7 +15,7 @@ import pytest
 from formats_factory import W, draw_image, six_boxes, write_lvis, write_objects365
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import build_prompt
 from spr_plugin.regions.sampling import RegionConfig, RegionStats, check_images_found, load_coco, sample_regions
 from spr_plugin.scoring.semantic import region_reference_text

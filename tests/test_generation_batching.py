@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import VARIANTS, build_prompt
 from spr_plugin.generation.candidates import generate_candidates, prompt_seed, read_candidates
 from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator, clean_output

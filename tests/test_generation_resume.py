@@ -15,7 +15,7 @@ import pytest
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import Region
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import VARIANTS
 from spr_plugin.generation.candidates import _exclusive, generate_candidates, read_candidates
 from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator

@@ -21,7 +21,7 @@ from PIL import Image
 
 from spr_plugin.cli import main
 from spr_plugin.core.errors import SPRError
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import VARIANTS, build_prompt
 from spr_plugin.generation.server_backend import OpenAIServerGenerator, ServerConfig, to_openai_messages
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions

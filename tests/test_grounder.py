@@ -14,7 +14,7 @@ from candidates_factory import write_candidates
 from spr_plugin import cli
 from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region, ScoredCandidate
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.grounder import (
     GrounderConfig,
     PhraseGrounder,

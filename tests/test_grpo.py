@@ -14,7 +14,7 @@ from helpers import H, W, region
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.jsonl import atomic_write_jsonl
 from spr_plugin.core.records import Box, Candidate, Region
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import PROMPT_TEMPLATE, training_prompt
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig

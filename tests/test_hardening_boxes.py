@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from spr_plugin.core.records import Box
-from spr_plugin.families.box_formats import BOX_END, BOX_START, REF_END, REF_START, get_box_format
+from spr_plugin.families.box_formats import BOX_END, BOX_START, REF_END, REF_START
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.localization import iou_matrix, localization_score
 
 FORMATS = ["qwen2_vl", "qwen2_5_vl", "qwen2_5_vl_json"]

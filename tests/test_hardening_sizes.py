@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from spr_plugin.families.box_formats import BOX_END, BOX_START, REF_END, REF_START, available_formats, get_box_format
+from spr_plugin.families.box_formats import BOX_END, BOX_START, REF_END, REF_START
+from spr_plugin.families.profiles import available_formats, get_box_format
 
 W, H = 1280, 960
 UNITS = {

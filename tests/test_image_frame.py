@@ -13,7 +13,7 @@ import yaml
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
 from spr_plugin.cli import build_parser
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.llamafactory.image import ImageFrame
 
 REPO = Path(__file__).resolve().parents[1]

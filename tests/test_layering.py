@@ -69,3 +69,14 @@ def test_module_respects_the_layers(path: Path) -> None:
             assert target == "core" or module == "spr_plugin.llamafactory.image", f"{path} imports {module}"
         if pkg in STAGES:
             assert target not in ABOVE_STAGES, f"{path}: a stage imports {module}, a layer above it"
+
+
+def test_only_the_families_write_model_tokens() -> None:
+    """A new model family touches families/ only: no other module spells a Qwen grounding token."""
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in _modules()
+        if _package(p) not in ("families",)
+        and any(tok in p.read_text(encoding="utf-8") for tok in ("object_ref_start", "box_start"))
+    ]
+    assert offenders == []

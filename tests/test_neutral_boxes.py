@@ -12,7 +12,7 @@ from formats_factory import write_lvis
 from helpers import H, W
 from spr_plugin.cli import main
 from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
 from spr_plugin.scoring.semantic import TextSemanticScorer
 

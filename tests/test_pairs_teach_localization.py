@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from helpers import H, W, cand, region
 from spr_plugin.core.records import AnnotatedObject, Box, Candidate, LocalizationScore, Region, ScoredCandidate, SemanticScore
-from spr_plugin.families.box_formats import BOX_START, REF_START, get_box_format
+from spr_plugin.families.box_formats import BOX_START, REF_START
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.pairing import PairingConfig
 from spr_plugin.scoring.refine import refine_candidate

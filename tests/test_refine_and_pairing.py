@@ -4,7 +4,7 @@ import pytest
 
 from helpers import H, W, cand, region
 from spr_plugin.core.records import Box, LocalizationScore, ScoredCandidate, SemanticScore
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.pairing import SKIP_IDENTICAL, SKIP_LOW_MARGIN, SKIP_TOO_FEW, PairingConfig, length_stats, make_pair
 from spr_plugin.scoring.refine import refine_candidate
 

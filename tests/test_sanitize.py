@@ -14,14 +14,13 @@ from helpers import cand, region
 from spr_plugin.core.records import AnnotatedObject, Box
 from spr_plugin.core.sanitize import (
     _TOKEN_RE,
-    QWEN_GROUNDING_TOKENS,
     SanitizeStats,
     readable_name,
     remove_tokens,
     sanitize_answer,
     sanitize_phrase,
 )
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import QWEN_GROUNDING_TOKENS, get_box_format
 from spr_plugin.families.prompts import build_prompt, strip_media_markers
 from spr_plugin.generation.candidates import sanitize_candidates
 from spr_plugin.generation.transformers_backend import clean_output

@@ -5,7 +5,7 @@ import pytest
 from helpers import H, W, cand, region
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import Box
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
 from spr_plugin.scoring.semantic import TextSemanticScorer, region_reference_text
 

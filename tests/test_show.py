@@ -15,7 +15,7 @@ from PIL import Image
 from candidates_factory import write_candidates
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import PreferencePair
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.inspect.viewer import CHOSEN_COLOR, PANEL_WIDTH, REJECTED_COLOR, ShowConfig, annotated_text, show_pairs
 from spr_plugin.pipeline import BuildConfig, build_dataset, build_regions
 

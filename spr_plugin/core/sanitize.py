@@ -4,7 +4,7 @@ Category names, referring expressions, candidate descriptions and server replies
 files and from sampled model output. A special token in any of them changes what the model or LLaMA-Factory
 sees: ``<image>`` in an answer breaks LLaMA-Factory's placeholder count, ``<|image_pad|>`` crashes the
 Qwen2-VL processor, ``<|im_end|><|im_start|>user`` opens a new chat turn inside a rejected answer, and a
-``<|box_start|>`` inside a category name plants a box marker in a prompt. So every such text passes through
+box token inside a category name plants a box marker in a prompt. So every such text passes through
 :func:`sanitize` at the boundary where it enters, and the number of removed tokens is counted in the summary.
 
 What is removed, to a fixed point (``<im<image>age>`` leaves nothing, not ``<image>``):
@@ -31,9 +31,6 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-#: Qwen's grounding tokens: what a candidate in a Qwen token box format may keep.
-QWEN_GROUNDING_TOKENS: tuple[str, ...] = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>")
 
 #: Tokens that end an answer: whatever a model wrote after one is not part of its answer.
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
@@ -163,8 +160,3 @@ class SanitizeStats:
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         return {"tokens_removed": dict(self.removed), "texts_changed": dict(self.texts_changed)}
-
-
-def kept_tokens(box_format: object) -> tuple[str, ...]:
-    """The tokens an answer in ``box_format`` may keep: its own grounding tokens (Qwen token formats)."""
-    return QWEN_GROUNDING_TOKENS if getattr(box_format, "name", "") in ("qwen2_vl", "qwen2_5_vl") else ()

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
 from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
 from spr_plugin.llamafactory.image import add_pre_resize_args
 
@@ -18,9 +19,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="local checkpoint folder (the base model when --adapter is given)")
     g.add_argument("--adapter", default=None, help="LoRA adapter folder from LLaMA-Factory (applied with peft, merged)")
-    g.add_argument(
-        "--box-format", default="qwen2_vl", help="qwen2_vl | qwen2_5_vl | qwen2_5_vl_json (how the model writes boxes)"
-    )
+    g.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS) + " (how the model writes boxes)")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--device", default="cpu")

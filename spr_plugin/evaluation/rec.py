@@ -15,36 +15,30 @@ from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import check_image_cached
+from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.records import Box
-from spr_plugin.core.sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
+from spr_plugin.core.sanitize import remove_tokens, sanitize_phrase
 from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
 from spr_plugin.evaluation.model import LoadedModel
 from spr_plugin.evaluation.rec_data import RecItem
 from spr_plugin.evaluation.runner import decoding_settings, run_resumable
-from spr_plugin.families.box_formats import REF_END, REF_START, BoxFormat, get_box_format
+from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, get_box_format, get_profile
 from spr_plugin.families.prompts import IMAGE_TOKEN, Prompt
 from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 
-#: Default prompts per box format. Qwen2-VL marks the referred phrase with its reference tokens;
-#: Qwen2.5-VL's JSON form is asked for JSON (Qwen's own documented grounding request).
-DEFAULT_PROMPTS: dict[str, str] = {
-    "qwen2_vl": f"Output the bounding box of {REF_START}{{expression}}{REF_END} in the image.",
-    "qwen2_5_vl": f"Output the bounding box of {REF_START}{{expression}}{REF_END} in the image.",
-    "qwen2_5_vl_json": 'Locate every object that matches the description "{expression}" in the image. '
-    "Report bbox coordinates in JSON format.",
-}
-
 
 def default_prompt(box_format: str) -> str:
+    """The REC prompt of the box format's model family (:attr:`FamilyProfile.rec_prompt`)."""
     try:
-        return DEFAULT_PROMPTS[box_format]
-    except KeyError:
+        return get_profile(box_format).rec_prompt
+    except ConfigError:
         raise ConfigError(f"no default REC prompt for box format {box_format!r}; pass --prompt") from None
 
 
 @dataclass(frozen=True)
 class RecConfig:
-    box_format: str = "qwen2_vl"
+    box_format: str = DEFAULT_BOX_FORMAT
     prompt: str | None = None  # template with {expression}; None = default_prompt(box_format)
     convention: str = ">="
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
@@ -63,7 +57,7 @@ class RecConfig:
             raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
         if self.prompt is not None and "{expression}" not in self.prompt:
             raise ConfigError("the REC prompt template must contain {expression}")
-        if self.prompt is not None and remove_tokens(self.prompt, QWEN_GROUNDING_TOKENS)[1]:
+        if self.prompt is not None and remove_tokens(self.prompt, KNOWN_GROUNDING_TOKENS)[1]:
             raise ConfigError(
                 "the REC prompt template must not hold <image>, chat or other special tokens (the image goes first)"
             )

@@ -27,9 +27,8 @@ from typing import Literal
 
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.records import Box, GroundedPhrase, ParseResult
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, lf_image_size
+from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, lf_image_size
 
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
@@ -80,9 +79,8 @@ class BoxFormat(ABC):
     here converts between the frame and original-image pixels and validates boxes the same way for all.
     """
 
+    #: The ``--box-format`` value; the family's profile (:mod:`spr_plugin.families.profiles`) has the rest.
     name: str
-    #: LLaMA-Factory's chat template for the model family that writes this format.
-    template: str = "qwen2_vl"
 
     def __init__(self, tolerance: float = DEFAULT_TOLERANCE) -> None:
         self.tolerance = tolerance
@@ -452,29 +450,3 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
         if labels:
             return ", ".join(labels)
         return super().plain_text(text, width, height)
-
-
-_FORMATS: dict[str, type[BoxFormat]] = {
-    Qwen2VLFormat.name: Qwen2VLFormat,
-    Qwen25VLFormat.name: Qwen25VLFormat,
-    Qwen25VLJsonFormat.name: Qwen25VLJsonFormat,
-}
-
-
-def available_formats() -> list[str]:
-    return sorted(_FORMATS)
-
-
-def get_box_format(name: str, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
-    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``).
-
-    ``frame`` is the run's LLaMA-Factory pre-resize: Qwen2.5-VL formats parse and write pixels of the image
-    *after* it, so a run with non-default ``image_max_pixels`` must pass its frame here.
-    """
-    try:
-        cls = _FORMATS[name]
-    except KeyError:
-        raise ConfigError(f"unknown box format {name!r}; choose one of {', '.join(available_formats())}") from None
-    if frame is not None and issubclass(cls, Qwen25VLFormat) and "resize" not in kwargs:
-        kwargs["resize"] = ResizeSpec(pre_max_pixels=frame.image_max_pixels, pre_min_pixels=frame.image_min_pixels)
-    return cls(**kwargs)  # type: ignore[arg-type]

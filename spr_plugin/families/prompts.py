@@ -14,8 +14,9 @@ from PIL import Image
 
 from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.records import Region
-from spr_plugin.core.sanitize import QWEN_GROUNDING_TOKENS, remove_tokens, sanitize_phrase
-from spr_plugin.families.box_formats import REF_END, REF_START, BoxFormat
+from spr_plugin.core.sanitize import remove_tokens, sanitize_phrase
+from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, profile_of
 
 IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; one per image
 
@@ -28,7 +29,7 @@ def strip_media_markers(text: str) -> str:
     record breaks LLaMA-Factory: a stray ``<image>`` fails its placeholder count, a stray
     ``<|video_pad|>`` with no video crashes the Qwen2-VL collator's M-RoPE position computation.
     """
-    return remove_tokens(text, QWEN_GROUNDING_TOKENS)[0]
+    return remove_tokens(text, KNOWN_GROUNDING_TOKENS)[0]
 
 
 def _name(text: str) -> str:
@@ -75,6 +76,6 @@ def build_prompt(variant: str, region: Region, box_format: BoxFormat) -> Prompt:
         )
         return Prompt(variant, text, (region.image_path, crop))
     if variant == "refs":
-        refs = ", ".join(f"{REF_START}{_name(c)}{REF_END}" for c in region.categories)
+        refs = ", ".join(profile_of(box_format).reference(_name(c)) for c in region.categories)
         return Prompt(variant, f"{IMAGE_TOKEN}{ask} The region contains: {refs}.", (region.image_path,))
     raise ConfigError(f"unknown prompt variant {variant!r}; choose from {', '.join(VARIANTS)}")

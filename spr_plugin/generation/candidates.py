@@ -26,8 +26,9 @@ from spr_plugin.core.errors import PartialBatchError, SPRError
 from spr_plugin.core.images import check_image_cached
 from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
 from spr_plugin.core.records import Candidate, Region
-from spr_plugin.core.sanitize import SanitizeStats, kept_tokens, sanitize_answer
+from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
 from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import profile_of
 from spr_plugin.families.prompts import Prompt, build_prompt
 from spr_plugin.generation.transformers_backend import GenerationConfig
 
@@ -39,7 +40,7 @@ def sanitize_candidates(
 ) -> list[Candidate]:
     """Candidates as they may enter scoring and training data: cut at an end-of-turn token, every special
     token except ``box_format``'s own grounding tokens removed (see :mod:`spr_plugin.core.sanitize`), counted."""
-    keep = kept_tokens(box_format)
+    keep = profile_of(box_format).kept_tokens
     out = []
     for cand in candidates:
         text, removed = sanitize_answer(cand.text, keep)
@@ -214,7 +215,7 @@ def generate_candidates(
     out = Path(out_path)
     started = time.monotonic()
     stats = GenerationStats(out_file=str(out))
-    keep = kept_tokens(box_format)
+    keep = profile_of(box_format).kept_tokens
     with _exclusive(out):
         done = {c.key for c in read_candidates(out, allow_empty=True)} if out.exists() else set()
         todo = _work_items(regions, variants, num_samples, done, stats)

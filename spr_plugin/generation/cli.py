@@ -135,7 +135,7 @@ def generation_fingerprint(cfg, box_format: str) -> dict:
 def cmd_generate(a: argparse.Namespace) -> int:
     from spr_plugin.core.manifest import Manifest, file_digest
     from spr_plugin.core.preflight import require_writable_file
-    from spr_plugin.families.box_formats import get_box_format
+    from spr_plugin.families.profiles import get_box_format
     from spr_plugin.generation.candidates import generate_with_config
     from spr_plugin.generation.sharding import resolve_shard, select_shard, shard_path
     from spr_plugin.regions.sampling import read_regions

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from spr_plugin.core.errors import ConfigError, SPRError
-from spr_plugin.core.sanitize import QWEN_GROUNDING_TOKENS, sanitize_answer
+from spr_plugin.core.sanitize import sanitize_answer
+from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
 from spr_plugin.families.prompts import IMAGE_TOKEN, VARIANTS, Prompt
 from spr_plugin.llamafactory.image import (
     DEFAULT_IMAGE_MAX_PIXELS,
@@ -211,4 +212,4 @@ def resolve_device(device: str) -> str:
 def clean_output(text: str) -> str:
     """The answer without the chat end marker, padding, media and chat tokens (Qwen's box and reference
     tokens stay; :func:`spr_plugin.generation.candidates.sanitize_candidates` narrows that to the run's box format)."""
-    return sanitize_answer(text, QWEN_GROUNDING_TOKENS)[0]
+    return sanitize_answer(text, KNOWN_GROUNDING_TOKENS)[0]

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.records import PreferencePair
+from spr_plugin.families.profiles import get_profile
 from spr_plugin.llamafactory.registry import CHOSEN_SUFFIX
 
 
@@ -58,6 +61,14 @@ def parse_failure_stats(pairs_stats: dict[str, Any]) -> dict[str, float | int]:
     }
 
 
+def _template(box_format: str) -> str:
+    """LLaMA-Factory's template for the dataset's model family (the profile of its box format)."""
+    try:
+        return get_profile(box_format).template
+    except ConfigError:
+        return "n/a"
+
+
 def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePair]) -> str:
     """The card's markdown from a build summary (``BuildSummary.to_dict()``) and the exported pairs."""
     cfg = summary.get("config", {})
@@ -68,6 +79,7 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
     chosen = LengthStats.of([p.chosen.candidate.text for p in pairs])
     rejected = LengthStats.of([p.rejected.candidate.text for p in pairs])
     margins = [p.margin for p in pairs] or [0.0]
+    template = _template(_get(cfg, "scoring", "box_format", default=DEFAULT_BOX_FORMAT))
     longer = sum(len(p.chosen.candidate.text.split()) > len(p.rejected.candidate.text.split()) for p in pairs)
     generators = sorted({p.chosen.candidate.generator for p in pairs} | {p.rejected.candidate.generator for p in pairs} - {""})
     variants = sorted({p.chosen.candidate.variant for p in pairs} | {p.rejected.candidate.variant for p in pairs})
@@ -80,7 +92,7 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         "",
         "## Use",
         "",
-        f"- LLaMA-Factory: `dataset_dir: <this folder>`, `dataset: {name}`, `stage: dpo`, `template: qwen2_vl`.",
+        f"- LLaMA-Factory: `dataset_dir: <this folder>`, `dataset: {name}`, `stage: dpo`, `template: {template}`.",
         f"- The paper's ablation (supervised on the chosen answers only): `dataset: {name}{CHOSEN_SUFFIX}`, `stage: sft`.",
         f"- Files: `{name}.jsonl` (ShareGPT ranking records), `{name}{CHOSEN_SUFFIX}.jsonl` (prompt + chosen answer), "
         f"`{name}.pairs.jsonl` (score breakdown of every pair), `{name}/images/` (images, paths relative to this folder).",
@@ -101,7 +113,7 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         f"| semantic scorer, text model, CLIP model | {_get(cfg, 'scoring', 'semantic', default='text')}, "
         f"`{_get(cfg, 'text_model')}`, `{_get(cfg, 'scoring', 'clip_model', default='-')}` |",
         f"| phrase grounder (boxes joining S_loc) | `{_get(cfg, 'scoring', 'grounder', default='-')}` |",
-        f"| box format, LLaMA-Factory template | {_get(cfg, 'scoring', 'box_format')}, qwen2_vl |",
+        f"| box format, LLaMA-Factory template | {_get(cfg, 'scoring', 'box_format')}, {template} |",
         f"| image frame (image_max_pixels, image_min_pixels) | {_get(cfg, 'frame', 'image_max_pixels')}, "
         f"{_get(cfg, 'frame', 'image_min_pixels')} (train and evaluate with the same: `spr check-recipe`) |",
         f"| label matching, label threshold | {_get(cfg, 'scoring', 'label_match', default='off')}, "

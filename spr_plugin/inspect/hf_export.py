@@ -33,8 +33,10 @@ from typing import Any
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import require_image
 from spr_plugin.core.jsonl import read_dataset_records
+from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.paths import contained_path
-from spr_plugin.families.box_formats import BoxFormat, get_box_format
+from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import get_box_format, profile_of
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.recipe_check import meta_path, read_meta
@@ -53,7 +55,7 @@ class HFExportResult:
 class FrameFacts:
     """What every exported row records about how its boxes and images are to be read (see the module docstring)."""
 
-    box_format: str = "qwen2_vl"
+    box_format: str = DEFAULT_BOX_FORMAT
     frame: ImageFrame = field(default_factory=ImageFrame)
 
     def __post_init__(self) -> None:
@@ -68,7 +70,7 @@ class FrameFacts:
         return {
             "box_format": self.box_format,
             **self.frame.to_dict(),
-            "template": self.box_format_obj().template,
+            "template": profile_of(self.box_format_obj()).template,
             "prompt_template": prompt_template,
         }
 
@@ -86,9 +88,9 @@ class FrameFacts:
         given = {"box_format": box_format, "image_max_pixels": image_max_pixels, "image_min_pixels": image_min_pixels}
         given = {k: v for k, v in given.items() if v is not NOT_GIVEN and not (k == "box_format" and v is None)}
         meta = read_meta(dataset_dir, name)
-        recorded = {"box_format": "qwen2_vl", **ImageFrame().to_dict()}
+        recorded = {"box_format": DEFAULT_BOX_FORMAT, **ImageFrame().to_dict()}
         if meta is not None:
-            recorded = {"box_format": meta.get("box_format", "qwen2_vl"), **ImageFrame.from_dict(meta["frame"]).to_dict()}
+            recorded = {"box_format": meta.get("box_format", DEFAULT_BOX_FORMAT), **ImageFrame.from_dict(meta["frame"]).to_dict()}
         values = {**recorded, **given}
         facts = cls(values["box_format"], ImageFrame(values["image_max_pixels"], values["image_min_pixels"]))  # validates
         for key, value in given.items():

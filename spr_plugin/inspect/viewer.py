@@ -22,8 +22,10 @@ from PIL import Image, ImageDraw, ImageFont
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import require_image
 from spr_plugin.core.jsonl import read_jsonl
+from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.records import Box, PreferencePair, ScoredCandidate
-from spr_plugin.families.box_formats import BoxFormat, get_box_format
+from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import get_box_format, profile_of
 
 CHOSEN_COLOR = (0, 170, 60)
 REJECTED_COLOR = (220, 40, 40)
@@ -41,7 +43,7 @@ class ShowConfig:
     name: str
     out: Path
     n: int = 8
-    box_format: str = "qwen2_vl"
+    box_format: str = DEFAULT_BOX_FORMAT
 
     def __post_init__(self) -> None:
         if (self.pairs is None) == (self.dataset_dir is None):
@@ -109,7 +111,7 @@ def annotated_text(side: ScoredCandidate, fmt: BoxFormat, width: int, height: in
         cursor = end
     out.append(text[cursor:])
     plain = "".join(out)
-    for token in ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|im_end|>"):
+    for token in profile_of(fmt).scrubbed_tokens:
         plain = plain.replace(token, " ")
     return " ".join(plain.split())
 

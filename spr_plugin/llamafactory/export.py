@@ -30,8 +30,9 @@ from spr_plugin.core.jsonl import atomic_write_jsonl
 from spr_plugin.core.paths import contained_path
 from spr_plugin.core.preflight import check_dataset_name
 from spr_plugin.core.records import PreferencePair
-from spr_plugin.core.sanitize import SanitizeStats, kept_tokens, sanitize_answer
+from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
 from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import profile_of
 from spr_plugin.families.prompts import training_prompt
 from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.recipe_check import write_meta
@@ -104,7 +105,7 @@ def _place_image(pair: PreferencePair, config: ExportConfig, placed: dict[str, s
 
 def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat, stats: SanitizeStats | None = None) -> dict[str, Any]:
     """One ShareGPT ranking record; the answers pass through the sanitiser (no stray special token reaches training)."""
-    keep = kept_tokens(box_format)
+    keep = profile_of(box_format).kept_tokens
     chosen, n_chosen = sanitize_answer(pair.chosen.candidate.text, keep)
     rejected, n_rejected = sanitize_answer(pair.rejected.candidate.text, keep)
     if stats is not None:
@@ -177,7 +178,12 @@ def export_dataset(
         atomic_write_jsonl(dataset_dir / f"{config.name}.pairs.jsonl", [p.to_dict() for p in pairs])
         atomic_write_jsonl(dataset_dir / f"{chosen_sft_name(config.name)}.jsonl", [chosen_sft_record(r) for r in records])
         atomic_write_jsonl(dataset_dir / f"{config.name}.jsonl", records)
-        facts = {"box_format": box_format.name, "template": box_format.template, "frame": config.frame.to_dict(), **(meta or {})}
+        facts = {
+            "box_format": box_format.name,
+            "template": profile_of(box_format).template,
+            "frame": config.frame.to_dict(),
+            **(meta or {}),
+        }
         write_meta(dataset_dir, config.name, facts)
         write_meta(dataset_dir, chosen_sft_name(config.name), {**facts, "chosen_only_of": config.name})
         stale = _remove_stale_images(config, placed) if config.overwrite else 0

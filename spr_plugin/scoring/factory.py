@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spr_plugin.core.records import Region, SemanticScore
-from spr_plugin.families.box_formats import get_box_format
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig, SemanticScorer
 from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
 

@@ -6,7 +6,7 @@ results as the prediction set". This module is that detector step, through trans
 
 Choices, and why:
 
-* **What is grounded.** The phrase labels the box parser found (``<|object_ref_start|>label...``): all of
+* **What is grounded.** The phrase labels the box parser found (the family's object references): all of
   them (``phrases="all"``, the paper's reading) or only those the model wrote without a valid box
   (``"unboxed"``), so unboxed mentions can still be matched. Plain-text descriptions with no reference
   tags have no phrases and get no detector boxes (no noun-phrase parser is assumed).

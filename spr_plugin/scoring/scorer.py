@@ -17,9 +17,10 @@ import numpy as np
 from scipy.stats import rankdata
 
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, SCORE_NORMS
+from spr_plugin.core.options import DEFAULT_BOX_FORMAT, DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, SCORE_NORMS
 from spr_plugin.core.records import Box, Candidate, ParseResult, Region, ScoredCandidate, SemanticScore
-from spr_plugin.families.box_formats import BoxFormat, get_box_format
+from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.grounder import merge_predictions
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import (
@@ -40,7 +41,7 @@ GROUNDER_PHRASES = ("all", "unboxed")
 class ScoringConfig:
     """How candidates are scored; recorded in the dataset card of every built dataset."""
 
-    box_format: str = "qwen2_vl"
+    box_format: str = DEFAULT_BOX_FORMAT
     lam: float = 0.8  # weight of S_sem; the paper found 0.8 clearly better than 0 or 1
     loc_metric: str = "hungarian"
     iou_threshold: float = DEFAULT_IOU_THRESHOLD

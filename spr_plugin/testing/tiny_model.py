@@ -24,6 +24,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spr_plugin.core.options import DEFAULT_BOX_FORMAT
+from spr_plugin.families.profiles import get_profile
+
 if TYPE_CHECKING:
     from transformers import Qwen2TokenizerFast
 
@@ -32,10 +35,7 @@ QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
+    *get_profile(DEFAULT_BOX_FORMAT).grounding_tokens,
     "<|quad_start|>",
     "<|quad_end|>",
     "<|vision_start|>",
@@ -100,7 +100,7 @@ def _corpus_lines(extra: Iterable[str]) -> list[str]:
     contribute their digits: Qwen's pre-tokenizer isolates every digit (see module docstring).
     """
     names = [f"{c} {s}" for c in _SCENE_COLOURS for s in _SCENE_SHAPES]
-    # Names appear both after a space and right after <|object_ref_start|> (no space): train both.
+    # Names appear both after a space and right after the reference token (no space): train both.
     lines = list(BASE_CORPUS) + names + [f"The region shows a {n}, {n} and {n} next to {n}" for n in names]
     lines += [" ".join(str(n) for n in range(start, start + 50)) for start in range(0, 1000, 50)]
     return (lines + list(extra)) * 3

@@ -19,7 +19,7 @@ Guards against reward hacking, each tested through the reward:
   well-formed completion (whose S lies in [0, 1], a description without boxes included).
 
 Why completions are decoded again: TRL decodes completions with ``skip_special_tokens=True``, which deletes
-Qwen's ``<|object_ref_start|>`` / ``<|box_start|>`` tokens and with them every box. TRL also passes the
+Qwen's reference and box tokens and with them every box. TRL also passes the
 ``completion_ids``; with a ``tokenizer`` the reward decodes those, keeping special tokens. Without
 ``completion_ids`` (direct calls) the completion texts are scored as given.
 """
@@ -33,6 +33,7 @@ from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.records import Candidate, Region, ScoredCandidate
+from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
 from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
 from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
@@ -41,7 +42,7 @@ from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
 MALFORMED_REWARD = -1.0
 
 _SPECIAL_RE = re.compile(r"<\|[a-z_]+\|>")
-_GROUNDING_TOKENS = frozenset({"<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"})
+_GROUNDING_TOKENS = frozenset(KNOWN_GROUNDING_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class SPRReward:
     ) -> SPRReward:
         """The reward with the scorer a build with ``scoring`` would use (models loaded here, once); the image frame
         is the dataset's (``spr export-grpo --image-max-pixels/--image-min-pixels``), for the Qwen2.5-VL formats."""
-        from spr_plugin.families.box_formats import get_box_format
+        from spr_plugin.families.profiles import get_box_format
         from spr_plugin.llamafactory.image import ImageFrame
         from spr_plugin.scoring.factory import build_candidate_scorer
 

@@ -1,0 +1,127 @@
+"""One profile per model family: everything spr-plugin knows about how a family writes and reads.
+
+A profile names the family's box syntax and coordinate frame (a :class:`~spr_plugin.families.box_formats.BoxFormat`
+class), the object reference the prompts write, the default REC prompt, LLaMA-Factory's chat template for the
+family and the special tokens of its grounding vocabulary (kept in answers that use them, scrubbed from text
+shown to people). A new family is one more profile here plus its box syntax in ``box_formats.py``; nothing
+else in the package spells a model token.
+
+    get_profile(name)            the profile of a ``--box-format`` value
+    profile_of(box_format)       the profile a BoxFormat instance belongs to
+    get_box_format(name, frame)  the family's box syntax in a run's image frame
+    KNOWN_GROUNDING_TOKENS       every profile's grounding tokens (what a sanitiser may leave in an answer)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.options import BOX_FORMATS
+from spr_plugin.families.box_formats import (
+    BOX_END,
+    BOX_START,
+    REF_END,
+    REF_START,
+    BoxFormat,
+    Qwen2VLFormat,
+    Qwen25VLFormat,
+    Qwen25VLJsonFormat,
+    ResizeSpec,
+)
+from spr_plugin.llamafactory.image import ImageFrame
+
+#: Qwen's grounding tokens, in the order of its vocabulary.
+QWEN_GROUNDING_TOKENS: tuple[str, ...] = (REF_START, REF_END, BOX_START, BOX_END)
+
+
+@dataclass(frozen=True)
+class FamilyProfile:
+    """A model family as spr-plugin sees it (one per ``--box-format`` value)."""
+
+    #: The ``--box-format`` value.
+    name: str
+    #: Box syntax and coordinate frame.
+    format_class: type[BoxFormat]
+    #: LLaMA-Factory's ``template:`` for the family.
+    template: str
+    #: The default REC prompt, with ``{expression}``.
+    rec_prompt: str
+    #: The family's grounding vocabulary (the tokens its tokenizer has for references and boxes).
+    grounding_tokens: tuple[str, ...]
+    #: Whether an answer in this syntax is written with those tokens (and so keeps them through the sanitiser).
+    answer_uses_tokens: bool
+    #: How a prompt refers to an object by name: ``(start, end)`` around the name.
+    reference_marks: tuple[str, str] = (REF_START, REF_END)
+    #: The chat template's end-of-turn token (scrubbed from text shown to people).
+    end_of_turn: str = "<|im_end|>"
+
+    def box_format(self, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
+        """The family's box syntax; ``frame`` is the run's LLaMA-Factory pre-resize (pixel formats write in it)."""
+        if frame is not None and issubclass(self.format_class, Qwen25VLFormat) and "resize" not in kwargs:
+            kwargs["resize"] = ResizeSpec(pre_max_pixels=frame.image_max_pixels, pre_min_pixels=frame.image_min_pixels)
+        return self.format_class(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def kept_tokens(self) -> tuple[str, ...]:
+        """The tokens an answer in this family's syntax may keep: its own grounding tokens, if it writes them."""
+        return self.grounding_tokens if self.answer_uses_tokens else ()
+
+    @property
+    def scrubbed_tokens(self) -> tuple[str, ...]:
+        """Tokens removed from an answer before people read it."""
+        return (*self.grounding_tokens, self.end_of_turn)
+
+    def reference(self, name: str) -> str:
+        """An object named in a prompt (the ``refs`` prompt variant, the REC prompt)."""
+        start, end = self.reference_marks
+        return f"{start}{name}{end}"
+
+
+_QWEN_REC = f"Output the bounding box of {REF_START}{{expression}}{REF_END} in the image."
+
+PROFILES: dict[str, FamilyProfile] = {
+    p.name: p
+    for p in (
+        FamilyProfile("qwen2_vl", Qwen2VLFormat, "qwen2_vl", _QWEN_REC, QWEN_GROUNDING_TOKENS, answer_uses_tokens=True),
+        FamilyProfile("qwen2_5_vl", Qwen25VLFormat, "qwen2_vl", _QWEN_REC, QWEN_GROUNDING_TOKENS, answer_uses_tokens=True),
+        # Qwen2.5-VL's JSON form is asked for JSON (Qwen's own documented grounding request).
+        FamilyProfile(
+            "qwen2_5_vl_json",
+            Qwen25VLJsonFormat,
+            "qwen2_vl",
+            'Locate every object that matches the description "{expression}" in the image. '
+            "Report bbox coordinates in JSON format.",
+            QWEN_GROUNDING_TOKENS,
+            answer_uses_tokens=False,
+        ),
+    )
+}
+assert tuple(PROFILES) == BOX_FORMATS, "spr_plugin.core.options.BOX_FORMATS lists the profiles (the CLI choices)"
+
+#: Every profile's grounding tokens, in order: what a sanitiser leaves in text it does not know the family of.
+KNOWN_GROUNDING_TOKENS: tuple[str, ...] = tuple(dict.fromkeys(t for p in PROFILES.values() for t in p.grounding_tokens))
+
+
+def available_formats() -> list[str]:
+    return sorted(PROFILES)
+
+
+def get_profile(name: str) -> FamilyProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"unknown box format {name!r}; choose one of {', '.join(available_formats())}") from None
+
+
+def profile_of(box_format: BoxFormat) -> FamilyProfile:
+    return get_profile(box_format.name)
+
+
+def get_box_format(name: str, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
+    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``).
+
+    ``frame`` is the run's LLaMA-Factory pre-resize: Qwen2.5-VL formats parse and write pixels of the image
+    *after* it, so a run with non-default ``image_max_pixels`` must pass its frame here.
+    """
+    return get_profile(name).box_format(frame, **kwargs)
