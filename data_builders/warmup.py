@@ -22,6 +22,7 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.families.box_formats import Qwen2VLFormat
 from spr_plugin.families.prompts import training_prompt
 from spr_plugin.llamafactory.registry import chosen_sft_entry, register_dataset
+from spr_plugin.llamafactory.sharegpt import sft_record
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
@@ -69,15 +70,7 @@ def write_sft_dataset(
         members = sorted(region.objects, key=lambda o: (o.box.x1, o.box.y1))
         w, h = region.width, region.height
         answer = grounded_answer([fmt.render(o.category, o.box, w, h) for o in members])
-        records.append(
-            {
-                "conversations": [
-                    {"from": "human", "value": training_prompt(region, fmt)},
-                    {"from": "gpt", "value": answer},
-                ],
-                "images": [region.image_path],
-            }
-        )
+        records.append(sft_record(training_prompt(region, fmt), answer, [region.image_path]))
     out = Path(dataset_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{DATASET_NAME}.json").write_text(json.dumps(records, indent=1))

@@ -24,8 +24,9 @@ from spr_plugin.evaluation.rec_data import RecItem
 from spr_plugin.evaluation.runner import decoding_settings, run_resumable
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, get_box_format, get_profile
-from spr_plugin.families.prompts import IMAGE_TOKEN, Prompt
+from spr_plugin.families.prompts import Prompt
 from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
+from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
 
 
 def default_prompt(box_format: str) -> str:

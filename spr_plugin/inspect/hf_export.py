@@ -41,8 +41,7 @@ from spr_plugin.families.prompts import PROMPT_TEMPLATE
 from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.recipe_check import meta_path, read_meta
 from spr_plugin.llamafactory.registry import read_dataset_info
-
-IMAGE_TOKEN = "<image>"
+from spr_plugin.llamafactory.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -163,14 +162,8 @@ def trl_row(
     record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str, image_root: Path | None = None
 ) -> dict[str, Any]:
     """One ShareGPT ranking record -> ``{prompt, chosen, rejected, images}`` in TRL's conversational form."""
-    cols = {
-        "messages": "conversations",
-        "chosen": "chosen",
-        "rejected": "rejected",
-        "images": "images",
-        **entry.get("columns", {}),
-    }
-    tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt", **entry.get("tags", {})}
+    cols = {**RANKING_COLUMNS, **entry.get("columns", {})}
+    tags = {**DEFAULT_TAGS, **entry.get("tags", {})}
     role_map = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", "system": "system"}
     try:
         prompt = [

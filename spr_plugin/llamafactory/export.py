@@ -37,6 +37,7 @@ from spr_plugin.families.prompts import training_prompt
 from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.recipe_check import write_meta
 from spr_plugin.llamafactory.registry import build_entries, check_can_register_entries, chosen_sft_name, register_datasets
+from spr_plugin.llamafactory.sharegpt import ranking_record
 
 IMAGE_MODES = ("copy", "link", "absolute")
 
@@ -110,12 +111,7 @@ def pair_record(pair: PreferencePair, image: str, box_format: BoxFormat, stats: 
     rejected, n_rejected = sanitize_answer(pair.rejected.candidate.text, keep)
     if stats is not None:
         stats.add("exported_answers", n_chosen + n_rejected)
-    return {
-        "conversations": [{"from": "human", "value": training_prompt(pair.region, box_format)}],
-        "chosen": {"from": "gpt", "value": chosen},
-        "rejected": {"from": "gpt", "value": rejected},
-        "images": [image],
-    }
+    return ranking_record(training_prompt(pair.region, box_format), chosen, rejected, [image])
 
 
 @contextmanager

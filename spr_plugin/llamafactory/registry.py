@@ -20,7 +20,8 @@ from filelock import FileLock
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text
-from spr_plugin.core.paths import check_record_media, contained_path
+from spr_plugin.core.paths import contained_path
+from spr_plugin.llamafactory.sharegpt import RANKING_COLUMNS, SFT_COLUMNS, check_record_media
 
 DATASET_INFO = "dataset_info.json"
 
@@ -31,7 +32,7 @@ def ranking_entry(file_name: str) -> dict[str, Any]:
         "file_name": file_name,
         "formatting": "sharegpt",
         "ranking": True,
-        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "images": "images"},
+        "columns": dict(RANKING_COLUMNS),
     }
 
 
@@ -46,7 +47,7 @@ def chosen_sft_entry(file_name: str) -> dict[str, Any]:
     non-ranking entry it is listed under LlamaBoard's default Stage (Supervised Fine-Tuning), which otherwise
     shows none of our datasets, and ``llamafactory-cli train`` accepts it with ``stage: sft``.
     """
-    return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations", "images": "images"}}
+    return {"file_name": file_name, "formatting": "sharegpt", "columns": dict(SFT_COLUMNS)}
 
 
 def chosen_sft_name(name: str) -> str:
