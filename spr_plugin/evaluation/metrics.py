@@ -23,16 +23,15 @@ CONVENTIONS = (">=", ">")
 
 
 def box_iou(a: Box | None, b: Box | None) -> float:
-    """Continuous-coordinate IoU (torchvision/Ferret/Qwen-VL convention, no ``+1``); 0 if either is missing."""
+    """Continuous-coordinate IoU (torchvision/Ferret/Qwen-VL convention, no ``+1``); 0 if either is missing.
+
+    The one IoU of the package: :func:`spr_plugin.scoring.localization.iou_matrix` (``torchvision.ops.box_iou``),
+    imported here on first use so that the evaluation command line parses without torch."""
     if a is None or b is None:
         return 0.0
-    iw = min(a.x2, b.x2) - max(a.x1, b.x1)
-    ih = min(a.y2, b.y2) - max(a.y1, b.y1)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = a.area + b.area - inter
-    return inter / union if union > 0 else 0.0
+    from spr_plugin.scoring.localization import iou_matrix
+
+    return float(iou_matrix([a], [b])[0, 0])
 
 
 def is_hit(iou: float, threshold: float, convention: str = ">=") -> bool:

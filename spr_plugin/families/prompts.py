@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.images import crop_region
+from spr_plugin.core.options import VARIANTS
 from spr_plugin.core.records import Region
 from spr_plugin.core.sanitize import remove_tokens, sanitize_phrase
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, profile_of
-
-IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; one per image
+from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
 
 
 def strip_media_markers(text: str) -> str:
@@ -36,8 +37,6 @@ def _name(text: str) -> str:
     """A category name as it may appear in a prompt (names of regions files from elsewhere are not trusted)."""
     return sanitize_phrase(text)[0] or "object"
 
-
-VARIANTS = ("box_text", "crop", "refs")
 
 _ASK = "Describe the region {box} in detail. Ground every object you mention with a bounding box."
 
@@ -68,8 +67,7 @@ def build_prompt(variant: str, region: Region, box_format: BoxFormat) -> Prompt:
         return Prompt(variant, IMAGE_TOKEN + ask, (region.image_path,))
     if variant == "crop":
         with Image.open(region.image_path) as im:
-            b = region.box
-            crop = im.convert("RGB").crop((int(b.x1), int(b.y1), max(int(b.x2), int(b.x1) + 1), max(int(b.y2), int(b.y1) + 1)))
+            crop = crop_region(im.convert("RGB"), region.box)
         text = (
             f"{IMAGE_TOKEN}This is the full image. {IMAGE_TOKEN}This is the region {box} cropped from it. "
             f"{ask} Use coordinates of the full image."

@@ -98,7 +98,9 @@ class Generator(Protocol):
 
     ``seed_scope`` says what the seed recorded on a candidate means: ``"prompt"`` (the back end seeds each
     prompt on its own, e.g. a server request's ``seed``) or ``"batch"`` (one RNG stream for a whole
-    batch, as in-process batched sampling must; the batch's first prompt seed is recorded).
+    batch, as in-process batched sampling must; the batch's first prompt seed is recorded). A back end
+    may name a ``min_batch_size`` (the server's: enough prompts to fill its request slots); batches are
+    then at least that large, whatever the run's ``batch_size``.
     """
 
     name: str
@@ -282,8 +284,9 @@ def generate_with_config(
     progress: bool = True,
 ) -> GenerationStats:
     """:func:`generate_candidates` with the sampling settings of a :class:`GenerationConfig`."""
+    batch_size = max(config.batch_size, getattr(generator, "min_batch_size", 1))
     return generate_candidates(
         regions, generator, box_format, out_path,
-        variants=config.variants, num_samples=config.num_samples, batch_size=config.batch_size,
+        variants=config.variants, num_samples=config.num_samples, batch_size=batch_size,
         temperature=config.temperature, seed=config.seed, progress=progress,
     )  # fmt: skip

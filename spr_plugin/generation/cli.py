@@ -10,18 +10,19 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.options import BACKENDS
 from spr_plugin.llamafactory.image import add_pre_resize_args, frame_from_args
+from spr_plugin.settings import GenerationConfig, SamplingConfig, ServerConfig, add_flags, from_args
 
 logger = logging.getLogger("spr")
 
-BACKENDS = ("transformers", "openai")
-
 
 def add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
-    """Sampling options shared by both back ends, then each back end's own."""
+    """Sampling options shared by both back ends, then each back end's own (flags from the settings' fields)."""
     g = p.add_argument_group("generation (docs/generation.md)")
     g.add_argument(
         "--backend",
@@ -29,31 +30,16 @@ def add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
         choices=BACKENDS,
         help="transformers: in process (--model); openai: an OpenAI-compatible server (vLLM, SGLang, llamafactory-cli api)",
     )
-    g.add_argument("--num-samples", type=int, default=4, help="samples per prompt variant")
-    g.add_argument("--temperature", type=float, default=0.9)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--batch-size", type=int, default=4, help="prompts per batch (openai: at least 4 x --concurrency)")
-    g.add_argument("--variants", default="box_text,crop,refs", help="comma-separated prompt variants")
+    add_flags(g, SamplingConfig, only=("num_samples", "temperature", "top_p", "max_new_tokens"))
+    add_flags(g, GenerationConfig, only=("batch_size", "variants"))
     add_pre_resize_args(g)  # both back ends: Qwen2.5-VL boxes live in the pre-resized frame
 
     t = p.add_argument_group("in-process back end (--backend transformers)")
-    t.add_argument("--model", default=None, help="local Qwen2-VL checkpoint folder (or hub id if reachable)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto (this process's GPU under accelerate launch)")
-    t.add_argument(
-        "--max-batch-sequences",
-        type=int,
-        default=32,
-        help="memory bound: at most this many sequences (prompts x samples) per generate() call",
-    )
+    add_flags(t, GenerationConfig, only=("model", "device", "max_batch_sequences"))
 
     s = p.add_argument_group("server back end (--backend openai)")
-    s.add_argument("--base-url", default=None, help="API root, e.g. http://127.0.0.1:8000/v1")
-    s.add_argument("--served-model", default=None, help="model name as the server lists it in /v1/models")
-    s.add_argument("--api-key", default=None, help="bearer token (default: $SPR_API_KEY, $OPENAI_API_KEY, or none)")
-    s.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    s.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
-    s.add_argument("--max-retries", type=int, default=5, help="retries per request on connection errors, 429 and 5xx")
+    add_flags(s, ServerConfig, only=("base_url", "served_model"), base_url=None, served_model=None)
+    add_flags(s, ServerConfig, only=("api_key", "concurrency", "timeout", "max_retries"), api_key=None)
 
 
 def add_shard_args(p: argparse.ArgumentParser) -> None:
@@ -65,55 +51,28 @@ def add_shard_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def generation_config(a: argparse.Namespace, seed: int):
-    """The run's :class:`GenerationConfig` (``model`` is the served name for the server back end)."""
-    from spr_plugin.generation.transformers_backend import GenerationConfig
-
+def generation_config(a: argparse.Namespace, seed: int) -> GenerationConfig:
+    """The run's :class:`GenerationConfig`: the checkpoint (in process) or the served model's name (server)."""
     if a.backend == "transformers" and not a.model:
         raise SPRError("--model CHECKPOINT is required with --backend transformers")
     if a.backend == "openai" and not (a.base_url and a.served_model):
         raise SPRError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) and --served-model NAME")
-    batch = a.batch_size if a.backend == "transformers" else max(a.batch_size, 4 * a.concurrency)
-    return GenerationConfig(
-        model=a.model if a.backend == "transformers" else a.served_model,
-        num_samples=a.num_samples,
-        temperature=a.temperature,
-        top_p=a.top_p,
-        max_new_tokens=a.max_new_tokens,
-        batch_size=batch,
-        variants=tuple(v.strip() for v in a.variants.split(",") if v.strip()),
-        seed=seed,
-        device=a.device,
-        max_batch_sequences=a.max_batch_sequences,
-        image_max_pixels=a.image_max_pixels,
-        image_min_pixels=a.image_min_pixels,
-    )
+    fields = from_args(GenerationConfig, a, seed=seed, image_max_pixels=a.image_max_pixels, image_min_pixels=a.image_min_pixels)
+    if a.backend == "transformers":
+        return replace(fields, served_model=None) if fields.served_model is not None else fields
+    return replace(fields, model=None)
 
 
-def make_generator(a: argparse.Namespace, cfg):
+def make_generator(a: argparse.Namespace, cfg: GenerationConfig):
     """The back end the options name; the server back end checks URL and model before returning."""
     if a.backend == "transformers":
         from spr_plugin.generation.transformers_backend import TransformersGenerator
 
         return TransformersGenerator(cfg)
-    from spr_plugin.generation.server_backend import OpenAIServerGenerator, ServerConfig
+    from spr_plugin.generation.server_backend import OpenAIServerGenerator
 
     api_key = a.api_key or os.environ.get("SPR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-    server = ServerConfig(
-        base_url=a.base_url,
-        model=a.served_model,
-        api_key=api_key,
-        num_samples=cfg.num_samples,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        concurrency=a.concurrency,
-        timeout=a.request_timeout,
-        max_retries=a.max_retries,
-        image_max_pixels=cfg.image_max_pixels,
-        image_min_pixels=cfg.image_min_pixels,
-    )
-    return OpenAIServerGenerator(server)
+    return OpenAIServerGenerator(from_args(ServerConfig, a, api_key=api_key, **cfg.sampling()))
 
 
 def generation_fingerprint(cfg, box_format: str) -> dict:
@@ -127,6 +86,9 @@ def generation_fingerprint(cfg, box_format: str) -> dict:
     gen = dict(settings(cfg) or {})
     for key in ("batch_size", "device", "max_batch_sequences"):
         gen.pop(key, None)
+    served = gen.pop("served_model", None)
+    if served is not None:  # the generator's name, whichever back end ran it (as recorded before served_model existed)
+        gen["model"] = served
     if os.path.exists(str(gen.get("model", ""))):
         gen["model"] = os.path.abspath(gen["model"])
     return {"generation": gen, "box_format": box_format}

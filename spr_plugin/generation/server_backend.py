@@ -32,59 +32,26 @@ import io
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from PIL import Image
 
-from spr_plugin.core.errors import ConfigError, PartialBatchError, SPRError
-from spr_plugin.families.prompts import IMAGE_TOKEN, Prompt
+from spr_plugin.core.errors import PartialBatchError, SPRError
+from spr_plugin.families.prompts import Prompt
 from spr_plugin.generation.transformers_backend import clean_output
 from spr_plugin.llamafactory.image import (
     DEFAULT_IMAGE_MAX_PIXELS,
     DEFAULT_IMAGE_MIN_PIXELS,
-    check_pixel_bounds,
     lf_preprocess_image,
     lf_resize_steps,
 )
+from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
+from spr_plugin.settings import ServerConfig
 
 logger = logging.getLogger(__name__)
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "BMP": "image/bmp"}  # what every server decodes
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Where the server is and how hard to push it; sampling mirrors :class:`GenerationConfig`."""
-
-    base_url: str
-    model: str  # the served model name (``/v1/models`` id), e.g. vLLM's --served-model-name
-    api_key: str = "EMPTY"
-    num_samples: int = 4
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    concurrency: int = 16  # requests in flight; each asks for num_samples choices
-    timeout: float = 300.0  # seconds per request (connect timeout is min(10, timeout))
-    max_retries: int = 5  # per request, on connection errors, timeouts, 408/409/429 and 5xx
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    #: LLaMA-Factory's pre-resize, done here before sending (None = none); must equal the training YAML.
-    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
-    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
-
-    def __post_init__(self) -> None:
-        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
-        if problem:
-            raise ConfigError(problem)
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
-        if not self.model:
-            raise ConfigError("--served-model is required with --backend openai (the name the server lists in /v1/models)")
-        if min(self.num_samples, self.max_new_tokens, self.concurrency) < 1 or self.timeout <= 0 or self.max_retries < 0:
-            raise ConfigError("num_samples, max_new_tokens and concurrency must be >= 1, timeout > 0, max_retries >= 0")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0 (SPR needs diverse samples)")
 
 
 @lru_cache(maxsize=64)
@@ -224,6 +191,8 @@ class OpenAIServerGenerator:
         from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         self.config = config
+        #: Prompts per batch that keep every request slot busy: a smaller --batch-size is raised to it.
+        self.min_batch_size = config.min_batch_size
         self.requests = 0
         #: Prompts whose reply was unusable, by reason (``bad_reply``, ``reply_cut_at_cap``, ``rejected``, ...).
         self.failures: Counter = Counter()
@@ -248,7 +217,7 @@ class OpenAIServerGenerator:
 
     @property
     def name(self) -> str:
-        return f"{self.config.model}@{self.config.base_url}"
+        return f"{self.config.served_model}@{self.config.base_url}"
 
     def _run(self, coro):
         return self._loop.run_until_complete(coro)
@@ -284,9 +253,10 @@ class OpenAIServerGenerator:
             raise SPRError(
                 f"{url}/models did not answer like an OpenAI-compatible API ({type(exc).__name__}); check --base-url"
             ) from None
-        if cfg.model not in ids:
+        if cfg.served_model not in ids:
             raise SPRError(
-                f"model {cfg.model!r} is not served at {url}; it serves: {', '.join(ids) or 'nothing'} (see --served-model)"
+                f"model {cfg.served_model!r} is not served at {url}; it serves: {', '.join(ids) or 'nothing'} "
+                "(see --served-model)"
             )
         return ids
 
@@ -344,7 +314,7 @@ class OpenAIServerGenerator:
                 try:
                     self.requests += 1
                     resp = await self._client.chat.completions.create(
-                        model=cfg.model,
+                        model=cfg.served_model,
                         messages=messages,  # type: ignore[arg-type]
                         n=want,
                         temperature=cfg.temperature,
@@ -355,7 +325,7 @@ class OpenAIServerGenerator:
                     )
                     got, cut = reply_texts(resp, self.max_reply_chars)
                 except openai.NotFoundError as exc:
-                    raise SPRError(f"{cfg.base_url} answered 404 for model {cfg.model!r}: {_detail(exc)}") from None
+                    raise SPRError(f"{cfg.base_url} answered 404 for model {cfg.served_model!r}: {_detail(exc)}") from None
                 except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                     self.failures["rejected"] += 1
                     logger.warning("server rejected a %s prompt (HTTP %s): %s", prompt.variant, exc.status_code, _detail(exc))

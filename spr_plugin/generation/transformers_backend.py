@@ -16,52 +16,17 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.errors import SPRError
 from spr_plugin.core.sanitize import sanitize_answer
 from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
-from spr_plugin.families.prompts import IMAGE_TOKEN, VARIANTS, Prompt
+from spr_plugin.families.prompts import Prompt
 from spr_plugin.llamafactory.image import (
-    DEFAULT_IMAGE_MAX_PIXELS,
-    DEFAULT_IMAGE_MIN_PIXELS,
-    check_pixel_bounds,
     lf_preprocess_image,
 )
+from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
+from spr_plugin.settings import GenerationConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Sampling settings; every candidate records the variant, seed and temperature that made it."""
-
-    model: str
-    num_samples: int = 4
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    batch_size: int = 4
-    variants: tuple[str, ...] = VARIANTS
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "auto"
-    max_batch_sequences: int = 32  # prompts x samples per generate() call: the memory bound
-    greedy: bool = False  # only for tests and debugging: SPR needs sampled, diverse candidates
-    #: LLaMA-Factory's pre-resize (its YAML keys of the same names; None = none). Must equal the training
-    #: run's values: Qwen2.5-VL boxes are pixels of the resized input, so the model must see the same frame.
-    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
-    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
-
-    def __post_init__(self) -> None:
-        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
-        if problem:
-            raise ConfigError(problem)
-        if min(self.num_samples, self.batch_size, self.max_new_tokens, self.max_batch_sequences) < 1:
-            raise ConfigError("num_samples, batch_size, max_new_tokens and max_batch_sequences must be >= 1")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0 (SPR needs diverse samples)")
-        unknown = set(self.variants) - set(VARIANTS)
-        if unknown:
-            raise ConfigError(f"unknown prompt variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
 
 
 def to_chat_messages(prompt: Prompt) -> list[dict]:

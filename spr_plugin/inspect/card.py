@@ -104,7 +104,7 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         "|---|---|",
         f"| annotations | `{_get(cfg, 'annotations')}` |",
         f"| image root | `{_get(cfg, 'image_root')}` |",
-        f"| generator (candidates) | `{', '.join(generators) or _get(gen, 'model')}` |",
+        f"| generator (candidates) | `{', '.join(generators) or _get(gen, 'model') or _get(gen, 'served_model')}` |",
         f"| candidates file (if not generated) | `{_get(cfg, 'candidates_file', default='-')}` |",
         f"| prompt variants | {', '.join(_get(gen, 'variants', default=[]) or variants)} |",
         f"| samples per variant, temperature, top-p | {_get(gen, 'num_samples')}, {_get(gen, 'temperature')}, "

@@ -6,7 +6,6 @@ what users get, and LLaMA-Factory's global state (logging, accelerate) cannot le
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from spr_plugin.core.errors import SPRError
 
@@ -50,10 +51,10 @@ def llamafactory_cli() -> str:
 
 
 def write_yaml(path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
-    """Flat ``key: value`` YAML (JSON scalars are valid YAML), as LLaMA-Factory recipes are."""
+    """A LLaMA-Factory recipe: ``key: value`` YAML in the order given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 
 

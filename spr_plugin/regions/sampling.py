@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import MISSING, ImageLocator, check_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.records import AnnotatedObject, Box, Region
@@ -41,6 +41,7 @@ from spr_plugin.regions.annotations import (
     category_synonyms,
     load_coco,
 )
+from spr_plugin.settings import RegionConfig
 
 __all__ = [
     "RegionConfig", "RegionStats", "load_coco", "sample_regions", "grow_region", "require_regions",
@@ -52,37 +53,6 @@ logger = logging.getLogger(__name__)
 #: What to do with Objects365 v2 objects flagged ``isfake`` (in a picture or on a screen) or ``isreflected``
 #: (a reflection): ``ignore`` (default: not required, not wrong to ground), ``keep`` (ordinary objects),
 #: ``drop`` (not there: a box on one counts as a false positive).
-VIRTUAL_POLICIES = ("ignore", "keep", "drop")
-
-
-@dataclass(frozen=True)
-class RegionConfig:
-    k: int = 4  # a region holds more than k objects
-    regions_per_image: int = 1
-    max_regions: int | None = None
-    seed: int = 0
-    min_box_area: float = 16.0  # annotations smaller than this (pixels²) are noise for grounding
-    containment: float = 0.9  # share of an object's area inside the region for it to belong to it
-    #: A box may overshoot the image border by this share of the image side (at least 2 px) and is clamped;
-    #: more means the annotations belong to another (larger) image, which is then skipped.
-    border_tolerance: float = 0.02
-    virtual_objects: str = "ignore"  # Objects365 isfake / isreflected, see VIRTUAL_POLICIES
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ConfigError(f"k must be >= 1, got {self.k}")
-        if self.regions_per_image < 1:
-            raise ConfigError(f"regions_per_image must be >= 1, got {self.regions_per_image}")
-        if self.max_regions is not None and self.max_regions < 1:
-            raise ConfigError(f"max_regions must be >= 1, got {self.max_regions}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0 (numpy seeds are non-negative), got {self.seed}")
-        if not 0.0 <= self.border_tolerance < 1.0:
-            raise ConfigError(f"border_tolerance must lie in [0, 1), got {self.border_tolerance}")
-        if self.virtual_objects not in VIRTUAL_POLICIES:
-            raise ConfigError(
-                f"unknown virtual-object policy {self.virtual_objects!r}; choose one of {', '.join(VIRTUAL_POLICIES)}"
-            )
 
 
 @dataclass

@@ -43,11 +43,13 @@ import torch
 from PIL import Image
 
 from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.images import crop_region
+from spr_plugin.core.options import CLIP_LONG_TEXT
 from spr_plugin.core.records import Box, Region, SemanticScore
 
 logger = logging.getLogger(__name__)
 
-LONG_TEXT_MODES = ("chunk", "truncate")
+LONG_TEXT_MODES = CLIP_LONG_TEXT
 
 
 def load_clip_model(name_or_path: str, device: str | None = None):  # -> SentenceTransformer
@@ -267,7 +269,7 @@ class ClipSemanticScorer:
         for region, _, _ in items:
             key = _region_key(region)
             if key not in crops:
-                crops[key] = _crop(images[region.image_path], region.box)
+                crops[key] = crop_region(images[region.image_path], region.box)
                 boxes.setdefault(region.image_path, []).append(region.box)
         crop_emb = self.embed_crops(crops)
         local_emb = self.embed_local(images, boxes)
@@ -307,13 +309,6 @@ def _load_images(paths) -> dict[str, Image.Image]:
         except OSError as exc:
             raise SPRError(f"cannot read image {path} for CLIP scoring: {exc}") from exc
     return out
-
-
-def _crop(image: Image.Image, box: Box) -> Image.Image:
-    w, h = image.size
-    x1, y1 = max(0, int(box.x1)), max(0, int(box.y1))
-    x2, y2 = min(w, max(x1 + 1, int(round(box.x2)))), min(h, max(y1 + 1, int(round(box.y2))))
-    return image.crop((x1, y1, x2, y2))
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

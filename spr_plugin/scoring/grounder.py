@@ -41,10 +41,12 @@ import torch
 from PIL import Image
 
 from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.images import crop_rect, crop_region
+from spr_plugin.core.options import GROUNDER_PHRASES
 from spr_plugin.core.records import Box, Region
 from spr_plugin.scoring.localization import iou_matrix
 
-PHRASE_MODES = ("all", "unboxed")
+PHRASE_MODES = GROUNDER_PHRASES
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,8 @@ class PhraseGrounder:
 
 
 def _crop_rect(region: Region) -> tuple[int, int, int, int]:
-    """The integer pixel rectangle of the region's crop (at least 1 x 1)."""
-    b = region.box
-    x1, y1 = int(b.x1), int(b.y1)
-    return (x1, y1, max(x1 + 1, int(round(b.x2))), max(y1 + 1, int(round(b.y2))))
+    """The integer pixel rectangle of the region's crop (:func:`spr_plugin.core.images.crop_rect`)."""
+    return crop_rect(region.box, region.width, region.height)
 
 
 def _crop_size(region: Region) -> tuple[int, int]:
@@ -203,7 +203,7 @@ def _region_crop(region: Region) -> Image.Image:
             image = im.convert("RGB")
     except OSError as exc:
         raise SPRError(f"cannot read image {region.image_path} for phrase grounding: {exc}") from exc
-    return image.crop(_crop_rect(region))
+    return crop_region(image, region.box)
 
 
 def _to_pixels(cxcywh: np.ndarray, region: Region) -> Box:

@@ -24,10 +24,10 @@ from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
 from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.options import DEFAULT_IOU_THRESHOLD, LOC_METRICS
 from spr_plugin.core.records import Box, LocalizationScore, Match
 
-METRICS = ("hungarian", "paper")
-DEFAULT_IOU_THRESHOLD = 0.5
+METRICS = LOC_METRICS
 
 
 def iou_matrix(gt: Sequence[Box], pred: Sequence[Box]) -> np.ndarray:

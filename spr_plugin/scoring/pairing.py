@@ -10,29 +10,13 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.records import PreferencePair, Region, ScoredCandidate
-from spr_plugin.scoring.refine import check_policy
+from spr_plugin.settings import PairingConfig
 
 SKIP_TOO_FEW = "too_few_candidates"
 SKIP_IDENTICAL = "identical_texts"
 SKIP_LOW_MARGIN = "low_margin"
-
-
-@dataclass(frozen=True)
-class PairingConfig:
-    min_margin: float = 0.05  # in the units of S (normalised units when the run normalises)
-    #: What refinement does to phrases that matched no annotated object (spr_plugin/scoring/refine.py):
-    #: ``correct`` (default: give a phrase the box of the object it names, so chosen answers stay fully
-    #: grounded), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``.
-    refine_policy: str = "correct"
-
-    def __post_init__(self) -> None:
-        if self.min_margin < 0:
-            raise ConfigError(f"min_margin must be >= 0, got {self.min_margin}")
-        check_policy(self.refine_policy)
 
 
 def _norm(text: str) -> str:

@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.options import REFINE_POLICIES
 from spr_plugin.core.records import Box, Candidate, ParseResult, Region
 from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, masked_iou, match_hungarian
+from spr_plugin.settings import check_policy
 
 
 @dataclass(frozen=True)
@@ -70,11 +69,6 @@ class RefineResult:
             "labelled_matches": self.labelled_matches,
             "agreeing_matches": self.agreeing_matches,
         }
-
-
-def check_policy(policy: str) -> None:
-    if policy not in REFINE_POLICIES:
-        raise ConfigError(f"unknown refinement policy {policy!r}; choose one of {', '.join(REFINE_POLICIES)}")
 
 
 def refine(

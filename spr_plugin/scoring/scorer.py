@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.options import DEFAULT_BOX_FORMAT, DEFAULT_LABEL_THRESHOLD, LABEL_MATCH_MODES, SCORE_NORMS
+from spr_plugin.core.options import SCORE_NORMS
 from spr_plugin.core.records import Box, Candidate, ParseResult, Region, ScoredCandidate, SemanticScore
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format
@@ -25,67 +25,13 @@ from spr_plugin.scoring.grounder import merge_predictions
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import (
     DEFAULT_IOU_THRESHOLD,
-    METRICS,
     iou_matrix,
     localization_score,
     masked_iou,
     match_hungarian,
 )
 from spr_plugin.scoring.semantic import TextSemanticScorer
-
-SEMANTIC_SCORERS = ("text", "clip", "clip+text")
-GROUNDER_PHRASES = ("all", "unboxed")
-
-
-@dataclass(frozen=True)
-class ScoringConfig:
-    """How candidates are scored; recorded in the dataset card of every built dataset."""
-
-    box_format: str = DEFAULT_BOX_FORMAT
-    lam: float = 0.8  # weight of S_sem; the paper found 0.8 clearly better than 0 or 1
-    loc_metric: str = "hungarian"
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD
-    #: ``text`` (MiniLM, offline default), ``clip`` (the paper's crop + local CLIP score) or
-    #: ``clip+text`` (the mean of both).
-    semantic: str = "text"
-    clip_model: str | None = None  # CLIP folder for ``clip`` / ``clip+text``
-    clip_long_text: str = "chunk"  # descriptions over CLIP's 77 tokens: ``chunk`` (average windows) or ``truncate``
-    grounder: str | None = None  # Grounding DINO folder; None = the model's own boxes only
-    grounder_box_threshold: float = 0.35
-    grounder_phrases: str = "all"  # ground ``all`` phrase labels or only ``unboxed`` ones
-    #: ``on``: a box matches an annotated object only if its phrase names that object's category
-    #: (spr_plugin/scoring/labels.py); ``off``: IoU alone decides, as in the paper's formula. On by default because
-    #: IoU alone rewards, and refinement then snaps, boxes whose phrase names another object.
-    label_match: str = "on"
-    label_threshold: float = DEFAULT_LABEL_THRESHOLD  # text-model cosine for labels the name rules leave open
-    #: Per-region normalisation of S_sem and S_loc before they are mixed with ``lam``: ``none`` (the paper),
-    #: ``zscore`` or ``rank``. The two parts live on different scales (MiniLM's S_sem varies 2-20x more within
-    #: a region than 0.2*S_loc), so without it the nominal 0.8/0.2 weighting is not the effective one.
-    score_norm: str = "none"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError(f"lambda must lie in [0, 1], got {self.lam}")
-        if self.loc_metric not in METRICS:
-            raise ConfigError(f"unknown localization metric {self.loc_metric!r}; choose one of {', '.join(METRICS)}")
-        if not 0.0 <= self.iou_threshold < 1.0:
-            raise ConfigError(f"IoU threshold must lie in [0, 1), got {self.iou_threshold}")
-        if self.semantic not in SEMANTIC_SCORERS:
-            raise ConfigError(f"unknown semantic scorer {self.semantic!r}; choose one of {', '.join(SEMANTIC_SCORERS)}")
-        if self.semantic != "text" and not self.clip_model:
-            raise ConfigError(f"--semantic {self.semantic} needs --clip-model PATH (a local CLIP folder)")
-        if self.clip_long_text not in ("chunk", "truncate"):
-            raise ConfigError(f"unknown CLIP long-text mode {self.clip_long_text!r}; choose chunk or truncate")
-        if self.grounder_phrases not in GROUNDER_PHRASES:
-            raise ConfigError(f"unknown grounder phrase mode {self.grounder_phrases!r}; choose one of all, unboxed")
-        if not 0.0 <= self.grounder_box_threshold <= 1.0:
-            raise ConfigError(f"grounder box threshold must lie in [0, 1], got {self.grounder_box_threshold}")
-        if self.label_match not in LABEL_MATCH_MODES:
-            raise ConfigError(f"unknown label-match mode {self.label_match!r}; choose one of {', '.join(LABEL_MATCH_MODES)}")
-        if not 0.0 <= self.label_threshold <= 1.0:
-            raise ConfigError(f"label threshold must lie in [0, 1], got {self.label_threshold}")
-        if self.score_norm not in SCORE_NORMS:
-            raise ConfigError(f"unknown score normalisation {self.score_norm!r}; choose one of {', '.join(SCORE_NORMS)}")
+from spr_plugin.settings import ScoringConfig
 
 
 def localization_with_detections(

