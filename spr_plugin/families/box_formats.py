@@ -111,9 +111,11 @@ class BoxFormat(ABC):
         """Remove malformed grounding debris, keeping well-formed units (identity where nothing applies)."""
         return text
 
-    def plain_text(self, text: str, width: int, height: int) -> str:
-        """The description with all grounding removed (labels kept), for text-only scorers."""
-        parse = self.parse(text, width, height)
+    def plain_text(self, text: str, width: int, height: int, parse: ParseResult | None = None) -> str:
+        """The description with all grounding removed (labels kept), for text-only scorers.
+
+        ``parse`` is the text's parse when the caller has it already (the scorer does): no second parse."""
+        parse = parse if parse is not None else self.parse(text, width, height)
         out = self.rewrite(text, parse, {i: None for i in range(len(parse.phrases))}, width, height)
         return re.sub(r"\s+", " ", _SPECIAL_RE.sub("", out)).strip()
 
@@ -445,8 +447,9 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
         out.append(text[cursor:])
         return "".join(out)
 
-    def plain_text(self, text: str, width: int, height: int) -> str:
-        labels = [p.label for p in self.parse(text, width, height).phrases if p.label]
+    def plain_text(self, text: str, width: int, height: int, parse: ParseResult | None = None) -> str:
+        parse = parse if parse is not None else self.parse(text, width, height)
+        labels = [p.label for p in parse.phrases if p.label]
         if labels:
             return ", ".join(labels)
-        return super().plain_text(text, width, height)
+        return super().plain_text(text, width, height, parse)

@@ -128,7 +128,7 @@ class CandidateScorer:
         fmt = self.box_format
         parses = [fmt.parse(c.text, r.width, r.height) for r, c in items]
         sem_inputs = [
-            (r, fmt.plain_text(c.text, r.width, r.height), [p.label for p in parse.phrases])
+            (r, fmt.plain_text(c.text, r.width, r.height, parse), [p.label for p in parse.phrases])
             for (r, c), parse in zip(items, parses)
         ]
         semantics = self.semantic.score_batch(sem_inputs)
@@ -149,7 +149,7 @@ class CandidateScorer:
         parses = [fmt.parse(c.text, r.width, r.height) for r, c in pairs]
         changed = [i for i, (_, _, words_changed) in enumerate(items) if words_changed]
         fresh = self.semantic.score_batch(
-            [(pairs[i][0], fmt.plain_text(pairs[i][1].text, pairs[i][0].width, pairs[i][0].height),
+            [(pairs[i][0], fmt.plain_text(pairs[i][1].text, pairs[i][0].width, pairs[i][0].height, parses[i]),
               [p.label for p in parses[i].phrases]) for i in changed]
         )  # fmt: skip
         semantics = [a.scored.semantic for a, _, _ in items]
