@@ -39,7 +39,7 @@ from spr_plugin.generation.candidates import read_candidates  # noqa: E402
 from spr_plugin.scoring.factory import load_grounder, load_semantic_scorer  # noqa: E402
 from spr_plugin.scoring.pairing import PairingConfig  # noqa: E402
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig  # noqa: E402
-from spr_plugin.scoring.stage import rank_and_pair  # noqa: E402
+from spr_plugin.scoring.stage import score_refine_pair  # noqa: E402
 
 DEMO = REPO / "runs" / "demo" / "work"
 SEMANTICS = ("text", "clip", "clip+text")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             scorer = CandidateScorer(cfg, semantic[name], fmt, grounder=grounder if use_grounder else None)
             t0 = time.perf_counter()
-            pairs, stats = rank_and_pair(regions, candidates, scorer, PairingConfig(args.min_margin), progress=False)
+            pairs, stats = score_refine_pair(regions, candidates, scorer, PairingConfig(args.min_margin), progress=False)
             seconds = time.perf_counter() - t0
             picks[label] = {p.region.region_id: (p.chosen.candidate.key, p.rejected.candidate.key) for p in pairs}
             grounded = sum(p.chosen.localization.n_grounded + p.rejected.localization.n_grounded for p in pairs)

@@ -109,7 +109,7 @@ def cmd_pair(a: argparse.Namespace) -> int:
     from spr_plugin.llamafactory.image import frame_from_args
     from spr_plugin.regions.sampling import read_regions
     from spr_plugin.scoring.factory import build_candidate_scorer
-    from spr_plugin.scoring.stage import rank_and_pair
+    from spr_plugin.scoring.stage import score_refine_pair
 
     scoring, pairing = _scoring(a)
     require_writable_file(a.out, "--out")
@@ -117,7 +117,7 @@ def cmd_pair(a: argparse.Namespace) -> int:
     sanitized = SanitizeStats()
     regions = read_regions(a.regions, sanitized)
     candidates = sanitize_candidates(merge_candidates(a.candidates)[0], scorer.box_format, sanitized)
-    pairs, stats = rank_and_pair(regions, candidates, scorer, pairing)
+    pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
     print(json.dumps({**stats.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
     return 0 if pairs else 1

@@ -56,7 +56,7 @@ from spr_plugin.scoring.factory import build_candidate_scorer
 from spr_plugin.scoring.pairing import PairingConfig
 from spr_plugin.scoring.scorer import ScoringConfig
 from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
-from spr_plugin.scoring.stage import PairStats, rank_and_pair
+from spr_plugin.scoring.stage import PairStats, score_refine_pair
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
     sanitized = SanitizeStats()
     candidates = sanitize_candidates(candidates, box_format, sanitized)
     scorer = build_candidate_scorer(config.scoring, config.text_model, box_format=box_format)
-    pairs, pair_stats = rank_and_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
+    pairs, pair_stats = score_refine_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
     summary = BuildSummary(config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized)
     if pairs:

@@ -17,7 +17,7 @@ from spr_plugin.scoring.pairing import PairingConfig
 from spr_plugin.scoring.refine import refine_candidate
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig, mix_scores, normalise
 from spr_plugin.scoring.semantic import TextSemanticScorer
-from spr_plugin.scoring.stage import rank_and_pair
+from spr_plugin.scoring.stage import score_refine_pair
 
 FMT = get_box_format("qwen2_vl")
 CATS = ("red circle", "blue square", "green triangle", "yellow star", "purple diamond")
@@ -80,7 +80,9 @@ def _iou(a, b):
 
 def _run(regions, texts_per_region, scorer, policy="correct", **pair_kw):
     cands = [Candidate(r.region_id, "hand", i, t) for r, texts in zip(regions, texts_per_region) for i, t in enumerate(texts)]
-    return rank_and_pair(regions, cands, scorer, PairingConfig(min_margin=0.0, refine_policy=policy, **pair_kw), progress=False)
+    return score_refine_pair(
+        regions, cands, scorer, PairingConfig(min_margin=0.0, refine_policy=policy, **pair_kw), progress=False
+    )
 
 
 # -- the hand-made test: right labels with shifted boxes vs exact boxes with rotated labels ----------------

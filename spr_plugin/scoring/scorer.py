@@ -64,8 +64,8 @@ class SemanticScorer(Protocol):
     def score_batch(self, items: Sequence[tuple[Region, str, Sequence[str]]]) -> list[SemanticScore]: ...
 
 
-class PhraseGrounder(Protocol):
-    """Finds boxes for a description's phrases (see :mod:`spr_plugin.scoring.grounder`)."""
+class Grounder(Protocol):
+    """What the scorer needs of a phrase grounder (:class:`spr_plugin.scoring.grounder.PhraseGrounder` is the one we ship)."""
 
     def labels_to_ground(self, phrases) -> list[str]: ...
 
@@ -105,7 +105,7 @@ class CandidateScorer:
         config: ScoringConfig,
         semantic: SemanticScorer,
         box_format: BoxFormat | None = None,
-        grounder: PhraseGrounder | None = None,
+        grounder: Grounder | None = None,
         dedupe_iou: float = DEFAULT_IOU_THRESHOLD,
         labels: LabelMatcher | None = None,
     ) -> None:

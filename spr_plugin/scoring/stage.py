@@ -73,7 +73,7 @@ class _PairEvidence:
     localization_decided: bool
 
 
-def rank_and_pair(
+def score_refine_pair(
     regions: Sequence[Region],
     candidates: Sequence[Candidate],
     scorer: CandidateScorer,
