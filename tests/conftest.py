@@ -6,7 +6,9 @@ is forced offline before any test imports transformers or LLaMA-Factory.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,47 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
+
+
+@dataclass(frozen=True)
+class BuiltDataset:
+    """A finished build: the LLaMA-Factory dataset folder (which also holds a user's own entry), the work dir and
+    the summary. Shared read-only; a test that changes files works on a copy."""
+
+    data: Path
+    name: str
+    work: Path
+    summary: dict
+
+    @property
+    def pairs(self) -> Path:
+        return self.work / "pairs.jsonl"
+
+
+@pytest.fixture(scope="session")
+def built_dataset(synthetic_scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltDataset:
+    """One build per session (regions -> scripted candidates -> scores, refinement, pairs -> dataset, card),
+    shared by the tests of the dataset's LLaMA-Factory contract, its card, its viewer and its exports."""
+    from candidates_factory import write_candidates
+    from spr_plugin.pipeline import BuildConfig, build_dataset, build_regions
+    from spr_plugin.settings import PairingConfig, RegionConfig
+
+    root = tmp_path_factory.mktemp("built")
+    data = root / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"users_own": {"file_name": "users_own.json"}}))
+    cfg = BuildConfig(
+        annotations=synthetic_scenes,
+        image_root=synthetic_scenes.parent / "images",
+        work_dir=root / "work",
+        dataset_dir=data,
+        name="spr_built",
+        regions=RegionConfig(k=4, seed=3),
+        pairing=PairingConfig(min_margin=0.0),
+        candidates_file=root / "candidates.jsonl",
+        progress=False,
+    )
+    build_regions(cfg)
+    write_candidates(root / "work" / "regions.jsonl", root / "candidates.jsonl")
+    summary = build_dataset(cfg)
+    return BuiltDataset(data, cfg.name, root / "work", summary.to_dict())

@@ -27,3 +27,35 @@ def load_bench(name: str):
     if bench not in sys.path:
         sys.path.insert(0, bench)
     return importlib.import_module(name)
+
+
+def run_spr(*args, cwd=None):
+    """``spr ARGS`` in this process: :func:`spr_plugin.cli.main` with its output captured, returned in the shape
+    of :func:`subprocess.run`'s result (``returncode``, ``stdout``, ``stderr``). Log records of the run go to
+    its ``stderr`` as they would in a terminal. Starting a process that imports torch costs seconds per call;
+    a few subprocess smoke tests (tests/test_cli.py) keep the real entry points honest."""
+    import contextlib
+    import io
+    import logging
+    import subprocess
+
+    from spr_plugin.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if "-v" in argv or "--verbose" in argv else logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or "."):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["spr", *argv], code, out.getvalue(), err.getvalue())

@@ -4,47 +4,23 @@ loads back with `datasets`, whose images decode and whose rows record the box fo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from candidates_factory import write_candidates
+from helpers import run_spr
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_jsonl
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 from spr_plugin.inspect.hf_export import export_hf
-from spr_plugin.pipeline import BuildConfig, build_dataset
-from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
-from spr_plugin.scoring.pairing import PairingConfig
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
-NAME = "spr_card"
+NAME = "spr_built"  # the shared build (conftest.built_dataset)
 
 
 @pytest.fixture(scope="module")
-def built(synthetic_scenes, tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("card")
-    regions_cfg = RegionConfig(k=4, seed=3)
-    images = synthetic_scenes.parent / "images"
-    regions = list(sample_regions(load_coco(synthetic_scenes), images, regions_cfg))
-    atomic_write_jsonl(root / "regions.jsonl", [r.to_dict() for r in regions])
-    write_candidates(root / "regions.jsonl", root / "candidates.jsonl")
-    cfg = BuildConfig(
-        annotations=synthetic_scenes,
-        image_root=images,
-        work_dir=root / "work",
-        dataset_dir=root / "data",
-        name=NAME,
-        regions=regions_cfg,
-        pairing=PairingConfig(min_margin=0.0),
-        candidates_file=root / "candidates.jsonl",
-        progress=False,
-    )
-    summary = build_dataset(cfg)
-    return root / "data", summary.to_dict()
+def built(built_dataset) -> tuple[Path, dict]:
+    return built_dataset.data, built_dataset.summary
 
 
 def test_build_writes_a_dataset_card(built):
@@ -65,21 +41,14 @@ def test_build_writes_a_dataset_card(built):
     ):
         assert fact in card, fact
     # LLaMA-Factory reads only file_name: the card is not registered as a dataset.
-    assert list(json.loads((data / "dataset_info.json").read_text())) == [NAME, f"{NAME}_chosen"]
+    assert list(json.loads((data / "dataset_info.json").read_text())) == ["users_own", NAME, f"{NAME}_chosen"]
 
 
 def test_export_hf_parquet_loads_with_datasets_and_images_decode(built, tmp_path):
     import datasets
 
     data, summary = built
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = run_spr("export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf")
     assert proc.returncode == 0, proc.stderr
     ds = datasets.load_dataset(
         "parquet", data_files=str(tmp_path / "hf" / f"{NAME}.parquet"), split="train", cache_dir=str(tmp_path / "cache")
@@ -133,16 +102,15 @@ def test_export_hf_records_null_template_for_prompts_that_are_not_sprs(built, tm
 
 def test_export_hf_refuses_flags_that_contradict_the_recorded_build(built, tmp_path):
     data, _ = built
-    cmd = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", "--image-max-pixels", "12544"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = run_spr("export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", "--image-max-pixels", "12544")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"spr export-hf: error: dataset '{NAME}' was built with image_max_pixels=589824 ({data / (NAME + '.spr.json')}) "
         "but --image-max-pixels says 12544; leave it out to use the recorded value"
     )
     assert not (tmp_path / "hf").exists()
-    same = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf2", "--image-max-pixels", "589824"]
-    assert subprocess.run(same, capture_output=True, text=True, timeout=120).returncode == 0  # agreeing values are fine
+    same = ["export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf2", "--image-max-pixels", "589824"]
+    assert run_spr(*same).returncode == 0  # agreeing values are fine
 
 
 @pytest.mark.parametrize(
@@ -158,7 +126,6 @@ def test_export_hf_refuses_flags_that_contradict_the_recorded_build(built, tmp_p
 )
 def test_export_hf_bad_frame_flags_are_one_line_errors(built, tmp_path, flags, message):
     data, _ = built
-    cmd = [*SPR, "export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = run_spr("export-hf", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "hf", *flags)
     assert proc.returncode == 2 and proc.stderr.strip() == f"spr export-hf: error: {message}"
     assert not (tmp_path / "hf").exists()

@@ -11,6 +11,7 @@ import yaml
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
+from helpers import run_spr
 from spr_plugin.llamafactory.registry import build_entries, chosen_sft_entry, ranking_entry
 from spr_plugin.llamafactory.webui import stage_hint
 
@@ -23,11 +24,11 @@ def _build(tmp: Path, data: Path, name: str = NAME, extra: tuple[str, ...] = ())
     scenes = tmp / "scenes" / "instances.json"
     if not scenes.is_file():
         render_scenes(tmp / "scenes", n_images=4, seed=21)
-        subprocess.run([*SPR, "regions", "--annotations", scenes, "--images", scenes.parent / "images", "--out", tmp / "r.jsonl"])
+        run_spr("regions", "--annotations", scenes, "--images", scenes.parent / "images", "--out", tmp / "r.jsonl")
         write_candidates(tmp / "r.jsonl", tmp / "c.jsonl")
     cmd = ["build", "--annotations", scenes, "--images", scenes.parent / "images", "--candidates", tmp / "c.jsonl"]
     cmd += ["--work-dir", tmp / "work", "--dataset-dir", data, "--name", name, "--min-margin", "0", *extra]
-    return subprocess.run([*SPR, *map(str, cmd)], capture_output=True, text=True)
+    return run_spr(*cmd)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_check_recipe_checks_the_sft_recipe_against_the_companion(built, tmp_pat
     for frame, ok in ((768 * 768, True), (recipe["image_max_pixels"], False)):  # the build used the default frame
         path = tmp_path / f"sft_{frame}.yaml"
         path.write_text(yaml.safe_dump({**recipe, "dataset": f"{NAME}_chosen", "image_max_pixels": frame}))
-        proc = subprocess.run([*SPR, "check-recipe", str(path), "--dataset-dir", str(built)], capture_output=True, text=True)
+        proc = run_spr("check-recipe", path, "--dataset-dir", built)
         assert (proc.returncode == 0) is ok, proc.stderr
         assert (f"{NAME}_chosen: frame" in proc.stdout) if ok else ("image frame mismatch" in proc.stderr)
 

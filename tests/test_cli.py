@@ -1,5 +1,6 @@
-"""The `spr` command for real (subprocesses): the stage chain, and one clear line for each bad input
-with no traceback and nothing existing touched."""
+"""The `spr` command: the stage chain, and one clear line for each bad input with no traceback and nothing
+existing touched. In process (``main(argv)``, :func:`helpers.run_spr`), plus subprocess smoke tests of the
+real entry points (``python -m spr_plugin.cli`` and the ``spr`` console script)."""
 
 import json
 import os
@@ -11,12 +12,13 @@ import pytest
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
+from helpers import run_spr as spr
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def spr(*args, cwd=None):
+def spr_process(*args, cwd=None):
     return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
 
 
@@ -68,14 +70,14 @@ def test_chosen_is_the_refined_close_description(staged):
 
 
 def test_help_lists_every_stage():
-    p = spr("--help")
+    p = spr_process("--help")  # smoke test of `python -m spr_plugin.cli`
     assert p.returncode == 0
     for cmd in ("regions", "generate", "pair", "export", "register", "build", "demo"):
         assert cmd in p.stdout
 
 
 def test_missing_annotation_file(tmp_path):
-    p = spr(
+    p = spr_process(  # smoke test: a user error through a real process is one line, exit status 2
         "build",
         "--annotations",
         tmp_path / "nope.json",

@@ -1,20 +1,11 @@
-"""``spr eval rec`` / ``spr eval region`` as users run them (subprocesses, tiny local model)."""
+"""``spr eval rec`` / ``spr eval region`` as users run them (``main(argv)`` in process, tiny local model)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
+from helpers import run_spr as spr
 from spr_plugin.evaluation.rec_data import rec_items_from_detections, write_rec_jsonl
-
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def spr(*args):
-    return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300)
 
 
 def test_eval_rec_cli_writes_report_and_table(tiny_qwen2vl, synthetic_scenes, tmp_path):

@@ -7,25 +7,16 @@ real loader (pycocotools), real images and the real CLI.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from formats_factory import W, draw_image, six_boxes, write_lvis, write_objects365
 
+from helpers import run_spr as spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import build_prompt
 from spr_plugin.regions.sampling import RegionConfig, RegionStats, check_images_found, load_coco, sample_regions
 from spr_plugin.scoring.semantic import region_reference_text
-
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def spr(*args):
-    return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300)
 
 
 def one_line_error(proc, *fragments):

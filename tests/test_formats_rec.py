@@ -12,16 +12,13 @@ import sys
 import pytest
 from formats_factory import py2_pickle, six_boxes, write_lmms_parquet, write_mdetr, write_qwen_vl_jsonl, write_refer
 
+from helpers import run_spr as spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import Box
 from spr_plugin.evaluation.rec_data import load_rec, read_plain_pickle
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def spr(*args):
-    return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
 
 
 def one_line_error(proc, *fragments):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import H, W, region
+from helpers import H, W, region, run_spr
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.jsonl import atomic_write_jsonl
 from spr_plugin.core.records import Box, Candidate, Region
@@ -197,8 +197,7 @@ def regions_file(synthetic_scenes, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def prompts_parquet(regions_file) -> Path:
     out = regions_file.parent / "prompts.parquet"
-    cmd = [*SPR, "export-grpo", "--regions", str(regions_file), "--out", str(out), "--image-max-pixels", str(FRAME)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run_spr("export-grpo", "--regions", regions_file, "--out", out, "--image-max-pixels", FRAME)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -232,8 +231,8 @@ def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_fi
     from spr_plugin.llamafactory.image import ImageFrame
 
     out = tmp_path / "q25.parquet"
-    cmd = [*SPR, "export-grpo", "--regions", str(regions_file), "--out", str(out), "--box-format", "qwen2_5_vl"]
-    proc = subprocess.run([*cmd, "--image-max-pixels", str(FRAME)], capture_output=True, text=True, timeout=300)
+    cmd = ["export-grpo", "--regions", regions_file, "--out", out, "--box-format", "qwen2_5_vl"]
+    proc = run_spr(*cmd, "--image-max-pixels", FRAME)
     assert proc.returncode == 0, proc.stderr
     row = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "c"))[0]
     reg = _regions(regions_file)[0]
@@ -273,9 +272,7 @@ def test_export_grpo_user_errors_are_one_line(regions_file, tmp_path, case, mess
     elif case == "bad_line":
         regions = tmp_path / "bad.jsonl"
         regions.write_text('{"image_id": 1}\n')
-    proc = subprocess.run(
-        [*SPR, "export-grpo", "--regions", str(regions), "--out", str(out), *extra], capture_output=True, text=True
-    )
+    proc = run_spr("export-grpo", "--regions", regions, "--out", out, *extra)
     assert proc.returncode == 2
     assert proc.stderr.strip() == message.format(tmp=tmp_path, rid=reg.region_id, root=reg.image_root)
     assert not out.exists()
@@ -384,8 +381,8 @@ def test_grpo_rewards_real_grounded_samples_of_the_warmed_up_demo_model(demo_run
     out, _ = demo_run
     regions = out / "work" / "regions.jsonl"
     parquet = tmp_path / "demo_prompts.parquet"
-    cmd = [*SPR, "export-grpo", "--regions", str(regions), "--out", str(parquet), "--max-regions", "4"]
-    proc = subprocess.run([*cmd, "--image-max-pixels", str(FRAME)], capture_output=True, text=True, timeout=300)
+    cmd = ["export-grpo", "--regions", regions, "--out", parquet, "--max-regions", "4"]
+    proc = run_spr(*cmd, "--image-max-pixels", FRAME)
     assert proc.returncode == 0, proc.stderr
     _, recorder = _run_grpo(out / "tiny-qwen2vl-warm", parquet, tmp_path, scorer, steps=2, max_completion_length=96)
     texts = _check_rewards_are_the_scorers(recorder, scorer)

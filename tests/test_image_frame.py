@@ -2,9 +2,6 @@
 and evaluations through the real `spr` command, one line and exit 2 on a mismatch."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,17 +9,12 @@ import yaml
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
+from helpers import run_spr as spr
 from spr_plugin.cli import build_parser
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.llamafactory.image import ImageFrame
 
 REPO = Path(__file__).resolve().parents[1]
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def spr(*args, cwd=None):
-    return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
 
 
 def assert_one_line_error(proc, *fragments):

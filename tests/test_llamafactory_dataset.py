@@ -1,8 +1,6 @@
 """The emitted dataset through LLaMA-Factory's own loader, and the shipped recipes through its parser."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,38 +8,16 @@ import yaml
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
+from helpers import run_spr
 from spr_plugin.llamafactory.registry import ranking_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """`spr build --candidates` on rendered scenes, into a data dir that already has a user's entry."""
-    tmp = tmp_path_factory.mktemp("lf_dataset")
-    scenes = render_scenes(tmp / "scenes", n_images=5, seed=11)
-    data = tmp / "data"
-    data.mkdir()
-    (data / "dataset_info.json").write_text(json.dumps({"users_own": {"file_name": "users_own.json"}}))
-    work = tmp / "work"
-    common = ["--annotations", scenes, "--images", scenes.parent / "images"]
-    subprocess.run([sys.executable, "-m", "spr_plugin.cli", "regions", *common, "--out", tmp / "regions.jsonl"], check=True)
-    write_candidates(tmp / "regions.jsonl", tmp / "candidates.jsonl")
-    cmd = [
-        "build",
-        *common,
-        "--candidates",
-        tmp / "candidates.jsonl",
-        "--work-dir",
-        work,
-        "--dataset-dir",
-        data,
-        "--name",
-        "spr_t",
-    ]
-    proc = subprocess.run([sys.executable, "-m", "spr_plugin.cli", *map(str, cmd)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return data
+def built(built_dataset) -> Path:
+    """The shared build (conftest.built_dataset), into a data dir that already has a user's entry."""
+    return built_dataset.data
 
 
 def _load_with_llamafactory(dataset_dir, name, model, out):
@@ -69,8 +45,8 @@ def _load_with_llamafactory(dataset_dir, name, model, out):
 def test_records_follow_the_llamafactory_contract(built):
     info = json.loads((built / "dataset_info.json").read_text())
     assert info["users_own"] == {"file_name": "users_own.json"}  # kept
-    assert info["spr_t"] == ranking_entry("spr_t.jsonl")
-    records = [json.loads(line) for line in (built / "spr_t.jsonl").read_text().splitlines()]
+    assert info["spr_built"] == ranking_entry("spr_built.jsonl")
+    records = [json.loads(line) for line in (built / "spr_built.jsonl").read_text().splitlines()]
     assert records
     for rec in records:
         (turn,) = rec["conversations"]
@@ -84,8 +60,8 @@ def test_records_follow_the_llamafactory_contract(built):
 
 
 def test_dataset_loads_through_llamafactory_with_qwen2vl_template(built, tiny_qwen2vl, tmp_path):
-    n_records = len((built / "spr_t.jsonl").read_text().splitlines())
-    ds = _load_with_llamafactory(built, "spr_t", tiny_qwen2vl, tmp_path / "out")
+    n_records = len((built / "spr_built.jsonl").read_text().splitlines())
+    ds = _load_with_llamafactory(built, "spr_built", tiny_qwen2vl, tmp_path / "out")
     assert len(ds) == n_records
     from transformers import AutoTokenizer
 
@@ -119,13 +95,13 @@ def test_gpu_recipe_is_accepted_by_llamafactory(built, tiny_qwen2vl, tmp_path):
     args.update(
         model_name_or_path=str(tiny_qwen2vl),
         dataset_dir=str(built),
-        dataset="spr_t",
+        dataset="spr_built",
         bf16=False,
         output_dir=str(tmp_path / "out"),
     )
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
     assert finetuning_args.stage == "dpo" and finetuning_args.pref_loss == "sigmoid"
-    assert data_args.template == "qwen2_vl" and data_args.dataset == ["spr_t"]
+    assert data_args.template == "qwen2_vl" and data_args.dataset == ["spr_built"]
 
 
 def test_stray_media_markers_in_answers_do_not_reach_llamafactory(tiny_qwen2vl, tmp_path):
@@ -138,9 +114,7 @@ def test_stray_media_markers_in_answers_do_not_reach_llamafactory(tiny_qwen2vl, 
 
     scenes = render_scenes(tmp_path / "scenes", n_images=3, seed=5)
     common = ["--annotations", scenes, "--images", scenes.parent / "images"]
-    subprocess.run(
-        [sys.executable, "-m", "spr_plugin.cli", "regions", *map(str, common), "--out", str(tmp_path / "r.jsonl")], check=True
-    )
+    assert run_spr("regions", *common, "--out", tmp_path / "r.jsonl").returncode == 0
     write_candidates(tmp_path / "r.jsonl", tmp_path / "c.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows):  # every answer gets debris: the best (chosen) and the worst (rejected) alike
@@ -148,7 +122,7 @@ def test_stray_media_markers_in_answers_do_not_reach_llamafactory(tiny_qwen2vl, 
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = tmp_path / "data"
     cmd = [*common, "--candidates", tmp_path / "c.jsonl", "--work-dir", tmp_path / "w", "--dataset-dir", data, "--name", "spr_m"]
-    proc = subprocess.run([sys.executable, "-m", "spr_plugin.cli", "build", *map(str, cmd)], capture_output=True, text=True)
+    proc = run_spr("build", *cmd)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (data / "spr_m.jsonl").read_text().splitlines()]
     assert records

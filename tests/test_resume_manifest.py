@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from candidates_factory import write_candidates
+from helpers import run_spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.manifest import Manifest, differences
 
@@ -23,8 +23,7 @@ SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def spr(*args):
-    return subprocess.run([*SPR, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=900)
+spr = run_spr
 
 
 def one_line_error(proc, *fragments):

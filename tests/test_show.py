@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from candidates_factory import write_candidates
+from helpers import run_spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import PreferencePair
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.inspect.viewer import CHOSEN_COLOR, PANEL_WIDTH, REJECTED_COLOR, ShowConfig, annotated_text, show_pairs
-from spr_plugin.pipeline import BuildConfig, build_dataset, build_regions
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
+NAME = "spr_built"
 
 
 @pytest.fixture(scope="module")
-def built(synthetic_scenes, tmp_path_factory) -> tuple[Path, Path]:
-    """A real build (regions -> scored, refined pairs -> dataset) whose chosen sides have boxes to draw."""
-    tmp = tmp_path_factory.mktemp("show")
-    cfg = BuildConfig(
-        annotations=synthetic_scenes, image_root=synthetic_scenes.parent / "images", work_dir=tmp / "work",
-        dataset_dir=tmp / "data", name="spr_demo", candidates_file=tmp / "candidates.jsonl", progress=False,
-    )  # fmt: skip
-    build_regions(cfg)
-    write_candidates(tmp / "work" / "regions.jsonl", tmp / "candidates.jsonl")
-    build_dataset(cfg)
-    return tmp / "data", tmp / "work" / "pairs.jsonl"
+def built(built_dataset) -> tuple[Path, Path]:
+    """The shared build (conftest.built_dataset): its chosen sides have boxes to draw."""
+    return built_dataset.data, built_dataset.pairs
 
 
 @pytest.fixture
@@ -53,14 +43,7 @@ def _count(img: Image.Image, color: tuple[int, int, int], box: tuple[int, int, i
 
 def test_cli_renders_png_per_pair_and_html(pairs_file, tmp_path):
     out = tmp_path / "view"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [*SPR, "show", "--pairs", pairs_file, "--out", out, "-n", "3"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = run_spr("show", "--pairs", pairs_file, "--out", out, "-n", "3")
     assert proc.returncode == 0, proc.stderr
     pngs = sorted(out.glob("pair_*.png"))
     assert len(pngs) == 3
@@ -84,20 +67,20 @@ def test_cli_renders_png_per_pair_and_html(pairs_file, tmp_path):
 
 def test_dataset_dir_source_falls_back_to_exported_images(demo_data, tmp_path):
     # Move the pairs away from their original images: the viewer must use the dataset's own copies.
-    lines = (demo_data / "spr_demo.pairs.jsonl").read_text().splitlines()
+    lines = (demo_data / "spr_built.pairs.jsonl").read_text().splitlines()
     moved = []
     for line in lines:
         d = json.loads(line)
         d["region"]["image_path"] = str(tmp_path / "gone" / Path(d["region"]["image_path"]).name)
         moved.append(json.dumps(d))
-    (demo_data / "spr_demo.pairs.jsonl").write_text("\n".join(moved) + "\n")
-    res = show_pairs(ShowConfig(None, demo_data, "spr_demo", tmp_path / "v", n=2))
+    (demo_data / "spr_built.pairs.jsonl").write_text("\n".join(moved) + "\n")
+    res = show_pairs(ShowConfig(None, demo_data, NAME, tmp_path / "v", n=2))
     assert res.pairs == 2 and all(p.stat().st_size > 10_000 for p in res.pngs)
 
 
 def test_annotated_text_numbers_boxes_and_marks_drops(demo_data):
     fmt = get_box_format("qwen2_vl")
-    pair = PreferencePair.from_dict(json.loads((demo_data / "spr_demo.pairs.jsonl").read_text().splitlines()[0]))
+    pair = PreferencePair.from_dict(json.loads((demo_data / "spr_built.pairs.jsonl").read_text().splitlines()[0]))
     r = pair.region
     chosen = annotated_text(pair.chosen, fmt, r.width, r.height)
     assert "[0]" in chosen and "<|box_start|>" not in chosen

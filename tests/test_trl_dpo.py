@@ -12,6 +12,7 @@ import pytest
 
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
+from helpers import run_spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 
@@ -27,13 +28,13 @@ def parquet(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("trl_dpo")
     scenes = render_scenes(tmp / "scenes", n_images=4, seed=5)
     common = ["--annotations", scenes, "--images", scenes.parent / "images"]
-    subprocess.run([*SPR, "regions", *map(str, common), "--out", str(tmp / "r.jsonl")], check=True, capture_output=True)
+    assert run_spr("regions", *common, "--out", tmp / "r.jsonl").returncode == 0
     write_candidates(tmp / "r.jsonl", tmp / "c.jsonl")
     build = [*common, "--candidates", tmp / "c.jsonl", "--work-dir", tmp / "w", "--dataset-dir", tmp / "data", "--name", NAME]
     build += ["--min-margin", "0", "--image-max-pixels", FRAME]
-    subprocess.run([*SPR, "build", *map(str, build)], check=True, capture_output=True)
+    assert run_spr("build", *build).returncode == 0
     export = ["--dataset-dir", tmp / "data", "--name", NAME, "--out", tmp / "hf"]  # the frame comes from <name>.spr.json
-    proc = subprocess.run([*SPR, "export-hf", *map(str, export)], capture_output=True, text=True)
+    proc = run_spr("export-hf", *export)
     assert proc.returncode == 0, proc.stderr
     return tmp / "hf" / f"{NAME}.parquet"
 

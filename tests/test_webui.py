@@ -72,8 +72,9 @@ def _demo_copy(demo_run, tmp_path: Path) -> Path:
     return dest
 
 
-def test_workspace_links_data_and_refuses_foreign_folders(demo_run, tmp_path):
-    data = _demo_copy(demo_run, tmp_path)
+def test_workspace_links_data_and_refuses_foreign_folders(built_dataset, tmp_path):
+    # Any dataset folder will do: the shared build, not the demo run (which trains; slow tests only).
+    data = Path(shutil.copytree(built_dataset.data, tmp_path / "data"))
     ws = prepare_workspace(WebUIConfig(data, workspace=tmp_path / "ws"))
     assert (ws / "data").is_symlink() and (ws / "data").resolve() == data.resolve()
     assert prepare_workspace(WebUIConfig(data, workspace=tmp_path / "ws")) == ws  # idempotent
