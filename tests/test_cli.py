@@ -77,7 +77,7 @@ def test_help_lists_every_stage():
 
 
 def test_missing_annotation_file(tmp_path):
-    p = spr_process(  # smoke test: a user error through a real process is one line, exit status 2
+    p = spr(
         "build",
         "--annotations",
         tmp_path / "nope.json",
@@ -96,7 +96,10 @@ def test_missing_annotation_file(tmp_path):
 def test_malformed_annotation_json(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [')
-    p = spr("regions", "--annotations", bad, "--images", tmp_path, "--out", tmp_path / "r.jsonl")
+    # Smoke test of the installed `spr` console script: a user error through a real process is one line, exit 2.
+    spr_script = Path(sys.executable).with_name("spr")
+    cmd = [str(spr_script) if spr_script.exists() else "spr", "regions", "--annotations", str(bad), "--images", str(tmp_path)]
+    p = subprocess.run([*cmd, "--out", str(tmp_path / "r.jsonl")], capture_output=True, text=True, env=ENV, timeout=300)
     assert_user_error(p, "bad.json", "not valid JSON")
 
 
