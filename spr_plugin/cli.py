@@ -19,17 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT, DEFAULT_TEXT_MODEL, IMAGE_MODES
+from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
 from spr_plugin.llamafactory.image import add_pre_resize_args
-from spr_plugin.settings import PairingConfig, RegionConfig, ScoringConfig, add_flags, from_args
+from spr_plugin.settings import BuildConfig, PairingConfig, RegionConfig, ScoringConfig, add_flags, from_args
 
 logger = logging.getLogger("spr")
 
 
 def _add_region_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("regions")
-    g.add_argument("--annotations", type=Path, required=True, help="COCO-format detection json (COCO, Objects365, LVIS)")
-    g.add_argument("--images", type=Path, required=True, help="folder the json's file_name entries are relative to")
+    add_flags(g, BuildConfig, only=("annotations", "image_root"))
     add_flags(g, RegionConfig)
 
 
@@ -43,7 +42,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring and pairing")
     add_flags(g, ScoringConfig, only=("box_format", "lam", "loc_metric", "iou_threshold"))
     add_flags(g, PairingConfig, only=("min_margin",))
-    g.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="sentence-transformers model for S_sem")
+    add_flags(g, BuildConfig, only=("text_model",))
     add_flags(g, ScoringConfig, only=("semantic", "clip_model", "clip_long_text", "grounder", "grounder_box_threshold"))
     add_flags(g, ScoringConfig, only=("grounder_phrases", "label_match", "label_threshold", "score_norm"))
     add_flags(g, PairingConfig, only=("refine_policy",))
@@ -51,16 +50,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("export")
-    g.add_argument(
-        "--dataset-dir",
-        type=Path,
-        default=Path("data"),
-        help="LLaMA-Factory dataset_dir holding dataset_info.json (default: ./data, what LlamaBoard reads)",
-    )
-    g.add_argument("--name", default="spr_qwen2vl", help="dataset name in dataset_info.json")
-    g.add_argument("--image-mode", default="copy", choices=IMAGE_MODES, help="how the dataset refers to its images")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
-    g.add_argument("--recipe", type=Path, default=None, help="training YAML whose image frame must match (checked first)")
+    add_flags(g, BuildConfig, only=("dataset_dir", "name", "image_mode", "overwrite", "recipe"), dataset_dir=Path("data"))
 
 
 def _region_config(a: argparse.Namespace) -> RegionConfig:
@@ -85,9 +75,9 @@ def cmd_regions(a: argparse.Namespace) -> int:
     config = _region_config(a)
     require_writable_file(a.out, "--out")
     coco = load_coco(a.annotations)
-    check_images_found(coco, a.images)
+    check_images_found(coco, a.image_root)
     stats = RegionStats()
-    regions = list(sample_regions(coco, a.images, config, stats))
+    regions = list(sample_regions(coco, a.image_root, config, stats))
     require_regions(regions, stats, a.annotations)
     atomic_write_jsonl(a.out, [r.to_dict() for r in regions])
     print(json.dumps(stats.to_dict()))
@@ -155,33 +145,24 @@ def cmd_register(a: argparse.Namespace) -> int:
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from spr_plugin.pipeline import BuildConfig, build_dataset, prepare_build
+    from spr_plugin.pipeline import build_dataset, prepare_build
 
     scoring, pairing = _scoring(a)
     gcfg = None
-    if a.candidates is None:
+    if a.candidates_file is None:
         if not (a.model or a.base_url):
             raise SPRError("give --candidates FILE, --model CHECKPOINT or --backend openai --base-url URL to generate candidates")
         gcfg = _generation_config(a, a.seed)
     from spr_plugin.llamafactory.image import frame_from_args
 
-    cfg = BuildConfig(
+    cfg = from_args(
+        BuildConfig,
+        a,
         frame=frame_from_args(a),
-        recipe=a.recipe,
-        annotations=a.annotations,
-        image_root=a.images,
-        work_dir=a.work_dir,
-        dataset_dir=a.dataset_dir,
-        name=a.name,
         regions=_region_config(a),
         scoring=scoring,
         pairing=pairing,
         generation=gcfg,
-        candidates_file=a.candidates,
-        text_model=a.text_model,
-        image_mode=a.image_mode,
-        overwrite=a.overwrite,
-        fresh=a.fresh,
     )
     prepared = prepare_build(cfg)  # names, folders, files, images, manifest: before the model loads
     generator = None
@@ -398,13 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="all stages: annotations + generator (or candidates file) -> dataset")
     _add_region_args(p)
-    p.add_argument("--candidates", type=Path, nargs="+", default=None, help="use these candidates (merged) instead of generating")
-    p.add_argument("--work-dir", type=Path, default=Path("spr_work"), help="intermediate files (resumable)")
-    p.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start over: remove the work dir's stage files (a rerun with other settings refuses without it)",
-    )
+    add_flags(p, BuildConfig, only=("candidates_file", "work_dir", "fresh"), work_dir=Path("spr_work"))
     _add_generation_args(p, required=False)
     _add_scoring_args(p)
     _add_export_args(p)

@@ -40,11 +40,8 @@ from spr_plugin.generation.candidates import (
     sanitize_candidates,
 )
 from spr_plugin.generation.cli import generation_fingerprint
-from spr_plugin.generation.transformers_backend import GenerationConfig
 from spr_plugin.llamafactory.export import ExportConfig, ExportResult, check_can_export, export_dataset
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.regions.sampling import (
-    RegionConfig,
     RegionStats,
     check_images_found,
     load_coco,
@@ -53,52 +50,10 @@ from spr_plugin.regions.sampling import (
     sample_regions,
 )
 from spr_plugin.scoring.factory import build_candidate_scorer
-from spr_plugin.scoring.pairing import PairingConfig
-from spr_plugin.scoring.scorer import ScoringConfig
-from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
 from spr_plugin.scoring.stage import PairStats, score_refine_pair
+from spr_plugin.settings import BuildConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    annotations: Path
-    image_root: Path
-    work_dir: Path
-    dataset_dir: Path
-    name: str = "spr_qwen2vl"
-    regions: RegionConfig = field(default_factory=RegionConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    pairing: PairingConfig = field(default_factory=PairingConfig)
-    generation: GenerationConfig | None = None
-    candidates_file: Path | tuple[Path, ...] | None = None  # several files (shards) are merged, duplicate keys dropped
-    text_model: str = DEFAULT_TEXT_MODEL
-    image_mode: str = "copy"
-    overwrite: bool = False
-    progress: bool = True
-    fresh: bool = False  # remove the work dir's stage files (those the manifest covers) and start over
-    #: LLaMA-Factory's pre-resize the candidates are sampled (and must be trained and evaluated) in.
-    frame: ImageFrame = field(default_factory=ImageFrame)
-    recipe: Path | None = None  # a training YAML whose frame must match, checked before any work
-
-    def __post_init__(self) -> None:
-        gen = self.generation
-        if gen is not None and ImageFrame(gen.image_max_pixels, gen.image_min_pixels) != self.frame:
-            raise SPRError(
-                f"the generation frame {ImageFrame(gen.image_max_pixels, gen.image_min_pixels).to_dict()} differs from "
-                f"the build frame {self.frame.to_dict()}: one frame for sampling and training"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
-
-    @property
-    def candidate_files(self) -> list[Path]:
-        if self.candidates_file is None:
-            return []
-        files = self.candidates_file
-        return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
 
 
 def work_manifest(work_dir: Path) -> Manifest:

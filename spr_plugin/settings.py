@@ -10,23 +10,29 @@ imports no heavy library (``spr --help`` and ``spr register`` parse the whole co
     ServerConfig       SamplingConfig + the OpenAI-compatible server back end (URL, served name, requests)
     ScoringConfig      S = lam * S_sem + (1 - lam) * S_loc and what feeds it
     PairingConfig      refinement policy and the minimum margin of a pair
+    BuildConfig        a whole build: the stages' configs, the sources, the work dir and the dataset to write
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.options import (
     BOX_FORMATS,
     CLIP_LONG_TEXT,
     DEFAULT_BOX_FORMAT,
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_LABEL_THRESHOLD,
+    DEFAULT_TEXT_MODEL,
     GROUNDER_PHRASES,
+    IMAGE_MODES,
     LABEL_MATCH_MODES,
     LOC_METRICS,
     REFINE_POLICIES,
@@ -35,7 +41,7 @@ from spr_plugin.core.options import (
     VARIANTS,
     VIRTUAL_POLICIES,
 )
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, cli: bool = True, **argparse_kw: Any):
@@ -68,6 +74,8 @@ def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, 
         f = fields[name]
         kw = dict(f.metadata["argparse"])
         default = defaults.get(name, f.default if f.default is not dataclasses.MISSING else None)
+        if kw.get("required"):
+            default = None
         if isinstance(default, bool):
             group.add_argument(_flag(f), action="store_true", default=default, help=f.metadata["help"])
             continue
@@ -76,7 +84,7 @@ def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, 
         elif default is not None and "type" not in kw and not isinstance(default, str):
             kw["type"] = type(default)
         helptext = f.metadata["help"]
-        if default is not None and "(default" not in helptext:
+        if default is not None and "(default" not in helptext and not isinstance(default, os.PathLike):
             shown = ",".join(default) if isinstance(default, tuple) else default
             helptext = f"{helptext} (default {shown})" if helptext else f"default {shown}"
         group.add_argument(_flag(f), dest=name, default=default, help=helptext, **kw)
@@ -97,6 +105,18 @@ def _check_frame(image_max_pixels: int | None, image_min_pixels: int | None) -> 
 def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def check_grounder(box_threshold: float, phrases: str) -> None:
+    """The grounder's settings, checked the same way for :class:`ScoringConfig` and the grounder's own config."""
+    _choice(phrases, GROUNDER_PHRASES, "grounder phrase mode")
+    if not 0.0 <= box_threshold <= 1.0:
+        raise ConfigError(f"grounder box threshold must lie in [0, 1], got {box_threshold}")
+
+
+def check_clip_long_text(mode: str) -> None:
+    """CLIP's long-text mode, checked the same way for :class:`ScoringConfig` and the CLIP scorer."""
+    _choice(mode, CLIP_LONG_TEXT, "CLIP long-text mode")
 
 
 # -- stage 1: regions -----------------------------------------------------------------------------------
@@ -277,11 +297,8 @@ class ScoringConfig:
         _choice(self.semantic, SEMANTIC_SCORERS, "semantic scorer")
         if self.semantic != "text" and not self.clip_model:
             raise ConfigError(f"--semantic {self.semantic} needs --clip-model PATH (a local CLIP folder)")
-        if self.clip_long_text not in CLIP_LONG_TEXT:
-            raise ConfigError(f"unknown CLIP long-text mode {self.clip_long_text!r}; choose chunk or truncate")
-        _choice(self.grounder_phrases, GROUNDER_PHRASES, "grounder phrase mode")
-        if not 0.0 <= self.grounder_box_threshold <= 1.0:
-            raise ConfigError(f"grounder box threshold must lie in [0, 1], got {self.grounder_box_threshold}")
+        check_clip_long_text(self.clip_long_text)
+        check_grounder(self.grounder_box_threshold, self.grounder_phrases)
         _choice(self.label_match, LABEL_MATCH_MODES, "label-match mode")
         if not 0.0 <= self.label_threshold <= 1.0:
             raise ConfigError(f"label threshold must lie in [0, 1], got {self.label_threshold}")
@@ -310,3 +327,55 @@ class PairingConfig:
         if self.min_margin < 0:
             raise ConfigError(f"min_margin must be >= 0, got {self.min_margin}")
         check_policy(self.refine_policy)
+
+
+# -- the whole build --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A build (:func:`spr_plugin.pipeline.build_dataset`): sources, stage settings, work dir and output dataset."""
+
+    annotations: Path = setting(help="COCO-format detection json (COCO, Objects365, LVIS)", type=Path, required=True)
+    image_root: Path = setting(
+        help="folder the json's file_name entries are relative to", flag="--images", type=Path, required=True
+    )
+    work_dir: Path = setting(help="intermediate files (resumable)", type=Path)
+    dataset_dir: Path = setting(
+        help="LLaMA-Factory dataset_dir holding dataset_info.json (default: ./data, what LlamaBoard reads)", type=Path
+    )
+    name: str = setting("spr_qwen2vl", "dataset name in dataset_info.json")
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    pairing: PairingConfig = field(default_factory=PairingConfig)
+    generation: GenerationConfig | None = None
+    #: Several files (shards) are merged, duplicate keys dropped.
+    candidates_file: Path | tuple[Path, ...] | None = setting(
+        None, "use these candidates (merged) instead of generating", flag="--candidates", type=Path, nargs="+"
+    )
+    text_model: str = setting(DEFAULT_TEXT_MODEL, "sentence-transformers model for S_sem")
+    image_mode: str = setting("copy", "how the dataset refers to its images", choices=IMAGE_MODES)
+    overwrite: bool = setting(False, "replace an existing dataset of the same name")
+    progress: bool = setting(True, "progress bars", cli=False)
+    fresh: bool = setting(False, "start over: remove the work dir's stage files (a rerun with other settings refuses without it)")
+    #: LLaMA-Factory's pre-resize the candidates are sampled (and must be trained and evaluated) in.
+    frame: ImageFrame = field(default_factory=ImageFrame)
+    recipe: Path | None = setting(None, "training YAML whose image frame must match (checked first)", type=Path)
+
+    def __post_init__(self) -> None:
+        gen = self.generation
+        if gen is not None and ImageFrame(gen.image_max_pixels, gen.image_min_pixels) != self.frame:
+            raise SPRError(
+                f"the generation frame {ImageFrame(gen.image_max_pixels, gen.image_min_pixels).to_dict()} differs from "
+                f"the build frame {self.frame.to_dict()}: one frame for sampling and training"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @property
+    def candidate_files(self) -> list[Path]:
+        if self.candidates_file is None:
+            return []
+        files = self.candidates_file
+        return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]

@@ -44,12 +44,10 @@ from PIL import Image
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import crop_region
-from spr_plugin.core.options import CLIP_LONG_TEXT
 from spr_plugin.core.records import Box, Region, SemanticScore
+from spr_plugin.settings import check_clip_long_text
 
 logger = logging.getLogger(__name__)
-
-LONG_TEXT_MODES = CLIP_LONG_TEXT
 
 
 def load_clip_model(name_or_path: str, device: str | None = None):  # -> SentenceTransformer
@@ -130,8 +128,7 @@ class ClipSemanticScorer:
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        if self.long_text not in LONG_TEXT_MODES:
-            raise ConfigError(f"unknown long-text mode {self.long_text!r}; choose one of {', '.join(LONG_TEXT_MODES)}")
+        check_clip_long_text(self.long_text)
         module = self.model[0]  # type: ignore[index]
         self._clip = module.model
         self._processor = module.processor

@@ -42,11 +42,9 @@ from PIL import Image
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import crop_rect, crop_region
-from spr_plugin.core.options import GROUNDER_PHRASES
 from spr_plugin.core.records import Box, Region
 from spr_plugin.scoring.localization import iou_matrix
-
-PHRASE_MODES = GROUNDER_PHRASES
+from spr_plugin.settings import check_grounder
 
 
 @dataclass(frozen=True)
@@ -61,10 +59,7 @@ class GrounderConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.box_threshold <= 1.0:
-            raise ConfigError(f"grounder box threshold must lie in [0, 1], got {self.box_threshold}")
-        if self.phrases not in PHRASE_MODES:
-            raise ConfigError(f"unknown grounder phrase mode {self.phrases!r}; choose one of {', '.join(PHRASE_MODES)}")
+        check_grounder(self.box_threshold, self.phrases)
 
 
 def build_caption(labels: Sequence[str]) -> tuple[str, list[str]]:
