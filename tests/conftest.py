@@ -20,7 +20,9 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: end-to-end tests that train with llamafactory-cli (deselect with -m 'not slow')")
+    config.addinivalue_line(
+        "markers", "slow: end-to-end tests that train, run the demo or a browser, or kill processes (deselect with -m 'not slow')"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from spr_plugin.llamafactory.webui import stage_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
-NAME = "spr_c"
+NAME = "spr_c"  # the builds of this file
+BUILT = "spr_built"  # the shared build
 
 
 def _build(tmp: Path, data: Path, name: str = NAME, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -32,14 +33,10 @@ def _build(tmp: Path, data: Path, name: str = NAME, extra: tuple[str, ...] = ())
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("chosen")
-    data = tmp / "data"
-    data.mkdir()
-    (data / "dataset_info.json").write_text(json.dumps({"users_own": {"file_name": "users_own.json"}}))
-    proc = _build(tmp, data)
-    assert proc.returncode == 0, proc.stderr
-    return data
+def built(built_dataset) -> Path:
+    """The shared build (conftest.built_dataset): a data dir with a user's own entry and both of ours."""
+    assert built_dataset.name == BUILT
+    return built_dataset.data
 
 
 def _lines(path: Path) -> list[dict]:
@@ -49,12 +46,12 @@ def _lines(path: Path) -> list[dict]:
 def test_build_registers_the_chosen_only_sft_companion(built):
     info = json.loads((built / "dataset_info.json").read_text())
     assert info["users_own"] == {"file_name": "users_own.json"}
-    assert info[NAME] == ranking_entry(f"{NAME}.jsonl")
-    assert info[f"{NAME}_chosen"] == chosen_sft_entry(f"{NAME}_chosen.jsonl")
-    assert "ranking" not in info[f"{NAME}_chosen"]  # SFT: listed under LlamaBoard's default stage
-    meta = json.loads((built / f"{NAME}_chosen.spr.json").read_text())  # spr check-recipe checks SFT recipes too
-    assert meta == {**json.loads((built / f"{NAME}.spr.json").read_text()), "chosen_only_of": NAME}
-    pairs, sft = _lines(built / f"{NAME}.jsonl"), _lines(built / f"{NAME}_chosen.jsonl")
+    assert info[BUILT] == ranking_entry(f"{BUILT}.jsonl")
+    assert info[f"{BUILT}_chosen"] == chosen_sft_entry(f"{BUILT}_chosen.jsonl")
+    assert "ranking" not in info[f"{BUILT}_chosen"]  # SFT: listed under LlamaBoard's default stage
+    meta = json.loads((built / f"{BUILT}_chosen.spr.json").read_text())  # spr check-recipe checks SFT recipes too
+    assert meta == {**json.loads((built / f"{BUILT}.spr.json").read_text()), "chosen_only_of": BUILT}
+    pairs, sft = _lines(built / f"{BUILT}.jsonl"), _lines(built / f"{BUILT}_chosen.jsonl")
     assert len(pairs) == len(sft) > 0
     for pair, rec in zip(pairs, sft):
         assert rec == {"conversations": [*pair["conversations"], pair["chosen"]], "images": pair["images"]}
@@ -70,7 +67,7 @@ def test_llamafactory_loads_the_chosen_sft_dataset(built, tiny_qwen2vl, tmp_path
         model_name_or_path=str(tiny_qwen2vl),
         do_train=True,
         finetuning_type="lora",
-        dataset=f"{NAME}_chosen",
+        dataset=f"{BUILT}_chosen",
         dataset_dir=str(built),
         template="qwen2_vl",
         cutoff_len=1024,
@@ -81,7 +78,7 @@ def test_llamafactory_loads_the_chosen_sft_dataset(built, tiny_qwen2vl, tmp_path
         bf16=False,
     )
     ds = module["train_dataset"]
-    records = _lines(built / f"{NAME}_chosen.jsonl")
+    records = _lines(built / f"{BUILT}_chosen.jsonl")
     assert len(ds) == len(records)
     tok = AutoTokenizer.from_pretrained(tiny_qwen2vl)
     labels = [t for t in ds[0]["labels"] if t >= 0]  # the supervised part: the chosen answer only
@@ -132,20 +129,20 @@ def test_sft_recipes_name_the_registered_companions_and_parse_in_llamafactory(bu
         # the ablation differs from its DPO recipe only in the objective: same model, frame, LoRA and rate
         for key in ("model_name_or_path", "image_max_pixels", "lora_rank", "learning_rate", "template", "dataset_dir"):
             assert recipe[key] == dpo[key], key
-        args = {**recipe, "model_name_or_path": str(tiny_qwen2vl), "dataset_dir": str(built), "dataset": f"{NAME}_chosen"}
+        args = {**recipe, "model_name_or_path": str(tiny_qwen2vl), "dataset_dir": str(built), "dataset": f"{BUILT}_chosen"}
         args.update(bf16=False, output_dir=str(tmp_path / "out"))
         _, data_args, _, finetuning_args, _ = get_train_args(args)
-        assert finetuning_args.stage == "sft" and data_args.dataset == [f"{NAME}_chosen"]
+        assert finetuning_args.stage == "sft" and data_args.dataset == [f"{BUILT}_chosen"]
 
 
 def test_check_recipe_checks_the_sft_recipe_against_the_companion(built, tmp_path):
     recipe = yaml.safe_load((ROOT / "recipes/spr_qwen2vl_chosen_sft_cpu_demo.yaml").read_text())
     for frame, ok in ((768 * 768, True), (recipe["image_max_pixels"], False)):  # the build used the default frame
         path = tmp_path / f"sft_{frame}.yaml"
-        path.write_text(yaml.safe_dump({**recipe, "dataset": f"{NAME}_chosen", "image_max_pixels": frame}))
+        path.write_text(yaml.safe_dump({**recipe, "dataset": f"{BUILT}_chosen", "image_max_pixels": frame}))
         proc = run_spr("check-recipe", path, "--dataset-dir", built)
         assert (proc.returncode == 0) is ok, proc.stderr
-        assert (f"{NAME}_chosen: frame" in proc.stdout) if ok else ("image frame mismatch" in proc.stderr)
+        assert (f"{BUILT}_chosen: frame" in proc.stdout) if ok else ("image frame mismatch" in proc.stderr)
 
 
 @pytest.mark.slow
@@ -153,7 +150,7 @@ def test_llamafactory_cli_trains_the_chosen_sft_recipe(built, tiny_qwen2vl, tmp_
     from spr_plugin.llamafactory.train import run_train
 
     out = tmp_path / "sft"
-    overrides = {"model_name_or_path": tiny_qwen2vl, "dataset_dir": built, "dataset": f"{NAME}_chosen"}
+    overrides = {"model_name_or_path": tiny_qwen2vl, "dataset_dir": built, "dataset": f"{BUILT}_chosen"}
     overrides.update(output_dir=out, max_steps=2, logging_steps=1, preprocessing_num_workers=1)
     run_train(ROOT / "recipes/spr_qwen2vl_chosen_sft_cpu_demo.yaml", overrides, log_path=tmp_path / "train.log", echo=False)
     assert (out / "adapter_model.safetensors").is_file()
@@ -163,7 +160,7 @@ def test_llamafactory_cli_trains_the_chosen_sft_recipe(built, tiny_qwen2vl, tmp_
 def test_stage_hint_says_which_stage_lists_which_dataset(built):
     hint = stage_hint(json.loads((built / "dataset_info.json").read_text()))
     assert hint.splitlines() == [
-        f"Stage Supervised Fine-Tuning (the default) lists: {NAME}_chosen, users_own",
-        f"Stage DPO (or Reward Modeling) lists: {NAME}",
+        f"Stage Supervised Fine-Tuning (the default) lists: {BUILT}_chosen, users_own",
+        f"Stage DPO (or Reward Modeling) lists: {BUILT}",
     ]
     assert "lists nothing here" in stage_hint({"a": ranking_entry("a.jsonl")})

@@ -162,3 +162,32 @@ def test_bad_settings_are_clear_errors(staged, tmp_path, flags, message):
 def test_build_without_candidate_source(scenes, tmp_path):
     p = spr("build", "--annotations", scenes, "--images", scenes.parent / "images", "--dataset-dir", tmp_path / "d")
     assert_user_error(p, "--candidates", "--model")
+
+
+def test_the_parser_imports_no_heavy_library():
+    """`spr --help` and `spr register` build the whole parser: its flags come from the settings' fields, and none
+    of that may import torch, transformers, numpy or scipy (8 concurrent `spr register` must stay quick)."""
+    code = (
+        "import sys; from spr_plugin.cli import build_parser; build_parser(); "
+        "print(sorted({'torch', 'transformers', 'numpy', 'scipy'} & set(sys.modules)))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_flags_come_from_the_settings_fields():
+    """Every command-line field of the configs is a flag with the field's default and help text."""
+    import dataclasses
+
+    from spr_plugin.cli import build_parser
+    from spr_plugin.settings import PairingConfig, RegionConfig, ScoringConfig
+
+    build = next(a for a in build_parser()._subparsers._group_actions[0].choices["build"]._actions if a.dest == "lam")
+    assert build.default == ScoringConfig().lam and "semantic score" in build.help
+    parser = build_parser()
+    args = parser.parse_args(["build", "--annotations", "a.json", "--images", "img"])
+    for cls in (RegionConfig, ScoringConfig, PairingConfig):
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("cli"):
+                assert getattr(args, f.name) == f.default, f.name
+                assert f.metadata["help"], f.name

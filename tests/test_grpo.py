@@ -354,6 +354,7 @@ def test_grpo_trainer_runs_with_the_spr_reward_on_the_tiny_model(prompts_parquet
     _check_rewards_are_the_scorers(recorder, scorer)
 
 
+@pytest.mark.slow  # trains (TRL example script in a subprocess)
 def test_grpo_example_script_trains_a_lora_adapter(prompts_parquet, tiny_qwen2vl, tmp_path):
     out = tmp_path / "grpo"
     cmd = [

@@ -122,6 +122,7 @@ def test_adapter_log_probs_equal_the_models_own_encoding(parquet, tiny_qwen2vl, 
             assert torch.allclose(out[f"{side}_logps"][i], expected, rtol=1e-4, atol=1e-3), (i, side)
 
 
+@pytest.mark.slow  # trains (TRL example script in a subprocess)
 def test_example_script_trains_a_lora_adapter_with_trls_dpo_trainer(parquet, tiny_qwen2vl, tmp_path):
     out = tmp_path / "dpo"
     cmd = [sys.executable, str(ROOT / "recipes/trl_dpo_qwen2vl.py"), "--model", str(tiny_qwen2vl), "--data", str(parquet)]
