@@ -6,6 +6,7 @@ what users get, and LLaMA-Factory's global state (logging, accelerate) cannot le
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -54,7 +55,8 @@ def write_yaml(path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     """A LLaMA-Factory recipe: ``key: value`` YAML in the order given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    plain = json.loads(json.dumps(dict(config)))  # JSON values only (tuples become lists), as LLaMA-Factory reads them
+    path.write_text(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 
 
