@@ -4,7 +4,6 @@ loads back with `datasets`, whose images decode and whose rows record the box fo
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 from spr_plugin.inspect.hf_export import export_hf
 
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
 NAME = "spr_built"  # the shared build (conftest.built_dataset)
 
 

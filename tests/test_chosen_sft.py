@@ -3,7 +3,6 @@ own loader and trainer on it, clashes refused before anything is written, the SF
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from spr_plugin.llamafactory.registry import build_entries, chosen_sft_entry, ra
 from spr_plugin.llamafactory.webui import stage_hint
 
 ROOT = Path(__file__).resolve().parents[1]
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
 NAME = "spr_c"  # the builds of this file
 BUILT = "spr_built"  # the shared build
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 from formats_factory import py2_pickle, six_boxes, write_lmms_parquet, write_mdetr, write_qwen_vl_jsonl, write_refer
@@ -16,9 +14,6 @@ from helpers import run_spr as spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import Box
 from spr_plugin.evaluation.rec_data import load_rec, read_plain_pickle
-
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def one_line_error(proc, *fragments):
@@ -95,17 +90,13 @@ def test_unpickling_refuses_anything_but_plain_containers(tmp_path, payload, mon
     assert not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.slow
 def test_a_malicious_refs_pickle_is_one_line_from_the_cli(tmp_path):
     refs, train2014 = write_refer(tmp_path)
     refs.write_bytes(PAYLOADS[0])
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = subprocess.run(
-        [*SPR, "eval", "rec", "--annotations", str(refs), "--images", str(train2014), "--split", "val",
-         "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "r.json")],
-        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300,
-    )  # fmt: skip
+    proc = spr("eval", "rec", "--annotations", refs, "--images", train2014, "--split", "val",
+               "--model", tmp_path / "no-model", "--out", tmp_path / "r.json", cwd=cwd)  # fmt: skip
     one_line_error(proc, "refused to unpickle", "only plain lists, dicts, strings and numbers")
     assert not (cwd / "PWNED").exists()
 
@@ -172,7 +163,6 @@ def test_malformed_rec_json_is_one_clear_error(tmp_path, content, message):
         load_rec(path, tmp_path)
 
 
-@pytest.mark.slow
 def test_eval_rec_runs_on_refer_files_through_the_cli(tiny_qwen2vl, tmp_path):
     refs, train2014 = write_refer(tmp_path)
     out = tmp_path / "rec.json"
@@ -188,7 +178,6 @@ def test_eval_rec_runs_on_refer_files_through_the_cli(tiny_qwen2vl, tmp_path):
     assert all("<image>" not in a["expression"] and "<|image_pad|>" not in a["expression"] for a in answers)
 
 
-@pytest.mark.slow
 def test_eval_rec_on_mdetr_qwen_vl_and_lmms_files(tiny_qwen2vl, tmp_path):
     _, train2014 = write_refer(tmp_path)
     files = {
@@ -227,7 +216,6 @@ def test_missing_image_in_eval_rec_is_one_line_before_the_model_loads(tmp_path):
     assert "COCO_train2014_000000000009.jpg" in line and "cannot load" not in line
 
 
-@pytest.mark.slow
 def test_expressions_with_media_tokens_in_a_plain_jsonl_do_not_crash_eval(tiny_qwen2vl, tmp_path):
     refs, train2014 = write_refer(tmp_path)
     path = tmp_path / "rec.jsonl"

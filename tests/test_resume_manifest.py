@@ -8,8 +8,6 @@ starts clean. Runs through the real CLI with the tiny local Qwen2-VL and the rea
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,6 @@ from candidates_factory import write_candidates
 from helpers import run_spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.manifest import Manifest, differences
-
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
 
 spr = run_spr
 
@@ -85,7 +79,6 @@ def _summary(tmp: Path) -> dict:
     return json.loads((tmp / "work" / "summary.json").read_text())
 
 
-@pytest.mark.slow
 def test_same_settings_resume(gen_build):
     tmp, run = gen_build
     before = (tmp / "work" / "candidates.jsonl").read_text()
@@ -106,7 +99,6 @@ def test_same_settings_resume(gen_build):
         (["--virtual-objects", "drop"], "regions.config.virtual_objects"),
     ],
 )
-@pytest.mark.slow
 def test_other_settings_refuse_in_one_line(gen_build, flags, changed):
     tmp, run = gen_build
     before = (tmp / "work" / "candidates.jsonl").read_text()
@@ -115,7 +107,6 @@ def test_other_settings_refuse_in_one_line(gen_build, flags, changed):
     assert (tmp / "work" / "candidates.jsonl").read_text() == before  # nothing touched
 
 
-@pytest.mark.slow
 def test_another_model_refuses(gen_build, tiny_qwen2vl):
     tmp, run = gen_build
     alias = tmp / "same-weights-other-name"
@@ -124,7 +115,6 @@ def test_another_model_refuses(gen_build, tiny_qwen2vl):
     one_line_error(run(model=alias), "candidates.generation.model")
 
 
-@pytest.mark.slow
 def test_fresh_starts_over(gen_build):
     tmp, run = gen_build
     proc = run("--seed", "1", "--fresh")
@@ -154,7 +144,6 @@ def test_candidates_file_builds_track_the_files_content(synthetic_scenes, tmp_pa
         build_dataset(cfg)
 
 
-@pytest.mark.slow
 def test_spr_generate_refuses_to_append_with_other_settings(synthetic_scenes, tiny_qwen2vl, tmp_path):
     regions = tmp_path / "regions.jsonl"
     p = spr("regions", "--annotations", synthetic_scenes, "--images", synthetic_scenes.parent / "images", "--out", regions,
@@ -172,7 +161,6 @@ def test_spr_generate_refuses_to_append_with_other_settings(synthetic_scenes, ti
     assert fresh.returncode == 0 and json.loads(fresh.stdout)["generated"] == 1
 
 
-@pytest.mark.slow
 def test_eval_results_are_not_reused_for_another_model_or_prompt(tiny_qwen2vl, synthetic_scenes, tmp_path):
     from spr_plugin.evaluation.rec_data import rec_items_from_detections, write_rec_jsonl
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from spr_plugin.core.records import PreferencePair
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.inspect.viewer import CHOSEN_COLOR, PANEL_WIDTH, REJECTED_COLOR, ShowConfig, annotated_text, show_pairs
 
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
 NAME = "spr_built"
 
 

@@ -17,7 +17,6 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
-SPR = [sys.executable, "-m", "spr_plugin.cli"]
 NAME = "spr_trl"
 FRAME = 12544  # the tiny model's processor budget: LLaMA-Factory's pre-resize and smart_resize then agree
 
