@@ -120,3 +120,15 @@ def test_radius_and_outline_options(tmp_path):
     x, y, w, h = ann["bbox"]
     with Image.open(filled.parent / "images" / "scene_00001.jpg") as im:
         assert min(im.convert("RGB").getpixel((int(x + w / 2), int(y + h * 0.6)))) < 150  # filled: the shape's colour
+
+
+def test_warmup_data_merges_its_entry_under_the_registry_lock(synthetic_scenes, tmp_path):
+    """dataset_info.json is written through the registry (its lock, its merge): a user's entry stays."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"users_own": {"file_name": "users_own.json"}}))
+    write_sft_dataset(synthetic_scenes, synthetic_scenes.parent / "images", data, regions_per_image=1)
+    info = json.loads((data / "dataset_info.json").read_text())
+    assert set(info) == {"users_own", DATASET_NAME}
+    write_sft_dataset(synthetic_scenes, synthetic_scenes.parent / "images", data, regions_per_image=1)  # again: same entry
+    assert json.loads((data / "dataset_info.json").read_text()) == info

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
@@ -57,10 +56,10 @@ def generation_config(a: argparse.Namespace, seed: int) -> GenerationConfig:
         raise SPRError("--model CHECKPOINT is required with --backend transformers")
     if a.backend == "openai" and not (a.base_url and a.served_model):
         raise SPRError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) and --served-model NAME")
-    fields = from_args(GenerationConfig, a, seed=seed, image_max_pixels=a.image_max_pixels, image_min_pixels=a.image_min_pixels)
-    if a.backend == "transformers":
-        return replace(fields, served_model=None) if fields.served_model is not None else fields
-    return replace(fields, model=None)
+    # One model per run: the checkpoint (in process) or the served name (server); the other flag is ignored.
+    which = {"served_model": None} if a.backend == "transformers" else {"model": None}
+    frame = {"image_max_pixels": a.image_max_pixels, "image_min_pixels": a.image_min_pixels}
+    return from_args(GenerationConfig, a, seed=seed, **frame, **which)
 
 
 def make_generator(a: argparse.Namespace, cfg: GenerationConfig):

@@ -1,0 +1,51 @@
+"""Settings defined once (spr_plugin/settings.py): one sampling config for both back ends, the server's own
+model name and batch floor, and the candidates-file fingerprint kept as it was."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from spr_plugin.cli import build_parser
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.generation.cli import generation_config, generation_fingerprint
+from spr_plugin.settings import GenerationConfig, SamplingConfig, ServerConfig
+
+BASE = ["generate", "--regions", "r.jsonl", "--out", "c.jsonl", "--num-samples", "3", "--temperature", "0.7"]
+
+
+def test_both_back_ends_share_the_sampling_fields():
+    shared = {f.name for f in dataclasses.fields(SamplingConfig)}
+    assert shared <= {f.name for f in dataclasses.fields(GenerationConfig)}
+    assert shared <= {f.name for f in dataclasses.fields(ServerConfig)}
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        ServerConfig("http://x/v1", "m", temperature=0.0)  # checked once, in SamplingConfig
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        GenerationConfig("m", temperature=0.0)
+
+
+def test_the_server_run_names_its_model_in_its_own_field_and_keeps_the_batch_size():
+    a = build_parser().parse_args([*BASE, "--backend", "openai", "--base-url", "http://h/v1", "--served-model", "srv"])
+    cfg = generation_config(a, seed=1)
+    assert cfg.model is None and cfg.served_model == "srv" and cfg.generator_name == "srv"
+    assert cfg.batch_size == 4  # the user's (default) batch size: the server back end asks for more itself
+    assert (cfg.num_samples, cfg.temperature) == (3, 0.7)
+    assert ServerConfig("http://h/v1", "srv", concurrency=16).min_batch_size == 64
+    # The candidates file's fingerprint names the generator as before served_model existed.
+    assert generation_fingerprint(cfg, "qwen2_vl")["generation"]["model"] == "srv"
+
+
+def test_the_in_process_run_ignores_a_served_model_flag():
+    a = build_parser().parse_args([*BASE, "--model", "ckpt", "--served-model", "srv"])
+    cfg = generation_config(a, seed=0)
+    assert (cfg.model, cfg.served_model) == ("ckpt", None)
+    fingerprint = generation_fingerprint(cfg, "qwen2_vl")["generation"]
+    assert "served_model" not in fingerprint and fingerprint["model"].endswith("ckpt")
+
+
+def test_a_generation_config_names_exactly_one_model():
+    with pytest.raises(ConfigError, match="exactly one of model"):
+        GenerationConfig()
+    with pytest.raises(ConfigError, match="exactly one of model"):
+        GenerationConfig("ckpt", served_model="srv")
