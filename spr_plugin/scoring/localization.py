@@ -25,7 +25,7 @@ from torchvision.ops import box_iou
 
 from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.options import DEFAULT_IOU_THRESHOLD, LOC_METRICS
-from spr_plugin.core.records import Box, LocalizationScore, Match
+from spr_plugin.core.records import Box, LocalizationScore, Match, ParseResult
 
 METRICS = LOC_METRICS
 
@@ -62,6 +62,19 @@ def masked_iou(gt: Sequence[Box], pred: Sequence[Box], allowed: np.ndarray | Non
     if allowed is not None and iou.size:
         iou = np.where(allowed, iou, 0.0)
     return iou
+
+
+def phrase_matches(
+    gt: Sequence[Box], parse: ParseResult, agree: np.ndarray | None, threshold: float = DEFAULT_IOU_THRESHOLD
+) -> dict[int, int]:
+    """Which annotated object each boxed phrase of ``parse`` matched: phrase index -> object index.
+
+    The one decision refinement acts on: a one-to-one Hungarian assignment over IoU > ``threshold``; with
+    ``agree`` (objects x phrases, label agreement) a box only matches an object its phrase names. The scorer
+    computes it once per description and keeps it in its ``Assessment``."""
+    boxed = [i for i, p in enumerate(parse.phrases) if p.box is not None]
+    allowed = None if agree is None else agree[:, boxed]
+    return {boxed[m.pred_index]: m.gt_index for m in match_hungarian(masked_iou(gt, parse.boxes, allowed), threshold)}
 
 
 def localization_score(

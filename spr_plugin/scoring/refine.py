@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from spr_plugin.core.records import Box, Candidate, ParseResult, Region
 from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
-from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, masked_iou, match_hungarian
+from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, phrase_matches
 from spr_plugin.settings import check_policy
 
 
@@ -150,7 +150,8 @@ def refine_candidate(
     labels: LabelMatcher | None = None,
     label_match: bool = True,
 ) -> RefineResult:
-    """Parse, match and refine one candidate on its own (the build uses the scorer's assessment instead).
+    """Parse, match (:func:`~spr_plugin.scoring.localization.phrase_matches`, as the scorer does) and refine one
+    candidate on its own (the build uses the scorer's assessment instead).
 
     Without ``labels`` only the name rules of :mod:`spr_plugin.scoring.labels` decide agreement (no text model).
     """
@@ -158,7 +159,5 @@ def refine_candidate(
     parse = box_format.parse(candidate.text, w, h)
     matcher = labels or LabelMatcher()
     (agree,) = matcher.agreement([(region.objects, [p.label for p in parse.phrases])])
-    boxed = [i for i, p in enumerate(parse.phrases) if p.box is not None]
-    allowed = agree[:, boxed] if label_match else None
-    found = match_hungarian(masked_iou([o.box for o in region.objects], parse.boxes, allowed), threshold)
-    return refine(candidate, region, parse, agree, {boxed[m.pred_index]: m.gt_index for m in found}, box_format, policy)
+    matches = phrase_matches([o.box for o in region.objects], parse, agree if label_match else None, threshold)
+    return refine(candidate, region, parse, agree, matches, box_format, policy)

@@ -27,8 +27,7 @@ from spr_plugin.scoring.localization import (
     DEFAULT_IOU_THRESHOLD,
     iou_matrix,
     localization_score,
-    masked_iou,
-    match_hungarian,
+    phrase_matches,
 )
 from spr_plugin.scoring.semantic import TextSemanticScorer
 from spr_plugin.settings import ScoringConfig
@@ -180,9 +179,7 @@ class CandidateScorer:
             neutral = neutral_boxes(region, parse, boxed, loc, agree_ignored[:, boxed], cfg)
             if neutral:
                 loc = _without(gt, parse.boxes, [b for _, b in extra], neutral, cfg, allowed)
-            own_allowed = None if allowed is None else allowed[:, : len(boxed)]
-            own = match_hungarian(masked_iou(gt, parse.boxes, own_allowed), cfg.iou_threshold)
-            matches = {boxed[m.pred_index]: m.gt_index for m in own}
+            matches = phrase_matches(gt, parse, agree if cfg.label_match == "on" else None, cfg.iou_threshold)
             total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score
             scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped))
             neutral_phrases = frozenset(boxed[j] for j in neutral)
