@@ -190,6 +190,8 @@ def compare(
     ref_m = [weighted_metrics(_columns(r), weights) for r in ref_rows]
     out = []
     for m in metric_names:
+        if any(m not in x for x in (*arm_m, *ref_m)):
+            continue  # rows without the columns this metric needs
         a = np.mean([x[m] for x in arm_m], axis=0)
         b = np.mean([x[m] for x in ref_m], axis=0)
         boot = (a - b)[1:]
