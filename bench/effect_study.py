@@ -61,6 +61,8 @@ from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  #
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import training_prompt  # noqa: E402
 from spr_plugin.llamafactory.image import ImageFrame, lf_preprocess_image  # noqa: E402
+from spr_plugin.llamafactory.registry import chosen_sft_entry, ranking_entry, register_datasets  # noqa: E402
+from spr_plugin.llamafactory.sharegpt import ranking_record, sft_record  # noqa: E402
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions  # noqa: E402
 
@@ -485,21 +487,10 @@ def write_gt_sft(cfg: StudyConfig) -> Path:
     d = cfg.out / "pairs" / "gt" / "data"
     d.mkdir(parents=True, exist_ok=True)
     records = [
-        {
-            "conversations": [{"from": "human", "value": training_prompt(r, FMT)}, {"from": "gpt", "value": region_answer(r)}],
-            "images": [r.image_path],
-        }
-        for r in regions_of(world["spr"], cfg.world_seed)
+        sft_record(training_prompt(r, FMT), region_answer(r), [r.image_path]) for r in regions_of(world["spr"], cfg.world_seed)
     ]
     (d / "gt_sft.json").write_text(json.dumps(records))
-    info = {
-        "gt_sft": {
-            "file_name": "gt_sft.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "images": "images"},
-        }
-    }
-    (d / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    register_datasets(d, {"gt_sft": chosen_sft_entry("gt_sft.json")}, overwrite=True)  # an SFT entry; through the lock
     return d
 
 
@@ -683,19 +674,9 @@ def toy_study(
     train_grid = train_base(samples, init, base, steps=base_steps, lr=cfg.base_lr, batch=cfg.base_batch, seed=0)
     data = out / "pairs" / "toy" / "data"
     data.mkdir(parents=True, exist_ok=True)
-    records = [
-        {
-            "conversations": [{"from": "human", "value": rec_prompt(it.expression, template)}],
-            "chosen": {"from": "gpt", "value": answer(it, 1.0)},
-            "rejected": {"from": "gpt", "value": answer(it, 1.3)},
-            "images": [it.image],
-        }
-        for it in items
-    ]
+    records = [ranking_record(rec_prompt(it.expression, template), answer(it, 1.0), answer(it, 1.3), [it.image]) for it in items]
     (data / f"{DATASET}.json").write_text(json.dumps(records))
-    columns = {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "images": "images"}
-    info = {DATASET: {"file_name": f"{DATASET}.json", "formatting": "sharegpt", "ranking": True, "columns": columns}}
-    (data / "dataset_info.json").write_text(json.dumps(info))
+    register_datasets(data, {DATASET: ranking_entry(f"{DATASET}.json")}, overwrite=True)
     arm = Arm("toy_dpo", "normal", "dpo", "toy", DATASET, "sft")
     run = out / "runs" / "toy_dpo"
     conf = lora_yaml(cfg, arm, 0, run) | {"per_device_train_batch_size": 4, "warmup_ratio": 0.0}
