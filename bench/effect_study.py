@@ -569,16 +569,19 @@ def stage_sweep(cfg: StudyConfig, setting: str, base: str) -> None:
     arm = ARMS["spr_dpo" if base == "normal" else "control_spr_dpo"]
     out = cfg.out / "sweep" / f"{setting}_{base}"
     conf = lora_yaml(cfg, replace(arm, extra=DPO_SETTINGS[setting]), 0, out)
+    train_and_evaluate(conf, out, world, "val", cfg.out / "eval_val" / out.name, cfg.out / "rows_val" / f"{out.name}.json")
+
+
+def train_and_evaluate(conf: dict[str, Any], out: Path, world: dict[str, Path], split: str, prefix: Path, rows: Path) -> None:
+    """``llamafactory-cli train`` (skipped if the adapter exists), then the ``split`` ("val" or "test") scenes."""
     if not (out / "adapter_model.safetensors").is_file():
+        t0 = time.monotonic()
         run_train(write_yaml(out.parent / f"{out.name}.yaml", conf), log_path=out.parent / f"{out.name}.log", echo=False)
+        logger.info("%s trained in %.0fs", out.name, time.monotonic() - t0)
     rec_rows, reg_rows = evaluate(
-        Path(conf["model_name_or_path"]),
-        out,
-        rec_items(world["val_rec"]),
-        regions_of(world["val_region"]),
-        cfg.out / "eval_val" / f"{setting}_{base}",
+        Path(conf["model_name_or_path"]), out, rec_items(world[f"{split}_rec"]), regions_of(world[f"{split}_region"]), prefix
     )
-    save_rows(cfg.out / "rows_val" / f"{setting}_{base}.json", rec_rows, reg_rows)
+    save_rows(rows, rec_rows, reg_rows)
 
 
 def lora_yaml(cfg: StudyConfig, arm: Arm, seed: int, out: Path) -> dict[str, Any]:
@@ -619,18 +622,7 @@ def stage_arm(cfg: StudyConfig, name: str, seed: int) -> None:
     world = make_world(cfg)
     out = cfg.out / "runs" / f"{name}_s{seed}"
     conf = lora_yaml(cfg, arm, seed, out)
-    if not (out / "adapter_model.safetensors").is_file():
-        t0 = time.monotonic()
-        run_train(write_yaml(out.parent / f"{out.name}.yaml", conf), log_path=out.parent / f"{out.name}.log", echo=False)
-        logger.info("%s seed %d trained in %.0fs", name, seed, time.monotonic() - t0)
-    rec_rows, reg_rows = evaluate(
-        Path(conf["model_name_or_path"]),
-        out,
-        rec_items(world["test_rec"]),
-        regions_of(world["test_region"]),
-        cfg.out / "eval" / f"{name}_s{seed}",
-    )
-    save_rows(cfg.out / "rows" / name / f"s{seed}.json", rec_rows, reg_rows)
+    train_and_evaluate(conf, out, world, "test", cfg.out / "eval" / out.name, cfg.out / "rows" / name / f"s{seed}.json")
 
 
 def stage_frame(cfg: StudyConfig) -> None:
