@@ -85,7 +85,9 @@ def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, 
             kw["type"] = type(default)
         helptext = f.metadata["help"]
         if default is not None and "(default" not in helptext and not isinstance(default, os.PathLike):
-            shown = ",".join(default) if isinstance(default, tuple) else default
+            shown = (
+                ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, tuple) else default
+            )
             helptext = f"{helptext} (default {shown})" if helptext else f"default {shown}"
         group.add_argument(_flag(f), dest=name, default=default, help=helptext, **kw)
 

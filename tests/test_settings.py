@@ -49,3 +49,21 @@ def test_a_generation_config_names_exactly_one_model():
         GenerationConfig()
     with pytest.raises(ConfigError, match="exactly one of model"):
         GenerationConfig("ckpt", served_model="srv")
+
+
+def test_eval_flags_come_from_the_eval_configs_with_each_commands_defaults():
+    from spr_plugin.evaluation.cli import _config
+    from spr_plugin.evaluation.config import RecConfig, RegionEvalConfig
+
+    common = ["--model", "m", "--out", "o.json"]
+    rec = build_parser().parse_args(["eval", "rec", "--annotations", "a.jsonl", *common, "--thresholds", "0.5,0.75"])
+    cfg = _config(RecConfig, rec)
+    assert cfg == RecConfig(thresholds=(0.5, 0.75))  # every other field at the config's default
+    region = _config(RegionEvalConfig, build_parser().parse_args(["eval", "region", "--regions", "r.jsonl", *common]))
+    assert region == RegionEvalConfig() and (cfg.max_new_tokens, region.max_new_tokens) == (64, 160)
+    frame = build_parser().parse_args(["eval", "region", "--regions", "r.jsonl", *common, "--image-max-pixels", "none"])
+    assert _config(RegionEvalConfig, frame).image_max_pixels is None
+    with pytest.raises(ConfigError, match="IoU thresholds must lie in"):
+        _config(RecConfig, build_parser().parse_args(["eval", "rec", "--annotations", "a", *common, "--thresholds", "2"]))
+    with pytest.raises(SystemExit):  # not numbers: argparse's usage error, exit 2
+        build_parser().parse_args(["eval", "rec", "--annotations", "a", *common, "--thresholds", "0.5,x"])

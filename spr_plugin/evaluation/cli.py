@@ -10,18 +10,17 @@ import os
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
-from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
+from spr_plugin.evaluation.config import RecConfig, RegionEvalConfig
 from spr_plugin.llamafactory.image import add_pre_resize_args
+from spr_plugin.settings import add_flags, from_args
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, config: type) -> None:
+    """The model, its decoding and the frame; decoding flags come from ``config``'s fields (defaults per command)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="local checkpoint folder (the base model when --adapter is given)")
     g.add_argument("--adapter", default=None, help="LoRA adapter folder from LLaMA-Factory (applied with peft, merged)")
-    g.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS) + " (how the model writes boxes)")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--max-new-tokens", type=int, default=None)
+    add_flags(g, config, only=("box_format", "batch_size", "max_new_tokens"))
     g.add_argument("--device", default="cpu")
     add_pre_resize_args(g)
     f = p.add_argument_group("one image frame: refuse to evaluate in another frame than training used")
@@ -37,11 +36,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _thresholds(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise SPRError(f"--thresholds must be comma-separated numbers, got {text!r}") from None
+def _config(cls: type, a: argparse.Namespace):
+    """The command's config from its flags; the frame comes from the shared pre-resize flags."""
+    return from_args(cls, a, image_max_pixels=a.image_max_pixels, image_min_pixels=a.image_min_pixels)
 
 
 def items_path(out: Path) -> Path:
@@ -90,21 +87,12 @@ def cmd_eval_rec(a: argparse.Namespace) -> int:
     from spr_plugin.core.manifest import file_digest
     from spr_plugin.core.preflight import require_writable_file
     from spr_plugin.evaluation.model import load_model
-    from spr_plugin.evaluation.rec import RecConfig, evaluate_rec, usable_items
+    from spr_plugin.evaluation.rec import evaluate_rec, usable_items
     from spr_plugin.evaluation.rec_data import load_rec
     from spr_plugin.evaluation.report import rec_table, write_json
 
     check_eval_frame(a)
-    cfg = RecConfig(
-        box_format=a.box_format,
-        prompt=a.prompt,
-        convention=a.convention,
-        thresholds=_thresholds(a.thresholds),
-        batch_size=a.batch_size,
-        max_new_tokens=a.max_new_tokens or 64,
-        image_max_pixels=a.image_max_pixels,
-        image_min_pixels=a.image_min_pixels,
-    )
+    cfg = _config(RecConfig, a)
     require_writable_file(a.out, "--out")
     data = load_rec(a.annotations, a.images, a.split, media_dir=a.out.with_suffix(".images"))
     items, skipped = usable_items(data.items)
@@ -145,7 +133,7 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
     from spr_plugin.core.manifest import file_digest
     from spr_plugin.core.preflight import require_writable_file
     from spr_plugin.evaluation.model import load_model
-    from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
+    from spr_plugin.evaluation.region import evaluate_region
     from spr_plugin.evaluation.report import region_table, write_json
     from spr_plugin.regions.sampling import (
         RegionConfig,
@@ -159,14 +147,7 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
 
     require_writable_file(a.out, "--out")
     check_eval_frame(a)
-    cfg = RegionEvalConfig(
-        box_format=a.box_format,
-        iou_threshold=a.iou_threshold,
-        batch_size=a.batch_size,
-        max_new_tokens=a.max_new_tokens or 160,
-        image_max_pixels=a.image_max_pixels,
-        image_min_pixels=a.image_min_pixels,
-    )
+    cfg = _config(RegionEvalConfig, a)
     if a.regions is not None:
         regions, source = read_regions(a.regions), str(a.regions)
         data_inputs: dict = {"regions": file_digest(a.regions)}
@@ -232,15 +213,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "--split", default=None, help="files holding several splits (refer pickles, merged refs json): the split to evaluate"
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
-    p.add_argument("--prompt", default=None, help="prompt template with {expression} (default depends on --box-format)")
-    p.add_argument(
-        "--convention",
-        default=">=",
-        choices=list(CONVENTIONS),
-        help="correct iff IoU >= t (Qwen-VL, Ferret) or > t (Groma, VLM-R1)",
-    )
-    p.add_argument("--thresholds", default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS))
-    _model_args(p)
+    add_flags(p, RecConfig, only=("prompt", "convention", "thresholds"))
+    _model_args(p, RecConfig)
     p.set_defaults(func=cmd_eval_rec)
 
     p = ev_sub.add_parser("region", help="grounded region descriptions: localization P/R/F1 at IoU 0.5 and matched mean IoU")
@@ -251,6 +225,6 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--regions-per-image", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--iou-threshold", type=float, default=0.5, help="a box matches an object iff IoU > this")
-    _model_args(p)
+    add_flags(p, RegionEvalConfig, only=("iou_threshold",))
+    _model_args(p, RegionEvalConfig)
     p.set_defaults(func=cmd_eval_region)

@@ -15,17 +15,17 @@ from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import check_image_cached
-from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.records import Box
-from spr_plugin.core.sanitize import remove_tokens, sanitize_phrase
-from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS, RecSummary, box_iou, rec_summary
+from spr_plugin.core.sanitize import sanitize_phrase
+from spr_plugin.evaluation.config import RecConfig
+from spr_plugin.evaluation.metrics import RecSummary, box_iou, rec_summary
 from spr_plugin.evaluation.model import LoadedModel
 from spr_plugin.evaluation.rec_data import RecItem
 from spr_plugin.evaluation.runner import decoding_settings, run_resumable
 from spr_plugin.families.box_formats import BoxFormat
-from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, get_box_format, get_profile
+from spr_plugin.families.profiles import get_box_format, get_profile
 from spr_plugin.families.prompts import Prompt
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
+from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
 
 
@@ -35,40 +35,6 @@ def default_prompt(box_format: str) -> str:
         return get_profile(box_format).rec_prompt
     except ConfigError:
         raise ConfigError(f"no default REC prompt for box format {box_format!r}; pass --prompt") from None
-
-
-@dataclass(frozen=True)
-class RecConfig:
-    box_format: str = DEFAULT_BOX_FORMAT
-    prompt: str | None = None  # template with {expression}; None = default_prompt(box_format)
-    convention: str = ">="
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    batch_size: int = 8
-    max_new_tokens: int = 64
-    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none): Qwen2.5-VL answers in pixels of the
-    #: resized input, so evaluation must show the model the frame it was trained in.
-    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
-    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
-
-    def __post_init__(self) -> None:
-        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
-        if problem:
-            raise ConfigError(problem)
-        if self.convention not in CONVENTIONS:
-            raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
-        if self.prompt is not None and "{expression}" not in self.prompt:
-            raise ConfigError("the REC prompt template must contain {expression}")
-        if self.prompt is not None and remove_tokens(self.prompt, KNOWN_GROUNDING_TOKENS)[1]:
-            raise ConfigError(
-                "the REC prompt template must not hold <image>, chat or other special tokens (the image goes first)"
-            )
-        if not self.thresholds or any(not 0 < t <= 1 for t in self.thresholds):
-            raise ConfigError(f"IoU thresholds must lie in (0, 1], got {self.thresholds}")
-        get_box_format(self.box_format)  # fail early on an unknown format
-
-    @property
-    def template(self) -> str:
-        return self.prompt if self.prompt is not None else default_prompt(self.box_format)
 
 
 def rec_prompt(expression: str, template: str) -> str:

@@ -13,33 +13,16 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.records import Region
+from spr_plugin.evaluation.config import RegionEvalConfig
 from spr_plugin.evaluation.metrics import RegionSummary, region_summary
 from spr_plugin.evaluation.model import LoadedModel
 from spr_plugin.evaluation.runner import decoding_settings, run_resumable
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import Prompt, training_prompt
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
+from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.scoring.localization import iou_matrix, match_hungarian
-
-
-@dataclass(frozen=True)
-class RegionEvalConfig:
-    box_format: str = DEFAULT_BOX_FORMAT
-    iou_threshold: float = 0.5
-    batch_size: int = 8
-    max_new_tokens: int = 160
-    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none); see :class:`.rec.RecConfig`.
-    image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS
-    image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS
-
-    def __post_init__(self) -> None:
-        problem = check_pixel_bounds(self.image_max_pixels, self.image_min_pixels)
-        if problem:
-            raise ConfigError(problem)
 
 
 def score_description(region: Region, answer: str, box_format: BoxFormat, iou_threshold: float) -> dict[str, Any]:

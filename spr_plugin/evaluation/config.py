@@ -1,0 +1,97 @@
+"""Settings of ``spr eval rec`` and ``spr eval region``, defined once: dataclass fields carrying their help
+text, from which the command line's flags are generated (:func:`spr_plugin.settings.add_flags`).
+
+Kept light (no torch, numpy or model-family import at module level) because the CLI builds its parser from
+these classes, and ``spr --help`` / ``spr register`` must not pay for a model stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
+from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
+from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+from spr_plugin.settings import setting
+
+_BOX_FORMAT_HELP = " | ".join(BOX_FORMATS) + " (how the model writes boxes)"
+_FRAME_HELP = "LLaMA-Factory's pre-resize, as in the training YAML (None = none); flags: --image-max/min-pixels"
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """``--thresholds 0.5,0.75``: comma-separated IoU thresholds (their range is checked by the config)."""
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
+
+
+def _check_frame_and_format(box_format: str, image_max_pixels: int | None, image_min_pixels: int | None) -> None:
+    from spr_plugin.families.profiles import get_box_format  # the model-family stack, only when a config is built
+
+    problem = check_pixel_bounds(image_max_pixels, image_min_pixels)
+    if problem:
+        raise ConfigError(problem)
+    get_box_format(box_format)  # fail early on an unknown format
+
+
+@dataclass(frozen=True)
+class RecConfig:
+    """How ``spr eval rec`` asks and scores referring expressions."""
+
+    box_format: str = setting(DEFAULT_BOX_FORMAT, _BOX_FORMAT_HELP)
+    prompt: str | None = setting(None, "prompt template with {expression} (default depends on --box-format)")
+    convention: str = setting(">=", "correct iff IoU >= t (Qwen-VL, Ferret) or > t (Groma, VLM-R1)", choices=list(CONVENTIONS))
+    thresholds: tuple[float, ...] = setting(DEFAULT_THRESHOLDS, "comma-separated IoU thresholds", type=parse_thresholds)
+    batch_size: int = setting(8, "prompts per generate() call")
+    max_new_tokens: int = setting(64, "longest answer generated")
+    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none): Qwen2.5-VL answers in pixels of the
+    #: resized input, so evaluation must show the model the frame it was trained in.
+    image_max_pixels: int | None = setting(DEFAULT_IMAGE_MAX_PIXELS, _FRAME_HELP, cli=False)
+    image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, _FRAME_HELP, cli=False)
+
+    def __post_init__(self) -> None:
+        from spr_plugin.core.sanitize import remove_tokens
+        from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
+
+        _check_frame_and_format(self.box_format, self.image_max_pixels, self.image_min_pixels)
+        if self.convention not in CONVENTIONS:
+            raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+        if self.prompt is not None and "{expression}" not in self.prompt:
+            raise ConfigError("the REC prompt template must contain {expression}")
+        if self.prompt is not None and remove_tokens(self.prompt, KNOWN_GROUNDING_TOKENS)[1]:
+            raise ConfigError(
+                "the REC prompt template must not hold <image>, chat or other special tokens (the image goes first)"
+            )
+        if not self.thresholds or any(not 0 < t <= 1 for t in self.thresholds):
+            raise ConfigError(f"IoU thresholds must lie in (0, 1], got {self.thresholds}")
+        if min(self.batch_size, self.max_new_tokens) < 1:
+            raise ConfigError("batch_size and max_new_tokens must be >= 1")
+
+    @property
+    def template(self) -> str:
+        from spr_plugin.evaluation.rec import default_prompt
+
+        return self.prompt if self.prompt is not None else default_prompt(self.box_format)
+
+
+@dataclass(frozen=True)
+class RegionEvalConfig:
+    """How ``spr eval region`` asks for and scores grounded region descriptions."""
+
+    box_format: str = setting(DEFAULT_BOX_FORMAT, _BOX_FORMAT_HELP)
+    iou_threshold: float = setting(0.5, "a box matches an object iff IoU > this")
+    batch_size: int = setting(8, "prompts per generate() call")
+    max_new_tokens: int = setting(160, "longest answer generated")
+    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none); see :class:`RecConfig`.
+    image_max_pixels: int | None = setting(DEFAULT_IMAGE_MAX_PIXELS, _FRAME_HELP, cli=False)
+    image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, _FRAME_HELP, cli=False)
+
+    def __post_init__(self) -> None:
+        _check_frame_and_format(self.box_format, self.image_max_pixels, self.image_min_pixels)
+        if not 0.0 <= self.iou_threshold < 1.0:
+            raise ConfigError(f"IoU threshold must lie in [0, 1), got {self.iou_threshold}")
+        if min(self.batch_size, self.max_new_tokens) < 1:
+            raise ConfigError("batch_size and max_new_tokens must be >= 1")
