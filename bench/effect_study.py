@@ -277,29 +277,6 @@ def build_init(out: Path, seed: int, cfg: StudyConfig) -> Path:
     return init
 
 
-def encode(samples: list[tuple[str, str, str]], proc) -> tuple[list[tuple], list[int]]:
-    """Token ids, labels (prompt masked), pixels and grid per sample, through the chat template generation uses."""
-    from spr_plugin.families.prompts import Prompt
-    from spr_plugin.generation.transformers_backend import load_rgb, to_chat_messages
-
-    cache: dict[str, Any] = {}
-    out, grid = [], []
-    for image, user, answer in samples:
-        prompt = proc.apply_chat_template(
-            to_chat_messages(Prompt("train", user, (image,))), add_generation_prompt=True, tokenize=False
-        )
-        if image not in cache:
-            img = lf_preprocess_image(load_rgb(image), FRAME.image_max_pixels, FRAME.image_min_pixels)
-            cache[image] = proc.image_processor(images=[img], return_tensors="pt")
-        im = cache[image]
-        grid = im["image_grid_thw"][0].tolist()
-        prompt = prompt.replace("<|image_pad|>", "<|image_pad|>" * (int(im["image_grid_thw"].prod()) // 4))
-        n_prompt = len(proc.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        ids = proc.tokenizer(prompt + answer + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
-        out.append((ids, [-100] * n_prompt + ids[n_prompt:], im["pixel_values"], im["image_grid_thw"]))
-    return out, grid
-
-
 def train_base(
     samples: list[tuple[str, str, str]], init: Path, out: Path, *, steps: int, lr: float, batch: int, seed: int
 ) -> list[int]:
@@ -309,12 +286,12 @@ def train_base(
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from vision_probe import collate
+    from vision_probe import collate, encode_samples
 
     torch.manual_seed(seed)
     proc = AutoProcessor.from_pretrained(init)
     model = AutoModelForImageTextToText.from_pretrained(init, dtype=torch.float32)
-    data, grid = encode(samples, proc)
+    data, grid = encode_samples(samples, proc, FRAME)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warm = 50
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / steps))
@@ -383,7 +360,7 @@ def save_rows(path: Path, rec_rows: list[dict], reg_rows: list[dict], extra: dic
 
 def stage_base(cfg: StudyConfig, kind: str) -> None:
     """Train the SFT base (``normal``) or the positive control's base (``control``), gated on validation scenes."""
-    from study_stats import metrics
+    from study_stats import model_metrics
 
     world = make_world(cfg)
     scale = 1.0 if kind == "normal" else cfg.control_scale
@@ -398,8 +375,7 @@ def stage_base(cfg: StudyConfig, kind: str) -> None:
         if not (trial / "model.safetensors").is_file():
             train_base(samples, init, trial, steps=cfg.base_steps, lr=cfg.base_lr, batch=cfg.base_batch, seed=seed)
         rec_rows, reg_rows = evaluate(trial, None, val_rec, val_reg, cfg.out / "eval" / f"val_{kind}_s{seed}")
-        m = metrics(rec_rows + [])  # REC metrics
-        m |= {k: v for k, v in metrics(reg_rows).items() if k.startswith("region")}
+        m = model_metrics(rec_rows, reg_rows)
         ok = m["rec_acc@0.5"] >= 0.6 and m["rec_acc@0.9"] <= 0.2 and m["region_recall@0.5"] >= 0.6
         attempts.append({"seed": seed, "seconds": round(time.monotonic() - t0), "val": m, "in_regime": ok})
         logger.info("base %s seed %d: %s", kind, seed, json.dumps({k: round(v, 3) for k, v in m.items()}))
@@ -549,7 +525,7 @@ ARMS = {a.name: a for a in (*MAIN_ARMS, *ABLATION_ARMS, *TUNED_ARMS, *TUNED_ABLA
 
 def chosen_dpo_setting(cfg: StudyConfig) -> str:
     """The DPO setting the validation sweep selected (see DPO_SETTINGS for the rule)."""
-    from study_stats import metrics
+    from study_stats import model_metrics
 
     best, best_score = "lr5e-4_ep3", -1.0
     for name in DPO_SETTINGS:
@@ -557,7 +533,8 @@ def chosen_dpo_setting(cfg: StudyConfig) -> str:
         if not f.is_file():
             raise SPRError(f"the DPO sweep has not finished ({f} is missing)")
         r = json.loads(f.read_text())
-        score = metrics(r["rec"])["rec_miou"] + metrics(r["region"])["region_f1@0.5"]
+        m = model_metrics(r["rec"], r["region"])
+        score = m["rec_miou"] + m["region_f1@0.5"]
         if score > best_score + 1e-9:
             best, best_score = name, score
     return best
@@ -632,8 +609,9 @@ def stage_frame(cfg: StudyConfig) -> None:
     base = cfg.out / "base_normal"
     init = build_init(cfg.out / f"init_s{cfg.base_seeds[0]}", cfg.base_seeds[0], cfg)
     from transformers import AutoProcessor
+    from vision_probe import encode_samples
 
-    _, train_grid = encode([(image, "<image>x", "y")], AutoProcessor.from_pretrained(init))
+    _, train_grid = encode_samples([(image, "<image>x", "y")], AutoProcessor.from_pretrained(init), FRAME)
     grids = {
         "pretraining+sft (in process)": train_grid,
         "sampling (GenerationConfig frame)": processor_grid(base, image, FRAME),
@@ -795,19 +773,13 @@ KEY_METRICS = (
 
 def analyse(cfg: StudyConfig) -> dict[str, Any]:
     """results.json: per-arm metrics (seed means), paired comparisons, pair statistics, the frame, timings."""
-    from study_stats import compare, curve_with_ci, metrics
+    from study_stats import compare, curve_with_ci, model_metrics
 
     rows = load_rows(cfg)
 
-    def both(r: dict[str, list[dict]]) -> list[dict]:
-        return [*r["rec"], *[{**x} for x in r["region"]]]
-
     arms: dict[str, Any] = {}
     for name, seeds in rows.items():
-        per_seed = {
-            s: metrics(r["rec"]) | {k: v for k, v in metrics(r["region"]).items() if k.startswith("region")}
-            for s, r in seeds.items()
-        }
+        per_seed = {s: model_metrics(r["rec"], r["region"]) for s, r in seeds.items()}
         mean = {k: sum(m[k] for m in per_seed.values()) / len(per_seed) for k in next(iter(per_seed.values()))}
         arms[name] = {
             "metrics": {k: round(v, 5) for k, v in mean.items()},
@@ -843,7 +815,7 @@ def analyse(cfg: StudyConfig) -> dict[str, Any]:
     sweep: dict[str, Any] = {}
     for f in sorted((cfg.out / "rows_val").glob("*.json")):
         r = json.loads(f.read_text())
-        m = metrics(r["rec"]) | {k: v for k, v in metrics(r["region"]).items() if k.startswith("region")}
+        m = model_metrics(r["rec"], r["region"])
         setting, base = f.stem.rsplit("_", 1)
         sweep.setdefault(setting, {})[base] = {k: round(m[k], 4) for k in KEY_METRICS if k in m}
     try:

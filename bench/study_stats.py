@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from spr_plugin.core.records import Box, Region
 from spr_plugin.evaluation.metrics import box_iou
@@ -53,9 +54,10 @@ def region_row(answer: str, region: Region, fmt: BoxFormat) -> dict[str, float]:
     gt = list(region.objects)
     iou = iou_matrix([o.box for o in gt], [p.box for p in grounded])
     row: dict[str, float] = {"n_gt": float(len(gt)), "n_pred": float(len(grounded))}
-    for t in REGION_THRESHOLDS:
-        row[f"matched@{t:g}"] = float(len(match_hungarian(iou, t - 1e-9)))  # match_hungarian keeps IoU > t: use >= t
-    at_half = match_hungarian(iou, 0.5 - 1e-9)
+    matches = {t: match_hungarian(iou, t - 1e-9) for t in REGION_THRESHOLDS}  # it keeps IoU > t: count IoU >= t
+    for t, found in matches.items():
+        row[f"matched@{t:g}"] = float(len(found))
+    at_half = matches[0.5]
     row["matched_iou_sum"] = float(sum(m.iou for m in at_half))
     row["label_ok"] = float(sum(names_agree(grounded[m.pred_index].label, [gt[m.gt_index].category]) for m in at_half))
     row["ungrounded"] = float(sum(1 for p in parse.phrases if p.box is None))
@@ -124,6 +126,12 @@ def metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {k: float(v[0]) for k, v in weighted_metrics(_columns(rows), np.ones((1, len(rows)))).items()}
 
 
+def model_metrics(rec_rows: Sequence[Mapping[str, float]], region_rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Every metric of one model: the REC ones from its REC rows, the region ones from its region rows (a metric
+    needs its columns, so neither kind of row yields the other's metrics)."""
+    return metrics(rec_rows) | metrics(region_rows)
+
+
 # ------------------------------------------------------------------------------------ paired comparisons
 
 
@@ -162,10 +170,6 @@ class Comparison:
         }
 
 
-# two-sided 97.5% Student-t quantiles for 1..9 degrees of freedom (no scipy.stats import needed for a table lookup)
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
 def compare(
     arm: str,
     arm_rows: Sequence[Sequence[Mapping[str, float]]],
@@ -201,7 +205,7 @@ def compare(
         k = len(per_seed)
         ci_seeds = None
         if k >= 2:
-            half = _T975.get(k - 1, 1.96) * float(per_seed.std(ddof=1)) / math.sqrt(k)
+            half = float(student_t.ppf(0.975, k - 1)) * float(per_seed.std(ddof=1)) / math.sqrt(k)
             ci_seeds = (float(per_seed.mean() - half), float(per_seed.mean() + half))
         sign = np.sign(delta) if delta != 0 else 1.0
         out.append(

@@ -45,31 +45,51 @@ from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  #
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import Prompt  # noqa: E402
 from spr_plugin.generation.transformers_backend import load_rgb, to_chat_messages  # noqa: E402
+from spr_plugin.llamafactory.image import ImageFrame, lf_preprocess_image  # noqa: E402
 from spr_plugin.testing.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
 
 HIDDEN_EXPRESSION = "the shape"
 
 
-def encode_items(items: list[RecItem], proc, hide_label: bool) -> list[tuple]:
-    """Token ids, labels (prompt masked), pixel values and grid of each REC training item."""
-    fmt, template = Qwen2VLFormat(), default_prompt("qwen2_vl")
+def encode_samples(samples: list[tuple[str, str, str]], proc, frame: ImageFrame | None = None) -> tuple[list[tuple], list[int]]:
+    """Token ids, labels (prompt masked), pixel values and grid of each ``(image, user turn, answer)`` sample,
+    through the chat template generation uses; returns them and the image grid of the last sample.
+
+    ``frame`` applies LLaMA-Factory's pre-resize first (``None``: the processor's own resize only), so a
+    study can train in the frame it samples, trains with LLaMA-Factory and evaluates in.
+    """
     cache: dict[str, dict] = {}
-    out = []
-    for it in items:
-        image = load_rgb(it.image)
-        answer = fmt.render(it.expression, it.box, *image.size)
-        expr = HIDDEN_EXPRESSION if hide_label else it.expression
+    out, grid = [], []
+    for image_path, user, answer in samples:
         prompt = proc.apply_chat_template(
-            to_chat_messages(Prompt("rec", rec_prompt(expr, template), (it.image,))), add_generation_prompt=True, tokenize=False
+            to_chat_messages(Prompt("train", user, (image_path,))), add_generation_prompt=True, tokenize=False
         )
-        if it.image not in cache:
-            cache[it.image] = proc.image_processor(images=[image], return_tensors="pt")
-        im = cache[it.image]
+        if image_path not in cache:
+            image = load_rgb(image_path)
+            if frame is not None:
+                image = lf_preprocess_image(image, frame.image_max_pixels, frame.image_min_pixels)
+            cache[image_path] = proc.image_processor(images=[image], return_tensors="pt")
+        im = cache[image_path]
+        grid = im["image_grid_thw"][0].tolist()
         prompt = prompt.replace("<|image_pad|>", "<|image_pad|>" * (int(im["image_grid_thw"].prod()) // 4))
         n_prompt = len(proc.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         ids = proc.tokenizer(prompt + answer + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
         out.append((ids, [-100] * n_prompt + ids[n_prompt:], im["pixel_values"], im["image_grid_thw"]))
-    return out
+    return out, grid
+
+
+def encode_items(items: list[RecItem], proc, hide_label: bool) -> list[tuple]:
+    """Encoded REC training items (see :func:`encode_samples`); ``hide_label`` asks for "the shape"."""
+    from PIL import Image
+
+    fmt, template = Qwen2VLFormat(), default_prompt("qwen2_vl")
+    samples = []
+    for it in items:
+        with Image.open(it.image) as im:
+            answer = fmt.render(it.expression, it.box, *im.size)
+        expr = HIDDEN_EXPRESSION if hide_label else it.expression
+        samples.append((it.image, rec_prompt(expr, template), answer))
+    return encode_samples(samples, proc)[0]
 
 
 def collate(batch: list[tuple], pad_id: int, image_token_id: int) -> dict:
