@@ -19,9 +19,11 @@ survive. LLaMA-Factory's API ignores unknown request fields: start it with ``ski
 false`` in its YAML instead (and it ignores ``seed``).
 
 A server is a remote party: its replies are read through a transport that stops at a size cap (a reply
-cut off there is malformed, not a hang), a reply that is not a chat completion (not JSON, no ``choices``)
-fails only its own prompt and is counted, and a request that fails for good in the middle of a batch
-does not discard the prompts of that batch that finished (:class:`~spr_plugin.core.errors.PartialBatchError`).
+cut off there is malformed, not a hang) and at one deadline per request (a server trickling its reply
+cannot outlast ``--request-timeout``), redirects to another origin are not followed, a reply that is not
+a chat completion (not JSON, no or empty ``choices``) fails only its own prompt and is counted, and a
+request that fails for good in the middle of a batch does not discard the prompts of that batch that
+finished (:class:`~spr_plugin.core.errors.PartialBatchError`).
 """
 
 from __future__ import annotations
@@ -110,24 +112,49 @@ def reply_byte_cap(num_samples: int, max_new_tokens: int) -> int:
     return 1_000_000 + 64 * num_samples * max_new_tokens
 
 
-def _capped_transport(cap: int):
-    """An httpx transport whose response bodies end after ``cap`` bytes (the connection is closed there).
+def _origin(url: Any) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
-    A body cut off at the cap fails to parse as JSON and is counted as a malformed reply of that prompt;
-    raising instead would make the client retry the same oversized reply.
+
+def _capped_transport(cap: int, total_timeout: float):
+    """An httpx transport that bounds what a server can make spr do, whatever the server does.
+
+    * **Size**: response bodies end after ``cap`` bytes (the connection is closed there). A body cut off at the
+      cap fails to parse as JSON and is counted as a malformed reply of that prompt; raising instead would make
+      the client retry the same oversized reply.
+    * **Time**: one deadline per request, headers and body together: the request's own timeout (``--request-timeout``,
+      or the shorter one of :meth:`OpenAIServerGenerator.check`). httpx's read timeout applies per read, so a
+      server that trickles a byte a second never trips it; past the deadline the attempt ends with
+      ``httpx.ReadTimeout``, which the client treats like any timeout (retried up to ``--max-retries``).
+    * **Origin**: a redirect to another origin (scheme, host, port) is not followed: the prompts and images go
+      to ``--base-url``'s server only. The redirect reaches the client as an error status naming the target.
     """
     import httpx
 
+    def _deadline_error(request: httpx.Request, budget: float) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout(f"no complete reply within {budget:g} s (--request-timeout)", request=request)
+
     class _CappedStream(httpx.AsyncByteStream):
-        def __init__(self, inner: httpx.AsyncByteStream) -> None:
-            self._inner = inner
+        def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request, deadline: float, budget: float) -> None:
+            self._inner, self._request, self._deadline, self._budget = inner, request, deadline, budget
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
+            loop = asyncio.get_running_loop()
+            chunks = self._inner.__aiter__()
             left = cap
-            async for chunk in self._inner:
+            while True:
+                remaining = self._deadline - loop.time()
+                if remaining <= 0:
+                    raise _deadline_error(self._request, self._budget)
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise _deadline_error(self._request, self._budget) from None
                 if len(chunk) >= left:
                     yield chunk[:left]
-                    break
+                    return
                 left -= len(chunk)
                 yield chunk
 
@@ -139,12 +166,27 @@ def _capped_transport(cap: int):
             self._inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            response = await self._inner.handle_async_request(request)
+            budget = (request.extensions.get("timeout") or {}).get("read") or total_timeout
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + budget
+            try:
+                response = await asyncio.wait_for(self._inner.handle_async_request(request), budget)
+            except TimeoutError:
+                raise _deadline_error(request, budget) from None
+            location = response.headers.get("location")
+            if response.is_redirect and location is not None:
+                target = request.url.join(location)
+                if _origin(target) != _origin(request.url):
+                    await response.aclose()
+                    message = (
+                        f"redirect to another origin ({target.scheme}://{target.host}) refused: prompts go to --base-url only"
+                    )
+                    return httpx.Response(response.status_code, json={"message": message}, request=request)
             headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-length"]
             return httpx.Response(
                 response.status_code,
                 headers=headers,
-                stream=_CappedStream(response.stream),  # type: ignore[arg-type]
+                stream=_CappedStream(response.stream, request, deadline, budget),  # type: ignore[arg-type]
                 extensions=response.extensions,
             )
 
@@ -155,17 +197,24 @@ def _capped_transport(cap: int):
 
 
 class _BadReply(Exception):
-    """A 200 reply that is not a chat completion with text choices."""
+    """A 200 reply that is not a chat completion with text choices; ``reason`` is its failure counter."""
+
+    def __init__(self, message: str, reason: str = "bad_reply") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def reply_texts(resp: Any, max_chars: int) -> tuple[list[str], int]:
     """The text of every choice of a chat completion, each cut to ``max_chars``; and how many were cut.
 
-    Raises :class:`_BadReply` for a reply without a ``choices`` list or without any text choice.
+    Raises :class:`_BadReply` for a reply without a ``choices`` list, with an empty one (``empty_choices``:
+    counted apart, it is a server answering without sampling) or without any text choice.
     """
     choices = getattr(resp, "choices", None)
     if not isinstance(choices, list):
         raise _BadReply("no 'choices' list")
+    if not choices:
+        raise _BadReply("an empty 'choices' list", "empty_choices")
     texts, cut = [], 0
     for choice in choices:
         content = getattr(getattr(choice, "message", None), "content", None)
@@ -205,7 +254,9 @@ class OpenAIServerGenerator:
             api_key=config.api_key or "EMPTY",
             timeout=timeout,
             max_retries=config.max_retries,
-            http_client=DefaultAsyncHttpxClient(transport=_capped_transport(self.max_reply_bytes), timeout=timeout),
+            http_client=DefaultAsyncHttpxClient(
+                transport=_capped_transport(self.max_reply_bytes, config.timeout), timeout=timeout
+            ),
         )
         self._sem: asyncio.Semaphore | None = None
         if check:
@@ -338,15 +389,15 @@ class OpenAIServerGenerator:
                 except openai.APIStatusError as exc:
                     raise SPRError(f"{cfg.base_url} answered HTTP {exc.status_code}: {_detail(exc)}") from None
                 except (openai.APIResponseValidationError, _BadReply, ValueError, TypeError, AttributeError) as exc:
-                    # Not JSON (or cut off at the reply cap), no 'choices', choices without text.
-                    self.failures["bad_reply"] += 1
+                    # Not JSON (or cut off at the reply cap), no or empty 'choices', choices without text.
+                    self.failures[getattr(exc, "reason", "bad_reply")] += 1
                     logger.warning("unusable reply to a %s prompt (%s: %s)", prompt.variant, type(exc).__name__, str(exc)[:120])
                     return texts[: cfg.num_samples]
             if cut:
                 self.failures["reply_cut_at_cap"] += cut
             texts += [clean_output(t) for t in got]
-            if not got:
-                break
+        if 0 < len(texts) < cfg.num_samples:
+            self.failures["fewer_choices_than_asked"] += 1  # asked four times; a server ignoring n keeps it short
         return texts[: cfg.num_samples]
 
     def close(self) -> None:
