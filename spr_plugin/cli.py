@@ -99,17 +99,20 @@ def cmd_pair(a: argparse.Namespace) -> int:
     from spr_plugin.llamafactory.image import frame_from_args
     from spr_plugin.regions.sampling import read_regions
     from spr_plugin.scoring.factory import build_candidate_scorer
+    from spr_plugin.scoring.semantic import check_text_model
     from spr_plugin.scoring.stage import score_refine_pair
 
     scoring, pairing = _scoring(a)
     require_writable_file(a.out, "--out")
+    check_text_model(a.text_model)
     scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
     sanitized = SanitizeStats()
     regions = read_regions(a.regions, sanitized)
-    candidates = sanitize_candidates(merge_candidates(a.candidates)[0], scorer.box_format, sanitized)
+    merged, read = merge_candidates(a.candidates)
+    candidates = sanitize_candidates(merged, scorer.box_format, sanitized)
     pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
-    print(json.dumps({**stats.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
+    print(json.dumps({**stats.to_dict(), "candidate_files": read.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
     return 0 if pairs else 1
 
 
@@ -128,9 +131,12 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.recipe is not None:
         check_recipe_frame(a.recipe, frame, "this export")
     require_writable_dir(a.dataset_dir, "--dataset-dir")
-    pairs = list(read_jsonl(a.pairs, PreferencePair.from_dict, what="pair"))
+    torn: list[str] = []
+    pairs = list(read_jsonl(a.pairs, PreferencePair.from_dict, what="pair", skipped=torn))
     res = export_dataset(pairs, config, box_format)
     print(f"wrote {res.records} pairs to {res.dataset_file}; registered {a.name!r} in {res.dataset_info}")
+    for note in torn:
+        print(f"skipped 1 line of {a.pairs}: {note}")
     return 0
 
 
@@ -215,8 +221,10 @@ def cmd_webui(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
+    from spr_plugin.core.preflight import check_count
     from spr_plugin.inspect.viewer import ShowConfig, show_pairs
 
+    check_count(a.n, "-n")
     res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format))
     print(f"rendered {res.pairs} pairs: open {res.html}")
     return 0
@@ -429,9 +437,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+#: Longest error line printed: messages quote user data, and a multi-MB value must not become a multi-MB "line".
+_MAX_ERROR_CHARS = 1000
+
+
 def _one_line(text: str) -> str:
-    """Messages quote user data (names, paths); a newline in it must not break the one-line promise."""
-    return " ".join(text.split()) if "\n" in text or "\r" in text else text
+    """Messages quote user data (names, paths); a newline in it must not break the one-line promise, and a
+    huge value must not make the line huge."""
+    line = " ".join(text.split()) if "\n" in text or "\r" in text else text
+    return line if len(line) <= _MAX_ERROR_CHARS else f"{line[: _MAX_ERROR_CHARS - 40]}... ({len(line):,} characters cut)"
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.yaml_safe import load_yaml
 from spr_plugin.llamafactory.image import ImageFrame
 
 META_SUFFIX = ".spr.json"
@@ -51,12 +50,7 @@ def read_meta(dataset_dir: str | Path, name: str) -> dict[str, Any] | None:
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """A LLaMA-Factory training YAML as a dict."""
     p = Path(path)
-    if not p.is_file():
-        raise SPRError(f"recipe not found: {p}")
-    try:
-        recipe = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SPRError(f"{p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    recipe = load_yaml(p, "recipe")  # size and alias-expansion budget: a hostile YAML is one short line
     if not isinstance(recipe, dict):
         raise SPRError(f"{p} must hold a mapping of LLaMA-Factory settings")
     return recipe

@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from spr_plugin.core.records import Candidate, PreferencePair, Region
+from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.localization import iou_matrix
 from spr_plugin.scoring.pairing import PairingConfig, length_stats, pick, select_pair
 from spr_plugin.scoring.refine import RefineResult, refine
@@ -34,6 +35,8 @@ class PairStats:
     candidates: int = 0
     candidates_without_region: int = 0
     candidates_without_boxes: int = 0
+    #: Candidates left out before scoring, by reason (spr_plugin/scoring/limits.py).
+    candidates_over_limit: Counter = field(default_factory=Counter)
     boxes_dropped: Counter = field(default_factory=Counter)
     boxes_snapped: int = 0
     boxes_ungrounded: int = 0
@@ -51,6 +54,7 @@ class PairStats:
             "candidates": self.candidates,
             "candidates_without_region": self.candidates_without_region,
             "candidates_without_boxes": self.candidates_without_boxes,
+            "candidates_over_limit": dict(self.candidates_over_limit),
             "boxes_dropped_by_parser": dict(self.boxes_dropped),
             "boxes_snapped_by_refinement": self.boxes_snapped,
             "boxes_ungrounded_by_refinement": self.boxes_ungrounded,
@@ -85,12 +89,16 @@ def score_refine_pair(
     """One pair per region where the candidates allow it, plus the statistics of the run."""
     stats = PairStats(regions=len(regions), candidates=len(candidates))
     by_region: dict[str, list[Candidate]] = defaultdict(list)
-    known = {r.region_id for r in regions}
+    known = {r.region_id: r for r in regions}
     for cand in candidates:
-        if cand.region_id in known:
-            by_region[cand.region_id].append(cand)
-        else:
+        region = known.get(cand.region_id)
+        if region is None:
             stats.candidates_without_region += 1
+        elif (problem := over_limit(cand.text, scorer.box_format, region.width, region.height)) is not None:
+            stats.candidates_over_limit[problem] += 1
+            logger.warning("candidate %s left out: %s (%d characters)", cand.key, problem, len(cand.text))
+        else:
+            by_region[cand.region_id].append(cand)
     pairs: list[PreferencePair] = []
     evidence: list[_PairEvidence] = []
     bar = tqdm(total=len(regions), desc="score+refine+pair", unit="region", disable=not progress)
