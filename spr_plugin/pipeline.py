@@ -34,6 +34,7 @@ from spr_plugin.families.profiles import get_box_format
 from spr_plugin.generation.candidates import (
     GenerationStats,
     Generator,
+    MergeStats,
     generate_with_config,
     merge_candidates,
     read_candidates,
@@ -50,6 +51,7 @@ from spr_plugin.regions.sampling import (
     sample_regions,
 )
 from spr_plugin.scoring.factory import build_candidate_scorer
+from spr_plugin.scoring.semantic import check_text_model
 from spr_plugin.scoring.stage import PairStats, score_refine_pair
 from spr_plugin.settings import BuildConfig
 
@@ -106,6 +108,7 @@ class BuildSummary:
     pairs: PairStats
     export: ExportResult | None = None
     sanitized: SanitizeStats = field(default_factory=SanitizeStats)
+    candidate_files: MergeStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +117,7 @@ class BuildSummary:
             "regions": self.regions.to_dict(),
             "generation": None if self.generation is None else self.generation.to_dict(),
             "pairs": self.pairs.to_dict(),
+            "candidate_files": None if self.candidate_files is None else self.candidate_files.to_dict(),
             "sanitized": self.sanitizer_counts(),
             "dataset": None
             if self.export is None
@@ -199,6 +203,7 @@ class PreparedBuild:
     manifest: Manifest
     candidates: list[Candidate] | None
     coco: Any = None  # the annotation index, unless the regions of an earlier run are reused
+    candidate_files: MergeStats | None = None  # what reading --candidates kept and dropped
 
 
 def prepare_build(config: BuildConfig) -> PreparedBuild:
@@ -219,10 +224,12 @@ def prepare_build(config: BuildConfig) -> PreparedBuild:
 
         check_recipe_frame(config.recipe, config.frame, "this build")
     get_box_format(config.scoring.box_format, config.frame)
+    check_text_model(config.text_model)  # the scorer loads after generation: an unknown model must fail now
     candidates: list[Candidate] | None = None
+    read: MergeStats | None = None
     digests = None
     if config.candidates_file is not None:
-        candidates = merge_candidates(config.candidate_files)[0]  # unreadable files fail now, not after sampling
+        candidates, read = merge_candidates(config.candidate_files)  # unreadable files fail now, not after sampling
         digests = [file_digest(f) for f in config.candidate_files]
     stages = stage_inputs(config, file_digest(config.annotations), digests)
     manifest = work_manifest(config.work_dir)
@@ -235,7 +242,7 @@ def prepare_build(config: BuildConfig) -> PreparedBuild:
     if not manifest.existing_outputs("regions"):
         coco = load_coco(config.annotations)
         check_images_found(coco, config.image_root)
-    return PreparedBuild(stages, manifest, candidates, coco)
+    return PreparedBuild(stages, manifest, candidates, coco, read)
 
 
 def build_dataset(config: BuildConfig, generator: Generator | None = None, prepared: PreparedBuild | None = None) -> BuildSummary:
@@ -270,7 +277,9 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
     scorer = build_candidate_scorer(config.scoring, config.text_model, box_format=box_format)
     pairs, pair_stats = score_refine_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
-    summary = BuildSummary(config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized)
+    summary = BuildSummary(
+        config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized, candidate_files=prep.candidate_files
+    )
     if pairs:
         export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame)
         meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions)}

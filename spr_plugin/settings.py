@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,6 +99,22 @@ def from_args(cls: type, a: argparse.Namespace, **overrides: Any) -> Any:
     return cls(**{**values, **overrides})
 
 
+def check_numbers(config: Any) -> None:
+    """Refuse NaN and infinity in every number field of a settings dataclass: the one generic place.
+
+    Python's ``float()`` (so argparse's ``type=float``) accepts ``nan`` and ``inf``, and NaN slips through every
+    range check written as ``x < low`` (``--min-margin nan`` disabled the margin filter, ``--temperature nan``
+    was sent to the server and blamed on it). Range checks stay with each config; this one runs first.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                flag = _flag(f) if f.metadata.get("cli", False) else f.name
+                raise ConfigError(f"{flag} must be a finite number, got {v}")
+
+
 def _check_frame(image_max_pixels: int | None, image_min_pixels: int | None) -> None:
     problem = check_pixel_bounds(image_max_pixels, image_min_pixels)
     if problem:
@@ -145,6 +162,7 @@ class RegionConfig:
     )
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.regions_per_image < 1:
@@ -176,11 +194,14 @@ class SamplingConfig:
     image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, "LLaMA-Factory's image_min_pixels", cli=False)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         _check_frame(self.image_max_pixels, self.image_min_pixels)
         if min(self.num_samples, self.max_new_tokens) < 1:
             raise ConfigError("num_samples and max_new_tokens must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 (SPR needs diverse samples)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p}")
 
     def sampling(self) -> dict[str, Any]:
         """The sampling fields alone (to hand them from one back end's config to the other's)."""
@@ -211,6 +232,8 @@ class GenerationConfig(SamplingConfig):
             raise ConfigError("a generation run needs exactly one of model (in process) and served_model (a server)")
         if min(self.batch_size, self.max_batch_sequences) < 1:
             raise ConfigError("num_samples, batch_size, max_new_tokens and max_batch_sequences must be >= 1")
+        if not self.variants:
+            raise ConfigError(f"--variants names no prompt variant; choose from {', '.join(VARIANTS)}")
         unknown = set(self.variants) - set(VARIANTS)
         if unknown:
             raise ConfigError(f"unknown prompt variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -297,6 +320,7 @@ class ScoringConfig:
     )
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"lambda must lie in [0, 1], got {self.lam}")
         _choice(self.loc_metric, LOC_METRICS, "localization metric")
@@ -334,6 +358,7 @@ class PairingConfig:
     )
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.min_margin < 0:
             raise ConfigError(f"min_margin must be >= 0, got {self.min_margin}")
         check_policy(self.refine_policy)

@@ -7,6 +7,7 @@ being written; a reader skips a torn last line instead of failing the whole resu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import IO, Any, TypeVar
 from spr_plugin.core.errors import SPRError
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _no_constant(name: str) -> Any:
@@ -28,11 +30,19 @@ def loads_strict(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constant)
 
 
-def read_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *, what: str = "record") -> Iterator[T]:
+def read_jsonl(
+    path: str | os.PathLike,
+    parse: Callable[[dict[str, Any]], T],
+    *,
+    what: str = "record",
+    skipped: list[str] | None = None,
+) -> Iterator[T]:
     """Yield ``parse(obj)`` for every line; a bad line raises :class:`SPRError` naming file and line.
 
-    A torn final line (no trailing newline, invalid JSON), as left by a killed writer, is skipped. Lines are
-    decoded one by one, so invalid UTF-8 is reported with its line number too.
+    A torn final line (no trailing newline, invalid JSON), as left by a killed writer, is skipped, never
+    silently: a warning names file and line, and ``skipped`` (when given) gets ``"FILE:LINE: torn last line"``
+    so the caller's summary counts it. Lines are decoded one by one, so invalid UTF-8 is reported with its
+    line number too.
     """
     path = Path(path)
     if not path.is_file():
@@ -52,12 +62,14 @@ def read_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *,
         try:
             obj = loads_strict(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            if last:
-                return  # a writer killed inside a multi-byte character
+            if last:  # a writer killed inside a multi-byte character
+                _note_torn(path, lineno, what, skipped)
+                return
             raise SPRError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start})") from None
         except ValueError as exc:  # JSONDecodeError, NaN/Infinity
-            if last:
-                return  # torn last line of an interrupted run
+            if last:  # torn last line of an interrupted run
+                _note_torn(path, lineno, what, skipped)
+                return
             raise SPRError(f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(obj, dict):
             raise SPRError(f"{path}:{lineno}: expected a JSON object per line, found {type(obj).__name__}")
@@ -65,6 +77,13 @@ def read_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *,
             yield parse(obj)
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise SPRError(f"{path}:{lineno}: not a valid {what} ({type(exc).__name__}: {exc})") from None
+
+
+def _note_torn(path: Path, lineno: int, what: str, skipped: list[str] | None) -> None:
+    note = f"{path}:{lineno}: torn last line (no newline, not valid JSON)"
+    logger.warning("skipping a %s: %s", what, note)
+    if skipped is not None:
+        skipped.append(note)
 
 
 def read_dataset_records(path: str | os.PathLike) -> list[tuple[int, Any]]:

@@ -61,3 +61,47 @@ def require_writable_file(path: str | os.PathLike, what: str) -> Path:
         raise SPRError(f"{what} {p} is a folder; give a file name")
     require_writable_dir(p.parent if str(p.parent) else Path("."), f"{what} folder")
     return p
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """A torch device this machine has, refused in one line before a model loads (``cuda:7`` on a one-GPU
+    machine, ``cuda`` without CUDA): torch would only fail at the first ``.to(device)``, with a traceback.
+
+    ``cpu`` and ``auto`` (resolved later, see ``resolve_device``) pass without importing torch.
+    """
+    if device in ("cpu", "auto"):
+        return device
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SPRError(f"{flag} {device!r} is not a torch device (cpu, cuda, cuda:N, mps or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SPRError(f"{flag} {device}: this machine has no usable CUDA device; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise SPRError(f"{flag} {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SPRError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def check_adapter(adapter: str | os.PathLike | None, flag: str = "--adapter") -> None:
+    """A LoRA adapter folder (with ``adapter_config.json``), checked before the base model loads."""
+    if adapter is None:
+        return
+    p = Path(adapter)
+    if not p.exists():
+        raise SPRError(f"{flag} {p} not found")
+    if not (p / "adapter_config.json").is_file():
+        raise SPRError(f"{flag} {p} is not a LoRA adapter folder (no adapter_config.json); pass it as --model instead")
+
+
+def check_count(value: int | None, flag: str, *, minimum: int = 1) -> int | None:
+    """An optional count flag (``--limit``, ``-n``): ``None`` or at least ``minimum``; ``--limit -1`` would
+    silently drop the last item through Python's slicing."""
+    if value is not None and value < minimum:
+        raise SPRError(f"{flag} must be at least {minimum}, got {value}")
+    return value

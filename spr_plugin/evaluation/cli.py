@@ -83,6 +83,17 @@ def check_eval_frame(a: argparse.Namespace) -> None:
         check_frames(built, f"dataset {a.name!r} ({meta_path(a.dataset_dir, a.name)})", frame, "this evaluation")
 
 
+def check_eval_inputs(a: argparse.Namespace) -> None:
+    """Everything the user names, checked in one line each before data or a model loads: counts, the device,
+    the adapter folder and the frame."""
+    from spr_plugin.core.preflight import check_adapter, check_count, check_device
+
+    check_count(a.limit, "--limit")
+    check_device(a.device)
+    check_adapter(a.adapter)
+    check_eval_frame(a)
+
+
 def cmd_eval_rec(a: argparse.Namespace) -> int:
     from spr_plugin.core.manifest import file_digest
     from spr_plugin.core.preflight import require_writable_file
@@ -91,7 +102,7 @@ def cmd_eval_rec(a: argparse.Namespace) -> int:
     from spr_plugin.evaluation.rec_data import load_rec
     from spr_plugin.evaluation.report import rec_table, write_json
 
-    check_eval_frame(a)
+    check_eval_inputs(a)
     cfg = _config(RecConfig, a)
     require_writable_file(a.out, "--out")
     data = load_rec(a.annotations, a.images, a.split, media_dir=a.out.with_suffix(".images"))
@@ -146,7 +157,7 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
     )
 
     require_writable_file(a.out, "--out")
-    check_eval_frame(a)
+    check_eval_inputs(a)
     cfg = _config(RegionEvalConfig, a)
     if a.regions is not None:
         regions, source = read_regions(a.regions), str(a.regions)

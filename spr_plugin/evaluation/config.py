@@ -14,7 +14,7 @@ from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
 from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
 from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
-from spr_plugin.settings import setting
+from spr_plugin.settings import check_numbers, setting
 
 _BOX_FORMAT_HELP = " | ".join(BOX_FORMATS) + " (how the model writes boxes)"
 _FRAME_HELP = "LLaMA-Factory's pre-resize, as in the training YAML (None = none); flags: --image-max/min-pixels"
@@ -56,6 +56,7 @@ class RecConfig:
         from spr_plugin.core.sanitize import remove_tokens
         from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
 
+        check_numbers(self)
         _check_frame_and_format(self.box_format, self.image_max_pixels, self.image_min_pixels)
         if self.convention not in CONVENTIONS:
             raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
@@ -90,6 +91,7 @@ class RegionEvalConfig:
     image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, _FRAME_HELP, cli=False)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         _check_frame_and_format(self.box_format, self.image_max_pixels, self.image_min_pixels)
         if not 0.0 <= self.iou_threshold < 1.0:
             raise ConfigError(f"IoU threshold must lie in [0, 1), got {self.iou_threshold}")

