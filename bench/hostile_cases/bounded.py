@@ -119,12 +119,17 @@ def alias_bomb_recipe(tmp: Path) -> None:
 
 
 def huge_yaml_line(tmp: Path) -> None:
-    """A recipe holding one 3 MB unparsable line: the error quotes a short piece of it, never the line."""
+    """A recipe holding one long unparsable line: the error quotes a short piece of it, never the line; a
+    multi-MB recipe is refused by its size before parsing."""
     recipe = tmp / "long.yaml"
-    recipe.write_text("template: qwen2_vl\nimage_max_pixels: [" + "1, " * 1_000_000 + "\n", encoding="utf-8")
+    recipe.write_text("template: qwen2_vl\nimage_max_pixels: [" + "1, " * 80_000 + "\n", encoding="utf-8")
     run = spr("check-recipe", recipe)
     line = run.one_line_error("not valid YAML")
     assert len(line) < 400, f"error line of {len(line)} characters"
+    recipe.write_text("template: qwen2_vl\nimage_max_pixels: [" + "1, " * 1_000_000 + "]\n", encoding="utf-8")
+    run = spr("check-recipe", recipe)
+    run.one_line_error("too large")
+    assert run.seconds < 5, f"took {run.seconds:.1f} s"
 
 
 def _pair(tmp: Path, texts: list[str]) -> tuple[dict, Path]:
