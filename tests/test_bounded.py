@@ -185,3 +185,44 @@ def test_an_empty_choices_list_is_its_own_failure():
     with pytest.raises(_BadReply) as err:
         reply_texts(Reply(), 100)
     assert err.value.reason == "empty_choices"
+
+
+def test_eval_resolves_auto_and_checks_before_loading(tmp_path):
+    import argparse
+
+    import torch
+
+    from spr_plugin.evaluation.cli import check_eval_inputs
+
+    a = argparse.Namespace(limit=None, device="auto", adapter=None, recipe=None, dataset_dir=None, name=None,
+                           image_max_pixels=None, image_min_pixels=None)  # fmt: skip
+    check_eval_inputs(a)
+    assert a.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_cross_origin_redirect_of_the_model_list_is_one_line():
+    """The check before the run meets the redirect first: refused there, naming it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", "http://localhost:1/v1/models")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        from spr_plugin.generation.server_backend import OpenAIServerGenerator
+
+        cfg = ServerConfig(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", served_model="m", max_retries=0)
+        with pytest.raises(SPRError, match=r"HTTP 302: redirect to another origin \(http://localhost:1\) refused"):
+            OpenAIServerGenerator(cfg)
+    finally:
+        srv.shutdown()
+        srv.server_close()

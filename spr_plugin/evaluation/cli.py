@@ -21,7 +21,7 @@ def _model_args(p: argparse.ArgumentParser, config: type) -> None:
     g.add_argument("--model", required=True, help="local checkpoint folder (the base model when --adapter is given)")
     g.add_argument("--adapter", default=None, help="LoRA adapter folder from LLaMA-Factory (applied with peft, merged)")
     add_flags(g, config, only=("box_format", "batch_size", "max_new_tokens"))
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto (checked before the model loads)")
     add_pre_resize_args(g)
     f = p.add_argument_group("one image frame: refuse to evaluate in another frame than training used")
     f.add_argument("--recipe", type=Path, default=None, help="the training YAML: its image_max/min_pixels must match")
@@ -87,9 +87,10 @@ def check_eval_inputs(a: argparse.Namespace) -> None:
     """Everything the user names, checked in one line each before data or a model loads: counts, the device,
     the adapter folder and the frame."""
     from spr_plugin.core.preflight import check_adapter, check_count, check_device
+    from spr_plugin.generation.transformers_backend import resolve_device
 
     check_count(a.limit, "--limit")
-    check_device(a.device)
+    a.device = resolve_device(check_device(a.device))  # "auto" as generation resolves it; torch has no such device
     check_adapter(a.adapter)
     check_eval_frame(a)
 

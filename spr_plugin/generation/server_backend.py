@@ -178,9 +178,8 @@ def _capped_transport(cap: int, total_timeout: float):
                 target = request.url.join(location)
                 if _origin(target) != _origin(request.url):
                     await response.aclose()
-                    message = (
-                        f"redirect to another origin ({target.scheme}://{target.host}) refused: prompts go to --base-url only"
-                    )
+                    where = f"{target.scheme}://{target.host}" + (f":{target.port}" if target.port else "")
+                    message = f"redirect to another origin ({where}) refused: prompts go to --base-url only"
                     return httpx.Response(response.status_code, json={"message": message}, request=request)
             headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-length"]
             return httpx.Response(
