@@ -226,3 +226,20 @@ def test_a_cross_origin_redirect_of_the_model_list_is_one_line():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_the_online_reward_gives_over_limit_completions_the_floor_unscored():
+    from helpers import region
+    from spr_plugin.scoring.scorer import CandidateScorer
+    from spr_plugin.scoring.semantic import TextSemanticScorer
+    from spr_plugin.trl.grpo_reward import MALFORMED_REWARD, SPRReward
+
+    reward = SPRReward(CandidateScorer(ScoringConfig(), TextSemanticScorer.load()))
+    unit = "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(100,100),(200,200)<|box_end|>"
+    reg = region()
+    results = reward.score([f"A {unit}.", ", ".join([unit] * 200), "x " * 20_000], [reg] * 3)
+    assert results[0].malformed is None and results[0].reward >= 0
+    assert [(r.malformed, r.reward, r.scored) for r in results[1:]] == [
+        ("too_many_phrases", MALFORMED_REWARD, None),
+        ("too_long", MALFORMED_REWARD, None),
+    ]

@@ -15,7 +15,8 @@ Guards against reward hacking, each tested through the reward:
   boxes until some land, so the reward refuses ``loc_metric="paper"``.
 * **Malformed output scores lowest.** An empty completion, one with a box the parser had to drop (garbage,
   truncated, out of range, reversed, zero area) or with a special token that has no place in an answer
-  (``<|image_pad|>``, ``<|im_start|>``, ...) gets ``malformed_reward`` (-1 by default), strictly below every
+  (``<|image_pad|>``, ``<|im_start|>``, ...), or over the candidate caps of :mod:`spr_plugin.scoring.limits`
+  (``too_long``, ``too_many_phrases``: never scored) gets ``malformed_reward`` (-1 by default), strictly below every
   well-formed completion (whose S lies in [0, 1], a description without boxes included).
 
 Why completions are decoded again: TRL decodes completions with ``skip_special_tokens=True``, which deletes
@@ -35,6 +36,7 @@ from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.records import Candidate, Region, ScoredCandidate
 from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
 from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
+from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
 from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
 
@@ -201,8 +203,10 @@ class SPRReward:
         """Rewards with their reasons; well-formed texts are scored in one batch of the scorer."""
         results: list[RewardResult | None] = [None] * len(texts)
         todo = []
+        fmt = self.scorer.box_format
         for i, text in enumerate(texts):
-            reason = malformed_reason(text)
+            # Over the candidate caps (spr_plugin/scoring/limits.py): the floor, never scored, as in pair building.
+            reason = malformed_reason(text) or over_limit(text, fmt, regions[i].width, regions[i].height)
             if reason:
                 results[i] = RewardResult(self.malformed_reward, text, None, reason)
             else:
