@@ -47,7 +47,13 @@ from spr_plugin.families.profiles import profile_of
 from spr_plugin.families.prompts import training_prompt
 from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.recipe_check import META_SUFFIX, meta_text
-from spr_plugin.llamafactory.registry import build_entries, check_can_register_entries, chosen_sft_name, register_datasets
+from spr_plugin.llamafactory.registry import (
+    DATASET_INFO,
+    build_entries,
+    check_can_register_entries,
+    chosen_sft_name,
+    register_datasets,
+)
 from spr_plugin.llamafactory.sharegpt import ranking_record
 
 IMAGE_MODES = ("copy", "link", "absolute")
@@ -243,7 +249,8 @@ def check_can_export(config: ExportConfig) -> OwnedFiles:
     exists, a file of the user's or a symlink where the export writes); returns the name's file record."""
     dataset_dir = Path(config.dataset_dir)
     check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite)
-    check_write_path(dataset_dir, f".{config.name}.export.lock", "lock file")
+    for lock in (f".{config.name}.export.lock", f".{DATASET_INFO}.lock"):  # opening a lock file truncates it
+        check_write_path(dataset_dir, lock, "lock file")
     if config.image_mode != "absolute":
         check_write_path(dataset_dir, f"{config.name}/images", "image folder", folder=True)
     record = OwnedFiles.load(dataset_dir, record_name(config.name))
