@@ -332,6 +332,21 @@ def same_id_same_basename(tmp: Path) -> None:
     assert first != second and first.read_bytes() == a.read_bytes() and second.read_bytes() == b.read_bytes()
 
 
+def parquet_temp_name_of_the_users(tmp: Path) -> None:
+    """``spr export-grpo --out x.parquet`` once wrote ``.x.parquet.tmp`` and then deleted it: a file of that name is
+    the user's, and survives."""
+    root = tmp / "photos"
+    region = pair("1_0", 1, picture(root / "img.png", (9, 9, 9)), root).region
+    regions = tmp / "regions.jsonl"
+    regions.write_text(json.dumps(region.to_dict()) + "\n")
+    out = tmp / "out" / "prompts.parquet"
+    out.parent.mkdir()
+    (out.parent / ".prompts.parquet.tmp").write_bytes(PRECIOUS)
+    ok(spr("export-grpo", "--regions", regions, "--out", out))
+    assert (out.parent / ".prompts.parquet.tmp").read_bytes() == PRECIOUS and out.is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == [".prompts.parquet.tmp", "prompts.parquet"]
+
+
 # ---------------------------------------------------------------- spr register
 
 
@@ -363,5 +378,6 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "one unusable and one missing image among 60", one_unusable_image_among_many),
     HostileCase(CLS, "every image unusable", every_image_unusable),
     HostileCase(CLS, "two images with one image id and file name", same_id_same_basename),
+    HostileCase(CLS, "user's .<out>.tmp next to spr export-grpo --out", parquet_temp_name_of_the_users),
     HostileCase(CLS, "spr register of a missing file", register_missing_file),
 ]
