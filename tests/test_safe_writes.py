@@ -86,6 +86,22 @@ def test_the_record_owns_a_file_only_while_its_content_matches(tmp_path):
         OwnedFiles.load(tmp_path, "r.json")
 
 
+def test_a_hand_edited_record_cannot_point_outside_and_companions_stay_owned_until_rewritten(tmp_path):
+    (tmp_path / "outside.txt").write_bytes(PRECIOUS)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    stamp = Stamp.of_bytes(PRECIOUS).to_dict()
+    bad = {"spr_files": 1, "files": {"../outside.txt": stamp}, "pending": {}, "complete": True}
+    (folder / "r.json").write_text(json.dumps(bad))
+    with pytest.raises(SPRError, match="names a file outside"):
+        OwnedFiles.load(folder, "r.json")
+    record = OwnedFiles(folder, "r.json")
+    record.finish({"card.md": write_bytes(folder, "card.md", b"old card")}, {})
+    record.begin({"data.jsonl": Stamp.of_bytes(b"d"), "card.md": None})
+    record.finish({"data.jsonl": write_bytes(folder, "data.jsonl", b"d")}, {"card.md": None})
+    assert OwnedFiles.load(folder, "r.json").owns("card.md")  # killed before the new card: the old one is still spr's
+
+
 def test_export_records_every_file_it_wrote_with_its_content(tmp_path):
     pairs, data, _ = scene(tmp_path)
     ok(export(pairs, data))

@@ -262,7 +262,7 @@ def finished_export_is_not_replaced_without_overwrite(tmp: Path) -> None:
 def interrupted_export_finished_by_rerun(tmp: Path) -> None:
     """``spr export`` killed (SIGKILL) after it started writing: the same command again completes the dataset."""
     root = tmp / "photos"
-    n = 1500
+    n = 600
     pairs = [pair(f"{i}_0", i, picture(root / f"{i}.png", (i % 256, i // 256, 7), (8, 8)), root) for i in range(n)]
     path, data = pairs_file(tmp, pairs), tmp / "data"
     cmd = [sys.executable, "-m", "spr_plugin.cli", "export", "--pairs", str(path), "--dataset-dir", str(data), "--name", NAME]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.paths import check_write_path
+from spr_plugin.core.paths import check_write_path, contained_path
 
 #: Prefix and suffix of every temp file spr writes next to a target (``.spr-<8 random>.tmp``).
 TEMP_PREFIX, TEMP_SUFFIX = ".spr-", ".tmp"
@@ -115,6 +115,10 @@ class OwnedFiles:
             files = {str(k): Stamp.from_dict(v) for k, v in raw["files"].items()}
             pending = {str(k): None if v is None else Stamp.from_dict(v) for k, v in raw["pending"].items()}
             complete = raw["complete"] is True
+            for rel in (*files, *pending):
+                contained_path(root, rel, "recorded file")  # a hand-edited record cannot point spr outside the folder
+        except SPRError:
+            raise SPRError(f"{path} names a file outside {root}; move it away or choose another --name") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise SPRError(f"{path} is not a file record spr wrote; move it away or choose another --name") from None
         return cls(root, record, files, pending, complete, exists=True)
@@ -135,8 +139,9 @@ class OwnedFiles:
         self.save()
 
     def finish(self, written: dict[str, Stamp], still_pending: dict[str, Stamp | None]) -> None:
-        """The write is done: ``written`` is what spr now owns; ``still_pending`` files come later (:meth:`add`)."""
-        self.files = dict(written)
+        """The write is done: ``written`` is what spr now owns; ``still_pending`` files come later (:meth:`add`) and
+        stay spr's in their earlier recorded version until then (an interruption before them forgets nothing)."""
+        self.files = {**{k: v for k, v in self.files.items() if k in still_pending}, **written}
         self.pending = dict(still_pending)
         self.complete = not self.pending
         self.save()
