@@ -184,3 +184,33 @@ def test_register_refuses_a_missing_file_in_one_line(tmp_path):
     assert code == 2 and "dataset file not found" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "there.jsonl").write_text("")
     assert spr("register", "--dataset-dir", tmp_path, "--name", "x", "--file-name", "there.jsonl")[0] == 0
+
+
+def test_a_build_records_its_card_and_refuses_a_symlinked_one_before_any_work(tmp_path):
+    from candidates_factory import write_candidates
+    from data_builders.synthetic import render_scenes
+    from helpers import run_spr
+
+    scenes = render_scenes(tmp_path / "scenes", n_images=3, seed=5)
+    images = scenes.parent / "images"
+    assert run_spr("regions", "--annotations", scenes, "--images", images, "--out", tmp_path / "r.jsonl").returncode == 0
+    write_candidates(tmp_path / "r.jsonl", tmp_path / "c.jsonl")
+    data, work = tmp_path / "data", tmp_path / "work"
+    cmd = ["build", "--annotations", scenes, "--images", images, "--candidates", tmp_path / "c.jsonl", "--min-margin", "0"]
+    cmd += ["--work-dir", work, "--dataset-dir", data, "--name", NAME]
+    data.mkdir()
+    outside = tmp_path / "notes.md"
+    outside.write_bytes(PRECIOUS)
+    (data / f"{NAME}.README.md").symlink_to(outside)
+    proc = run_spr(*cmd, "--overwrite")
+    assert proc.returncode == 2 and "symlink" in proc.stderr and "Traceback" not in proc.stderr
+    assert outside.read_bytes() == PRECIOUS and not (work / "regions.jsonl").exists()  # refused before sampling
+    (data / f"{NAME}.README.md").unlink()
+    assert run_spr(*cmd).returncode == 0
+    record = json.loads((data / f"{NAME}.spr-files.json").read_text())
+    assert record["complete"] is True and f"{NAME}.README.md" in record["files"]
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["dataset"]["pairs_skipped"] == {}
+    (data / NAME / "images" / "mine.jpg").write_bytes(PRECIOUS)
+    assert run_spr(*cmd, "--overwrite").returncode == 0
+    assert (data / NAME / "images" / "mine.jpg").read_bytes() == PRECIOUS
