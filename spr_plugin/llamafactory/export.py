@@ -198,7 +198,8 @@ def plan_export(
         if isinstance(source, str):
             plan.skipped[source] += 1
             if len(plan.examples) < SKIP_EXAMPLES:
-                plan.examples.append(f"region {pair.region.region_id}: {pair.region.image_path} ({source.replace('_', ' ')})")
+                shown = " ".join(f"region {pair.region.region_id}: {pair.region.image_path}".split())  # stays one line
+                plan.examples.append(f"{shown} ({source.replace('_', ' ')})")
             continue
         plan.pairs.append(pair)
         plan.records.append(pair_record(pair, placed[str(source)], box_format, plan.stats))
