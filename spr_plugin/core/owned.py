@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
@@ -64,6 +65,18 @@ class Stamp:
         return cls(size, h.hexdigest())
 
 
+@lru_cache(maxsize=1 << 17)
+def _stamp(path: str, mtime_ns: int, size: int, inode: int) -> Stamp:
+    return Stamp.of_file(path)
+
+
+def stamp_of(path: str | os.PathLike) -> Stamp:
+    """:meth:`Stamp.of_file`, read once per file version (path, mtime, size, inode): an export checks its files
+    before and again under its lock, and a rerun of a large export must not read every image three times."""
+    st = os.stat(path)
+    return _stamp(str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def file_matches(path: Path, stamp: Stamp | None) -> bool:
     """True if ``path`` is a regular file (not a symlink) with exactly the content ``stamp`` describes."""
     if stamp is None:
@@ -75,7 +88,7 @@ def file_matches(path: Path, stamp: Stamp | None) -> bool:
     if not os.path.isfile(path) or os.path.islink(path) or st.st_size != stamp.size:
         return False
     try:
-        return Stamp.of_file(path) == stamp
+        return stamp_of(path) == stamp
     except OSError:
         return False
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import check_image_cached, content_file_name, copy_verified
-from spr_plugin.core.owned import OwnedFiles, Stamp, file_matches, is_temp_name, write_bytes
+from spr_plugin.core.owned import OwnedFiles, Stamp, file_matches, is_temp_name, stamp_of, write_bytes
 from spr_plugin.core.paths import check_write_path, contained_path, make_real_dirs
 from spr_plugin.core.preflight import check_dataset_name
 from spr_plugin.core.records import PreferencePair
@@ -185,7 +185,7 @@ def plan_export(
         source = _image_source(pair, config)
         if isinstance(source, Path) and str(source) not in placed:
             try:
-                stamp = Stamp.of_file(source)
+                stamp = stamp_of(source)
             except OSError:
                 source = "unreadable_image"
             else:
@@ -342,8 +342,10 @@ def export_dataset(
             make_real_dirs(dataset_dir, f"{config.name}/images", "image folder")
             _remove_leftovers(dataset_dir, config.name)
         bar = tqdm(plan.images.items(), desc="export images", unit="img", disable=not progress or len(plan.images) < 200)
-        for rel, (source, _) in bar:
-            copied += copy_verified(source, check_write_path(dataset_dir, rel, "image"), link=config.image_mode == "link")
+        for rel, (source, stamp) in bar:
+            dest = check_write_path(dataset_dir, rel, "image")
+            if not file_matches(dest, stamp):  # a rerun keeps the copies it already made
+                copied += copy_verified(source, dest, link=config.image_mode == "link")
         for rel, data in plan.texts.items():
             if not file_matches(dataset_dir / rel, stamps[rel]):
                 write_bytes(dataset_dir, rel, data, "output file")
