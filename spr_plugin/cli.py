@@ -137,14 +137,17 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(f"wrote {res.records} pairs to {res.dataset_file}; registered {a.name!r} in {res.dataset_info}")
     for note in torn:
         print(f"skipped 1 line of {a.pairs}: {note}")
+    if res.skip_line():
+        print(f"spr export: {res.skip_line()}", file=sys.stderr)
     return 0
 
 
 def cmd_register(a: argparse.Namespace) -> int:
     from spr_plugin.core.preflight import check_dataset_name
-    from spr_plugin.llamafactory.registry import ranking_entry, register_dataset
+    from spr_plugin.llamafactory.registry import ranking_entry, register_dataset, require_data_file
 
     check_dataset_name(a.name)
+    require_data_file(a.dataset_dir, a.file_name)
     path = register_dataset(a.dataset_dir, a.name, ranking_entry(a.file_name), overwrite=a.overwrite)
     print(f"registered {a.name!r} ({a.file_name}) in {path}")
     return 0
@@ -184,6 +187,8 @@ def cmd_build(a: argparse.Namespace) -> int:
     print(json.dumps(summary.to_dict()["pairs"], indent=2))
     assert summary.export is not None
     print(f"dataset {a.name!r}: {summary.export.records} pairs in {summary.export.dataset_file}")
+    if summary.export.skip_line():
+        print(f"spr build: {summary.export.skip_line()}", file=sys.stderr)
     return 0
 
 

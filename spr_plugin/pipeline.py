@@ -41,7 +41,7 @@ from spr_plugin.generation.candidates import (
     sanitize_candidates,
 )
 from spr_plugin.generation.cli import generation_fingerprint
-from spr_plugin.llamafactory.export import ExportConfig, ExportResult, check_can_export, export_dataset
+from spr_plugin.llamafactory.export import ExportConfig, ExportResult, check_can_export, export_dataset, write_companion
 from spr_plugin.regions.sampling import (
     RegionStats,
     check_images_found,
@@ -126,6 +126,8 @@ class BuildSummary:
                 "dataset_info": str(self.export.dataset_info),
                 "records": self.export.records,
                 "images": self.export.images,
+                "pairs_skipped": dict(self.export.pairs_skipped),
+                "skipped_examples": list(self.export.skipped_examples),
             },
         }
 
@@ -213,7 +215,7 @@ def prepare_build(config: BuildConfig) -> PreparedBuild:
     entry, an existing dataset), the annotation file (readable, its images under ``--images``), candidate
     files (readable) and the work dir's manifest (made with the same settings, unless ``fresh``).
     """
-    export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite)  # validates the name
+    export_cfg = _export_config(config)  # validates the name
     require_writable_dir(config.work_dir, "--work-dir")
     require_writable_dir(config.dataset_dir, "--dataset-dir")
     check_can_export(export_cfg)
@@ -243,6 +245,16 @@ def prepare_build(config: BuildConfig) -> PreparedBuild:
         coco = load_coco(config.annotations)
         check_images_found(coco, config.image_root)
     return PreparedBuild(stages, manifest, candidates, coco, read)
+
+
+def _export_config(config: BuildConfig) -> ExportConfig:
+    """The build's export; its dataset card is a companion file, checked with the export's before any work."""
+    from spr_plugin.inspect.card import card_path
+
+    card = card_path(config.dataset_dir, config.name).name
+    return ExportConfig(
+        Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame, companions=(card,)
+    )
 
 
 def build_dataset(config: BuildConfig, generator: Generator | None = None, prepared: PreparedBuild | None = None) -> BuildSummary:
@@ -281,12 +293,13 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
         config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized, candidate_files=prep.candidate_files
     )
     if pairs:
-        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame)
+        export_cfg = _export_config(config)
         meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions)}
-        summary.export = export_dataset(pairs, export_cfg, box_format, meta)
-        from spr_plugin.inspect.card import write_card  # the dataset card (README next to the dataset), docs/viewing.md
+        summary.export = export_dataset(pairs, export_cfg, box_format, meta, progress=config.progress)
+        from spr_plugin.inspect.card import card_path, render_card  # the dataset card (README next to the dataset)
 
-        write_card(config.dataset_dir, config.name, summary.to_dict(), pairs)
+        card = card_path(config.dataset_dir, config.name).name  # written like the export's files, and recorded as spr's
+        write_companion(export_cfg, card, render_card(config.name, summary.to_dict(), summary.export.pairs))
     atomic_write_text(config.work_dir / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
     if not pairs:
         raise SPRError(

@@ -141,13 +141,16 @@ def test_name_clash_leaves_existing_dataset_untouched(staged, tmp_path):
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
 
 
-def test_missing_image_at_export_is_a_clear_error(staged, tmp_path):
+def test_missing_image_at_export_skips_and_names_the_pair(staged, tmp_path):
     pairs = [json.loads(line) for line in (staged / "pairs.jsonl").read_text().splitlines()]
     pairs[0]["region"]["image_path"] = str(Path(pairs[0]["region"]["image_root"]) / "gone.jpg")
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     p = spr("export", "--pairs", tmp_path / "pairs.jsonl", "--dataset-dir", tmp_path / "data")
-    assert_user_error(p, "image not found", "gone.jpg")
-    assert not (tmp_path / "data" / "spr_qwen2vl.jsonl").exists()
+    assert p.returncode == 0 and "skipped 1 pairs" in p.stderr and "gone.jpg (missing image)" in p.stderr, p.stderr
+    assert len((tmp_path / "data" / "spr_qwen2vl.jsonl").read_text().splitlines()) == len(pairs) - 1
+    (tmp_path / "one.jsonl").write_text(json.dumps(pairs[0]) + "\n")  # nothing left: one line, nothing written
+    assert_user_error(spr("export", "--pairs", tmp_path / "one.jsonl", "--dataset-dir", tmp_path / "d2"), "gone.jpg")
+    assert not (tmp_path / "d2" / "spr_qwen2vl.jsonl").exists()
 
 
 @pytest.mark.parametrize(

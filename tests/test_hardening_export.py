@@ -101,10 +101,15 @@ def test_a_pairs_file_naming_root_slash_still_cannot_export_a_non_image(cli, pai
     pairs[0]["region"]["image_root"] = "/"
     pairs[0]["region"]["image_path"] = "/etc/passwd"
     bad = _write(tmp_path / "evil.jsonl", pairs)
-    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "/etc/passwd", "unusable")
+    # not an image: that pair is skipped, counted and named (#18: one bad image does not abort an export)
+    run = cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data")
+    assert run.returncode == 0 and "skipped 1 pairs" in run.stderr and "/etc/passwd (corrupt image)" in run.stderr
+    secret = Path("/etc/passwd").read_bytes()
+    assert all(f.read_bytes() != secret for f in (tmp_path / "data").rglob("*") if f.is_file())
+    assert "/etc/passwd" not in (tmp_path / "data" / "spr_qwen2vl.jsonl").read_text()
     # --images pins the root whatever the file says
-    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data", "--images", tmp_path), "points outside")
-    assert not (tmp_path / "data" / "spr_qwen2vl.jsonl").exists()
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "d2", "--images", tmp_path), "points outside")
+    assert not (tmp_path / "d2" / "spr_qwen2vl.jsonl").exists()
 
 
 def test_pairs_without_a_recorded_root_need_images(cli, pairs_file, tmp_path):
@@ -118,22 +123,31 @@ def test_pairs_without_a_recorded_root_need_images(cli, pairs_file, tmp_path):
     assert ok.returncode == 0, ok.stderr
 
 
-def test_truncated_copies_are_replaced_and_overwrite_replaces_images(cli, pairs_file, tmp_path):
+def test_overwrite_replaces_and_removes_only_what_spr_wrote(cli, pairs_file, tmp_path):
     data = tmp_path / "data"
     assert cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds").returncode == 0
-    copies = sorted((data / "ds" / "images").iterdir())
-    sources = {Path(p["region"]["image_path"]).name: Path(p["region"]["image_path"]) for p in _pairs(pairs_file)}
+    folder = data / "ds" / "images"
+    copies = sorted(folder.iterdir())
+    assert len(copies) > 1
+    mine, users_tmp, spr_tmp = folder / "999_old.jpg", folder / ".leftover.jpg.abc.tmp", folder / ".spr-abcd1234.tmp"
+    mine.write_bytes(b"the user's own file")
+    users_tmp.write_bytes(b"the user's too")
+    spr_tmp.write_bytes(b"half")  # what a killed copy leaves behind
     victim = copies[0]
-    victim.write_bytes(victim.read_bytes()[:100])  # what a killed copy used to leave behind
-    (victim.parent / ".leftover.jpg.abc.tmp").write_bytes(b"half")
-    stale = victim.parent / "999_old.jpg"
-    stale.write_bytes(b"from an older export")
-    p = cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", "--overwrite")
+    original = victim.read_bytes()
+    victim.write_bytes(original[:100])  # changed since spr wrote it: no longer spr's
+    one_line_error(cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", "--overwrite"), str(victim))
+    assert victim.read_bytes() == original[:100] and spr_tmp.exists()  # a refused export changes nothing
+    victim.write_bytes(original)
+    # fewer pairs: the images only the dropped pairs used are spr's stale files and go; the user's stay
+    pairs = _pairs(pairs_file)
+    fewer = _write(tmp_path / "fewer.jsonl", [p for p in pairs if p["region"]["image_path"] == pairs[0]["region"]["image_path"]])
+    p = cli("export", "--pairs", fewer, "--dataset-dir", data, "--name", "ds", "--overwrite")
     assert p.returncode == 0, p.stderr
-    src = sources[victim.name.split("_", 1)[1]]
-    assert victim.read_bytes() == src.read_bytes()
-    assert not stale.exists() and not (victim.parent / ".leftover.jpg.abc.tmp").exists()
-    assert sorted(victim.parent.iterdir()) == copies
+    assert mine.read_bytes() == b"the user's own file" and users_tmp.exists() and not spr_tmp.exists()
+    named = {json.loads(line)["images"][0] for line in (data / "ds.jsonl").read_text().splitlines()}
+    assert {f"ds/images/{f.name}" for f in folder.iterdir()} - {f"ds/images/{mine.name}", f"ds/images/{users_tmp.name}"} == named
+    assert len(named) == 1
 
 
 @pytest.mark.slow

@@ -195,6 +195,8 @@ def test_concurrent_spr_register_processes_lose_no_entry(tmp_path):
     existing = {"users_own": {"file_name": "mine.json"}}
     (tmp_path / "dataset_info.json").write_text(json.dumps(existing))
     names = [f"spr_{i}" for i in range(8)]
+    for n in names:
+        (tmp_path / f"{n}.jsonl").write_text("")  # spr register refuses a file that is not there
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = [
         subprocess.Popen(

@@ -183,9 +183,11 @@ def copy_verified(source: str | os.PathLike, dest: str | os.PathLike, *, link: b
     """Make ``dest`` a complete copy of ``source``; returns True if it had to be (re)written.
 
     An existing ``dest`` with the same content is kept; anything else (a truncated copy from a killed run,
-    an older image of the same name) is replaced. The copy goes to a temp file in ``dest``'s folder that is
-    renamed over ``dest`` only once complete, so ``dest`` is never half-written. ``link`` tries a hard link
-    first (same disk, no extra space).
+    an older image of the same name) is replaced: callers decide first whether ``dest`` may be replaced
+    (:mod:`spr_plugin.core.owned`). The copy goes to a temp file in ``dest``'s folder with a short name
+    (``.spr-XXXXXXXX.tmp``: a legal 250-byte image name must not make the temp name too long) that is
+    renamed over ``dest`` only once complete, so ``dest`` is never half-written; a symlink at ``dest`` is
+    replaced by the file, never written through. ``link`` tries a hard link first (same disk, no extra space).
     """
     source, dest = Path(source), Path(dest)
     if dest.is_file() and not dest.is_symlink():
@@ -195,7 +197,7 @@ def copy_verified(source: str | os.PathLike, dest: str | os.PathLike, *, link: b
         except OSError:
             pass
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".spr-", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
         if link:
@@ -215,6 +217,28 @@ def copy_verified(source: str | os.PathLike, dest: str | os.PathLike, *, link: b
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def content_file_name(source: str | os.PathLike, sha256: str, max_bytes: int = 200) -> str:
+    """The dataset's name for an image: ``<first 16 hex digits of its SHA-256>_<its file name>``.
+
+    Why: images are identified by content, never by image id + file name (``a/img.jpg`` and ``b/img.jpg`` of one
+    image id are two pictures and get two files; one picture named twice gets one). The file name is shortened
+    (whole characters, the extension kept) so the result stays within ``max_bytes`` bytes, well inside the
+    255-byte limit of file names whatever the source's name length.
+    """
+    name = Path(source).name
+    prefix = f"{sha256[:16]}_"
+    budget = max_bytes - len(prefix)
+    if len(name.encode("utf-8", "surrogateescape")) <= budget:
+        return prefix + name
+    suffix = Path(name).suffix
+    if len(suffix.encode("utf-8", "surrogateescape")) > 16:
+        suffix = ""
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    while stem and len((stem + suffix).encode("utf-8", "surrogateescape")) > budget:
+        stem = stem[:-1]
+    return prefix + stem + suffix
 
 
 def _umask() -> int:

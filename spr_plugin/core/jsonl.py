@@ -179,7 +179,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
     target = replace_target(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     file_mode = _new_file_mode(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)  # short: NAME_MAX
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f

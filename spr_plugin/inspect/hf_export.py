@@ -34,6 +34,7 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import require_image
 from spr_plugin.core.jsonl import read_dataset_records
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
+from spr_plugin.core.owned import new_temp
 from spr_plugin.core.paths import contained_path
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -110,9 +111,11 @@ def follows_prompt_template(prompt_text: str) -> bool:
 
 
 def write_parquet(ds, path: Path) -> None:
-    """``ds.to_parquet`` into a temporary sibling, then renamed: a killed export never leaves half a file."""
+    """``ds.to_parquet`` into a temporary sibling, then renamed: a killed export never leaves half a file. The temp
+    file is new and short-named (:func:`spr_plugin.core.owned.new_temp`): a fixed ``.<name>.tmp`` would overwrite and
+    then delete a file of the user's of that name, and a long ``--out`` name would exceed the file-name limit."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = new_temp(path.parent)
     try:
         ds.to_parquet(str(tmp))
         os.replace(tmp, path)

@@ -23,6 +23,7 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import require_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
+from spr_plugin.core.paths import is_contained
 from spr_plugin.core.records import Box, PreferencePair, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -72,18 +73,24 @@ def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont
         return ImageFont.load_default()
 
 
-def find_image(pair: PreferencePair, config: ShowConfig) -> Path:
-    """The pair's image: its original path, else the copy an export placed in the dataset folder."""
+def find_image(pair: PreferencePair, config: ShowConfig, copy: str | None = None) -> Path:
+    """The pair's image: its original path, else the copy an export placed in the dataset folder (``copy``: the
+    dataset path the export recorded next to the pair in ``<name>.pairs.jsonl``; copies are named by content, so
+    an image id and a file name alone do not identify one)."""
     original = Path(pair.region.image_path)
     if original.is_file():
         return original
     roots = [Path(config.dataset_dir)] if config.dataset_dir else []
     roots.append(config.pairs_file().parent)
-    for root in roots:
-        copy = root / config.name / "images" / f"{pair.region.image_id}_{original.name}"
-        if copy.is_file():
-            return copy
+    for root in roots if isinstance(copy, str) and copy else []:
+        if is_contained(root, copy) and (root / copy).is_file():
+            return root / copy
     raise SPRError(f"image of region {pair.region.region_id} not found: {original} (nor an exported copy)")
+
+
+def _pair_and_copy(d: dict) -> tuple[PreferencePair, str | None]:
+    copy = d.get("dataset_image")
+    return PreferencePair.from_dict(d), copy if isinstance(copy, str) else None
 
 
 def annotated_text(side: ScoredCandidate, fmt: BoxFormat, width: int, height: int) -> str:
@@ -214,7 +221,8 @@ def _html_side(side: ScoredCandidate, chosen: bool) -> str:
 def show_pairs(config: ShowConfig) -> ShowResult:
     """Render the first ``config.n`` pairs of the pairs file into ``config.out``."""
     fmt = get_box_format(config.box_format)
-    pairs = list(itertools.islice(read_jsonl(config.pairs_file(), PreferencePair.from_dict, what="pair"), config.n))
+    rows = list(itertools.islice(read_jsonl(config.pairs_file(), _pair_and_copy, what="pair"), config.n))
+    pairs = [pair for pair, _ in rows]
     if not pairs:
         raise SPRError(f"{config.pairs_file()} holds no pairs")
     out = Path(config.out)
@@ -222,7 +230,7 @@ def show_pairs(config: ShowConfig) -> ShowResult:
     pngs, sections = [], []
     for i, pair in enumerate(pairs):
         png = out / f"pair_{i:03d}.png"
-        image = find_image(pair, config)
+        image = find_image(pair, config, rows[i][1])
         require_image(image, f"image of region {pair.region.region_id}")  # a bomb or a non-image is one line
         render_pair(pair, image, fmt).save(png)
         pngs.append(png)

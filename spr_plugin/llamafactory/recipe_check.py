@@ -27,9 +27,14 @@ def meta_path(dataset_dir: str | Path, name: str) -> Path:
     return Path(dataset_dir) / f"{name}{META_SUFFIX}"
 
 
+def meta_text(meta: dict[str, Any]) -> str:
+    """The content of a ``<name>.spr.json`` (the export writes it through its own checked writer)."""
+    return json.dumps(meta, indent=2, default=str) + "\n"
+
+
 def write_meta(dataset_dir: str | Path, name: str, meta: dict[str, Any]) -> Path:
     path = meta_path(dataset_dir, name)
-    atomic_write_text(path, json.dumps(meta, indent=2, default=str) + "\n")
+    atomic_write_text(path, meta_text(meta))
     return path
 
 

@@ -20,7 +20,7 @@ from filelock import FileLock
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text
-from spr_plugin.core.paths import contained_path
+from spr_plugin.core.paths import check_write_path, contained_path
 from spr_plugin.llamafactory.sharegpt import RANKING_COLUMNS, SFT_COLUMNS, check_record_media
 
 DATASET_INFO = "dataset_info.json"
@@ -61,8 +61,9 @@ def build_entries(name: str) -> dict[str, dict[str, Any]]:
 
 @contextmanager
 def _locked(dataset_dir: Path) -> Iterator[None]:
-    """The one lock every writer of ``dataset_info.json`` holds (waits for the others)."""
-    with FileLock(dataset_dir / f".{DATASET_INFO}.lock"):
+    """The one lock every writer of ``dataset_info.json`` holds (waits for the others). A symlinked lock file is
+    refused: opening it would truncate whatever it points at."""
+    with FileLock(check_write_path(dataset_dir, f".{DATASET_INFO}.lock", "lock file")):
         yield
 
 
@@ -127,6 +128,15 @@ def register_datasets(dataset_dir: str | os.PathLike, entries: dict[str, dict[st
         _clash(info, entries, overwrite, path)
         info.update(entries)
         atomic_write_text(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def require_data_file(dataset_dir: str | os.PathLike, file_name: str) -> Path:
+    """The data file an entry names, which must exist inside ``dataset_dir`` (``spr register`` of a missing
+    file would register a dataset LLaMA-Factory fails on at training time)."""
+    path = contained_path(dataset_dir, file_name, "--file-name")
+    if not path.is_file():
+        raise SPRError(f"dataset file not found: {path} (--file-name is relative to --dataset-dir {dataset_dir})")
     return path
 
 
