@@ -104,8 +104,13 @@ def test_an_existing_chosen_file_is_not_overwritten(tmp_path):
     data.mkdir()
     (data / f"{NAME}_chosen.jsonl").write_text("precious\n")
     proc = _build(tmp_path, data)
-    assert proc.returncode == 2 and "already exists; choose another --name or pass --overwrite" in proc.stderr
+    assert proc.returncode == 2 and "already exists and spr did not write it" in proc.stderr
     assert (data / f"{NAME}_chosen.jsonl").read_text() == "precious\n"
+    # --overwrite replaces only what spr wrote: the user's file is still refused, and still there
+    proc = _build(tmp_path, data, extra=("--overwrite",))
+    assert proc.returncode == 2 and "already exists and spr did not write it" in proc.stderr
+    assert (data / f"{NAME}_chosen.jsonl").read_text() == "precious\n"
+    (data / f"{NAME}_chosen.jsonl").unlink()
     assert _build(tmp_path, data, extra=("--overwrite",)).returncode == 0
     assert (data / f"{NAME}_chosen.jsonl").read_text() != "precious\n"
 

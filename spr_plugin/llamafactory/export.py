@@ -236,13 +236,17 @@ def _export_lock(dataset_dir: Path, name: str) -> Iterator[None]:
 
 
 def _check_replaceable(dataset_dir: Path, record: OwnedFiles, rel: str, overwrite: bool, stamp: Stamp | None = None) -> None:
-    """``rel`` may be written: absent, already holding exactly ``stamp``, spr's (the record), or ``overwrite``."""
+    """``rel`` may be written: absent, already holding exactly ``stamp``, or spr's (the record says so).
+
+    ``--overwrite`` never makes a file of the user's replaceable: it only lets an export replace a finished
+    dataset spr wrote. A file spr has no record of (the user's, one changed since, or one of an export older
+    than the record) must be moved away by the user, who alone knows whether it may be lost.
+    """
     path = check_write_path(dataset_dir, rel, "output file")
-    if not path.exists() or file_matches(path, stamp) or record.owns(rel) or overwrite:
+    if not path.exists() or file_matches(path, stamp) or record.owns(rel):
         return
-    raise SPRError(
-        f"{path} already exists; choose another --name or pass --overwrite (spr did not write it, or it changed since)"
-    )
+    hint = "move it away or choose another --name" if overwrite else "choose another --name or move it away"
+    raise SPRError(f"{path} already exists and spr did not write it (or it changed since); {hint}")
 
 
 def check_can_export(config: ExportConfig) -> OwnedFiles:
