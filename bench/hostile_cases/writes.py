@@ -209,12 +209,14 @@ def changed_spr_image_is_not_replaced(tmp: Path) -> None:
     assert image.read_bytes() == PRECIOUS
 
 
-def users_companion_without_overwrite(companion: str):
+def users_companion(companion: str, overwrite: bool):
+    """A user's file at a path the export writes is refused; --overwrite never makes it replaceable."""
+
     def run(tmp: Path) -> None:
         pairs, data, _ = scene(tmp)
         data.mkdir()
         (data / companion).write_bytes(PRECIOUS)
-        one_line(export(pairs, data), "already exists", companion)
+        one_line(export(pairs, data, *(["--overwrite"] if overwrite else [])), "already exists", companion)
         assert (data / companion).read_bytes() == PRECIOUS and not (data / NAME).exists()
 
     return run
@@ -367,7 +369,8 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "user's files in <name>/images, --overwrite", users_image_survives_overwrite),
     HostileCase(CLS, "--overwrite with fewer pairs removes only stale spr files", overwrite_removes_only_stale_spr_files),
     HostileCase(CLS, "copied image changed by the user, --overwrite", changed_spr_image_is_not_replaced),
-    *(HostileCase(CLS, f"user's own {c}, no --overwrite", users_companion_without_overwrite(c)) for c in COMPANIONS),
+    *(HostileCase(CLS, f"user's own {c}, no --overwrite", users_companion(c, False)) for c in COMPANIONS),
+    *(HostileCase(CLS, f"user's own {c}, --overwrite", users_companion(c, True)) for c in COMPANIONS),
     HostileCase(CLS, "unfinished export's files replaced by a new export", companion_written_by_spr_is_replaced),
     HostileCase(CLS, "folder where <name>.jsonl goes", folder_where_a_file_goes),
     HostileCase(CLS, "malformed file record", malformed_file_record),
