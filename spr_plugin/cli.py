@@ -215,18 +215,34 @@ def cmd_build(a: argparse.Namespace) -> int:
 def cmd_check_recipe(a: argparse.Namespace) -> int:
     from spr_plugin.llamafactory.recipe_check import check_recipe
 
-    for line in check_recipe(a.recipe, a.dataset_dir):
+    for line in check_recipe(a.recipe, a.dataset_dir, a.overrides):
         print(line)
+    return 0
+
+
+def cmd_recipes(a: argparse.Namespace) -> int:
+    from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, shipped_files, write_recipes
+
+    if a.out is None:
+        print(f"shipped recipes ({RECIPES_DIR}); write them out with: spr recipes --out DIR")
+        for rel in shipped_files():
+            print(f"  {rel}")
+        return 0
+    res = write_recipes(a.out)
+    print(
+        f"wrote {len(res.written)} recipe files to {a.out}" + (f" ({len(res.unchanged)} already there)" if res.unchanged else "")
+    )
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from data_builders.demo import DemoConfig, run_demo
+    from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, resolve_recipe
 
     run_demo(
         DemoConfig(
             out_dir=a.out,
-            recipe=a.recipe,
+            recipe=RECIPES_DIR / "spr_qwen2vl_cpu_demo.yaml" if a.recipe is None else resolve_recipe(a.recipe),
             train=not a.no_train,
             n_images=a.images,
             seed=a.seed,
@@ -401,9 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-recipe", help="check a training YAML's image frame and template against the datasets it names")
-    p.add_argument("recipe", type=Path, help="LLaMA-Factory training YAML")
+    p.add_argument("recipe", help="LLaMA-Factory training YAML, or a shipped recipe's name (spr recipes lists them)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="LLaMA-Factory's own overrides, as given to `llamafactory-cli train RECIPE key=value ...` "
+        "(e.g. dataset_dir=/data dataset=spr_qwen2vl image_max_pixels=12544): judged exactly as the training reads them",
+    )
     p.add_argument("--dataset-dir", type=Path, default=None, help="override the YAML's dataset_dir")
     p.set_defaults(func=cmd_check_recipe)
+
+    p = sub.add_parser("recipes", help="list the shipped training recipes, or write them out (--out DIR) to edit and run")
+    p.add_argument("--out", type=Path, default=None, help="folder to write them to (existing different files are refused)")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("register", help="merge a dataset entry into a dataset_info.json")
     p.add_argument("--dataset-dir", type=Path, default=Path("data"))
@@ -422,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole chain on rendered scenes and a tiny local Qwen2-VL, on CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--recipe", type=Path, default=Path("recipes/spr_qwen2vl_cpu_demo.yaml"))
+    p.add_argument(
+        "--recipe", type=Path, default=None, help="DPO recipe (default: the shipped spr_qwen2vl_cpu_demo, from any folder)"
+    )
     p.add_argument("--images", type=int, default=24, help="number of synthetic scenes to build pairs from")
     p.add_argument("--warmup-scenes", type=int, default=300, help="scenes for the tiny model's warm-up SFT")
     p.add_argument("--warmup-steps", type=int, default=700, help="warm-up SFT steps")

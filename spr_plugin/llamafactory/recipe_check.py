@@ -22,6 +22,7 @@ import yaml
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text
 from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
+from spr_plugin.llamafactory.shipped_recipes import resolve_recipe
 
 META_SUFFIX = ".spr.json"
 
@@ -51,8 +52,8 @@ def read_meta(dataset_dir: str | Path, name: str) -> dict[str, Any] | None:
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """A LLaMA-Factory training YAML as a dict."""
-    p = Path(path)
+    """A LLaMA-Factory training YAML as a dict (a shipped recipe's name works too: ``spr_qwen2vl``)."""
+    p = resolve_recipe(path)
     if not p.is_file():
         raise SPRError(f"recipe not found: {p}")
     try:
@@ -134,17 +135,52 @@ def check_recipe_frame(recipe_path: str | Path, frame: ImageFrame, what: str) ->
     check_frames(recipe_frame(read_recipe(recipe_path), recipe_path), f"recipe {recipe_path}", frame, what)
 
 
-def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None) -> list[str]:
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def recipe_settings(recipe_path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings ``llamafactory-cli train RECIPE key=value ...`` trains with, read the way LLaMA-Factory 0.9.5
+    reads them (``hparams/parser.py: read_args``): the YAML (or JSON) file, then ``OmegaConf.from_cli`` of the
+    overrides merged over it, unresolved. So ``image_max_pixels=12544``, ``dataset=a,b`` or ``dataset_dir=/x``
+    are judged as the training will see them, with OmegaConf's typing of the values.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = resolve_recipe(recipe_path)
+    if path.suffix not in CONFIG_SUFFIXES:
+        raise SPRError(f"{path}: llamafactory-cli train reads a recipe only from a .yaml, .yml or .json file")
+    read_recipe(path)  # a missing file, invalid YAML or a non-mapping: the one-line errors
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or not key or key.startswith("-"):
+            raise SPRError(f"override {item!r} is not key=value (as llamafactory-cli train takes them after the recipe)")
+    try:
+        if path.suffix == ".json":
+            base = OmegaConf.create(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            base = OmegaConf.load(path)
+        merged = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_cli(list(overrides))))
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
+        raise SPRError(f"{path} with {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(merged, dict):
+        raise SPRError(f"{path} must hold a mapping of LLaMA-Factory settings")
+    return merged
+
+
+def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> list[str]:
     """Check a training YAML against every dataset it names that spr built; returns one line per dataset.
 
-    ``dataset_dir`` overrides the YAML's own (which, like LLaMA-Factory, is relative to the working directory).
+    ``overrides`` are LLaMA-Factory's own ``key=value`` arguments after the recipe (see :func:`recipe_settings`);
+    ``dataset_dir`` overrides the result's (which, like LLaMA-Factory, is relative to the working directory).
     """
-    recipe = read_recipe(recipe_path)
-    frame = recipe_frame(recipe, recipe_path)
+    recipe = recipe_settings(recipe_path, overrides)
+    source = f"recipe {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "")
+    frame = recipe_frame(recipe, source)
     directory = Path(dataset_dir) if dataset_dir is not None else Path(str(recipe.get("dataset_dir", "data")))
     names = [n.strip() for n in str(recipe.get("dataset") or "").split(",") if n.strip()]
     if not names:
-        raise SPRError(f"{recipe_path} names no dataset (its 'dataset' key is empty)")
+        raise SPRError(f"{source} names no dataset (its 'dataset' key is empty)")
     lines = []
     for name in names:
         meta = read_meta(directory, name)
@@ -152,16 +188,16 @@ def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None)
             lines.append(f"{name}: not built by spr (no {meta_path(directory, name)}), not checked")
             continue
         built = ImageFrame.from_dict(meta["frame"])
-        check_frames(frame, f"recipe {recipe_path}", built, f"dataset {name!r} ({meta_path(directory, name)})")
+        check_frames(frame, source, built, f"dataset {name!r} ({meta_path(directory, name)})")
         template = recipe.get("template")
         if meta.get("template") and template != meta["template"]:
             raise SPRError(
-                f"template mismatch: recipe {recipe_path} has template={template} but dataset {name!r} was "
+                f"template mismatch: {source} has template={template} but dataset {name!r} was "
                 f"written for template={meta['template']} ({meta.get('box_format')} boxes)"
             )
         lines.append(f"{name}: frame {built.to_dict()} and template {meta.get('template')} match")
     if all("not built by spr" in line for line in lines):
-        raise SPRError(f"no dataset of {recipe_path} was built by spr in {directory} ({', '.join(names)}): nothing to check")
+        raise SPRError(f"no dataset of {source} was built by spr in {directory} ({', '.join(names)}): nothing to check")
     return lines
 
 
