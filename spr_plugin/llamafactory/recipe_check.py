@@ -22,7 +22,7 @@ import yaml
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text
 from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
-from spr_plugin.llamafactory.shipped_recipes import resolve_recipe
+from spr_plugin.llamafactory.shipped_recipes import resolve_recipe, shipped_recipe_names
 
 META_SUFFIX = ".spr.json"
 
@@ -55,7 +55,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     """A LLaMA-Factory training YAML as a dict (a shipped recipe's name works too: ``spr_qwen2vl``)."""
     p = resolve_recipe(path)
     if not p.is_file():
-        raise SPRError(f"recipe not found: {p}")
+        shipped = f" (shipped recipes, by name: {', '.join(shipped_recipe_names())})" if len(p.parts) == 1 else ""
+        raise SPRError(f"recipe not found: {p}{shipped}")
     try:
         recipe = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -148,9 +149,9 @@ def recipe_settings(recipe_path: str | Path, overrides: Sequence[str] = ()) -> d
     from omegaconf.errors import OmegaConfBaseException
 
     path = resolve_recipe(recipe_path)
+    read_recipe(path)  # a missing file, invalid YAML or a non-mapping: the one-line errors
     if path.suffix not in CONFIG_SUFFIXES:
         raise SPRError(f"{path}: llamafactory-cli train reads a recipe only from a .yaml, .yml or .json file")
-    read_recipe(path)  # a missing file, invalid YAML or a non-mapping: the one-line errors
     for item in overrides:
         key = item.split("=", 1)[0]
         if "=" not in item or not key or key.startswith("-"):
