@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -129,7 +130,12 @@ def test_the_built_wheel_ships_the_recipes_and_check_recipe_runs_from_it(built_d
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
     pip = [sys.executable, "-m", "pip"]
-    wheel = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", REPO],
+    src = tmp_path / "src"  # a copy of what the wheel is built from: the build leaves nothing in the repo
+    for package in ("spr_plugin", "data_builders"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    wheel = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src],
                            capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert wheel.returncode == 0, wheel.stderr[-3000:]
     (whl,) = (tmp_path / "dist").glob("spr_plugin-*.whl")
