@@ -332,7 +332,9 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--name", default="spr_qwen2vl")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p.add_argument("-n", type=int, default=8, help="number of pairs to render")
-    p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    p.add_argument(
+        "--box-format", default=None, help=" | ".join(BOX_FORMATS) + " (default: as the pairs file records it, else qwen2_vl)"
+    )
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export-hf", help="export a built dataset as parquet for TRL (prompt/chosen/rejected/images)")

@@ -187,6 +187,15 @@ def export_hf_in_another_box_format(tmp: Path) -> None:
     assert not (tmp / "hf").exists() or not any((tmp / "hf").iterdir())
 
 
+def show_in_another_box_format(tmp: Path) -> None:
+    _stage(tmp)
+    result = _spr("show", "--pairs", tmp / "p.jsonl", "--out", tmp / "view", "--box-format", "qwen2_5_vl")
+    _refused(result, "scored in box format qwen2_vl", "--box-format says qwen2_5_vl")
+    assert not (tmp / "view").exists()
+    code, err = _spr("show", "--pairs", tmp / "p.jsonl", "--out", tmp / "view", "-n", 1)  # its own format: drawn
+    assert code == 0, err
+
+
 def reexport_of_a_dataset_pairs_file_keeps_its_record(tmp: Path) -> None:
     _stage(tmp)
     code, err = _spr("export", "--pairs", tmp / "p.jsonl", "--dataset-dir", tmp / "data", "--name", "ds")
@@ -214,6 +223,7 @@ CASES = [
         a_sidecar_symlink_to_a_user_file,
         a_hand_edited_record,
         export_hf_in_another_box_format,
+        show_in_another_box_format,
         reexport_of_a_dataset_pairs_file_keeps_its_record,
     )
 ]

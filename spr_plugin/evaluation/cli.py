@@ -37,8 +37,12 @@ def _model_args(p: argparse.ArgumentParser, config: type) -> None:
 
 
 def _config(cls: type, a: argparse.Namespace):
-    """The command's config from its flags; the frame comes from the shared pre-resize flags."""
-    return from_args(cls, a, image_max_pixels=a.image_max_pixels, image_min_pixels=a.image_min_pixels)
+    """The command's config from its flags; the frame comes from the shared pre-resize flags (LLaMA-Factory's
+    defaults for a flag not given, unless :func:`check_eval_frame` already wrote the recipe's or dataset's frame)."""
+    from spr_plugin.llamafactory.recipe_check import adopt_frame
+
+    frame = adopt_frame(a, [])
+    return from_args(cls, a, image_max_pixels=frame.image_max_pixels, image_min_pixels=frame.image_min_pixels)
 
 
 def items_path(out: Path) -> Path:
