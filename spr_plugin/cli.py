@@ -42,6 +42,9 @@ def _add_scoring_args(p: argparse.ArgumentParser, box_format: str | None = DEFAU
     """``box_format``: the flag's default (None: the candidates' record decides, see :func:`cmd_pair`)."""
     g = p.add_argument_group("scoring and pairing")
     add_flags(g, ScoringConfig, only=("box_format",), box_format=box_format)
+    if box_format is None:
+        (flag,) = [act for act in g._group_actions if act.dest == "box_format"]
+        flag.help = f"{flag.help} (default: as the --candidates files record it, else {DEFAULT_BOX_FORMAT})"
     add_flags(g, ScoringConfig, only=("lam", "loc_metric", "iou_threshold"))
     add_flags(g, PairingConfig, only=("min_margin",))
     add_flags(g, BuildConfig, only=("text_model",))
