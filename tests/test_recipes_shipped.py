@@ -159,4 +159,6 @@ def test_the_built_wheel_ships_the_recipes_and_check_recipe_runs_from_it(built_d
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert yaml.safe_load((user / "recipes" / "spr_qwen2vl.yaml").read_text())["dataset"] == "spr_qwen2vl"
-    assert (user / "recipes" / "trl_dpo_qwen2vl.py").is_file()
+    for script in ("trl_dpo_qwen2vl.py", "trl_grpo_qwen2vl.py"):  # the TRL scripts run from the written-out copy
+        p = subprocess.run([sys.executable, f"recipes/{script}", "--help"], env=env, cwd=user, capture_output=True, text=True)
+        assert p.returncode == 0 and "--model" in p.stdout, p.stderr
