@@ -23,6 +23,7 @@ from data_builders.warmup import warmup_sft
 from spr_plugin.core.errors import SPRError
 from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
 from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR
 from spr_plugin.llamafactory.train import run_train
 from spr_plugin.pipeline import BuildConfig, BuildSummary, build_dataset
 from spr_plugin.regions.sampling import RegionConfig
@@ -39,7 +40,7 @@ DEMO_FRAME = ImageFrame(image_max_pixels=12544)
 @dataclass(frozen=True)
 class DemoConfig:
     out_dir: Path = Path("runs/demo")
-    recipe: Path = Path("recipes/spr_qwen2vl_cpu_demo.yaml")
+    recipe: Path = RECIPES_DIR / "spr_qwen2vl_cpu_demo.yaml"  # the shipped one: the demo runs from any folder
     train: bool = True
     n_images: int = 24
     seed: int = 0
@@ -64,7 +65,9 @@ def _step(i: int, text: str) -> None:
 def run_demo(config: DemoConfig) -> DemoResult:
     out = config.out_dir.resolve()
     if config.train and not config.recipe.is_file():
-        raise SPRError(f"training recipe not found: {config.recipe} (run from the repo root, or pass --recipe)")
+        raise SPRError(
+            f"training recipe not found: {config.recipe} (pass an existing --recipe, or list the shipped ones with: spr recipes)"
+        )
     t0 = time.monotonic()
 
     _step(1, "rendering synthetic scenes with COCO-format boxes")
@@ -141,6 +144,6 @@ def run_demo(config: DemoConfig) -> DemoResult:
         print(f"LoRA adapter: {adapter} (train loss {loss:.4f})")
     print(
         f"See them in LlamaBoard: spr webui --dataset-dir {out / 'data'} (Stage DPO lists {DEMO_DATASET}; the default "
-        f"Stage lists {DEMO_DATASET}_chosen, the chosen-only SFT ablation: recipes/spr_qwen2vl_chosen_sft_cpu_demo.yaml)"
+        f"Stage lists {DEMO_DATASET}_chosen, the chosen-only SFT ablation: recipe spr_qwen2vl_chosen_sft_cpu_demo in spr recipes)"
     )
     return DemoResult(summary, out / "data", adapter, loss)

@@ -32,15 +32,20 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
     add_flags(g, RegionConfig)
 
 
-def _add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
+def _add_generation_args(p: argparse.ArgumentParser, required: bool, frame_from: str | None = None) -> None:
     from spr_plugin.generation.cli import add_generation_args  # both back ends, see docs/generation.md
 
-    add_generation_args(p, required)
+    add_generation_args(p, required, frame_from)
 
 
-def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+def _add_scoring_args(p: argparse.ArgumentParser, box_format: str | None = DEFAULT_BOX_FORMAT) -> None:
+    """``box_format``: the flag's default (None: the candidates' record decides, see :func:`cmd_pair`)."""
     g = p.add_argument_group("scoring and pairing")
-    add_flags(g, ScoringConfig, only=("box_format", "lam", "loc_metric", "iou_threshold"))
+    add_flags(g, ScoringConfig, only=("box_format",), box_format=box_format)
+    if box_format is None:
+        (flag,) = [act for act in g._group_actions if act.dest == "box_format"]
+        flag.help = f"{flag.help} (default: as the --candidates files record it, else {DEFAULT_BOX_FORMAT})"
+    add_flags(g, ScoringConfig, only=("lam", "loc_metric", "iou_threshold"))
     add_flags(g, PairingConfig, only=("min_margin",))
     add_flags(g, BuildConfig, only=("text_model",))
     add_flags(g, ScoringConfig, only=("semantic", "clip_model", "clip_long_text", "grounder", "grounder_box_threshold"))
@@ -90,51 +95,79 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def _adopt_candidates_format(a: argparse.Namespace, files) -> list:
+    """The box format and frame candidate files record (``spr generate`` / ``spr merge``): ``a.box_format`` is set to
+    it (a different ``--box-format`` is refused) and the frame is returned as a source for ``adopt_frame``. Files
+    without a record (hand-made: a documented input) are read in the command line's format, default qwen2_vl."""
+    from spr_plugin.generation.candidates import candidates_format
+    from spr_plugin.llamafactory.image import ImageFrame
+
+    recorded = candidates_format(files or [])
+    if recorded is None:
+        a.box_format = a.box_format or DEFAULT_BOX_FORMAT
+        return []
+    rec, where = recorded
+    if a.box_format is not None and a.box_format != rec["box_format"]:
+        raise SPRError(
+            f"the candidates are in box format {rec['box_format']} ({where}) but --box-format says {a.box_format}; "
+            "leave --box-format out to score them in their own format"
+        )
+    a.box_format = rec["box_format"]
+    return [(where, ImageFrame.from_dict(rec["frame"]))]
+
+
 def cmd_pair(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import atomic_write_jsonl
+    from spr_plugin.core.manifest import check_recordable, forget_format, record_format
     from spr_plugin.core.preflight import require_writable_file
     from spr_plugin.core.sanitize import SanitizeStats
     from spr_plugin.families.profiles import get_box_format
     from spr_plugin.generation.candidates import merge_candidates, sanitize_candidates
-    from spr_plugin.llamafactory.image import frame_from_args
+    from spr_plugin.llamafactory.recipe_check import adopt_frame
     from spr_plugin.regions.sampling import read_regions
     from spr_plugin.scoring.factory import build_candidate_scorer
     from spr_plugin.scoring.semantic import check_text_model
     from spr_plugin.scoring.stage import score_refine_pair
 
+    sources = _adopt_candidates_format(a, a.candidates)
+    frame = adopt_frame(a, sources)
     scoring, pairing = _scoring(a)
     require_writable_file(a.out, "--out")
     check_text_model(a.text_model)
-    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
+    check_recordable(a.out)  # before the scoring: its record must be writable too
+    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame))
     sanitized = SanitizeStats()
     regions = read_regions(a.regions, sanitized)
     merged, read = merge_candidates(a.candidates)
     candidates = sanitize_candidates(merged, scorer.box_format, sanitized)
     pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
+    forget_format(a.out)  # a crash between the two writes leaves no record rather than a stale one
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
+    record_format(
+        a.out, "pairs", scoring.box_format, frame.to_dict(), candidates_record=sources[0][0] if sources else "none (command line)"
+    )
     print(json.dumps({**stats.to_dict(), "candidate_files": read.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
     return 0 if pairs else 1
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import read_jsonl
-    from spr_plugin.core.preflight import require_writable_dir
+    from spr_plugin.core.preflight import check_dataset_name, require_writable_dir
     from spr_plugin.core.records import PreferencePair
     from spr_plugin.families.profiles import get_box_format
     from spr_plugin.llamafactory.export import ExportConfig, export_dataset
-    from spr_plugin.llamafactory.image import frame_from_args
-    from spr_plugin.llamafactory.recipe_check import check_recipe_frame
+    from spr_plugin.llamafactory.recipe_check import pairs_format
 
-    frame = frame_from_args(a)
+    check_dataset_name(a.name)
+    box_name, frame = pairs_format(a)  # the pairs' recorded format and frame; flags and --recipe must agree
     config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, a.images)
-    box_format = get_box_format(a.box_format, frame)
-    if a.recipe is not None:
-        check_recipe_frame(a.recipe, frame, "this export")
+    box_format = get_box_format(box_name, frame)
     require_writable_dir(a.dataset_dir, "--dataset-dir")
     torn: list[str] = []
     pairs = list(read_jsonl(a.pairs, PreferencePair.from_dict, what="pair", skipped=torn))
     res = export_dataset(pairs, config, box_format)
-    print(f"wrote {res.records} pairs to {res.dataset_file}; registered {a.name!r} in {res.dataset_info}")
+    print(f"wrote {res.records} pairs to {res.dataset_file} (box format {box_name}, frame {frame.to_dict()}); "
+          f"registered {a.name!r} in {res.dataset_info}")  # fmt: skip
     for note in torn:
         print(f"skipped 1 line of {a.pairs}: {note}")
     if res.skip_line():
@@ -154,20 +187,21 @@ def cmd_register(a: argparse.Namespace) -> int:
 
 
 def cmd_build(a: argparse.Namespace) -> int:
+    from spr_plugin.llamafactory.recipe_check import adopt_frame, recipe_source
     from spr_plugin.pipeline import build_dataset, prepare_build
 
+    sources = _adopt_candidates_format(a, a.candidates_file) + recipe_source(a.recipe)
+    frame = adopt_frame(a, sources)  # no frame flag: the candidates' or the recipe's frame (one frame for all)
     scoring, pairing = _scoring(a)
     gcfg = None
     if a.candidates_file is None:
         if not (a.model or a.base_url):
             raise SPRError("give --candidates FILE, --model CHECKPOINT or --backend openai --base-url URL to generate candidates")
         gcfg = _generation_config(a, a.seed)
-    from spr_plugin.llamafactory.image import frame_from_args
-
     cfg = from_args(
         BuildConfig,
         a,
-        frame=frame_from_args(a),
+        frame=frame,
         regions=_region_config(a),
         scoring=scoring,
         pairing=pairing,
@@ -195,18 +229,34 @@ def cmd_build(a: argparse.Namespace) -> int:
 def cmd_check_recipe(a: argparse.Namespace) -> int:
     from spr_plugin.llamafactory.recipe_check import check_recipe
 
-    for line in check_recipe(a.recipe, a.dataset_dir):
+    for line in check_recipe(a.recipe, a.dataset_dir, a.overrides):
         print(line)
+    return 0
+
+
+def cmd_recipes(a: argparse.Namespace) -> int:
+    from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, shipped_files, write_recipes
+
+    if a.out is None:
+        print(f"shipped recipes ({RECIPES_DIR}); write them out with: spr recipes --out DIR")
+        for rel in shipped_files():
+            print(f"  {rel}")
+        return 0
+    res = write_recipes(a.out)
+    print(
+        f"wrote {len(res.written)} recipe files to {a.out}" + (f" ({len(res.unchanged)} already there)" if res.unchanged else "")
+    )
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from data_builders.demo import DemoConfig, run_demo
+    from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, resolve_recipe
 
     run_demo(
         DemoConfig(
             out_dir=a.out,
-            recipe=a.recipe,
+            recipe=RECIPES_DIR / "spr_qwen2vl_cpu_demo.yaml" if a.recipe is None else resolve_recipe(a.recipe),
             train=not a.no_train,
             n_images=a.images,
             seed=a.seed,
@@ -298,7 +348,9 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--name", default="spr_qwen2vl")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p.add_argument("-n", type=int, default=8, help="number of pairs to render")
-    p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    p.add_argument(
+        "--box-format", default=None, help=" | ".join(BOX_FORMATS) + " (default: as the pairs file records it, else qwen2_vl)"
+    )
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export-hf", help="export a built dataset as parquet for TRL (prompt/chosen/rejected/images)")
@@ -360,9 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="JSONL: region_id, text[, variant, sample_idx]; several files (shards) are merged",
     )
-    p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write")
-    _add_scoring_args(p)
-    add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"))
+    p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write (its record: OUT.manifest.json)")
+    _add_scoring_args(p, box_format=None)
+    add_pre_resize_args(
+        p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"), "the candidates' record"
+    )
     p.set_defaults(func=cmd_pair)
 
     p = sub.add_parser("export", help="write pairs as a LLaMA-Factory dataset and register it")
@@ -373,15 +427,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder every image of the pairs must lie under (default: the image root recorded with each region)",
     )
-    p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    p.add_argument(
+        "--box-format", default=None, help=" | ".join(BOX_FORMATS) + " (default: as the pairs file records; must agree with it)"
+    )
     _add_export_args(p)
-    add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"))
+    add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"), "the pairs' record or --recipe")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-recipe", help="check a training YAML's image frame and template against the datasets it names")
-    p.add_argument("recipe", type=Path, help="LLaMA-Factory training YAML")
+    p.add_argument("recipe", help="LLaMA-Factory training YAML, or a shipped recipe's name (spr recipes lists them)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="LLaMA-Factory's own overrides, as given to `llamafactory-cli train RECIPE key=value ...` "
+        "(e.g. dataset_dir=/data dataset=spr_qwen2vl image_max_pixels=12544): judged exactly as the training reads them",
+    )
     p.add_argument("--dataset-dir", type=Path, default=None, help="override the YAML's dataset_dir")
     p.set_defaults(func=cmd_check_recipe)
+
+    p = sub.add_parser("recipes", help="list the shipped training recipes, or write them out (--out DIR) to edit and run")
+    p.add_argument("--out", type=Path, default=None, help="folder to write them to (existing different files are refused)")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("register", help="merge a dataset entry into a dataset_info.json")
     p.add_argument("--dataset-dir", type=Path, default=Path("data"))
@@ -393,14 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="all stages: annotations + generator (or candidates file) -> dataset")
     _add_region_args(p)
     add_flags(p, BuildConfig, only=("candidates_file", "work_dir", "fresh"), work_dir=Path("spr_work"))
-    _add_generation_args(p, required=False)
-    _add_scoring_args(p)
+    _add_generation_args(p, required=False, frame_from="--recipe or the --candidates' record")
+    _add_scoring_args(p, box_format=None)
     _add_export_args(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("demo", help="the whole chain on rendered scenes and a tiny local Qwen2-VL, on CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--recipe", type=Path, default=Path("recipes/spr_qwen2vl_cpu_demo.yaml"))
+    p.add_argument(
+        "--recipe", type=Path, default=None, help="DPO recipe (default: the shipped spr_qwen2vl_cpu_demo, from any folder)"
+    )
     p.add_argument("--images", type=int, default=24, help="number of synthetic scenes to build pairs from")
     p.add_argument("--warmup-scenes", type=int, default=300, help="scenes for the tiny model's warm-up SFT")
     p.add_argument("--warmup-steps", type=int, default=700, help="warm-up SFT steps")

@@ -39,6 +39,7 @@ def test_demo_builds_pairs_and_trains_a_dpo_adapter(demo_run):
     assert summary["generation"]["generated"] == len((out / "work" / "candidates.jsonl").read_text().splitlines())
     assert "spr_demo" in json.loads((out / "data" / "dataset_info.json").read_text())
     assert "[6/6] done" in proc.stderr and "SPR demo:" in proc.stdout
+    assert "spr_plugin/recipes/spr_qwen2vl_cpu_demo.yaml" in proc.stderr  # the shipped recipe, run outside the repo
 
     # A rerun (e.g. after a crash) reuses the model and every finished candidate.
     again = _demo_again(out, "--no-train")

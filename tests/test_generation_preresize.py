@@ -31,6 +31,7 @@ from spr_plugin.generation.cli import generation_config, make_generator
 from spr_plugin.generation.server_backend import to_openai_messages
 from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
 from spr_plugin.llamafactory.image import lf_image_size, lf_preprocess_image, lf_resize_steps
+from spr_plugin.llamafactory.recipe_check import adopt_frame
 from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 from spr_plugin.testing.tiny_model import MAX_PIXELS, MIN_PIXELS
@@ -241,4 +242,5 @@ def test_spr_eval_rec_flags_are_recorded_in_the_report(tiny_qwen2vl, big_jpeg, t
     decoding = json.loads(out.read_text())["decoding"]
     assert (decoding["image_max_pixels"], decoding["image_min_pixels"]) == (4096, None)
     region = build_parser().parse_args(["eval", "region", "--regions", "r.jsonl", "--model", "m", "--out", "o.json"])
-    assert (region.image_max_pixels, region.image_min_pixels) == LF_DEFAULT
+    region_frame = adopt_frame(region, [])  # no flag, no recipe, no dataset: LLaMA-Factory's defaults
+    assert (region_frame.image_max_pixels, region_frame.image_min_pixels) == LF_DEFAULT

@@ -17,7 +17,9 @@ from PIL import Image
 from candidates_factory import write_candidates
 from spr_plugin.cli import main
 from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.manifest import record_format
 from spr_plugin.inspect.hf_export import export_hf
+from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.registry import ranking_entry, register_dataset
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
@@ -82,7 +84,9 @@ def _pairs(path: Path) -> list[dict]:
 
 
 def _write(path: Path, pairs: list[dict]) -> Path:
+    """Edited pairs with the record `spr pair` writes next to them (these cases are about images, not formats)."""
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    record_format(path, "pairs", "qwen2_vl", ImageFrame().to_dict())
     return path
 
 

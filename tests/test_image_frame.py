@@ -13,6 +13,7 @@ from helpers import run_spr as spr
 from spr_plugin.cli import build_parser
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.llamafactory.recipe_check import adopt_frame
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,9 +85,49 @@ def test_build_refuses_a_recipe_in_another_frame_before_any_work(built, tmp_path
     work = tmp_path / "work"
     p = spr("build", "--annotations", built / "scenes" / "instances.json", "--images", built / "scenes" / "images",
             "--candidates", built / "candidates.jsonl", "--work-dir", work, "--dataset-dir", tmp_path / "data",
-            "--recipe", recipe)  # fmt: skip
+            "--recipe", recipe, "--image-max-pixels", 589824)  # fmt: skip
     assert_one_line_error(p, "image_max_pixels=12544", "image_max_pixels=589824")
     assert not work.exists() and not (tmp_path / "data").exists()
+
+
+def test_build_adopts_the_recipe_frame_when_no_flag_gives_one(built, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", image_max_pixels=262144, image_min_pixels=4096, dataset="spr_adopt")
+    p = spr("build", "--annotations", built / "scenes" / "instances.json", "--images", built / "scenes" / "images",
+            "--candidates", built / "candidates.jsonl", "--work-dir", tmp_path / "work", "--dataset-dir", tmp_path / "data",
+            "--name", "spr_adopt", "--recipe", recipe)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((tmp_path / "data" / "spr_adopt.spr.json").read_text())
+    assert meta["frame"] == {"image_max_pixels": 262144, "image_min_pixels": 4096}
+    assert json.loads((tmp_path / "work" / "summary.json").read_text())["frame"] == meta["frame"]
+    # one flag given, the other bound from the recipe; a flag that contradicts the recipe is refused
+    p = spr("build", "--annotations", built / "scenes" / "instances.json", "--images", built / "scenes" / "images",
+            "--candidates", built / "candidates.jsonl", "--work-dir", tmp_path / "w2", "--dataset-dir", tmp_path / "d2",
+            "--name", "spr_adopt", "--recipe", recipe, "--image-min-pixels", 1024)  # fmt: skip
+    assert_one_line_error(p, "--image-min-pixels has image_min_pixels=1024", "image_min_pixels=4096")
+
+
+def test_export_adopts_the_recipe_frame_for_pairs_without_a_record(built, tmp_path):
+    old = tmp_path / "old.jsonl"
+    old.write_text((built / "pairs.jsonl").read_text())  # no sidecar: an older spr's pairs
+    assert_one_line_error(
+        spr("export", "--pairs", old, "--dataset-dir", tmp_path / "data"), "records no box format", "--box-format"
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", image_max_pixels=262144)
+    p = spr(
+        "export",
+        "--pairs",
+        old,
+        "--dataset-dir",
+        tmp_path / "data",
+        "--name",
+        "x",
+        "--box-format",
+        "qwen2_vl",
+        "--recipe",
+        recipe,
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "data" / "x.spr.json").read_text())["frame"]["image_max_pixels"] == 262144
 
 
 def test_export_refuses_a_recipe_in_another_frame(built, tmp_path):
@@ -101,18 +142,23 @@ def test_eval_refuses_another_frame_before_loading_the_model(built, tmp_path, wh
     data_args = ["--annotations", built / "scenes" / "instances.json", "--images", built / "scenes" / "images"]
     common = [*data_args, "--model", tmp_path / "no-model", "--out", tmp_path / "r.json"]
     recipe = write_recipe(tmp_path / "r.yaml", image_max_pixels=262144)
-    assert_one_line_error(spr("eval", what, *common, "--recipe", recipe), "image_max_pixels=262144", "this evaluation")
-    p = spr("eval", what, *common, "--dataset-dir", built / "data", "--name", "spr_frame")
+    p = spr("eval", what, *common, "--recipe", recipe, "--image-max-pixels", 589824)
+    assert_one_line_error(p, "image_max_pixels=262144", "--image-max-pixels has image_max_pixels=589824")
+    p = spr("eval", what, *common, "--dataset-dir", built / "data", "--name", "spr_frame", "--image-max-pixels", 589824)
     assert_one_line_error(p, "dataset 'spr_frame'", "image_max_pixels=262144", "image_max_pixels=589824")
+    other = write_recipe(tmp_path / "o.yaml", image_max_pixels=12544)  # recipe and dataset disagree: no flag can fix it
+    p = spr("eval", what, *common, "--recipe", other, "--dataset-dir", built / "data", "--name", "spr_frame")
+    assert_one_line_error(p, "image_max_pixels=12544", "image_max_pixels=262144")
     assert_one_line_error(spr("eval", what, *common, "--dataset-dir", built / "data"), "go together")
-    p = spr("eval", what, *common, "--dataset-dir", built / "data", "--name", "spr_frame", "--image-max-pixels", 262144)
-    assert p.returncode == 2 and "frame mismatch" not in p.stderr  # the frame matches: it failed later, on the data
+    for adopted in (["--dataset-dir", built / "data", "--name", "spr_frame"], ["--recipe", recipe]):
+        p = spr("eval", what, *common, *adopted)  # no flag: the dataset's / recipe's frame is adopted
+        assert p.returncode == 2 and "frame mismatch" not in p.stderr  # the frame matches: it failed later, on the model
 
 
 def test_shipped_gpu_recipe_trains_in_the_build_default_frame():
     recipe = yaml.safe_load((REPO / "recipes" / "spr_qwen2vl.yaml").read_text())
     build = build_parser().parse_args(["build", "--annotations", "a.json", "--images", "i"])
-    default = ImageFrame(build.image_max_pixels, build.image_min_pixels)
+    default = adopt_frame(build, [])  # no flag and no recipe: LLaMA-Factory's default
     assert ImageFrame.from_dict(recipe) == default == ImageFrame()
 
 

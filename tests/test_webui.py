@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.llamafactory.webui import WebUIConfig, prepare_workspace
+from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.llamafactory.webui import WebUIConfig, board_frame, dataset_frames, llamaboard_command, prepare_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 CHROME_FLAGS = [
@@ -65,10 +66,10 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise AssertionError(f"LlamaBoard did not answer on {url} within {timeout} s")
 
 
-def _demo_copy(demo_run, tmp_path: Path) -> Path:
-    """A copy of the session's demo dataset folder (the test may change it)."""
+def _copy(data: Path, tmp_path: Path) -> Path:
+    """A copy of a dataset folder (the test may change it)."""
     dest = tmp_path / "data"
-    shutil.copytree(demo_run[0] / "data", dest)
+    shutil.copytree(data, dest)
     return dest
 
 
@@ -86,8 +87,8 @@ def test_workspace_links_data_and_refuses_foreign_folders(built_dataset, tmp_pat
 
 
 @contextmanager
-def llamaboard(demo_run, tmp_path: Path):
-    """`spr webui` on a copy of the demo data (free loopback port) and a headless Chromium on its page."""
+def llamaboard(source: Path, tmp_path: Path):
+    """`spr webui` on a copy of a dataset folder (free loopback port) and a headless Chromium on its page."""
     chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver_bin:
         _browser_missing("chromium / chromedriver not installed")
@@ -97,7 +98,7 @@ def llamaboard(demo_run, tmp_path: Path):
     except ImportError:
         _browser_missing("selenium is not installed (pip install -e '.[test]')")
 
-    data = _demo_copy(demo_run, tmp_path)
+    data = _copy(source, tmp_path)
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "spr_plugin.cli", "webui", "--dataset-dir", str(data), "--port", str(port)]
@@ -181,7 +182,7 @@ class UI:
 
 @pytest.mark.slow
 def test_llamaboard_lists_and_previews_the_dpo_dataset(demo_run, tmp_path):
-    with llamaboard(demo_run, tmp_path) as (driver, data, _):
+    with llamaboard(demo_run[0] / "data", tmp_path) as (driver, data, _):
         ui = UI(driver)
         ui.loaded()
         ui.pick("Dataset", "spr_demo_chosen")  # the default Stage (SFT) lists the chosen-only companion
@@ -200,7 +201,7 @@ def test_llamaboard_lists_and_previews_the_dpo_dataset(demo_run, tmp_path):
 def test_llamaboard_trains_the_demo_on_cpu(demo_run, tmp_path):
     """The clicks docs/viewing.md lists: LoRA DPO of the demo's tiny model from the web UI, on CPU (fp32)."""
     model = demo_run[0] / "tiny-qwen2vl-warm"
-    with llamaboard(demo_run, tmp_path) as (driver, _, workspace):
+    with llamaboard(demo_run[0] / "data", tmp_path) as (driver, _, workspace):
         ui = UI(driver, timeout=300)
         ui.loaded()
         ui.pick("Model name", "Qwen2-VL-2B-Instruct", typed=True)  # a multimodal name: image args are sent
@@ -216,3 +217,45 @@ def test_llamaboard_trains_the_demo_on_cpu(demo_run, tmp_path):
         assert json.loads((run / "train_results.json").read_text())["train_loss"] > 0
         args = (run / "training_args.yaml").read_text()
         assert "stage: dpo" in args and "dataset_dir: data" in args and "bf16" not in args
+        assert "image_max_pixels: 12544" in args  # the demo's frame, preset by spr webui: not LlamaBoard's 589824
+
+
+@pytest.fixture(scope="module")
+def small_frame_dataset(built_dataset, tmp_path_factory):
+    """The shared build's candidates built again in the demo's small frame (12544), through `spr build`."""
+    from helpers import run_spr
+
+    root = tmp_path_factory.mktemp("small_frame")
+    summary = built_dataset.summary["config"]
+    p = run_spr("build", "--annotations", summary["annotations"], "--images", summary["image_root"],
+                "--candidates", summary["candidates_file"], "--work-dir", root / "work", "--dataset-dir", root / "data",
+                "--name", "spr_small", "--k", 4, "--seed", 3, "--min-margin", 0, "--image-max-pixels", 12544)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return root / "data"
+
+
+def test_board_frame_presets_one_frame_and_names_each_when_they_differ(small_frame_dataset, built_dataset):
+    frame, line = board_frame(dataset_frames(small_frame_dataset))
+    assert frame == ImageFrame(12544, 1024) and "12544" in line
+    mixed = {"a": ImageFrame(12544, 1024), "b": ImageFrame()}
+    assert board_frame(mixed)[0] is None and "a: 12544/1024; b: 589824/1024" in board_frame(mixed)[1]
+    assert board_frame({"a": ImageFrame(None, 1024)})[0] is None  # LlamaBoard cannot express "no pre-resize"
+    assert board_frame({})[0] is None
+    assert llamaboard_command(ImageFrame(12544, 1024))[-4:] == ["--image-max-pixels", "12544", "--image-min-pixels", "1024"]
+
+
+@pytest.mark.slow
+def test_llamaboard_preview_command_shows_the_dataset_frame(small_frame_dataset, tmp_path):
+    """docs/viewing.md's UI route on a 12544 dataset: the *Preview command* LlamaBoard shows trains in 12544."""
+    with llamaboard(small_frame_dataset, tmp_path) as (driver, _, _):
+        ui = UI(driver)
+        ui.loaded()
+        ui.pick("Model name", "Qwen2-VL-2B-Instruct", typed=True)  # a multimodal name: image args are sent
+        ui.pick("Stage", "DPO")
+        ui.pick("Dataset", "spr_small")
+        ui.click("Preview command")
+        ui.wait.until(lambda d: "--image_max_pixels" in ui.body())
+        body = ui.body()
+        assert "--image_max_pixels 12544" in body and "--image_min_pixels 1024" in body, body[-2000:]
+        assert "--image_max_pixels 589824" not in body
+        driver.save_screenshot(str(tmp_path / "llamaboard_preview_command.png"))

@@ -141,3 +141,89 @@ class Manifest:
             self.path.unlink()
             removed.append(self.path)
         return removed
+
+
+# -- what an intermediate file's boxes mean ---------------------------------------------------------------
+
+#: The keys every candidates and pairs file records about its boxes: how they are written (a box format's name)
+#: and the image frame they were sampled or scored in (LLaMA-Factory's pre-resize bounds, as a dict).
+FORMAT_KEYS = ("box_format", "frame")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``<file>.manifest.json``: where a stage file's record lives (``spr generate`` writes the candidates' one)."""
+    p = Path(path)
+    return p.with_name(p.name + ".manifest.json")
+
+
+def _work_dir_record(path: Path, stage: str) -> dict[str, Any] | None:
+    """The record a build's work dir keeps for its own ``candidates.jsonl`` / ``pairs.jsonl`` (``manifest.json``)."""
+    if path.name != f"{stage}.jsonl" or not (path.parent / "manifest.json").is_file():
+        return None
+    try:
+        data = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = data.get("stages", {}).get(stage) if isinstance(data, dict) and isinstance(data.get("stages"), dict) else None
+    if not isinstance(entry, dict):
+        return None
+    scoring = entry.get("scoring")
+    box_format = entry.get("box_format") or (scoring.get("box_format") if isinstance(scoring, dict) else None)
+    frame = entry.get("frame")
+    if not isinstance(box_format, str) or not isinstance(frame, dict):
+        return None  # e.g. a build's candidates read from files: their format is the user's statement, not ours
+    return {"box_format": box_format, "frame": frame}
+
+
+def recorded_format(path: str | os.PathLike, stage: str) -> tuple[dict[str, Any], Path] | None:
+    """``({"box_format": name, "frame": {...}}, where)`` that ``path`` records for ``stage``, or None.
+
+    Why: the next stage must refuse a file of another format or frame instead of reading its numbers in the
+    wrong one (a Qwen2-VL 0-1000 answer under a pixel prompt trains nonsense silently). The record is the
+    file's sidecar (``spr generate``, ``spr merge``, ``spr pair``), else the manifest of the build work dir the
+    file lies in. None means no record (an older spr, or a file written by hand); each reader documents its rule
+    for that case. ``spr generate`` records the frame inside its generation settings, so both places are read.
+    """
+    p = Path(path)
+    side = sidecar_path(p)
+    if not side.is_file():
+        work = _work_dir_record(p, stage)
+        return None if work is None else (work, p.parent / "manifest.json")
+    data = Manifest(side, {}).read()
+    entry = (data or {}).get("stages", {}).get(stage)
+    if not isinstance(entry, dict):
+        raise SPRError(f"{side} is no record of a {stage} file; remove it if you wrote it, or rerun the stage writing {p.name}")
+    box_format = entry.get("box_format")
+    frame = entry.get("frame")
+    gen = entry.get("generation")
+    if frame is None and isinstance(gen, dict) and "image_max_pixels" in gen:
+        frame = {"image_max_pixels": gen.get("image_max_pixels"), "image_min_pixels": gen.get("image_min_pixels")}
+    if not isinstance(box_format, str) or not isinstance(frame, dict):
+        raise SPRError(f"{side} records no box format and image frame for {p.name}; rerun the stage that writes it")
+    return {"box_format": box_format, "frame": frame}, side
+
+
+def check_recordable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a sidecar spr could not replace: a link, or a file that is no spr manifest (not ours)."""
+    side = sidecar_path(path)
+    if side.is_symlink():
+        raise SPRError(f"{side} is a symbolic link; spr writes its records only as plain files")
+    if side.exists():
+        Manifest(side, {}).read()
+    return side
+
+
+def forget_format(path: str | os.PathLike) -> None:
+    """Remove the sidecar of a file about to be rewritten, so a crash between the two writes leaves no record
+    rather than the old one (which would vouch for the new file). Only a sidecar spr wrote is removed."""
+    side = check_recordable(path)
+    if side.is_file():
+        side.unlink()
+
+
+def record_format(path: str | os.PathLike, stage: str, box_format: str, frame: Mapping[str, Any], **inputs: Any) -> Path:
+    """Write the sidecar of a stage file: its box format, its frame and what else it was made from."""
+    side = check_recordable(path)  # a link or a file that is not ours is refused, never replaced
+    manifest = Manifest(side, {stage: [Path(path), side]})
+    manifest.record({stage: {"box_format": box_format, "frame": dict(frame), **inputs}})
+    return side

@@ -22,7 +22,7 @@ def _model_args(p: argparse.ArgumentParser, config: type) -> None:
     g.add_argument("--adapter", default=None, help="LoRA adapter folder from LLaMA-Factory (applied with peft, merged)")
     add_flags(g, config, only=("box_format", "batch_size", "max_new_tokens"))
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto (checked before the model loads)")
-    add_pre_resize_args(g)
+    add_pre_resize_args(g, "--recipe or --dataset-dir/--name")
     f = p.add_argument_group("one image frame: refuse to evaluate in another frame than training used")
     f.add_argument("--recipe", type=Path, default=None, help="the training YAML: its image_max/min_pixels must match")
     f.add_argument("--dataset-dir", type=Path, default=None, help="with --name: a dataset spr built; its frame must match")
@@ -37,8 +37,12 @@ def _model_args(p: argparse.ArgumentParser, config: type) -> None:
 
 
 def _config(cls: type, a: argparse.Namespace):
-    """The command's config from its flags; the frame comes from the shared pre-resize flags."""
-    return from_args(cls, a, image_max_pixels=a.image_max_pixels, image_min_pixels=a.image_min_pixels)
+    """The command's config from its flags; the frame comes from the shared pre-resize flags (LLaMA-Factory's
+    defaults for a flag not given, unless :func:`check_eval_frame` already wrote the recipe's or dataset's frame)."""
+    from spr_plugin.llamafactory.recipe_check import adopt_frame
+
+    frame = adopt_frame(a, [])
+    return from_args(cls, a, image_max_pixels=frame.image_max_pixels, image_min_pixels=frame.image_min_pixels)
 
 
 def items_path(out: Path) -> Path:
@@ -66,21 +70,20 @@ def _results_manifest(out: Path, inputs: dict, fresh: bool):
 
 
 def check_eval_frame(a: argparse.Namespace) -> None:
-    """Refuse, before loading anything, an evaluation frame that differs from the recipe's or the dataset's."""
-    from spr_plugin.llamafactory.image import ImageFrame, frame_from_args
-    from spr_plugin.llamafactory.recipe_check import check_frames, check_recipe_frame, meta_path, read_meta
+    """The evaluation's frame, resolved before loading anything: the flags, else the recipe's or the dataset's
+    (``--recipe``, ``--dataset-dir/--name``), else LLaMA-Factory's default; any two that differ are refused."""
+    from spr_plugin.llamafactory.image import ImageFrame
+    from spr_plugin.llamafactory.recipe_check import adopt_frame, meta_path, read_meta, recipe_source
 
-    frame = frame_from_args(a)
-    if a.recipe is not None:
-        check_recipe_frame(a.recipe, frame, "this evaluation")
+    sources = recipe_source(a.recipe)
     if (a.dataset_dir is None) != (a.name is None):
         raise SPRError("--dataset-dir and --name go together (the dataset whose frame the evaluation must use)")
     if a.dataset_dir is not None:
         meta = read_meta(a.dataset_dir, a.name)
         if meta is None:
             raise SPRError(f"{meta_path(a.dataset_dir, a.name)} not found: was dataset {a.name!r} built by spr?")
-        built = ImageFrame.from_dict(meta["frame"])
-        check_frames(built, f"dataset {a.name!r} ({meta_path(a.dataset_dir, a.name)})", frame, "this evaluation")
+        sources.append((f"dataset {a.name!r} ({meta_path(a.dataset_dir, a.name)})", ImageFrame.from_dict(meta["frame"])))
+    adopt_frame(a, sources)
 
 
 def check_eval_inputs(a: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from spr_plugin.core.errors import PartialBatchError, SPRError
 from spr_plugin.core.images import check_image_cached
 from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
+from spr_plugin.core.manifest import recorded_format
 from spr_plugin.core.records import Candidate, Region
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
 from spr_plugin.families.box_formats import BoxFormat
@@ -118,6 +119,27 @@ def merge_candidates(paths: Sequence[str | os.PathLike]) -> tuple[list[Candidate
         raise SPRError(f"candidate file {names} holds no candidates" if len(paths) == 1 else f"candidate files {names} hold none")
     stats.candidates = len(merged)
     return merged, stats
+
+
+def candidates_format(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, Any], str] | None:
+    """The box format and frame candidate files record (``spr generate`` / ``spr merge`` / a build's work dir), and
+    where, or None when none records them.
+
+    Files that record them must agree: candidates of two formats or frames cannot be scored in one. A file without
+    a record (written by hand or by another tool, a documented input) is taken to be in the format and frame the
+    command states, which must then agree with the recorded ones.
+    """
+    found = [(rec, str(where)) for rec, where in filter(None, (recorded_format(p, "candidates") for p in paths))]
+    if not found:
+        return None
+    (first, first_where), rest = found[0], found[1:]
+    for rec, where in rest:
+        if rec != first:
+            raise SPRError(
+                f"candidate files disagree: {first_where} records box format {first['box_format']} in frame "
+                f"{first['frame']} but {where} records {rec['box_format']} in {rec['frame']}; score them separately"
+            )
+    return first, first_where
 
 
 class Generator(Protocol):

@@ -20,8 +20,11 @@ from spr_plugin.settings import GenerationConfig, SamplingConfig, ServerConfig, 
 logger = logging.getLogger("spr")
 
 
-def add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
-    """Sampling options shared by both back ends, then each back end's own (flags from the settings' fields)."""
+def add_generation_args(p: argparse.ArgumentParser, required: bool, frame_from: str | None = None) -> None:
+    """Sampling options shared by both back ends, then each back end's own (flags from the settings' fields).
+
+    ``frame_from``: where the command takes the image frame from when no flag gives it (``spr build``: ``--recipe``).
+    """
     g = p.add_argument_group("generation (docs/generation.md)")
     g.add_argument(
         "--backend",
@@ -31,7 +34,7 @@ def add_generation_args(p: argparse.ArgumentParser, required: bool) -> None:
     )
     add_flags(g, SamplingConfig, only=("num_samples", "temperature", "top_p", "max_new_tokens"))
     add_flags(g, GenerationConfig, only=("batch_size", "variants"))
-    add_pre_resize_args(g)  # both back ends: Qwen2.5-VL boxes live in the pre-resized frame
+    add_pre_resize_args(g, frame_from)  # both back ends: Qwen2.5-VL boxes live in the pre-resized frame
 
     t = p.add_argument_group("in-process back end (--backend transformers)")
     add_flags(t, GenerationConfig, only=("model", "device", "max_batch_sequences"))
@@ -134,12 +137,18 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_merge(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import atomic_write_jsonl
-    from spr_plugin.generation.candidates import merge_candidates
+    from spr_plugin.core.manifest import check_recordable, forget_format, record_format
+    from spr_plugin.generation.candidates import candidates_format, merge_candidates
 
     if a.out.resolve() in {Path(p).resolve() for p in a.candidates}:
         raise SPRError(f"--out {a.out} is one of the inputs; write the merge to a new file")
+    recorded = candidates_format(a.candidates)  # shards of one run: one format and frame, carried to the merge
+    check_recordable(a.out)
     merged, stats = merge_candidates(a.candidates)
+    forget_format(a.out)
     atomic_write_jsonl(a.out, [c.to_dict() for c in merged])
+    if recorded is not None:
+        record_format(a.out, "candidates", recorded[0]["box_format"], recorded[0]["frame"], merged_from=recorded[1])
     print(json.dumps({**stats.to_dict(), "out": str(a.out)}))
     return 0
 

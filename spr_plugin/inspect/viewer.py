@@ -44,7 +44,9 @@ class ShowConfig:
     name: str
     out: Path
     n: int = 8
-    box_format: str = DEFAULT_BOX_FORMAT
+    #: None: as the pairs file records it (``spr pair``'s sidecar, a build's work dir, ``<name>.spr.json``), else
+    #: qwen2_vl; a different value than the record is refused (the boxes would be drawn in the wrong place).
+    box_format: str | None = None
 
     def __post_init__(self) -> None:
         if (self.pairs is None) == (self.dataset_dir is None):
@@ -218,9 +220,24 @@ def _html_side(side: ScoredCandidate, chosen: bool) -> str:
     )
 
 
+def _recorded_box_format(config: ShowConfig) -> BoxFormat:
+    """The parser of the pairs' boxes: the format and frame they were scored in (Qwen2.5-VL pixels need the frame)."""
+    from spr_plugin.llamafactory.recipe_check import recorded_pairs_format
+
+    recorded = recorded_pairs_format(config.pairs_file())
+    if recorded is None:
+        return get_box_format(config.box_format or DEFAULT_BOX_FORMAT)
+    name, frame, where = recorded
+    if config.box_format is not None and config.box_format != name:
+        raise SPRError(
+            f"{config.pairs_file()} was scored in box format {name} ({where}) but --box-format says {config.box_format}"
+        )
+    return get_box_format(name, frame)
+
+
 def show_pairs(config: ShowConfig) -> ShowResult:
     """Render the first ``config.n`` pairs of the pairs file into ``config.out``."""
-    fmt = get_box_format(config.box_format)
+    fmt = _recorded_box_format(config)
     rows = list(itertools.islice(read_jsonl(config.pairs_file(), _pair_and_copy, what="pair"), config.n))
     pairs = [pair for pair, _ in rows]
     if not pairs:

@@ -143,19 +143,29 @@ def _pixel_bound(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a pixel count (e.g. {DEFAULT_IMAGE_MAX_PIXELS}) or 'none'") from None
 
 
-def add_pre_resize_args(group: argparse._ActionsContainer) -> None:
-    """``--image-max-pixels`` / ``--image-min-pixels`` for every command that shows images to the model."""
+def add_pre_resize_args(group: argparse._ActionsContainer, adopted_from: str | None = None) -> None:
+    """``--image-max-pixels`` / ``--image-min-pixels`` for every command that shows images to the model.
+
+    ``adopted_from`` names where the command takes the frame from when no flag is given (``"--recipe"``, "the
+    pairs file's record"): the flags then default to ``NOT_GIVEN`` and the command resolves them
+    (:func:`spr_plugin.llamafactory.recipe_check.adopt_frame`), else LLaMA-Factory's defaults apply.
+    """
+    default: Any = DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
+    where = ""
+    if adopted_from is not None:
+        default = NOT_GIVEN, NOT_GIVEN
+        where = f"default: as {adopted_from} says, else "
     group.add_argument(
         "--image-max-pixels",
         type=_pixel_bound,
-        default=DEFAULT_IMAGE_MAX_PIXELS,
+        default=default[0],
         help="LLaMA-Factory's pre-resize bound applied before the processor; must equal image_max_pixels of the "
-        f"training YAML (LLaMA-Factory's default {DEFAULT_IMAGE_MAX_PIXELS}; 'none' = no pre-resize)",
+        f"training YAML ({where}LLaMA-Factory's default {DEFAULT_IMAGE_MAX_PIXELS}; 'none' = no pre-resize)",
     )
     group.add_argument(
         "--image-min-pixels",
         type=_pixel_bound,
-        default=DEFAULT_IMAGE_MIN_PIXELS,
+        default=default[1],
         help="LLaMA-Factory's pre-resize lower bound; must equal image_min_pixels of the training YAML "
-        f"(LLaMA-Factory's default {DEFAULT_IMAGE_MIN_PIXELS}; 'none' = no pre-resize)",
+        f"({where}LLaMA-Factory's default {DEFAULT_IMAGE_MIN_PIXELS}; 'none' = no pre-resize)",
     )

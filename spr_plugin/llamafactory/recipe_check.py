@@ -11,14 +11,19 @@ naming both values.
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text
 from spr_plugin.core.yaml_safe import load_yaml
-from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
+from spr_plugin.llamafactory.shipped_recipes import resolve_recipe, shipped_recipe_names
 
 META_SUFFIX = ".spr.json"
 
@@ -53,8 +58,11 @@ def read_meta(dataset_dir: str | Path, name: str) -> dict[str, Any] | None:
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """A LLaMA-Factory training YAML as a dict."""
-    p = Path(path)
+    """A LLaMA-Factory training YAML as a dict (a shipped recipe's name works too: ``spr_qwen2vl``)."""
+    p = resolve_recipe(path)
+    if not p.is_file():
+        shipped = f" (shipped recipes, by name: {', '.join(shipped_recipe_names())})" if len(p.parts) == 1 else ""
+        raise SPRError(f"recipe not found: {p}{shipped}")
     recipe = load_yaml(p, "recipe")  # size and alias-expansion budget: a hostile YAML is one short line
     if not isinstance(recipe, dict):
         raise SPRError(f"{p} must hold a mapping of LLaMA-Factory settings")
@@ -80,22 +88,103 @@ def check_frames(expected: ImageFrame, expected_from: str, actual: ImageFrame, a
         )
 
 
+FRAME_KEYS = ("image_max_pixels", "image_min_pixels")
+
+
+def given_bounds(a: argparse.Namespace) -> dict[str, int | None]:
+    """The pixel bounds the command line states (flags whose default is ``NOT_GIVEN`` and were not given are left out)."""
+    return {k: getattr(a, k) for k in FRAME_KEYS if getattr(a, k, NOT_GIVEN) is not NOT_GIVEN}
+
+
+def resolve_frame(given: Mapping[str, int | None], sources: Sequence[tuple[str, ImageFrame]]) -> ImageFrame:
+    """The one frame of a command: per bound, the command line's value, else the sources' (a recipe, what an input
+    file recorded), else LLaMA-Factory's default.
+
+    Why: ``--recipe`` and a recorded frame are statements of the frame, so a user who gives them and no flag means
+    that frame, and silently taking LLaMA-Factory's default instead would build or check the wrong one. Any two
+    that disagree (flag and source, or two sources) are refused with one line naming both values.
+    """
+    default = ImageFrame().to_dict()
+    values = {}
+    for key in FRAME_KEYS:
+        stated = [(f"--{key.replace('_', '-')}", given[key])] if key in given else []
+        stated += [(label, frame.to_dict()[key]) for label, frame in sources]
+        for label, value in stated[1:]:
+            if value != stated[0][1]:
+                raise SPRError(
+                    f"image frame mismatch: {stated[0][0]} has {key}={stated[0][1]} but {label} has {key}={value}; "
+                    "sampling, training and evaluation must use one frame"
+                )
+        values[key] = stated[0][1] if stated else default[key]
+    return ImageFrame(values["image_max_pixels"], values["image_min_pixels"])
+
+
+def adopt_frame(a: argparse.Namespace, sources: Sequence[tuple[str, ImageFrame]]) -> ImageFrame:
+    """:func:`resolve_frame` for a parsed command line, written back into ``a`` so every later reader of the flags
+    (the generation settings, the eval configs) sees the frame in force."""
+    frame = resolve_frame(given_bounds(a), sources)
+    a.image_max_pixels, a.image_min_pixels = frame.image_max_pixels, frame.image_min_pixels
+    return frame
+
+
+def recipe_source(recipe_path: str | Path | None) -> list[tuple[str, ImageFrame]]:
+    """``[(label, frame)]`` of a ``--recipe`` (empty without one), for :func:`resolve_frame`."""
+    if recipe_path is None:
+        return []
+    return [(f"recipe {recipe_path}", recipe_frame(read_recipe(recipe_path), recipe_path))]
+
+
 def check_recipe_frame(recipe_path: str | Path, frame: ImageFrame, what: str) -> None:
     """Refuse ``frame`` (of a build, export or evaluation: ``what``) if the recipe trains in another."""
     check_frames(recipe_frame(read_recipe(recipe_path), recipe_path), f"recipe {recipe_path}", frame, what)
 
 
-def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None) -> list[str]:
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def recipe_settings(recipe_path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings ``llamafactory-cli train RECIPE key=value ...`` trains with, read the way LLaMA-Factory 0.9.5
+    reads them (``hparams/parser.py: read_args``): the YAML (or JSON) file, then ``OmegaConf.from_cli`` of the
+    overrides merged over it, unresolved. So ``image_max_pixels=12544``, ``dataset=a,b`` or ``dataset_dir=/x``
+    are judged as the training will see them, with OmegaConf's typing of the values.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = resolve_recipe(recipe_path)
+    read_recipe(path)  # a missing file, invalid YAML or a non-mapping: the one-line errors
+    if path.suffix not in CONFIG_SUFFIXES:
+        raise SPRError(f"{path}: llamafactory-cli train reads a recipe only from a .yaml, .yml or .json file")
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or not key or key.startswith("-"):
+            raise SPRError(f"override {item!r} is not key=value (as llamafactory-cli train takes them after the recipe)")
+    try:
+        if path.suffix == ".json":
+            base = OmegaConf.create(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            base = OmegaConf.load(path)
+        merged = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_cli(list(overrides))))
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
+        raise SPRError(f"{path} with {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(merged, dict):
+        raise SPRError(f"{path} must hold a mapping of LLaMA-Factory settings")
+    return merged
+
+
+def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> list[str]:
     """Check a training YAML against every dataset it names that spr built; returns one line per dataset.
 
-    ``dataset_dir`` overrides the YAML's own (which, like LLaMA-Factory, is relative to the working directory).
+    ``overrides`` are LLaMA-Factory's own ``key=value`` arguments after the recipe (see :func:`recipe_settings`);
+    ``dataset_dir`` overrides the result's (which, like LLaMA-Factory, is relative to the working directory).
     """
-    recipe = read_recipe(recipe_path)
-    frame = recipe_frame(recipe, recipe_path)
+    recipe = recipe_settings(recipe_path, overrides)
+    source = f"recipe {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "")
+    frame = recipe_frame(recipe, source)
     directory = Path(dataset_dir) if dataset_dir is not None else Path(str(recipe.get("dataset_dir", "data")))
     names = [n.strip() for n in str(recipe.get("dataset") or "").split(",") if n.strip()]
     if not names:
-        raise SPRError(f"{recipe_path} names no dataset (its 'dataset' key is empty)")
+        raise SPRError(f"{source} names no dataset (its 'dataset' key is empty)")
     lines = []
     for name in names:
         meta = read_meta(directory, name)
@@ -103,14 +192,60 @@ def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None)
             lines.append(f"{name}: not built by spr (no {meta_path(directory, name)}), not checked")
             continue
         built = ImageFrame.from_dict(meta["frame"])
-        check_frames(frame, f"recipe {recipe_path}", built, f"dataset {name!r} ({meta_path(directory, name)})")
+        check_frames(frame, source, built, f"dataset {name!r} ({meta_path(directory, name)})")
         template = recipe.get("template")
         if meta.get("template") and template != meta["template"]:
             raise SPRError(
-                f"template mismatch: recipe {recipe_path} has template={template} but dataset {name!r} was "
+                f"template mismatch: {source} has template={template} but dataset {name!r} was "
                 f"written for template={meta['template']} ({meta.get('box_format')} boxes)"
             )
         lines.append(f"{name}: frame {built.to_dict()} and template {meta.get('template')} match")
     if all("not built by spr" in line for line in lines):
-        raise SPRError(f"no dataset of {recipe_path} was built by spr in {directory} ({', '.join(names)}): nothing to check")
+        raise SPRError(f"no dataset of {source} was built by spr in {directory} ({', '.join(names)}): nothing to check")
     return lines
+
+
+def recorded_pairs_format(path: str | Path) -> tuple[str, ImageFrame, str] | None:
+    """``(box format, frame, where)`` a pairs file records, or None: its sidecar (``spr pair``), the build work dir's
+    manifest, or for a dataset's ``<name>.pairs.jsonl`` the dataset's ``<name>.spr.json``."""
+    from spr_plugin.core.manifest import recorded_format
+
+    p = Path(path)
+    found = recorded_format(p, "pairs")
+    if found is not None:
+        rec, where = found
+        return rec["box_format"], recipe_frame(rec["frame"], where), str(where)
+    if p.name.endswith(".pairs.jsonl"):
+        name = p.name.removesuffix(".pairs.jsonl")
+        try:
+            meta = read_meta(p.parent, name)
+        except SPRError:
+            meta = None
+        if meta is not None and isinstance(meta.get("box_format"), str):
+            return meta["box_format"], recipe_frame(meta["frame"], meta_path(p.parent, name)), str(meta_path(p.parent, name))
+    return None
+
+
+def pairs_format(a: argparse.Namespace) -> tuple[str, ImageFrame]:
+    """The box format and frame ``spr export`` writes ``a.pairs`` in: the ones the pairs were scored in.
+
+    Flags (``--box-format``, ``--image-max/min-pixels``) and ``--recipe`` may only agree with the pairs' record:
+    exporting qwen2_vl-scored pairs as qwen2_5_vl would put pixel prompts over 0-1000 answers. A pairs file
+    without a record (an older spr, or written by hand) is exported only when the command line states its box
+    format and frame (``--box-format`` and a pixel flag or ``--recipe``): spr does not guess them.
+    """
+    recorded = recorded_pairs_format(a.pairs)
+    if recorded is None:
+        if a.box_format is None or not (given_bounds(a) or a.recipe is not None):
+            raise SPRError(
+                f"{a.pairs} records no box format or image frame (written by an older spr or by hand); state the ones "
+                "its candidates were scored in: --box-format and --image-max-pixels/--image-min-pixels (or --recipe)"
+            )
+        return a.box_format, adopt_frame(a, recipe_source(a.recipe))
+    box_format, frame, where = recorded
+    if a.box_format is not None and a.box_format != box_format:
+        raise SPRError(
+            f"{a.pairs} was scored in box format {box_format} ({where}) but --box-format says {a.box_format}; export it "
+            f"in its own format (leave --box-format out), or pair the candidates again with --box-format {a.box_format}"
+        )
+    return box_format, adopt_frame(a, [(f"the pairs' record {where}", frame), *recipe_source(a.recipe)])

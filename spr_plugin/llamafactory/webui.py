@@ -13,6 +13,10 @@ entry is a symlink to the dataset folder:
 
 Training launched from the UI runs ``llamafactory-cli train`` in the same working directory, so the
 relative ``dataset_dir: data`` it sends and the dataset's relative image paths resolve through the link.
+
+The Train tab's image pre-resize fields open at the frame the folder's spr datasets were built in
+(:mod:`spr_plugin.llamafactory.llamaboard`), not at LlamaBoard's 768*768: following the UI route trains in the
+dataset's frame.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.llamafactory.recipe_check import read_meta
 from spr_plugin.llamafactory.registry import DATASET_INFO, read_dataset_info
 from spr_plugin.llamafactory.train import llamafactory_cli
 
@@ -79,9 +85,45 @@ def webui_env(config: WebUIConfig) -> dict[str, str]:
     return env
 
 
-def llamaboard_command() -> list[str]:
-    """The LlamaBoard launcher next to the running interpreter (a venv need not be activated)."""
-    return [llamafactory_cli(), "webui"]
+def dataset_frames(dataset_dir: str | os.PathLike) -> dict[str, ImageFrame]:
+    """The frame of every entry of the folder that spr built (``<name>.spr.json``), by entry name."""
+    frames = {}
+    for name in read_dataset_info(dataset_dir):
+        meta = read_meta(dataset_dir, name)
+        if meta is not None:
+            frames[name] = ImageFrame.from_dict(meta["frame"])
+    return frames
+
+
+def board_frame(frames: dict[str, ImageFrame]) -> tuple[ImageFrame | None, str]:
+    """The frame LlamaBoard's fields open at (None: its own defaults) and the line that says so.
+
+    One frame for every spr dataset of the folder: that one. Several, or a bound LlamaBoard cannot express (``none``,
+    no pre-resize): the defaults stay, and the line says which frame each dataset needs.
+    """
+    distinct = sorted({(f.image_max_pixels or 0, f.image_min_pixels or 0) for f in frames.values()})
+    if not frames:
+        return None, "no dataset here was built by spr: LlamaBoard's image pixel fields keep its defaults"
+    each = "; ".join(f"{n}: {f.image_max_pixels}/{f.image_min_pixels}" for n, f in sorted(frames.items()))
+    frame = next(iter(frames.values()))
+    if len(distinct) > 1 or frame.image_max_pixels is None or frame.image_min_pixels is None:
+        return None, (
+            "the datasets here need different image frames (or none): set Image max/min pixels in the Train tab's "
+            f"multimodal settings to the chosen dataset's ({each})"
+        )
+    return frame, (
+        f"Image max pixels {frame.image_max_pixels} and Image min pixels {frame.image_min_pixels} preset: the frame "
+        f"these datasets were built in ({', '.join(sorted(frames))}), not LlamaBoard's 768*768"
+    )
+
+
+def llamaboard_command(frame: ImageFrame | None = None) -> list[str]:
+    """The LlamaBoard launcher next to the running interpreter (a venv need not be activated); with a frame,
+    LlamaBoard with its pixel fields preset to it (:mod:`spr_plugin.llamafactory.llamaboard`)."""
+    if frame is None:
+        return [llamafactory_cli(), "webui"]
+    bounds = ["--image-max-pixels", str(frame.image_max_pixels), "--image-min-pixels", str(frame.image_min_pixels)]
+    return [sys.executable, "-m", "spr_plugin.llamafactory.llamaboard", *bounds]
 
 
 def stage_hint(info: dict) -> str:
@@ -106,13 +148,14 @@ def stage_hint(info: dict) -> str:
 def run_webui(config: WebUIConfig) -> None:
     """Replace this process by LlamaBoard started in the workspace (Ctrl-C stops it)."""
     workspace = prepare_workspace(config)
+    frame, frame_line = board_frame(dataset_frames(config.dataset_dir))
     print(
         f"LlamaBoard on http://{config.host}:{config.port} (workspace {workspace}; "
         f"Data dir 'data' -> {Path(config.dataset_dir).resolve()})\n"
-        f"{stage_hint(read_dataset_info(config.dataset_dir))}\n"
+        f"{stage_hint(read_dataset_info(config.dataset_dir))}\n{frame_line}\n"
         "Changing Stage clears the Dataset box; on CPU choose Compute type fp32.",
         flush=True,
     )
     os.chdir(workspace)
-    command = llamaboard_command()
+    command = llamaboard_command(frame)
     os.execve(command[0], command, webui_env(config))
