@@ -151,6 +151,7 @@ def test_missing_image_at_export_skips_and_names_the_pair(staged, tmp_path):
     assert p.returncode == 0 and "skipped 1 pairs" in p.stderr and "gone.jpg (missing image)" in p.stderr, p.stderr
     assert len((tmp_path / "data" / "spr_qwen2vl.jsonl").read_text().splitlines()) == len(pairs) - 1
     (tmp_path / "one.jsonl").write_text(json.dumps(pairs[0]) + "\n")  # nothing left: one line, nothing written
+    shutil.copy(staged / "pairs.jsonl.manifest.json", tmp_path / "one.jsonl.manifest.json")
     assert_user_error(spr("export", "--pairs", tmp_path / "one.jsonl", "--dataset-dir", tmp_path / "d2"), "gone.jpg")
     assert not (tmp_path / "d2" / "spr_qwen2vl.jsonl").exists()
 

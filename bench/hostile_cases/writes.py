@@ -21,6 +21,7 @@ from PIL import Image
 
 from hostile_cases import HostileCase
 from spr_plugin.cli import main
+from spr_plugin.core.manifest import record_format
 from spr_plugin.core.records import (
     AnnotatedObject,
     Box,
@@ -31,6 +32,7 @@ from spr_plugin.core.records import (
     ScoredCandidate,
     SemanticScore,
 )
+from spr_plugin.llamafactory.image import ImageFrame
 
 CLS = "writes"
 NAME = "ds"
@@ -76,6 +78,7 @@ def pair(region_id: str, image_id: int, image: Path, root: Path) -> PreferencePa
 def pairs_file(tmp: Path, pairs: list[PreferencePair], name: str = "pairs.jsonl") -> Path:
     path = tmp / name
     path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
+    record_format(path, "pairs", "qwen2_vl", ImageFrame().to_dict())  # as spr pair records it
     return path
 
 
