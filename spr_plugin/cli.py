@@ -26,6 +26,22 @@ from spr_plugin.settings import BuildConfig, PairingConfig, RegionConfig, Scorin
 logger = logging.getLogger("spr")
 
 
+def add_images_flag(p: argparse.ArgumentParser, what: str, default: str = "none: every image is refused") -> None:
+    """``--images FOLDER`` (repeatable): the only folders a command reads images of a file from elsewhere from.
+
+    The image paths and ``image_root`` a regions or pairs file records are never trusted (docs/inputs.md).
+    """
+    p.add_argument(
+        "--images",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FOLDER",
+        help=f"folder holding {what}; images are read only under the folders given here (repeatable; default: "
+        f"{default}). The image root a file records is never trusted",
+    )
+
+
 def _add_region_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("regions")
     add_flags(g, BuildConfig, only=("annotations", "image_root"))
@@ -69,15 +85,16 @@ def _generation_config(a: argparse.Namespace, seed: int):
 
 def cmd_regions(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import atomic_write_jsonl
-    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.core.preflight import require_not_input, require_writable_file
     from spr_plugin.regions.sampling import RegionStats, check_images_found, load_coco, require_regions, sample_regions
 
     config = _region_config(a)
     require_writable_file(a.out, "--out")
+    require_not_input(a.out, [a.annotations], "--out")
     coco = load_coco(a.annotations)
     check_images_found(coco, a.image_root)
     stats = RegionStats()
-    regions = list(sample_regions(coco, a.image_root, config, stats))
+    regions = list(sample_regions(coco, a.image_root, config, stats, progress=True))
     require_regions(regions, stats, a.annotations)
     atomic_write_jsonl(a.out, [r.to_dict() for r in regions])
     print(json.dumps(stats.to_dict()))
@@ -106,6 +123,11 @@ def cmd_pair(a: argparse.Namespace) -> int:
     scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
     sanitized = SanitizeStats()
     regions = read_regions(a.regions, sanitized)
+    if scoring.semantic != "text" or scoring.grounder:  # CLIP and the grounder read the images
+        from spr_plugin.core.images import confine_regions
+        from spr_plugin.core.paths import ImageRoots
+
+        regions = confine_regions(regions, ImageRoots.of(a.images), progress=True)
     candidates = sanitize_candidates(merge_candidates(a.candidates)[0], scorer.box_format, sanitized)
     pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
@@ -115,6 +137,7 @@ def cmd_pair(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import read_jsonl
+    from spr_plugin.core.paths import ImageRoots
     from spr_plugin.core.preflight import require_writable_dir
     from spr_plugin.core.records import PreferencePair
     from spr_plugin.families.profiles import get_box_format
@@ -123,7 +146,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from spr_plugin.llamafactory.recipe_check import check_recipe_frame
 
     frame = frame_from_args(a)
-    config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, a.images)
+    config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, ImageRoots.of(a.images))
     box_format = get_box_format(a.box_format, frame)
     if a.recipe is not None:
         check_recipe_frame(a.recipe, frame, "this export")
@@ -217,7 +240,7 @@ def cmd_webui(a: argparse.Namespace) -> int:
 def cmd_show(a: argparse.Namespace) -> int:
     from spr_plugin.inspect.viewer import ShowConfig, show_pairs
 
-    res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format))
+    res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format, tuple(a.images or ())))
     print(f"rendered {res.pairs} pairs: open {res.html}")
     return 0
 
@@ -229,7 +252,10 @@ def cmd_export_hf(a: argparse.Namespace) -> int:
     check_dataset_name(a.name)
     require_writable_dir(a.out, "--out")
     facts = FrameFacts.of_dataset(a.dataset_dir, a.name, a.box_format, a.image_max_pixels, a.image_min_pixels)
-    res = export_hf(a.dataset_dir, a.name, a.out, facts, image_root=a.images)
+    from spr_plugin.core.paths import ImageRoots
+
+    roots = ImageRoots(a.images, "--images") if a.images else None
+    res = export_hf(a.dataset_dir, a.name, a.out, facts, image_root=roots)
     print(f"wrote {res.rows} rows to {res.parquet}; load with datasets.load_dataset('parquet', data_files=...)")
     return 0
 
@@ -245,8 +271,10 @@ def cmd_export_grpo(a: argparse.Namespace) -> int:
     if a.max_regions is not None and a.max_regions < 1:
         raise SPRError(f"--max-regions must be at least 1, got {a.max_regions}")
     require_writable_file(a.out, "--out")
+    from spr_plugin.core.paths import ImageRoots
+
     regions = read_regions(a.regions)[: a.max_regions]  # names sanitised, duplicate ids refused
-    res = export_grpo(regions, a.out, facts, image_root=a.images)
+    res = export_grpo(regions, a.out, facts, image_root=ImageRoots.of(a.images))
     print(f"wrote {res.rows} prompts ({res.images} images) to {res.parquet}; reward: spr_plugin.trl.grpo_reward.SPRReward")
     return 0
 
@@ -286,13 +314,16 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p.add_argument("-n", type=int, default=8, help="number of pairs to render")
     p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    add_images_flag(p, "the pairs' original images", default="none: only the copies an export placed in the dataset folder")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export-hf", help="export a built dataset as parquet for TRL (prompt/chosen/rejected/images)")
     p.add_argument("--dataset-dir", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--images", type=Path, default=None, help="folder absolute image paths must lie under (--image-mode absolute)")
+    add_images_flag(
+        p, "absolute image paths of an --image-mode absolute dataset", default="none: only images inside --dataset-dir"
+    )
     _add_frame_args(p, recorded=True)
     p.set_defaults(func=cmd_export_hf)
 
@@ -300,12 +331,7 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--regions", type=Path, required=True, help="regions JSONL (spr regions, or a build's work-dir)")
     p.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
     p.add_argument("--max-regions", type=int, default=None, help="export only the first N regions")
-    p.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder every image must lie under (default: the root recorded with each region)",
-    )
+    add_images_flag(p, "the regions' images")
     _add_frame_args(p, recorded=False)
     p.set_defaults(func=cmd_export_grpo)
 
@@ -329,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="candidates JSONL (appended to; finished keys are skipped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    add_images_flag(p, "the regions' images")
     _add_generation_args(p, required=True)
     from spr_plugin.generation.cli import add_merge_parser, add_shard_args
 
@@ -348,18 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL: region_id, text[, variant, sample_idx]; several files (shards) are merged",
     )
     p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write")
+    add_images_flag(p, "the regions' images (read by --semantic clip and --grounder)")
     _add_scoring_args(p)
     add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"))
     p.set_defaults(func=cmd_pair)
 
     p = sub.add_parser("export", help="write pairs as a LLaMA-Factory dataset and register it")
     p.add_argument("--pairs", type=Path, required=True)
-    p.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder every image of the pairs must lie under (default: the image root recorded with each region)",
-    )
+    add_images_flag(p, "the pairs' images")
     p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
     _add_export_args(p)
     add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"))

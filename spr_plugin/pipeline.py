@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_jsonl, atomic_write_text
+from spr_plugin.core.jsonl import atomic_write_jsonl, atomic_write_text, dumps, finite_or_null
 from spr_plugin.core.manifest import Manifest, file_digest, settings
+from spr_plugin.core.paths import ImageRoots
 from spr_plugin.core.preflight import require_writable_dir
 from spr_plugin.core.records import Candidate, Region
 from spr_plugin.core.sanitize import SanitizeStats
@@ -166,7 +167,7 @@ def build_regions(config: BuildConfig) -> tuple[list[Region], RegionStats]:
 
 def _write_regions(work_dir: Path, regions: list[Region], stats: RegionStats) -> None:
     atomic_write_jsonl(work_dir / "regions.jsonl", [r.to_dict() for r in regions])
-    atomic_write_text(work_dir / "regions.stats.json", json.dumps(stats.to_dict(), indent=2) + "\n")
+    atomic_write_text(work_dir / "regions.stats.json", dumps(finite_or_null(stats.to_dict()), indent=2) + "\n")
 
 
 def _reuse_regions(work_dir: Path) -> tuple[list[Region], RegionStats] | None:
@@ -272,13 +273,14 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
     summary = BuildSummary(config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized)
     if pairs:
-        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame)
+        roots = ImageRoots([config.image_root], "--images")  # the build's own image folder, never a recorded one
+        export_cfg = ExportConfig(Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame, roots)
         meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions)}
         summary.export = export_dataset(pairs, export_cfg, box_format, meta)
         from spr_plugin.inspect.card import write_card  # the dataset card (README next to the dataset), docs/viewing.md
 
         write_card(config.dataset_dir, config.name, summary.to_dict(), pairs)
-    atomic_write_text(config.work_dir / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    atomic_write_text(config.work_dir / "summary.json", dumps(finite_or_null(summary.to_dict()), indent=2) + "\n")
     if not pairs:
         raise SPRError(
             f"no preference pair survived (see {config.work_dir / 'summary.json'}): {pair_stats.to_dict()['pairs_skipped']}"

@@ -81,6 +81,11 @@ def _pairs(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _images(pairs_file: Path) -> list[str]:
+    """``--images`` naming the folder the pairs were sampled from: the only folder an export may read."""
+    return ["--images", _pairs(pairs_file)[0]["region"]["image_root"]]
+
+
 def _write(path: Path, pairs: list[dict]) -> Path:
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return path
@@ -93,26 +98,33 @@ def test_a_pairs_file_cannot_export_files_outside_its_image_root(cli, pairs_file
     pairs[0]["region"]["image_path"] = target.format(tmp=tmp_path, root=pairs[0]["region"]["image_root"])
     bad = _write(tmp_path / "evil.jsonl", pairs)
     one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "points outside", "refusing")
+    root = pairs[0]["region"]["image_root"]
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data", "--images", root), "points outside")
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
 
 
-def test_a_pairs_file_naming_root_slash_still_cannot_export_a_non_image(cli, pairs_file, tmp_path):
+def test_a_pairs_file_naming_root_slash_cannot_export_anything(cli, pairs_file, tmp_path):
     pairs = _pairs(pairs_file)
     pairs[0]["region"]["image_root"] = "/"
     pairs[0]["region"]["image_path"] = "/etc/passwd"
     bad = _write(tmp_path / "evil.jsonl", pairs)
-    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "/etc/passwd", "unusable")
+    # the root a file records is never trusted (docs/inputs.md): without --images nothing is read
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "/etc/passwd", "points outside")
+    # a root the user names that holds a non-image still exports no non-image
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data", "--images", "/etc"), "unusable")
     # --images pins the root whatever the file says
     one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data", "--images", tmp_path), "points outside")
     assert not (tmp_path / "data" / "spr_qwen2vl.jsonl").exists()
 
 
-def test_pairs_without_a_recorded_root_need_images(cli, pairs_file, tmp_path):
+def test_pairs_need_images_whatever_root_they_record(cli, pairs_file, tmp_path):
     pairs = _pairs(pairs_file)
+    hint = f"pass --images {pairs[0]['region']['image_root']} if you trust this file"
+    one_line_error(cli("export", "--pairs", pairs_file, "--dataset-dir", tmp_path / "d0"), "no --images given", hint)
     for p in pairs:
         del p["region"]["image_root"]
     old = _write(tmp_path / "old.jsonl", pairs)
-    one_line_error(cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d1"), "records no image root", "--images")
+    one_line_error(cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d1"), "points outside", "--images")
     root = Path(_pairs(pairs_file)[0]["region"]["image_root"])
     ok = cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d2", "--images", root)
     assert ok.returncode == 0, ok.stderr
@@ -120,7 +132,7 @@ def test_pairs_without_a_recorded_root_need_images(cli, pairs_file, tmp_path):
 
 def test_truncated_copies_are_replaced_and_overwrite_replaces_images(cli, pairs_file, tmp_path):
     data = tmp_path / "data"
-    assert cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds").returncode == 0
+    assert cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", *_images(pairs_file)).returncode == 0
     copies = sorted((data / "ds" / "images").iterdir())
     sources = {Path(p["region"]["image_path"]).name: Path(p["region"]["image_path"]) for p in _pairs(pairs_file)}
     victim = copies[0]
@@ -128,7 +140,7 @@ def test_truncated_copies_are_replaced_and_overwrite_replaces_images(cli, pairs_
     (victim.parent / ".leftover.jpg.abc.tmp").write_bytes(b"half")
     stale = victim.parent / "999_old.jpg"
     stale.write_bytes(b"from an older export")
-    p = cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", "--overwrite")
+    p = cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", "--overwrite", *_images(pairs_file))
     assert p.returncode == 0, p.stderr
     src = sources[victim.name.split("_", 1)[1]]
     assert victim.read_bytes() == src.read_bytes()
@@ -141,7 +153,7 @@ def test_concurrent_exports_of_one_name_never_both_succeed(pairs_file, tmp_path)
     data = tmp_path / "data"
     procs = [
         subprocess.Popen(
-            [*SPR, "export", "--pairs", str(pairs_file), "--dataset-dir", str(data), "--name", "race"],
+            [*SPR, "export", "--pairs", str(pairs_file), "--dataset-dir", str(data), "--name", "race", *_images(pairs_file)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -212,7 +224,9 @@ def test_export_grpo_embeds_only_images_under_the_root(cli, pairs_file, tmp_path
     regions.write_text(json.dumps(evil) + "\n")
     one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "points outside")
     regions.write_text(json.dumps({**evil, "image_root": "/"}) + "\n")
-    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "unusable")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "points outside")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet", "--images", "/etc"), "unusable")
     assert not (tmp_path / "g.parquet").exists()
     regions.write_text(json.dumps(region) + "\n")
-    assert cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet").returncode == 0
+    ok = cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet", "--images", region["image_root"])
+    assert ok.returncode == 0, ok.stderr

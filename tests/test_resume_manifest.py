@@ -151,7 +151,8 @@ def test_spr_generate_refuses_to_append_with_other_settings(synthetic_scenes, ti
     assert p.returncode == 0, p.stderr
     out = tmp_path / "cands.jsonl"
     base = ["generate", "--regions", regions, "--model", tiny_qwen2vl, "--out", out, "--num-samples", 1,
-            "--variants", "box_text", "--max-new-tokens", 4, "--no-progress"]  # fmt: skip
+            "--variants", "box_text", "--max-new-tokens", 4, "--no-progress",
+            "--images", synthetic_scenes.parent / "images"]  # fmt: skip
     assert spr(*base).returncode == 0
     one_line_error(spr(*base, "--temperature", "0.3"), "candidates file", "generation.temperature 0.9 -> 0.3", "--fresh")
     one_line_error(spr(*base, "--seed", "7"), "generation.seed 0 -> 7")

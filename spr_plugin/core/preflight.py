@@ -61,3 +61,15 @@ def require_writable_file(path: str | os.PathLike, what: str) -> Path:
         raise SPRError(f"{what} {p} is a folder; give a file name")
     require_writable_dir(p.parent if str(p.parent) else Path("."), f"{what} folder")
     return p
+
+
+def require_not_input(out: str | os.PathLike, inputs: list[str | os.PathLike], what: str) -> None:
+    """Refuse an output that is one of the command's inputs (also through a symlink or another spelling):
+    writing it would replace the file being read."""
+    target = os.path.realpath(out)
+    for source in inputs:
+        same = os.path.realpath(source) == target
+        if not same and os.path.exists(out) and os.path.exists(source):
+            same = os.path.samefile(out, source)  # a hard link
+        if same:
+            raise SPRError(f"{what} {out} is the input file {source}; write to another file")

@@ -14,15 +14,16 @@ from __future__ import annotations
 import html
 import itertools
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.images import require_image
+from spr_plugin.core.images import region_image, require_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
+from spr_plugin.core.paths import ImageRoots
 from spr_plugin.core.records import Box, PreferencePair, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -44,6 +45,8 @@ class ShowConfig:
     out: Path
     n: int = 8
     box_format: str = DEFAULT_BOX_FORMAT
+    #: The folders original images are read from (``--images``); empty: the pairs file's folder.
+    images: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.pairs is None) == (self.dataset_dir is None):
@@ -73,17 +76,31 @@ def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont
 
 
 def find_image(pair: PreferencePair, config: ShowConfig) -> Path:
-    """The pair's image: its original path, else the copy an export placed in the dataset folder."""
-    original = Path(pair.region.image_path)
-    if original.is_file():
-        return original
-    roots = [Path(config.dataset_dir)] if config.dataset_dir else []
-    roots.append(config.pairs_file().parent)
-    for root in roots:
-        copy = root / config.name / "images" / f"{pair.region.image_id}_{original.name}"
+    """The pair's image: its original path if it lies under the image folders (``--images``, default the pairs
+    file's folder), else the copy an export placed in the dataset folder. A pairs file is data from elsewhere:
+    it never makes the viewer render (and publish as a PNG) an image outside those folders."""
+    region = pair.region
+    roots = ImageRoots.of(config.images)
+    refused: SPRError | None = None
+    try:
+        original = region_image(region, roots)
+        if original.is_file():
+            return original
+    except SPRError as exc:
+        refused = exc
+    folders = [Path(config.dataset_dir)] if config.dataset_dir else []
+    folders.append(config.pairs_file().parent)
+    copy_name = f"{config.name}/images/{region.image_id}_{Path(region.image_path).name}"
+    for folder in folders:
+        try:
+            copy = region_image(replace(region, image_path=copy_name), ImageRoots([folder], "the dataset folder"))
+        except SPRError:
+            continue
         if copy.is_file():
             return copy
-    raise SPRError(f"image of region {pair.region.region_id} not found: {original} (nor an exported copy)")
+    if refused is not None:
+        raise refused
+    raise SPRError(f"image of region {region.region_id} not found: {region.image_path} (nor an exported copy)")
 
 
 def annotated_text(side: ScoredCandidate, fmt: BoxFormat, width: int, height: int) -> str:

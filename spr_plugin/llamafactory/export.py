@@ -25,9 +25,9 @@ from typing import Any
 from filelock import FileLock
 
 from spr_plugin.core.errors import ConfigError, SPRError
-from spr_plugin.core.images import copy_verified, require_image
+from spr_plugin.core.images import copy_verified, region_image, require_image
 from spr_plugin.core.jsonl import atomic_write_jsonl
-from spr_plugin.core.paths import contained_path
+from spr_plugin.core.paths import ImageRoots, contained_path, image_roots
 from spr_plugin.core.preflight import check_dataset_name
 from spr_plugin.core.records import PreferencePair
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
@@ -50,10 +50,11 @@ class ExportConfig:
     overwrite: bool = False
     #: The frame the candidates were sampled in; recorded in ``<name>.spr.json`` so a recipe can be checked.
     frame: ImageFrame = field(default_factory=ImageFrame)
-    #: Folder every image of the pairs must lie under (``--images``); None = the root each region recorded
-    #: when it was sampled. A pairs file is data from elsewhere: without this check a record naming
-    #: ``/etc/shadow`` would copy it into a dataset that may be published.
-    image_root: Path | None = None
+    #: The folders every image of the pairs must lie under (:class:`ImageRoots`; ``spr export`` passes its
+    #: ``--images``, default the pairs file's folder). A pairs file is data from elsewhere: without this check a
+    #: record naming ``/etc/shadow`` would copy it into a dataset that may be published. None (library use with
+    #: pairs built in process) trusts the root each region recorded when it was sampled.
+    image_root: ImageRoots | Path | None = None
 
     def __post_init__(self) -> None:
         if self.image_mode not in IMAGE_MODES:
@@ -73,15 +74,9 @@ class ExportResult:
 
 
 def _image_source(pair: PreferencePair, config: ExportConfig) -> Path:
-    """The pair's image, once it is known to lie under the image root and to be a usable image."""
-    root = config.image_root if config.image_root is not None else pair.region.image_root
+    """The pair's image, once it is known to lie under the image folders and to be a usable image."""
     where = f"region {pair.region.region_id}"
-    if not root:
-        raise SPRError(
-            f"{where}: the pairs file records no image root for {pair.region.image_path}; pass --images FOLDER "
-            "(the folder the images were sampled from)"
-        )
-    source = contained_path(root, pair.region.image_path, f"{where}: image")  # refuses paths outside the root
+    source = region_image(pair.region, image_roots(config.image_root, pair.region))  # inside the roots, right size
     if not source.is_file():
         raise SPRError(f"image not found while exporting: {source}")
     require_image(source, f"{where}: image")  # a text file, a truncated JPEG or a bomb is not exported

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.jsonl import atomic_write_text, dumps
 from spr_plugin.llamafactory.image import ImageFrame
 
 META_SUFFIX = ".spr.json"
@@ -30,7 +30,7 @@ def meta_path(dataset_dir: str | Path, name: str) -> Path:
 
 def write_meta(dataset_dir: str | Path, name: str, meta: dict[str, Any]) -> Path:
     path = meta_path(dataset_dir, name)
-    atomic_write_text(path, json.dumps(meta, indent=2, default=str) + "\n")
+    atomic_write_text(path, dumps(meta, indent=2, default=str) + "\n")
     return path
 
 
