@@ -108,8 +108,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_pair(a: argparse.Namespace) -> int:
-    from spr_plugin.core.jsonl import atomic_write_jsonl
-    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.core.jsonl import atomic_write_jsonl, dumps, finite_or_null
+    from spr_plugin.core.preflight import require_not_input, require_writable_file
     from spr_plugin.core.sanitize import SanitizeStats
     from spr_plugin.families.profiles import get_box_format
     from spr_plugin.generation.candidates import merge_candidates, sanitize_candidates
@@ -120,18 +120,19 @@ def cmd_pair(a: argparse.Namespace) -> int:
 
     scoring, pairing = _scoring(a)
     require_writable_file(a.out, "--out")
-    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
+    require_not_input(a.out, [a.regions, *a.candidates], "--out")
     sanitized = SanitizeStats()
-    regions = read_regions(a.regions, sanitized)
+    regions = read_regions(a.regions, sanitized)  # every value validated, before any model loads
     if scoring.semantic != "text" or scoring.grounder:  # CLIP and the grounder read the images
         from spr_plugin.core.images import confine_regions
         from spr_plugin.core.paths import ImageRoots
 
         regions = confine_regions(regions, ImageRoots.of(a.images), progress=True)
+    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame_from_args(a)))
     candidates = sanitize_candidates(merge_candidates(a.candidates)[0], scorer.box_format, sanitized)
     pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
-    print(json.dumps({**stats.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
+    print(dumps(finite_or_null({**stats.to_dict(), "sanitized": sanitized.to_dict()}), indent=2))
     return 0 if pairs else 1
 
 
