@@ -147,7 +147,7 @@ def _sample(config: BuildConfig, coco=None) -> tuple[list[Region], RegionStats]:
     coco = coco if coco is not None else load_coco(config.annotations)
     check_images_found(coco, config.image_root)  # one line before any long work
     stats = RegionStats()
-    regions = list(sample_regions(coco, config.image_root, config.regions, stats))
+    regions = list(sample_regions(coco, config.image_root, config.regions, stats, progress=config.progress))
     require_regions(regions, stats, config.annotations)
     return regions, stats
 

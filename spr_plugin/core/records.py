@@ -206,10 +206,10 @@ class Candidate:
         temperature = d.get("temperature")
         return cls(
             region_id=_region_id(d["region_id"]),
-            variant=str(d.get("variant", "unknown")),
+            variant=_text(_default(d.get("variant"), "unknown"), "variant"),
             sample_idx=_count(d.get("sample_idx", 0), "sample_idx"),
             text=text,
-            generator=str(d.get("generator", "")),
+            generator=_text(_default(d.get("generator"), ""), "generator", empty=True),
             temperature=None if temperature is None else _finite(temperature, "temperature"),
             seed=None if d.get("seed") is None else _count(d["seed"], "seed"),
         )
@@ -245,6 +245,11 @@ def _region_id(value: Any) -> str:
     if isinstance(value, int) and not 0 <= value <= MAX_INT:
         raise ValueError(f"region_id must be a string or an id below 2^63, got {value!r:.40}")
     return str(value)
+
+
+def _default(value: Any, default: str) -> Any:
+    """A missing or null optional field takes its default (hand-made files write ``null``)."""
+    return default if value is None else value
 
 
 def _flag(value: Any, what: str) -> bool:
