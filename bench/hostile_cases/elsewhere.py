@@ -121,7 +121,7 @@ def export_hf_outside(tmp: Path) -> None:
     columns = {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "images": "images"}
     entry = {"file_name": "d.jsonl", "formatting": "sharegpt", "ranking": True, "columns": columns}
     (data / "dataset_info.json").write_text(json.dumps({"d": entry}))
-    for image, fragment in ((str(secret), "lies outside"), ("images/x.jpg", "points outside")):
+    for image, fragment in ((str(secret), "lies outside"), ("images/x.jpg", "is a link to")):
         write_jsonl(data / "d.jsonl", [{**record, "images": [image]}])
         argv = ["export-hf", "--dataset-dir", data, "--name", "d", "--out", tmp / "hf", "--box-format", "qwen2_vl"]
         spr(*argv, "--image-max-pixels", "589824", "--image-min-pixels", "1024").one_line_error(fragment)
@@ -136,7 +136,7 @@ def symlink_escape(tmp: Path) -> None:
     (secret.parent / "sub").mkdir()
     (root / "link").symlink_to(secret.parent / "sub", target_is_directory=True)
     (root / "direct").symlink_to(secret)
-    for path, fragment in ((root / "direct", "points outside"), (f"{root}/link/../secret.jpg", "image not found")):
+    for path, fragment in ((root / "direct", "is a link to"), (f"{root}/link/../secret.jpg", "image not found")):
         pairs = write_jsonl(tmp / "evil.jsonl", [_pair({**region, "image_path": str(path)})])
         spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--images", root).one_line_error(fragment)
     _nothing_in(tmp / "data")

@@ -85,6 +85,13 @@ class ImageRoots:
                 return path
         if inside:
             return inside[0]
+        linked = [c for c in candidates if any(c == r or r in c.parents for r in self.roots)]
+        if linked:  # lexically inside, but a symlink on the way leads out
+            real = os.path.realpath(linked[0])
+            raise SPRError(
+                f"{what} {str(linked[0])!r:.200} is a link to {real}, outside the image folders named on the command "
+                f"line; refusing to read it (if that folder is yours, name it too: --images {Path(real).parent})"
+            )
         where = f"{', '.join(str(r) for r in self.roots)}: {self.named_by}" if self.roots else f"none: no {self.named_by} given"
         raise SPRError(
             f"{what} {image_path!r:.200} points outside the image folders named on the command line ({where}); "
