@@ -11,6 +11,10 @@ Every stage that touches an image goes through here, so a bad file is met the sa
   gives ``val/patch8/x.jpg``), and never outside the root.
 * :func:`copy_verified` copies atomically (temp file + rename) and compares content, so a run killed during
   a copy never leaves a truncated image that a rerun would accept.
+* One frame (docs/inputs.md): every size here is the *raw* stored frame LLaMA-Factory trains in (EXIF
+  orientation is never applied); :func:`inspect_image` reads the tag so sampling can refuse annotations made in
+  the rotated frame, and :func:`raw_frame_bytes` gives bytes no reader can rotate. :func:`region_image` is the
+  check of every image a regions or pairs file names: under the command line's roots, at the declared size.
 """
 
 from __future__ import annotations
