@@ -212,7 +212,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "{id, image, expression, box:[x1,y1,x2,y2]} (docs/evaluation.md)",
     )
     p.add_argument(
-        "--images", type=Path, default=None, help="folder relative image paths start from (default: the file's folder)"
+        "--images",
+        type=Path,
+        default=None,
+        help="folder relative image paths start from and the only folder images are read from (default: the file's folder)",
     )
     p.add_argument(
         "--split", default=None, help="files holding several splits (refer pickles, merged refs json): the split to evaluate"
