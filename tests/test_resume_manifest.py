@@ -169,7 +169,8 @@ def test_eval_results_are_not_reused_for_another_model_or_prompt(tiny_qwen2vl, s
         tmp_path / "rec.jsonl", rec_items_from_detections(synthetic_scenes, synthetic_scenes.parent / "images")[:2]
     )
     out = tmp_path / "r.json"
-    base = ["eval", "rec", "--annotations", ann, "--out", out, "--max-new-tokens", 4, "--quiet"]
+    base = ["eval", "rec", "--annotations", ann, "--images", synthetic_scenes.parent / "images", "--out", out,
+            "--max-new-tokens", 4, "--quiet"]  # fmt: skip
     assert spr(*base, "--model", tiny_qwen2vl).returncode == 0
     alias = tmp_path / "other-model"
     alias.symlink_to(tiny_qwen2vl, target_is_directory=True)
