@@ -49,7 +49,8 @@ def prepare(root: Path) -> tuple[Path, Path, Path]:
     build = [*common, "--candidates", str(root / "c.jsonl"), "--work-dir", str(root / "w"), "--dataset-dir", str(root / "d")]
     subprocess.run([*spr, "build", *build, "--name", "spr_bench", "--min-margin", "0", *frame], **run)
     subprocess.run([*spr, "export-hf", "--dataset-dir", str(root / "d"), "--name", "spr_bench", "--out", str(root)], **run)
-    subprocess.run([*spr, "export-grpo", "--regions", str(root / "r.jsonl"), "--out", str(root / "grpo.parquet"), *frame], **run)
+    grpo = ["--regions", str(root / "r.jsonl"), "--out", str(root / "grpo.parquet"), "--images", str(scenes.parent / "images")]
+    subprocess.run([*spr, "export-grpo", *grpo, *frame], **run)
     return model, root / "spr_bench.parquet", root / "grpo.parquet"
 
 

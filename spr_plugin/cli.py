@@ -26,6 +26,22 @@ from spr_plugin.settings import BuildConfig, PairingConfig, RegionConfig, Scorin
 logger = logging.getLogger("spr")
 
 
+def add_images_flag(p: argparse.ArgumentParser, what: str, default: str = "none: every image is refused") -> None:
+    """``--images FOLDER`` (repeatable): the only folders a command reads images of a file from elsewhere from.
+
+    The image paths and ``image_root`` a regions or pairs file records are never trusted (docs/inputs.md).
+    """
+    p.add_argument(
+        "--images",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FOLDER",
+        help=f"folder holding {what}; images are read only under the folders given here (repeatable; default: "
+        f"{default}). The image root a file records is never trusted",
+    )
+
+
 def _add_region_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("regions")
     add_flags(g, BuildConfig, only=("annotations", "image_root"))
@@ -74,15 +90,16 @@ def _generation_config(a: argparse.Namespace, seed: int):
 
 def cmd_regions(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import atomic_write_jsonl
-    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.core.preflight import require_not_input, require_writable_file
     from spr_plugin.regions.sampling import RegionStats, check_images_found, load_coco, require_regions, sample_regions
 
     config = _region_config(a)
     require_writable_file(a.out, "--out")
+    require_not_input(a.out, [a.annotations], "--out")
     coco = load_coco(a.annotations)
     check_images_found(coco, a.image_root)
     stats = RegionStats()
-    regions = list(sample_regions(coco, a.image_root, config, stats))
+    regions = list(sample_regions(coco, a.image_root, config, stats, progress=True))
     require_regions(regions, stats, a.annotations)
     atomic_write_jsonl(a.out, [r.to_dict() for r in regions])
     print(json.dumps(stats.to_dict()))
@@ -117,9 +134,9 @@ def _adopt_candidates_format(a: argparse.Namespace, files) -> list:
 
 
 def cmd_pair(a: argparse.Namespace) -> int:
-    from spr_plugin.core.jsonl import atomic_write_jsonl
+    from spr_plugin.core.jsonl import atomic_write_jsonl, dumps, finite_or_null
     from spr_plugin.core.manifest import check_recordable, forget_format, record_format
-    from spr_plugin.core.preflight import require_writable_file
+    from spr_plugin.core.preflight import require_not_input, require_writable_file
     from spr_plugin.core.sanitize import SanitizeStats
     from spr_plugin.families.profiles import get_box_format
     from spr_plugin.generation.candidates import merge_candidates, sanitize_candidates
@@ -134,10 +151,16 @@ def cmd_pair(a: argparse.Namespace) -> int:
     scoring, pairing = _scoring(a)
     require_writable_file(a.out, "--out")
     check_text_model(a.text_model)
+    require_not_input(a.out, [a.regions, *a.candidates], "--out")
     check_recordable(a.out)  # before the scoring: its record must be writable too
-    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame))
     sanitized = SanitizeStats()
-    regions = read_regions(a.regions, sanitized)
+    regions = read_regions(a.regions, sanitized)  # every value validated, before any model loads
+    if scoring.semantic != "text" or scoring.grounder:  # CLIP and the grounder read the images
+        from spr_plugin.core.images import confine_regions
+        from spr_plugin.core.paths import ImageRoots
+
+        regions = confine_regions(regions, ImageRoots.of(a.images), progress=True)
+    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame))
     merged, read = merge_candidates(a.candidates)
     candidates = sanitize_candidates(merged, scorer.box_format, sanitized)
     pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
@@ -146,12 +169,15 @@ def cmd_pair(a: argparse.Namespace) -> int:
     record_format(
         a.out, "pairs", scoring.box_format, frame.to_dict(), candidates_record=sources[0][0] if sources else "none (command line)"
     )
-    print(json.dumps({**stats.to_dict(), "candidate_files": read.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
+    print(
+        dumps(finite_or_null({**stats.to_dict(), "candidate_files": read.to_dict(), "sanitized": sanitized.to_dict()}), indent=2)
+    )
     return 0 if pairs else 1
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import read_jsonl
+    from spr_plugin.core.paths import ImageRoots
     from spr_plugin.core.preflight import check_dataset_name, require_writable_dir
     from spr_plugin.core.records import PreferencePair
     from spr_plugin.families.profiles import get_box_format
@@ -160,7 +186,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     check_dataset_name(a.name)
     box_name, frame = pairs_format(a)  # the pairs' recorded format and frame; flags and --recipe must agree
-    config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, a.images)
+    config = ExportConfig(a.dataset_dir, a.name, a.image_mode, a.overwrite, frame, ImageRoots.of(a.images))
     box_format = get_box_format(box_name, frame)
     require_writable_dir(a.dataset_dir, "--dataset-dir")
     torn: list[str] = []
@@ -280,7 +306,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     from spr_plugin.inspect.viewer import ShowConfig, show_pairs
 
     check_count(a.n, "-n")
-    res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format))
+    res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format, tuple(a.images or ())))
     print(f"rendered {res.pairs} pairs: open {res.html}")
     return 0
 
@@ -292,7 +318,10 @@ def cmd_export_hf(a: argparse.Namespace) -> int:
     check_dataset_name(a.name)
     require_writable_dir(a.out, "--out")
     facts = FrameFacts.of_dataset(a.dataset_dir, a.name, a.box_format, a.image_max_pixels, a.image_min_pixels)
-    res = export_hf(a.dataset_dir, a.name, a.out, facts, image_root=a.images)
+    from spr_plugin.core.paths import ImageRoots
+
+    roots = ImageRoots(a.images, "--images") if a.images else None
+    res = export_hf(a.dataset_dir, a.name, a.out, facts, image_root=roots)
     print(f"wrote {res.rows} rows to {res.parquet}; load with datasets.load_dataset('parquet', data_files=...)")
     return 0
 
@@ -308,8 +337,10 @@ def cmd_export_grpo(a: argparse.Namespace) -> int:
     if a.max_regions is not None and a.max_regions < 1:
         raise SPRError(f"--max-regions must be at least 1, got {a.max_regions}")
     require_writable_file(a.out, "--out")
+    from spr_plugin.core.paths import ImageRoots
+
     regions = read_regions(a.regions)[: a.max_regions]  # names sanitised, duplicate ids refused
-    res = export_grpo(regions, a.out, facts, image_root=a.images)
+    res = export_grpo(regions, a.out, facts, image_root=ImageRoots.of(a.images))
     print(f"wrote {res.rows} prompts ({res.images} images) to {res.parquet}; reward: spr_plugin.trl.grpo_reward.SPRReward")
     return 0
 
@@ -351,13 +382,16 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument(
         "--box-format", default=None, help=" | ".join(BOX_FORMATS) + " (default: as the pairs file records it, else qwen2_vl)"
     )
+    add_images_flag(p, "the pairs' original images", default="none: only the copies an export placed in the dataset folder")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export-hf", help="export a built dataset as parquet for TRL (prompt/chosen/rejected/images)")
     p.add_argument("--dataset-dir", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--images", type=Path, default=None, help="folder absolute image paths must lie under (--image-mode absolute)")
+    add_images_flag(
+        p, "absolute image paths of an --image-mode absolute dataset", default="none: only images inside --dataset-dir"
+    )
     _add_frame_args(p, recorded=True)
     p.set_defaults(func=cmd_export_hf)
 
@@ -365,12 +399,7 @@ def _add_viewer_commands(sub) -> None:
     p.add_argument("--regions", type=Path, required=True, help="regions JSONL (spr regions, or a build's work-dir)")
     p.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
     p.add_argument("--max-regions", type=int, default=None, help="export only the first N regions")
-    p.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder every image must lie under (default: the root recorded with each region)",
-    )
+    add_images_flag(p, "the regions' images")
     _add_frame_args(p, recorded=False)
     p.set_defaults(func=cmd_export_grpo)
 
@@ -394,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="candidates JSONL (appended to; finished keys are skipped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    add_images_flag(p, "the regions' images")
     _add_generation_args(p, required=True)
     from spr_plugin.generation.cli import add_merge_parser, add_shard_args
 
@@ -413,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL: region_id, text[, variant, sample_idx]; several files (shards) are merged",
     )
     p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write (its record: OUT.manifest.json)")
+    add_images_flag(p, "the regions' images (read by --semantic clip and --grounder)")
     _add_scoring_args(p, box_format=None)
     add_pre_resize_args(
         p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"), "the candidates' record"
@@ -421,12 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write pairs as a LLaMA-Factory dataset and register it")
     p.add_argument("--pairs", type=Path, required=True)
-    p.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder every image of the pairs must lie under (default: the image root recorded with each region)",
-    )
+    add_images_flag(p, "the pairs' images")
     p.add_argument(
         "--box-format", default=None, help=" | ".join(BOX_FORMATS) + " (default: as the pairs file records; must agree with it)"
     )

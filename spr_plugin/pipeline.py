@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_jsonl, atomic_write_text
+from spr_plugin.core.jsonl import atomic_write_jsonl, atomic_write_text, dumps, finite_or_null
 from spr_plugin.core.manifest import Manifest, file_digest, settings
+from spr_plugin.core.paths import ImageRoots
 from spr_plugin.core.preflight import require_writable_dir
 from spr_plugin.core.records import Candidate, Region
 from spr_plugin.core.sanitize import SanitizeStats
@@ -152,7 +153,7 @@ def _sample(config: BuildConfig, coco=None) -> tuple[list[Region], RegionStats]:
     coco = coco if coco is not None else load_coco(config.annotations)
     check_images_found(coco, config.image_root)  # one line before any long work
     stats = RegionStats()
-    regions = list(sample_regions(coco, config.image_root, config.regions, stats))
+    regions = list(sample_regions(coco, config.image_root, config.regions, stats, progress=config.progress))
     require_regions(regions, stats, config.annotations)
     return regions, stats
 
@@ -172,7 +173,7 @@ def build_regions(config: BuildConfig) -> tuple[list[Region], RegionStats]:
 
 def _write_regions(work_dir: Path, regions: list[Region], stats: RegionStats) -> None:
     atomic_write_jsonl(work_dir / "regions.jsonl", [r.to_dict() for r in regions])
-    atomic_write_text(work_dir / "regions.stats.json", json.dumps(stats.to_dict(), indent=2) + "\n")
+    atomic_write_text(work_dir / "regions.stats.json", dumps(finite_or_null(stats.to_dict()), indent=2) + "\n")
 
 
 def _reuse_regions(work_dir: Path) -> tuple[list[Region], RegionStats] | None:
@@ -252,8 +253,9 @@ def _export_config(config: BuildConfig) -> ExportConfig:
     from spr_plugin.inspect.card import card_path
 
     card = card_path(config.dataset_dir, config.name).name
+    roots = ImageRoots([config.image_root], "--images")  # the build's own image folder, never a recorded one
     return ExportConfig(
-        Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame, companions=(card,)
+        Path(config.dataset_dir), config.name, config.image_mode, config.overwrite, config.frame, roots, companions=(card,)
     )
 
 
@@ -300,7 +302,7 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
 
         card = card_path(config.dataset_dir, config.name).name  # written like the export's files, and recorded as spr's
         write_companion(export_cfg, card, render_card(config.name, summary.to_dict(), summary.export.pairs))
-    atomic_write_text(config.work_dir / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    atomic_write_text(config.work_dir / "summary.json", dumps(finite_or_null(summary.to_dict()), indent=2) + "\n")
     if not pairs:
         raise SPRError(
             f"no preference pair survived (see {config.work_dir / 'summary.json'}): {pair_stats.to_dict()['pairs_skipped']}"

@@ -50,11 +50,16 @@ def staged(scenes, tmp_path_factory):
     return work
 
 
+def _root(staged: Path) -> str:
+    """The image folder the staged regions were sampled from: ``--images`` of every later stage reading images."""
+    return json.loads((staged / "regions.jsonl").read_text().splitlines()[0])["image_root"]
+
+
 def test_stage_by_stage_chain(staged, tmp_path):
     first = json.loads((staged / "pairs.jsonl").read_text().splitlines()[0])
     assert first["chosen"]["refined"] is True and first["rejected"]["refined"] is False
     data = tmp_path / "data"
-    p = spr("export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli")
+    p = spr("export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli", "--images", _root(staged))
     assert p.returncode == 0, p.stderr
     n_pairs = len((staged / "pairs.jsonl").read_text().splitlines())
     assert len((data / "spr_cli.jsonl").read_text().splitlines()) == n_pairs
@@ -137,7 +142,7 @@ def test_name_clash_leaves_existing_dataset_untouched(staged, tmp_path):
     info = {"spr_cli": {"file_name": "users_own.json"}, "other": {"file_name": "o.json"}}
     (data / "dataset_info.json").write_text(json.dumps(info))
     before = {p.name: p.read_bytes() for p in data.iterdir()}
-    p = spr("export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli")
+    p = spr("export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli", "--images", _root(staged))
     assert_user_error(p, "already registered", "--overwrite")
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
 
@@ -147,12 +152,14 @@ def test_missing_image_at_export_skips_and_names_the_pair(staged, tmp_path):
     pairs[0]["region"]["image_path"] = str(Path(pairs[0]["region"]["image_root"]) / "gone.jpg")
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     shutil.copy(staged / "pairs.jsonl.manifest.json", tmp_path / "pairs.jsonl.manifest.json")  # its format record
-    p = spr("export", "--pairs", tmp_path / "pairs.jsonl", "--dataset-dir", tmp_path / "data")
+    p = spr("export", "--pairs", tmp_path / "pairs.jsonl", "--dataset-dir", tmp_path / "data", "--images", _root(staged))
     assert p.returncode == 0 and "skipped 1 pairs" in p.stderr and "gone.jpg (missing image)" in p.stderr, p.stderr
     assert len((tmp_path / "data" / "spr_qwen2vl.jsonl").read_text().splitlines()) == len(pairs) - 1
     (tmp_path / "one.jsonl").write_text(json.dumps(pairs[0]) + "\n")  # nothing left: one line, nothing written
     shutil.copy(staged / "pairs.jsonl.manifest.json", tmp_path / "one.jsonl.manifest.json")
-    assert_user_error(spr("export", "--pairs", tmp_path / "one.jsonl", "--dataset-dir", tmp_path / "d2"), "gone.jpg")
+    assert_user_error(
+        spr("export", "--pairs", tmp_path / "one.jsonl", "--dataset-dir", tmp_path / "d2", "--images", _root(staged)), "gone.jpg"
+    )
     assert not (tmp_path / "d2" / "spr_qwen2vl.jsonl").exists()
 
 

@@ -12,7 +12,9 @@ def test_eval_rec_cli_writes_report_and_table(tiny_qwen2vl, synthetic_scenes, tm
     items = rec_items_from_detections(synthetic_scenes, synthetic_scenes.parent / "images")[:3]
     ann = write_rec_jsonl(tmp_path / "rec.jsonl", items)
     out = tmp_path / "rec_report.json"
-    args = ["eval", "rec", "--annotations", ann, "--model", tiny_qwen2vl, "--out", out, "--max-new-tokens", 6, "--quiet"]
+    images = synthetic_scenes.parent / "images"  # the REC file names absolute paths: only under --images
+    args = ["eval", "rec", "--annotations", ann, "--images", images, "--model", tiny_qwen2vl, "--out", out,
+            "--max-new-tokens", 6, "--quiet"]  # fmt: skip
     proc = spr(*args, "--convention", ">")
     assert proc.returncode == 0, proc.stderr
     assert "Acc@0.5" in proc.stdout and "Acc@0.9" in proc.stdout and "IoU > threshold" in proc.stdout

@@ -68,13 +68,17 @@ def test_jsonl_items_resolve_images_and_default_ids(tmp_path):
     f.write_text(
         json.dumps({"image": "a.jpg", "expression": "red circle", "box": [1, 2, 30, 40]})
         + "\n"
-        + json.dumps({"id": "x", "image": "/abs/b.jpg", "expression": "blue star", "box": [0, 0, 5, 5]})
+        + json.dumps({"id": "x", "image": str(tmp_path / "imgs" / "b.jpg"), "expression": "blue star", "box": [0, 0, 5, 5]})
         + "\n"
     )
     items = load_rec_items(f, tmp_path / "imgs")
     assert [i.item_id for i in items] == ["1", "x"]
-    assert items[0].image == str(tmp_path / "imgs" / "a.jpg") and items[1].image == "/abs/b.jpg"
+    assert items[0].image == str(tmp_path / "imgs" / "a.jpg") and items[1].image == str(tmp_path / "imgs" / "b.jpg")
     assert items[0].box == Box(1, 2, 30, 40)
+    for outside in ("/abs/b.jpg", "../b.jpg"):  # a REC file is read only under its image folder (docs/inputs.md)
+        f.write_text(json.dumps({"image": outside, "expression": "red circle", "box": [1, 2, 30, 40]}) + "\n")
+        with pytest.raises(SPRError, match="points outside the image folders"):
+            load_rec_items(f, tmp_path / "imgs")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def _generate_cmd(regions_file, out, model):
     return [
         sys.executable, "-m", "spr_plugin.cli", "generate", "--regions", str(regions_file), "--out", str(out),
         "--model", str(model), "--num-samples", str(N_SAMPLES), "--max-new-tokens", "8", "--batch-size", "1",
-        "--no-progress",
+        "--no-progress", "--images", json.loads(Path(regions_file).read_text().splitlines()[0])["image_root"],
     ]  # fmt: skip
 
 

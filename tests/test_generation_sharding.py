@@ -122,7 +122,7 @@ def test_accelerate_launch_runs_one_shard_per_process(synthetic_scenes, tiny_qwe
         "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
         "-m", "spr_plugin.cli", "generate", "--regions", str(regions_file), "--out", str(tmp_path / "c.jsonl"),
         "--model", str(tiny_qwen2vl), "--device", "auto", "--variants", "box_text", "--num-samples", "2",
-        "--max-new-tokens", "4", "--no-progress",
+        "--max-new-tokens", "4", "--no-progress", "--images", str(synthetic_scenes.parent / "images"),
     ]  # fmt: skip
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]

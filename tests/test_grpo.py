@@ -197,9 +197,14 @@ def regions_file(synthetic_scenes, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def prompts_parquet(regions_file) -> Path:
     out = regions_file.parent / "prompts.parquet"
-    proc = run_spr("export-grpo", "--regions", regions_file, "--out", out, "--image-max-pixels", FRAME)
+    proc = run_spr("export-grpo", "--regions", regions_file, "--out", out, "--image-max-pixels", FRAME, *_images(regions_file))
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+def _images(regions_file: Path) -> list[str]:
+    """``--images`` naming the folder the regions were sampled from (a regions file's own root is never trusted)."""
+    return ["--images", _regions(regions_file)[0].image_root]
 
 
 def _regions(path: Path) -> list[Region]:
@@ -232,7 +237,7 @@ def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_fi
 
     out = tmp_path / "q25.parquet"
     cmd = ["export-grpo", "--regions", regions_file, "--out", out, "--box-format", "qwen2_5_vl"]
-    proc = run_spr(*cmd, "--image-max-pixels", FRAME)
+    proc = run_spr(*cmd, "--image-max-pixels", FRAME, *_images(regions_file))
     assert proc.returncode == 0, proc.stderr
     row = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "c"))[0]
     reg = _regions(regions_file)[0]
@@ -248,7 +253,11 @@ def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_fi
         ("max_regions", "spr export-grpo: error: --max-regions must be at least 1, got 0"),
         ("box_format", "spr export-grpo: error: unknown box format 'yolo'; choose one of qwen2_5_vl, qwen2_5_vl_json, qwen2_vl"),
         ("image", "spr export-grpo: error: region {rid}: image {root}/gone.jpg is unusable (missing image)"),
-        ("outside", "spr export-grpo: error: region {rid}: image '/etc/passwd' points outside {root}; refusing to read it"),
+        (
+            "outside",
+            "spr export-grpo: error: region {rid}: image '/etc/passwd' points outside the image folders named on the command "
+            "line ({root}: --images); refusing to read it; pass --images {root} if you trust this file",
+        ),
         ("bad_line", "spr export-grpo: error: {tmp}/bad.jsonl:1: not a valid region (KeyError: 'region_id')"),
     ],
 )
@@ -272,7 +281,7 @@ def test_export_grpo_user_errors_are_one_line(regions_file, tmp_path, case, mess
     elif case == "bad_line":
         regions = tmp_path / "bad.jsonl"
         regions.write_text('{"image_id": 1}\n')
-    proc = run_spr("export-grpo", "--regions", regions, "--out", out, *extra)
+    proc = run_spr("export-grpo", "--regions", regions, "--out", out, *extra, *_images(regions_file))
     assert proc.returncode == 2
     assert proc.stderr.strip() == message.format(tmp=tmp_path, rid=reg.region_id, root=reg.image_root)
     assert not out.exists()
@@ -383,7 +392,7 @@ def test_grpo_rewards_real_grounded_samples_of_the_warmed_up_demo_model(demo_run
     regions = out / "work" / "regions.jsonl"
     parquet = tmp_path / "demo_prompts.parquet"
     cmd = ["export-grpo", "--regions", regions, "--out", parquet, "--max-regions", "4"]
-    proc = run_spr(*cmd, "--image-max-pixels", FRAME)
+    proc = run_spr(*cmd, "--image-max-pixels", FRAME, *_images(regions))
     assert proc.returncode == 0, proc.stderr
     _, recorder = _run_grpo(out / "tiny-qwen2vl-warm", parquet, tmp_path, scorer, steps=2, max_completion_length=96)
     texts = _check_rewards_are_the_scorers(recorder, scorer)

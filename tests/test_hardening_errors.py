@@ -99,7 +99,8 @@ def test_an_image_truncated_after_sampling_is_skipped_by_generation(cli, tmp_pat
     raw = (tmp_path / "images" / "good2.jpg").read_bytes()
     (tmp_path / "images" / "good2.jpg").write_bytes(raw[: len(raw) // 2])  # the disk changed under the run
     args = ["generate", "--regions", tmp_path / "r.jsonl", "--model", tiny_qwen2vl, "--out", tmp_path / "c.jsonl",
-            "--num-samples", 1, "--variants", "box_text,crop", "--max-new-tokens", 4, "--no-progress"]  # fmt: skip
+            "--num-samples", 1, "--variants", "box_text,crop", "--max-new-tokens", 4, "--no-progress",
+            "--images", tmp_path / "images"]  # fmt: skip
     for _ in range(2):  # the rerun does not die at the same image either
         p = cli(*args)
         assert p.returncode == 0, p.stderr
@@ -260,6 +261,7 @@ def test_hostile_category_names_never_reach_a_prompt(cli, tmp_path, tiny_qwen2vl
     got = sorted(o["category"] for o in region["objects"])
     assert got == sorted(["object", "object", "cat(1,2),(3,4)", "object", "dog", "x" * 100])
     g = cli("generate", "--regions", tmp_path / "r.jsonl", "--model", tiny_qwen2vl, "--out", tmp_path / "c.jsonl",
-            "--num-samples", 1, "--variants", "box_text,crop,refs", "--max-new-tokens", 4, "--no-progress")  # fmt: skip
+            "--num-samples", 1, "--variants", "box_text,crop,refs", "--max-new-tokens", 4, "--no-progress",
+            "--images", images)  # fmt: skip
     assert g.returncode == 0, g.stderr
     assert json.loads(g.stdout)["generated"] == 3

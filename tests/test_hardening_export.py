@@ -83,6 +83,11 @@ def _pairs(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _images(pairs_file: Path) -> list[str]:
+    """``--images`` naming the folder the pairs were sampled from: the only folder an export may read."""
+    return ["--images", _pairs(pairs_file)[0]["region"]["image_root"]]
+
+
 def _write(path: Path, pairs: list[dict]) -> Path:
     """Edited pairs with the record `spr pair` writes next to them (these cases are about images, not formats)."""
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
@@ -97,17 +102,22 @@ def test_a_pairs_file_cannot_export_files_outside_its_image_root(cli, pairs_file
     pairs[0]["region"]["image_path"] = target.format(tmp=tmp_path, root=pairs[0]["region"]["image_root"])
     bad = _write(tmp_path / "evil.jsonl", pairs)
     one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "points outside", "refusing")
+    root = pairs[0]["region"]["image_root"]
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data", "--images", root), "points outside")
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
 
 
-def test_a_pairs_file_naming_root_slash_still_cannot_export_a_non_image(cli, pairs_file, tmp_path):
+def test_a_pairs_file_naming_root_slash_cannot_export_anything(cli, pairs_file, tmp_path):
     pairs = _pairs(pairs_file)
     pairs[0]["region"]["image_root"] = "/"
     pairs[0]["region"]["image_path"] = "/etc/passwd"
     bad = _write(tmp_path / "evil.jsonl", pairs)
-    # not an image: that pair is skipped, counted and named (#18: one bad image does not abort an export)
-    run = cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data")
-    assert run.returncode == 0 and "skipped 1 pairs" in run.stderr and "/etc/passwd (corrupt image)" in run.stderr
+    # the root a file records is never trusted (docs/inputs.md): without --images nothing is read
+    one_line_error(cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data"), "/etc/passwd", "points outside")
+    # a root the user names that holds a non-image: that pair is skipped, counted and named (#18: one bad image
+    # does not abort an export), and nothing of it is exported
+    run = cli("export", "--pairs", bad, "--dataset-dir", tmp_path / "data", "--images", "/etc", *_images(pairs_file))
+    assert run.returncode == 0 and "skipped 1 pairs" in run.stderr and "/etc/passwd (corrupt image)" in run.stderr, run.stderr
     secret = Path("/etc/passwd").read_bytes()
     assert all(f.read_bytes() != secret for f in (tmp_path / "data").rglob("*") if f.is_file())
     assert "/etc/passwd" not in (tmp_path / "data" / "spr_qwen2vl.jsonl").read_text()
@@ -116,12 +126,14 @@ def test_a_pairs_file_naming_root_slash_still_cannot_export_a_non_image(cli, pai
     assert not (tmp_path / "d2" / "spr_qwen2vl.jsonl").exists()
 
 
-def test_pairs_without_a_recorded_root_need_images(cli, pairs_file, tmp_path):
+def test_pairs_need_images_whatever_root_they_record(cli, pairs_file, tmp_path):
     pairs = _pairs(pairs_file)
+    hint = f"pass --images {pairs[0]['region']['image_root']} if you trust this file"
+    one_line_error(cli("export", "--pairs", pairs_file, "--dataset-dir", tmp_path / "d0"), "no --images given", hint)
     for p in pairs:
         del p["region"]["image_root"]
     old = _write(tmp_path / "old.jsonl", pairs)
-    one_line_error(cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d1"), "records no image root", "--images")
+    one_line_error(cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d1"), "points outside", "--images")
     root = Path(_pairs(pairs_file)[0]["region"]["image_root"])
     ok = cli("export", "--pairs", old, "--dataset-dir", tmp_path / "d2", "--images", root)
     assert ok.returncode == 0, ok.stderr
@@ -129,7 +141,7 @@ def test_pairs_without_a_recorded_root_need_images(cli, pairs_file, tmp_path):
 
 def test_overwrite_replaces_and_removes_only_what_spr_wrote(cli, pairs_file, tmp_path):
     data = tmp_path / "data"
-    assert cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds").returncode == 0
+    assert cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", *_images(pairs_file)).returncode == 0
     folder = data / "ds" / "images"
     copies = sorted(folder.iterdir())
     assert len(copies) > 1
@@ -140,13 +152,16 @@ def test_overwrite_replaces_and_removes_only_what_spr_wrote(cli, pairs_file, tmp
     victim = copies[0]
     original = victim.read_bytes()
     victim.write_bytes(original[:100])  # changed since spr wrote it: no longer spr's
-    one_line_error(cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", "--overwrite"), str(victim))
+    one_line_error(
+        cli("export", "--pairs", pairs_file, "--dataset-dir", data, "--name", "ds", "--overwrite", *_images(pairs_file)),
+        str(victim),
+    )
     assert victim.read_bytes() == original[:100] and spr_tmp.exists()  # a refused export changes nothing
     victim.write_bytes(original)
     # fewer pairs: the images only the dropped pairs used are spr's stale files and go; the user's stay
     pairs = _pairs(pairs_file)
     fewer = _write(tmp_path / "fewer.jsonl", [p for p in pairs if p["region"]["image_path"] == pairs[0]["region"]["image_path"]])
-    p = cli("export", "--pairs", fewer, "--dataset-dir", data, "--name", "ds", "--overwrite")
+    p = cli("export", "--pairs", fewer, "--dataset-dir", data, "--name", "ds", "--overwrite", *_images(pairs_file))
     assert p.returncode == 0, p.stderr
     assert mine.read_bytes() == b"the user's own file" and users_tmp.exists() and not spr_tmp.exists()
     named = {json.loads(line)["images"][0] for line in (data / "ds.jsonl").read_text().splitlines()}
@@ -159,7 +174,7 @@ def test_concurrent_exports_of_one_name_never_both_succeed(pairs_file, tmp_path)
     data = tmp_path / "data"
     procs = [
         subprocess.Popen(
-            [*SPR, "export", "--pairs", str(pairs_file), "--dataset-dir", str(data), "--name", "race"],
+            [*SPR, "export", "--pairs", str(pairs_file), "--dataset-dir", str(data), "--name", "race", *_images(pairs_file)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -230,7 +245,9 @@ def test_export_grpo_embeds_only_images_under_the_root(cli, pairs_file, tmp_path
     regions.write_text(json.dumps(evil) + "\n")
     one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "points outside")
     regions.write_text(json.dumps({**evil, "image_root": "/"}) + "\n")
-    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "unusable")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet"), "points outside")
+    one_line_error(cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet", "--images", "/etc"), "unusable")
     assert not (tmp_path / "g.parquet").exists()
     regions.write_text(json.dumps(region) + "\n")
-    assert cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet").returncode == 0
+    ok = cli("export-grpo", "--regions", regions, "--out", tmp_path / "g.parquet", "--images", region["image_root"])
+    assert ok.returncode == 0, ok.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,8 @@ def generate(capsys, server, regions, out, *extra):
     url = f"http://127.0.0.1:{server.server_port}/v1"
     code = main(["generate", "--regions", str(regions), "--out", str(out), "--backend", "openai", "--base-url", url,
                  "--served-model", MODEL, "--num-samples", "2", "--variants", "box_text", "--max-new-tokens", "8",
-                 "--max-retries", "0", "--concurrency", "2", "--no-progress", *map(str, extra)])  # fmt: skip
+                 "--max-retries", "0", "--concurrency", "2", "--no-progress", "--images",
+                 json.loads(Path(regions).read_text().splitlines()[0])["image_root"], *map(str, extra)])  # fmt: skip
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

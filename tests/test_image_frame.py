@@ -45,7 +45,7 @@ def built(tmp_path_factory):
             "--image-max-pixels", 262144)  # fmt: skip
     assert p.returncode == 0, p.stderr
     p = spr("export", "--pairs", root / "pairs.jsonl", "--dataset-dir", root / "data", "--name", "spr_frame",
-            "--image-max-pixels", 262144)  # fmt: skip
+            "--image-max-pixels", 262144, "--images", scenes.parent / "images")  # fmt: skip
     assert p.returncode == 0, p.stderr
     return root
 
@@ -132,7 +132,8 @@ def test_export_adopts_the_recipe_frame_for_pairs_without_a_record(built, tmp_pa
 
 def test_export_refuses_a_recipe_in_another_frame(built, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", image_max_pixels=12544)
-    p = spr("export", "--pairs", built / "pairs.jsonl", "--dataset-dir", tmp_path / "data", "--name", "x", "--recipe", recipe)
+    p = spr("export", "--pairs", built / "pairs.jsonl", "--dataset-dir", tmp_path / "data", "--name", "x", "--recipe", recipe,
+            "--images", built / "scenes" / "images")  # fmt: skip
     assert_one_line_error(p, "image_max_pixels=12544")
     assert not (tmp_path / "data").exists()
 

@@ -151,7 +151,8 @@ def test_spr_generate_refuses_to_append_with_other_settings(synthetic_scenes, ti
     assert p.returncode == 0, p.stderr
     out = tmp_path / "cands.jsonl"
     base = ["generate", "--regions", regions, "--model", tiny_qwen2vl, "--out", out, "--num-samples", 1,
-            "--variants", "box_text", "--max-new-tokens", 4, "--no-progress"]  # fmt: skip
+            "--variants", "box_text", "--max-new-tokens", 4, "--no-progress",
+            "--images", synthetic_scenes.parent / "images"]  # fmt: skip
     assert spr(*base).returncode == 0
     one_line_error(spr(*base, "--temperature", "0.3"), "candidates file", "generation.temperature 0.9 -> 0.3", "--fresh")
     one_line_error(spr(*base, "--seed", "7"), "generation.seed 0 -> 7")
@@ -168,7 +169,8 @@ def test_eval_results_are_not_reused_for_another_model_or_prompt(tiny_qwen2vl, s
         tmp_path / "rec.jsonl", rec_items_from_detections(synthetic_scenes, synthetic_scenes.parent / "images")[:2]
     )
     out = tmp_path / "r.json"
-    base = ["eval", "rec", "--annotations", ann, "--out", out, "--max-new-tokens", 4, "--quiet"]
+    base = ["eval", "rec", "--annotations", ann, "--images", synthetic_scenes.parent / "images", "--out", out,
+            "--max-new-tokens", 4, "--quiet"]  # fmt: skip
     assert spr(*base, "--model", tiny_qwen2vl).returncode == 0
     alias = tmp_path / "other-model"
     alias.symlink_to(tiny_qwen2vl, target_is_directory=True)

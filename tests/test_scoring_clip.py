@@ -4,6 +4,8 @@ The tiny CLIP's scores mean nothing; these tests check the code paths: batching,
 of the full image, long texts, configuration errors and record round trips.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -229,9 +231,16 @@ def test_clip_plus_text_ranks_present_objects_above_absent_ones(clip_plus_text, 
     ],
 )
 def test_cli_scorer_mistakes_are_one_line_errors(flags, message, tmp_path, capsys):
+    from PIL import Image
+
     from spr_plugin import cli
 
-    argv = ["pair", "--regions", str(tmp_path / "r.jsonl"), "--candidates", str(tmp_path / "c.jsonl")]
+    Image.new("RGB", (20, 10)).save(tmp_path / "x.png")  # regions are checked first (their images under --images)
+    obj = {"ann_id": 1, "category": "cat", "box": [1, 1, 5, 5]}
+    region = {"region_id": "r", "image_id": 1, "image_path": str(tmp_path / "x.png"), "width": 20, "height": 10,
+              "box": [1, 1, 9, 9], "objects": [obj], "seed_ann_id": 1}  # fmt: skip
+    (tmp_path / "r.jsonl").write_text(json.dumps(region) + "\n")
+    argv = ["pair", "--regions", str(tmp_path / "r.jsonl"), "--candidates", str(tmp_path / "c.jsonl"), "--images", str(tmp_path)]
     assert cli.main([*argv, "--out", str(tmp_path / "p.jsonl"), *flags]) == 2
     err = capsys.readouterr().err
     assert "spr pair: error:" in err and message in err and "Traceback" not in err

@@ -41,7 +41,10 @@ def _count(img: Image.Image, color: tuple[int, int, int], box: tuple[int, int, i
 
 def test_cli_renders_png_per_pair_and_html(pairs_file, tmp_path):
     out = tmp_path / "view"
-    proc = run_spr("show", "--pairs", pairs_file, "--out", out, "-n", "3")
+    root = json.loads(pairs_file.read_text().splitlines()[0])["region"]["image_root"]
+    refused = run_spr("show", "--pairs", pairs_file, "--out", out, "-n", "3")  # no --images: nothing is read
+    assert refused.returncode == 2 and "no --images given" in refused.stderr, refused.stderr
+    proc = run_spr("show", "--pairs", pairs_file, "--out", out, "-n", "3", "--images", root)
     assert proc.returncode == 0, proc.stderr
     pngs = sorted(out.glob("pair_*.png"))
     assert len(pngs) == 3

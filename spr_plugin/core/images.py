@@ -11,23 +11,30 @@ Every stage that touches an image goes through here, so a bad file is met the sa
   gives ``val/patch8/x.jpg``), and never outside the root.
 * :func:`copy_verified` copies atomically (temp file + rename) and compares content, so a run killed during
   a copy never leaves a truncated image that a rerun would accept.
+* One frame (docs/inputs.md): every size here is the *raw* stored frame LLaMA-Factory trains in (EXIF
+  orientation is never applied); :func:`inspect_image` reads the tag so sampling can refuse annotations made in
+  the rotated frame, and :func:`raw_frame_bytes` gives bytes no reader can rotate. :func:`region_image` is the
+  check of every image a regions or pairs file names: under the command line's roots, at the declared size.
 """
 
 from __future__ import annotations
 
 import filecmp
+import io
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.paths import contained_path
-from spr_plugin.core.records import Box
+from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.records import Box, Region
 
 #: Reasons :func:`check_image` gives for an unusable image (keys of the skip counters in every summary).
 MISSING, CORRUPT, TOO_LARGE = "missing_image", "corrupt_image", "image_too_large"
@@ -36,12 +43,49 @@ MISSING, CORRUPT, TOO_LARGE = "missing_image", "corrupt_image", "image_too_large
 IMAGE_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "MPO"})
 
 
-def check_image(path: str | os.PathLike, *, decode: bool = True) -> tuple[int, int] | str:
-    """The image's ``(width, height)``, or why it cannot be used: :data:`MISSING`, :data:`CORRUPT`
-    (not an image, truncated, undecodable) or :data:`TOO_LARGE` (over PIL's decompression-bomb limit).
+#: Why an image whose pixels LLaMA-Factory's ``convert("RGB")`` would get wrong is skipped (16-bit PNGs, ``I``,
+#: ``F``: every value above 255 clips, a 16-bit photo becomes an all-white model input).
+UNSUPPORTED_MODE = "unsupported_image_mode"
+
+#: Modes whose ``convert("RGB")`` (what LLaMA-Factory does to every training image) keeps the picture:
+#: bilevel, grey, palette (with or without transparency), RGB(A), CMYK, YCbCr.
+RGB_SAFE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+
+_ORIENTATION = 0x0112  # EXIF Orientation; 5-8 swap width and height when a viewer applies them
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What spr needs to know of an image file: its stored (raw) size, mode and EXIF orientation tag.
+
+    ``width`` x ``height`` is the *raw* pixel frame: PIL's ``Image.open`` does not apply the EXIF
+    orientation, and neither does LLaMA-Factory 0.9.5 (``mm_plugin._regularize_images``), so this is the
+    frame a model trained with LLaMA-Factory sees and the frame every box of spr lives in (docs/inputs.md).
+    """
+
+    width: int
+    height: int
+    mode: str
+    orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    @property
+    def rotated(self) -> bool:
+        """A viewer that honours the EXIF tag shows this image with width and height swapped."""
+        return self.orientation in (5, 6, 7, 8)
+
+
+def inspect_image(path: str | os.PathLike, *, decode: bool = True) -> ImageFacts | str:
+    """The image's :class:`ImageFacts`, or why it cannot be used: :data:`MISSING`, :data:`CORRUPT` (not an
+    image, truncated, undecodable), :data:`TOO_LARGE` (over PIL's decompression-bomb limit) or
+    :data:`UNSUPPORTED_MODE` (its pixels would not survive LLaMA-Factory's RGB conversion).
 
     ``decode`` decodes the pixels (JPEGs at 1/8 scale via ``draft``, which still reads every byte), so a
-    truncated file is caught here and not in the middle of a generation batch.
+    truncated file is caught here and not in the middle of a generation batch; without it only the header
+    is read (size, mode, orientation: cheap enough for every image of a large regions file).
     """
     path = Path(path)
     if not path.is_file():
@@ -52,20 +96,35 @@ def check_image(path: str | os.PathLike, *, decode: bool = True) -> tuple[int, i
             with Image.open(path) as im:
                 if im.format not in IMAGE_FORMATS:
                     return CORRUPT
-                size = im.size
+                size, mode = im.size, im.mode
+                orientation = _orientation(im)
                 if decode:
                     if im.format in ("JPEG", "MPO"):
                         im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
                     im.load()
-                else:
-                    im.verify()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return TOO_LARGE
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError):
         return CORRUPT
     if size[0] < 1 or size[1] < 1:
         return CORRUPT
-    return size
+    if mode not in RGB_SAFE_MODES:
+        return UNSUPPORTED_MODE
+    return ImageFacts(int(size[0]), int(size[1]), mode, orientation)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block is no orientation (PIL raises many types here)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def check_image(path: str | os.PathLike, *, decode: bool = True) -> tuple[int, int] | str:
+    """The image's raw ``(width, height)``, or why it cannot be used (see :func:`inspect_image`)."""
+    facts = inspect_image(path, decode=decode)
+    return facts if isinstance(facts, str) else facts.size
 
 
 @lru_cache(maxsize=65536)
@@ -263,3 +322,66 @@ def crop_rect(box: Box, width: int | None = None, height: int | None = None) -> 
 def crop_region(image: Image.Image, box: Box) -> Image.Image:
     """``image`` cropped to ``box`` (:func:`crop_rect`)."""
     return image.crop(crop_rect(box, *image.size))
+
+
+def region_image(region: Region, roots: ImageRoots) -> Path:
+    """The image file of a region read from a regions or pairs file, checked before anything reads it.
+
+    The path must lie under the image folders named on the command line (:class:`ImageRoots`; the
+    ``image_root`` the file records is only a hint in the message), and an existing image must have the size
+    the region declares, in the raw frame its boxes live in: a regions file sampled from another version of
+    the image (a half-size copy, a rotated export) would put every box on the wrong pixels. A missing file
+    is returned as is, for the caller to skip and count. Raises :class:`SPRError` (one line) otherwise.
+    """
+    where = f"region {region.region_id}: image"
+    hint = f"pass --images {region.image_root} if you trust this file" if region.image_root else "pass --images FOLDER"
+    path = roots.resolve(region.image_path, where, hint)
+    if path.is_file():
+        facts = inspect_image(path, decode=False)
+        if isinstance(facts, ImageFacts) and facts.size != (region.width, region.height):
+            raise SPRError(
+                f"{where} {path} is {facts.width}x{facts.height} but the region declares {region.width}x{region.height}; "
+                "its boxes were made for another version of this image"
+            )
+    return path
+
+
+def confine_regions(regions: Sequence[Region], roots: ImageRoots, *, progress: bool = False) -> list[Region]:
+    """``regions`` with each ``image_path`` checked by :func:`region_image` (one header read per image) and
+    replaced by the path that was checked, so later stages read exactly that file."""
+    from tqdm import tqdm
+
+    checked: dict[tuple[str, int, int], str] = {}
+    out = []
+    bar = tqdm(regions, desc="checking images", unit="region", disable=not progress or len(regions) < 1000)
+    for region in bar:
+        key = (region.image_path, region.width, region.height)
+        if key not in checked:
+            checked[key] = str(region_image(region, roots))
+        path = checked[key]
+        out.append(region if path == region.image_path else replace(region, image_path=path))
+    return out
+
+
+def raw_frame_bytes(path: str | os.PathLike) -> bytes:
+    """The image's bytes as every reader sees them in the raw frame: the file itself, unless it carries an EXIF
+    orientation tag, then its stored pixels re-encoded as PNG (lossless, same mode, no EXIF).
+
+    Why: LLaMA-Factory and spr read the raw pixel frame, but ``datasets``' ``Image`` feature (TRL reading a
+    parquet of ``spr export-hf`` / ``export-grpo``) and some servers apply the tag and would rotate the picture
+    under boxes written for the raw frame.
+    """
+    with Image.open(path) as im:
+        if _orientation(im) == 1:
+            with open(path, "rb") as f:
+                return f.read()
+        im.load()
+        pixels = im if im.mode in ("1", "L", "LA", "P", "RGB", "RGBA") else im.convert("RGB")  # PNG has no CMYK
+        buf = io.BytesIO()
+        pixels.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def has_orientation_tag(im: Image.Image) -> bool:
+    """The image carries an EXIF orientation other than 1 (upright), which readers disagree on honouring."""
+    return _orientation(im) != 1

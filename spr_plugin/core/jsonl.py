@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,43 @@ def _no_constant(name: str) -> Any:
 def loads_strict(text: str | bytes) -> Any:
     """``json.loads`` that refuses ``NaN``/``Infinity`` (Python's json accepts them; no JSON file should hold them)."""
     return json.loads(text, parse_constant=_no_constant)
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes ``NaN``/``Infinity`` (not JSON: most readers refuse the file).
+
+    Every JSON file spr writes goes through here; a non-finite number is refused with one line instead of
+    being written (records are validated on reading, so one here means a value came from elsewhere).
+    """
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError as exc:
+        if "JSON compliant" not in str(exc):
+            raise
+        raise SPRError(f"refusing to write a non-finite number (NaN or Infinity) as JSON: {_first_non_finite(obj)}") from None
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN/infinite float replaced by ``None``: for summaries and reports, where a number
+    that is undefined (a mean of nothing) is ``null`` rather than a reason to lose the run's report."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def _first_non_finite(obj: Any, where: str = "") -> str:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"{where or 'value'} = {obj}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _first_non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return ""
 
 
 def read_jsonl(
@@ -131,7 +169,7 @@ class JsonlAppender:
         self._f = self.path.open("a", encoding="utf-8")
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._f.write(dumps(obj, ensure_ascii=False) + "\n")
         self._f.flush()
 
     def close(self) -> None:
@@ -199,6 +237,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
-    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+    lines = [dumps(r, ensure_ascii=False) + "\n" for r in records]
     atomic_write_text(path, "".join(lines))
     return len(lines)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.jsonl import atomic_write_text, dumps
 
 VERSION = 1
 
@@ -127,7 +127,7 @@ class Manifest:
         data = self.read() if self.path.is_file() else None
         recorded = dict(data["stages"]) if data else {}
         recorded.update({stage: settings(inputs) for stage, inputs in stages.items()})
-        atomic_write_text(self.path, json.dumps({"version": VERSION, "stages": recorded}, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.path, dumps({"version": VERSION, "stages": recorded}, indent=2, sort_keys=True) + "\n")
 
     def reset(self) -> list[Path]:
         """``--fresh``: remove every output the manifest covers, and the manifest; returns what was removed."""

@@ -3,14 +3,16 @@
 Annotation files and dataset records come from other people. A COCO ``file_name`` such as
 ``../../etc/passwd`` or ``/home/me/.ssh/id_rsa`` would otherwise make the builder read (and copy into a
 dataset it may publish) a file outside the image root; a dataset record or registry entry with such a
-path would make LLaMA-Factory read it. The check is lexical (``..`` and absolute paths), not
-``resolve()``-based, so image folders that are symlinks to a bigger disk keep working.
+path would make LLaMA-Factory read it. :func:`contained_path` is lexical (``..`` and absolute paths), for
+names joined to a root. :class:`ImageRoots` is the one rule for image paths a regions, pairs or dataset
+file names (docs/inputs.md): read only under the folders named on the command line, symlinks resolved.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
@@ -78,3 +80,83 @@ def make_real_dirs(root: str | os.PathLike, relative: str, what: str = "folder")
     path = check_write_path(root, relative, what, folder=True)
     path.mkdir(parents=True, exist_ok=True)
     return check_write_path(root, relative, what, folder=True)  # a link swapped in meanwhile is refused
+
+
+class ImageRoots:
+    """The folders a command may read images from, as the user named them on its command line.
+
+    A regions, pairs or dataset file is data from elsewhere: it names its own image paths (and an
+    ``image_root``), so trusting them would let a received file make spr read, copy, embed, render or send
+    any decodable image on the machine. The rule (docs/inputs.md, "Image roots"): an image is read only if
+    its *real* path (symlinks resolved) lies under the real path of one of these roots. A root that is
+    itself a symlink (an image folder on a bigger disk) keeps working; a symlink *inside* a root that leads
+    out of it (``root/link -> /etc``) is refused, and ``root/link/../x`` is read as ``root/x`` (what a lexical
+    check approves), never as the OS would follow it. Relative image paths are looked up under each root in
+    order. No root at all (no ``--images``) refuses every image, naming the flag to give.
+    """
+
+    def __init__(self, roots: Sequence[str | os.PathLike], named_by: str) -> None:
+        self.roots = tuple(Path(os.path.abspath(r)) for r in roots)
+        self.real = tuple(Path(os.path.realpath(r)) for r in self.roots)
+        self.named_by = named_by
+
+    @classmethod
+    def of(cls, images: Sequence[str | os.PathLike] | str | os.PathLike | None) -> ImageRoots:
+        """The ``--images`` folders of a command (one or several); none given means no image may be read."""
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
+        return cls([p for p in images or () if p is not None], "--images")
+
+    def __repr__(self) -> str:
+        return f"ImageRoots({[str(r) for r in self.roots]!r})"
+
+    def contains_real(self, path: str | os.PathLike) -> bool:
+        real = Path(os.path.realpath(path))
+        return any(real == r or r in real.parents for r in self.real)
+
+    def resolve(self, image_path: object, what: str = "image", hint: str = "") -> Path:
+        """The file to read for ``image_path`` (absolute, or relative to a root), else :class:`SPRError`.
+
+        The returned path need not exist (callers count missing images); it never leads outside the roots.
+        """
+        if not isinstance(image_path, str) or not image_path or "\x00" in image_path:
+            raise SPRError(f"{what} {image_path!r:.80} is not a usable file path")
+        if os.path.isabs(image_path):
+            candidates = [Path(os.path.normpath(image_path))]
+        else:
+            candidates = [Path(os.path.normpath(root / image_path)) for root in self.roots]
+        inside = [c for c in candidates if self.contains_real(c)]
+        for path in inside:
+            if path.is_file():
+                return path
+        if inside:
+            return inside[0]
+        linked = [c for c in candidates if any(c == r or r in c.parents for r in self.roots)]
+        if linked:  # lexically inside, but a symlink on the way leads out
+            real = os.path.realpath(linked[0])
+            raise SPRError(
+                f"{what} {str(linked[0])!r:.200} is a link to {real}, outside the image folders named on the command "
+                f"line; refusing to read it (if that folder is yours, name it too: --images {Path(real).parent})"
+            )
+        where = f"{', '.join(str(r) for r in self.roots)}: {self.named_by}" if self.roots else f"none: no {self.named_by} given"
+        raise SPRError(
+            f"{what} {image_path!r:.200} points outside the image folders named on the command line ({where}); "
+            f"refusing to read it{'; ' + hint if hint else ''}"
+        )
+
+
+def image_roots(given: ImageRoots | str | os.PathLike | None, region: object) -> ImageRoots:
+    """The roots a library call names (``ImageRoots`` or one folder); None falls back to the ``image_root``
+    the region recorded, which only library callers holding regions they sampled themselves may rely on
+    (the command line always names its roots)."""
+    if isinstance(given, ImageRoots):
+        return given
+    if given is not None:
+        return ImageRoots([given], "image_root")
+    recorded = getattr(region, "image_root", "")
+    if not recorded:
+        raise SPRError(
+            f"region {getattr(region, 'region_id', '?')}: no image root recorded for {getattr(region, 'image_path', '?')}; "
+            "pass --images FOLDER (the folder the images were sampled from)"
+        )
+    return ImageRoots([recorded], "the image root the region recorded")

@@ -105,3 +105,15 @@ def check_count(value: int | None, flag: str, *, minimum: int = 1) -> int | None
     if value is not None and value < minimum:
         raise SPRError(f"{flag} must be at least {minimum}, got {value}")
     return value
+
+
+def require_not_input(out: str | os.PathLike, inputs: list[str | os.PathLike], what: str) -> None:
+    """Refuse an output that is one of the command's inputs (also through a symlink or another spelling):
+    writing it would replace the file being read."""
+    target = os.path.realpath(out)
+    for source in inputs:
+        same = os.path.realpath(source) == target
+        if not same and os.path.exists(out) and os.path.exists(source):
+            same = os.path.samefile(out, source)  # a hard link
+        if same:
+            raise SPRError(f"{what} {out} is the input file {source}; write to another file")

@@ -83,7 +83,9 @@ class AnnotatedObject:
         synonyms = d.get("synonyms") or ()
         if not isinstance(synonyms, (list, tuple)):
             raise TypeError(f"synonyms must be a list of names, got {type(synonyms).__name__}")
-        return cls(int(d["ann_id"]), str(d["category"]), Box.from_list(d["box"]), tuple(str(s) for s in synonyms))
+        if not all(isinstance(s, str) for s in synonyms):
+            raise TypeError("synonyms must be a list of names")
+        return cls(_count(d["ann_id"], "ann_id"), _text(d["category"], "category"), _box(d["box"], "box"), tuple(synonyms))
 
 
 @dataclass(frozen=True)
@@ -142,17 +144,24 @@ class Region:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Region:
+        region_id = _region_id(d["region_id"])
+        width, height = _count(d["width"], "width"), _count(d["height"], "height")
+        if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+            raise ValueError(f"image size must be 1..{MAX_SIDE} pixels a side, got {width}x{height}")
+        box = _box(d["box"], "box")
+        if box.x2 <= 0 or box.y2 <= 0 or box.x1 >= width or box.y1 >= height:
+            raise ValueError(f"box {box.as_list()} lies outside the {width}x{height} image")
         return cls(
-            region_id=str(d["region_id"]),
-            image_id=int(d["image_id"]),
-            image_path=str(d["image_path"]),
-            width=int(d["width"]),
-            height=int(d["height"]),
-            box=Box.from_list(d["box"]),
-            objects=tuple(AnnotatedObject.from_dict(o) for o in d["objects"]),
-            seed_ann_id=int(d["seed_ann_id"]),
-            image_root=str(d.get("image_root") or ""),
-            ignored=tuple(AnnotatedObject.from_dict(o) for o in d.get("ignored") or ()),
+            region_id=region_id,
+            image_id=_count(d["image_id"], "image_id"),
+            image_path=_text(d["image_path"], "image_path"),
+            width=width,
+            height=height,
+            box=box,
+            objects=tuple(AnnotatedObject.from_dict(o) for o in _list(d["objects"], "objects")),
+            seed_ann_id=_count(d["seed_ann_id"], "seed_ann_id"),
+            image_root=_text(d.get("image_root") or "", "image_root", empty=True),
+            ignored=tuple(AnnotatedObject.from_dict(o) for o in _list(d.get("ignored") or [], "ignored")),
             not_exhaustive=_names(d.get("not_exhaustive")),
             absent=_names(d.get("absent")),
         )
@@ -194,30 +203,79 @@ class Candidate:
         text = d["text"]
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
-        region_id = d["region_id"]
-        if not isinstance(region_id, (str, int)) or isinstance(region_id, bool):
-            raise TypeError(f"region_id must be a string, got {type(region_id).__name__}")
         temperature = d.get("temperature")
         return cls(
-            region_id=str(region_id),
-            variant=str(d.get("variant", "unknown")),
+            region_id=_region_id(d["region_id"]),
+            variant=_text(_default(d.get("variant"), "unknown"), "variant"),
             sample_idx=_count(d.get("sample_idx", 0), "sample_idx"),
             text=text,
-            generator=str(d.get("generator", "")),
+            generator=_text(_default(d.get("generator"), ""), "generator", empty=True),
             temperature=None if temperature is None else _finite(temperature, "temperature"),
             seed=None if d.get("seed") is None else _count(d["seed"], "seed"),
         )
 
 
+#: Ids and counts are int64 (parquet columns, numpy, pycocotools): a hand-edited ``1e40`` is refused on reading.
+MAX_INT = 2**63 - 1
+#: The largest image side a record may declare (far above any decodable image, far below int overflow).
+MAX_SIDE = 1_000_000
+
+
 def _count(value: Any, what: str) -> int:
-    """A non-negative integer field (JSON ``1.0`` accepted, ``Infinity``, ``1.5``, ``true`` and ``"1"`` not)."""
+    """A non-negative int64 field (JSON ``1.0`` accepted, ``Infinity``, ``1.5``, ``true``, ``"1"`` and 10^40 not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a non-negative integer, got {value!r:.40}")
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise ValueError(f"{what} must be a non-negative integer, got {value!r:.40}")
-    if value < 0:
-        raise ValueError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    if not 0 <= value <= MAX_INT:
+        raise ValueError(f"{what} must be a non-negative integer below 2^63, got {value!r:.40}")
     return int(value)
+
+
+def _text(value: Any, what: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty):
+        raise TypeError(f"{what} must be a{'' if empty else ' non-empty'} string, got {value!r:.40}")
+    return value
+
+
+def _region_id(value: Any) -> str:
+    """Region ids are strings (an integer id of a hand-made file is accepted as its decimal string)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise TypeError(f"region_id must be a string (not empty), got {value!r:.40}")
+    if isinstance(value, int) and not 0 <= value <= MAX_INT:
+        raise ValueError(f"region_id must be a string or an id below 2^63, got {value!r:.40}")
+    return str(value)
+
+
+def _default(value: Any, default: str) -> Any:
+    """A missing or null optional field takes its default (hand-made files write ``null``)."""
+    return default if value is None else value
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be true or false, got {value!r:.40}")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"{what} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _box(value: Any, what: str) -> Box:
+    """A box of a record: four finite numbers ``[x1, y1, x2, y2]`` with ``x1 < x2`` and ``y1 < y2`` (pixels).
+
+    A zero-size or reversed box has no area to describe or match; an infinite one would turn every score
+    and margin it touches into a non-JSON ``Infinity``.
+    """
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise TypeError(f"{what} must be a list of 4 numbers [x1, y1, x2, y2], got {value!r:.60}")
+    x1, y1, x2, y2 = (_finite(v, what) for v in value)
+    if not (x1 < x2 and y1 < y2):
+        raise ValueError(f"{what} {[x1, y1, x2, y2]} is empty or reversed (needs x1 < x2 and y1 < y2)")
+    return Box(x1, y1, x2, y2)
 
 
 def _finite(value: Any, what: str) -> float:
@@ -305,10 +363,14 @@ class LocalizationScore:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LocalizationScore:
-        matches = tuple(Match(int(g), int(p), float(i)) for g, p, i in d["matches"])
+        matches = tuple(
+            Match(_count(g, "match gt index"), _count(p, "match box index"), _finite(i, "match IoU"))
+            for g, p, i in _list(d["matches"], "matches")
+        )
         return cls(
-            float(d["score"]), str(d["metric"]), int(d["n_gt"]), int(d["n_pred"]), matches,
-            int(d.get("n_grounded", 0)), int(d.get("n_neutral", 0)),
+            _finite(d["score"], "localization score"), _text(d["metric"], "metric"), _count(d["n_gt"], "n_gt"),
+            _count(d["n_pred"], "n_pred"), matches, _count(d.get("n_grounded", 0), "n_grounded"),
+            _count(d.get("n_neutral", 0), "n_neutral"),
         )  # fmt: skip
 
 
@@ -340,8 +402,8 @@ class SemanticScore:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SemanticScore:
-        parts = {str(k): float(v) for k, v in d.items() if k not in ("score", "scorer")}
-        return cls(float(d["score"]), parts, str(d["scorer"]))
+        parts = {str(k): _finite(v, f"semantic {k}") for k, v in d.items() if k not in ("score", "scorer")}
+        return cls(_finite(d["score"], "semantic score"), parts, _text(d["scorer"], "scorer"))
 
 
 @dataclass(frozen=True)
@@ -378,12 +440,12 @@ class ScoredCandidate:
     def from_dict(cls, d: dict[str, Any]) -> ScoredCandidate:
         return cls(
             candidate=Candidate.from_dict(d["candidate"]),
-            refined=bool(d["refined"]),
-            score=float(d["score"]),
+            refined=_flag(d["refined"], "refined"),
+            score=_finite(d["score"], "score"),
             semantic=SemanticScore.from_dict(d["semantic"]),
             localization=LocalizationScore.from_dict(d["localization"]),
-            parse_dropped={str(k): int(v) for k, v in d.get("parse_dropped", {}).items()},
-            norm_parts={str(k): float(v) for k, v in d.get("norm_parts", {}).items()},
+            parse_dropped={str(k): _count(v, "parse_dropped") for k, v in d.get("parse_dropped", {}).items()},
+            norm_parts={str(k): _finite(v, "norm_parts") for k, v in d.get("norm_parts", {}).items()},
             refinement=dict(d.get("refinement", {})),
         )
 

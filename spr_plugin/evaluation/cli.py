@@ -164,7 +164,12 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
     check_eval_inputs(a)
     cfg = _config(RegionEvalConfig, a)
     if a.regions is not None:
-        regions, source = read_regions(a.regions), str(a.regions)
+        from spr_plugin.core.images import confine_regions
+        from spr_plugin.core.paths import ImageRoots
+
+        # A regions file names its own images: read only those under --images (default: the file's folder).
+        regions = confine_regions(read_regions(a.regions), ImageRoots.of(a.images), progress=not a.quiet)
+        source = str(a.regions)
         data_inputs: dict = {"regions": file_digest(a.regions)}
     else:
         if a.annotations is None or a.images is None:
@@ -222,7 +227,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "{id, image, expression, box:[x1,y1,x2,y2]} (docs/evaluation.md)",
     )
     p.add_argument(
-        "--images", type=Path, default=None, help="folder relative image paths start from (default: the file's folder)"
+        "--images",
+        type=Path,
+        default=None,
+        help="folder relative image paths start from and the only folder images are read from (default: the file's folder)",
     )
     p.add_argument(
         "--split", default=None, help="files holding several splits (refer pickles, merged refs json): the split to evaluate"
@@ -235,7 +243,13 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = ev_sub.add_parser("region", help="grounded region descriptions: localization P/R/F1 at IoU 0.5 and matched mean IoU")
     p.add_argument("--regions", type=Path, default=None, help="regions JSONL from `spr regions` (held-out images)")
     p.add_argument("--annotations", type=Path, default=None, help="or: COCO-format detection json to sample regions from")
-    p.add_argument("--images", type=Path, default=None)
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="with --annotations: the image folder; with --regions: the only folder images are read from "
+        "(default: the regions file's folder)",
+    )
     p.add_argument("--k", type=int, default=4, help="a region holds more than K objects")
     p.add_argument("--regions-per-image", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -43,6 +43,7 @@ from typing import Any
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import ImageLocator
 from spr_plugin.core.jsonl import atomic_output, loads_strict, read_jsonl
+from spr_plugin.core.paths import ImageRoots
 from spr_plugin.core.records import Box
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_phrase
 
@@ -98,15 +99,15 @@ class _Builder:
         self.data = data
         self.locator = ImageLocator(root)
         self.locator.learn([n for n in names if isinstance(n, str) and not os.path.isabs(n)][:20])
+        #: A REC file is data from elsewhere: its images are read only under the image folder (docs/inputs.md).
+        self.roots = ImageRoots([root], "--images, default the annotation file's folder")
         self.ids: set[str] = set()
 
     def image(self, name: str, where: str) -> str:
         if not isinstance(name, str) or not name:
             raise SPRError(f"{where}: no image file name")
-        if os.path.isabs(name):
-            return name
-        found = self.locator.locate(name) if self.locator.contains(name) else None
-        return str(found if found is not None else self.locator.root / name)
+        found = self.locator.locate(name) if not os.path.isabs(name) and self.locator.contains(name) else None
+        return str(self.roots.resolve(str(found) if found is not None else name, f"{where}: image", "pass --images FOLDER"))
 
     def add(self, item_id: str, image: str, expression: Any, box: Box, where: str) -> None:
         if not isinstance(expression, str):
@@ -448,6 +449,6 @@ def rec_items_from_detections(annotation_file: str | os.PathLike, image_root: st
         names = [category_name(coco, a["category_id"]) for a in anns]
         for ann, name in zip(anns, names):
             if names.count(name) == 1:
-                path = str((root / str(coco.imgs[img_id]["file_name"])).resolve())
+                path = str(ImageRoots([root], "--images").resolve(str(coco.imgs[img_id]["file_name"]), f"image {img_id}"))
                 items.append(RecItem(f"{img_id}_{ann['id']}", path, name, Box.from_xywh(*ann["bbox"])))
     return items

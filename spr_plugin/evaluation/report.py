@@ -6,14 +6,13 @@ and the decoding settings so numbers are never quoted without the protocol behin
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.jsonl import atomic_write_text, dumps, finite_or_null
 from spr_plugin.evaluation.metrics import RecSummary, RegionSummary
 
 
@@ -59,7 +58,7 @@ def _table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> Path:
     path = Path(path)
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, dumps(finite_or_null(obj), indent=2) + "\n")
     return path
 
 

@@ -101,7 +101,9 @@ def generation_fingerprint(cfg, box_format: str) -> dict:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
+    from spr_plugin.core.images import confine_regions
     from spr_plugin.core.manifest import Manifest, file_digest
+    from spr_plugin.core.paths import ImageRoots
     from spr_plugin.core.preflight import require_writable_file
     from spr_plugin.families.profiles import get_box_format
     from spr_plugin.generation.candidates import generate_with_config
@@ -114,6 +116,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     out = shard_path(a.out, spec)
     require_writable_file(out, "--out")
     regions = list(select_shard(read_regions(a.regions), spec))
+    # A regions file from elsewhere names its own images: read only those under the folders named here.
+    regions = confine_regions(regions, ImageRoots.of(a.images), progress=not a.no_progress)
     # A rerun appends to the same file: refuse if it was started with other regions or settings.
     manifest = Manifest(out.with_name(out.name + ".manifest.json"), {"candidates": [out, out.with_name(f".{out.name}.lock")]})
     stage = {"candidates": {"regions": file_digest(a.regions), "shard": str(spec), **generation_fingerprint(cfg, a.box_format)}}

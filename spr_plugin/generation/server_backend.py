@@ -40,6 +40,7 @@ from typing import Any
 from PIL import Image
 
 from spr_plugin.core.errors import PartialBatchError, SPRError
+from spr_plugin.core.images import has_orientation_tag
 from spr_plugin.families.prompts import Prompt
 from spr_plugin.generation.transformers_backend import clean_output
 from spr_plugin.llamafactory.image import (
@@ -58,16 +59,25 @@ _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "BMP": "i
 
 @lru_cache(maxsize=64)
 def _file_data_url(path: str, image_max_pixels: int | None, image_min_pixels: int | None) -> str:
-    """A data URL of an image file as the model must see it.
+    """A data URL of an image file as the model must see it, in the same frame for every image.
 
-    Its own bytes when LLaMA-Factory's pre-resize keeps its size and the format is widely accepted;
-    else the pre-resized RGB image as PNG (lossless: no second JPEG loss the training images never had).
-    Servers such as vLLM do not pre-resize, so sending the original would change the Qwen2.5-VL frame.
+    Its own bytes only when they leave the server nothing to interpret: LLaMA-Factory's pre-resize keeps
+    its size, the format is widely accepted, it is RGB already and carries no EXIF orientation tag. Else
+    the pre-resized RGB image as PNG (lossless: no second JPEG loss the training images never had), with
+    no EXIF: servers such as vLLM do not pre-resize (sending the original would change the Qwen2.5-VL
+    frame), may honour an orientation tag LLaMA-Factory ignores (the raw frame is the training frame,
+    docs/inputs.md) and convert other modes their own way (RGBA on white, where PIL drops the alpha).
     """
     try:
         with Image.open(path) as im:
             mime = _MIME.get(im.format or "")
-            if mime is None or lf_resize_steps(im.width, im.height, image_max_pixels, image_min_pixels):
+            passthrough = (
+                mime is not None
+                and im.mode == "RGB"
+                and not has_orientation_tag(im)
+                and not lf_resize_steps(im.width, im.height, image_max_pixels, image_min_pixels)
+            )
+            if not passthrough:
                 return _pil_data_url(lf_preprocess_image(im, image_max_pixels, image_min_pixels))
     except OSError as exc:
         raise SPRError(f"cannot read image {path}: {exc}") from None

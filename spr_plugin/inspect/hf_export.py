@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.images import require_image
+from spr_plugin.core.images import raw_frame_bytes, require_image
 from spr_plugin.core.jsonl import read_dataset_records
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.owned import new_temp
-from spr_plugin.core.paths import contained_path
+from spr_plugin.core.paths import ImageRoots, contained_path
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
@@ -162,7 +162,7 @@ def content_parts(text: str) -> list[dict[str, str | None]]:
 
 
 def trl_row(
-    record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str, image_root: Path | None = None
+    record: dict[str, Any], entry: dict[str, Any], dataset_dir: Path, where: str, image_root: ImageRoots | Path | None = None
 ) -> dict[str, Any]:
     """One ShareGPT ranking record -> ``{prompt, chosen, rejected, images}`` in TRL's conversational form."""
     cols = {**RANKING_COLUMNS, **entry.get("columns", {})}
@@ -179,6 +179,7 @@ def trl_row(
     except (KeyError, TypeError) as exc:
         raise SPRError(f"{where}: not a ShareGPT ranking record ({type(exc).__name__}: {exc})") from None
     images = []
+    inside = ImageRoots([dataset_dir], "--dataset-dir")
     for p in image_paths:
         if not isinstance(p, str) or not p:
             raise SPRError(f"{where}: image entry {p!r} is not a file path")
@@ -189,13 +190,15 @@ def trl_row(
                     f"{where}: image {p} lies outside {dataset_dir}; pass --images FOLDER if the dataset's images "
                     "really live there (--image-mode absolute)"
                 )
-            path = contained_path(image_root, p, f"{where}: image")
-        else:
-            path = contained_path(dataset_dir, p, f"{where}: image")
+            roots = image_root if isinstance(image_root, ImageRoots) else ImageRoots([image_root], "--images")
+            path = roots.resolve(p, f"{where}: image")
+        else:  # inside the dataset folder, symlinks resolved: a received dataset may link to the user's files
+            path = inside.resolve(p, f"{where}: image")
         if not path.is_file():
             raise SPRError(f"{where}: image not found: {path}")
         require_image(path, f"{where}: image")  # only real images are embedded, never an arbitrary file
-        images.append({"bytes": path.read_bytes(), "path": path.name})  # embedded: the parquet travels alone
+        # Embedded (the parquet travels alone), in the raw frame: datasets' Image feature applies EXIF orientation.
+        images.append({"bytes": raw_frame_bytes(path), "path": path.name})
     n_placeholders = sum(part["type"] == "image" for m in prompt for part in m["content"])
     if n_placeholders != len(images):
         raise SPRError(f"{where}: {n_placeholders} <image> placeholders but {len(images)} images")
@@ -207,7 +210,7 @@ def export_hf(
     name: str,
     out: str | Path,
     facts: FrameFacts | None = None,
-    image_root: str | Path | None = None,
+    image_root: ImageRoots | str | Path | None = None,
 ) -> HFExportResult:
     """Write ``<out>/<name>.parquet`` (images embedded) and return its path; load it back with
     ``datasets.load_dataset("parquet", data_files=...)``. ``facts``: the box format and image frame the dataset
@@ -231,7 +234,7 @@ def export_hf(
     if not records:
         raise SPRError(f"{data_file} holds no records")
     facts = facts or FrameFacts.of_dataset(dataset_dir, name)
-    root = None if image_root is None else Path(image_root)
+    root = image_root if image_root is None or isinstance(image_root, ImageRoots) else Path(image_root)
     rows = []
     for i, record in enumerate(records):
         row = trl_row(record, entry, dataset_dir, f"{data_file}:{i + 1}", root)

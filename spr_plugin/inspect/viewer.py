@@ -14,16 +14,16 @@ from __future__ import annotations
 import html
 import itertools
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.images import require_image
+from spr_plugin.core.images import region_image, require_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
-from spr_plugin.core.paths import is_contained
+from spr_plugin.core.paths import ImageRoots
 from spr_plugin.core.records import Box, PreferencePair, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -47,6 +47,8 @@ class ShowConfig:
     #: None: as the pairs file records it (``spr pair``'s sidecar, a build's work dir, ``<name>.spr.json``), else
     #: qwen2_vl; a different value than the record is refused (the boxes would be drawn in the wrong place).
     box_format: str | None = None
+    #: The folders original images are read from (``--images``); empty: the pairs file's folder.
+    images: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.pairs is None) == (self.dataset_dir is None):
@@ -76,18 +78,32 @@ def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont
 
 
 def find_image(pair: PreferencePair, config: ShowConfig, copy: str | None = None) -> Path:
-    """The pair's image: its original path, else the copy an export placed in the dataset folder (``copy``: the
-    dataset path the export recorded next to the pair in ``<name>.pairs.jsonl``; copies are named by content, so
-    an image id and a file name alone do not identify one)."""
-    original = Path(pair.region.image_path)
-    if original.is_file():
-        return original
-    roots = [Path(config.dataset_dir)] if config.dataset_dir else []
-    roots.append(config.pairs_file().parent)
-    for root in roots if isinstance(copy, str) and copy else []:
-        if is_contained(root, copy) and (root / copy).is_file():
-            return root / copy
-    raise SPRError(f"image of region {pair.region.region_id} not found: {original} (nor an exported copy)")
+    """The pair's image: its original path if it lies under the image folders (``--images``, default the pairs
+    file's folder), else the copy an export placed in the dataset folder (``copy``: the dataset path the export
+    recorded next to the pair in ``<name>.pairs.jsonl``; copies are named by content, so an image id and a file
+    name alone do not identify one). A pairs file is data from elsewhere: it never makes the viewer render (and
+    publish as a PNG) an image outside those folders."""
+    region = pair.region
+    roots = ImageRoots.of(config.images)
+    refused: SPRError | None = None
+    try:
+        original = region_image(region, roots)
+        if original.is_file():
+            return original
+    except SPRError as exc:
+        refused = exc
+    folders = [Path(config.dataset_dir)] if config.dataset_dir else []
+    folders.append(config.pairs_file().parent)
+    for folder in folders if isinstance(copy, str) and copy else []:
+        try:
+            found = region_image(replace(region, image_path=copy), ImageRoots([folder], "the dataset folder"))
+        except SPRError:
+            continue
+        if found.is_file():
+            return found
+    if refused is not None:
+        raise refused
+    raise SPRError(f"image of region {region.region_id} not found: {region.image_path} (nor an exported copy)")
 
 
 def _pair_and_copy(d: dict) -> tuple[PreferencePair, str | None]:

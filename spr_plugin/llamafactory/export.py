@@ -24,7 +24,6 @@ missing or unusable is skipped and counted, not the end of an export of thousand
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,9 +35,10 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from spr_plugin.core.errors import ConfigError, SPRError
-from spr_plugin.core.images import check_image_cached, content_file_name, copy_verified
+from spr_plugin.core.images import check_image_cached, content_file_name, copy_verified, region_image
+from spr_plugin.core.jsonl import dumps
 from spr_plugin.core.owned import OwnedFiles, Stamp, file_matches, is_temp_name, stamp_of, write_bytes
-from spr_plugin.core.paths import check_write_path, contained_path, make_real_dirs
+from spr_plugin.core.paths import ImageRoots, check_write_path, image_roots, make_real_dirs
 from spr_plugin.core.preflight import check_dataset_name
 from spr_plugin.core.records import PreferencePair
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
@@ -71,10 +71,11 @@ class ExportConfig:
     overwrite: bool = False
     #: The frame the candidates were sampled in; recorded in ``<name>.spr.json`` so a recipe can be checked.
     frame: ImageFrame = field(default_factory=ImageFrame)
-    #: Folder every image of the pairs must lie under (``--images``); None = the root each region recorded
-    #: when it was sampled. A pairs file is data from elsewhere: without this check a record naming
-    #: ``/etc/shadow`` would copy it into a dataset that may be published.
-    image_root: Path | None = None
+    #: The folders every image of the pairs must lie under (:class:`ImageRoots`; ``spr export`` passes its
+    #: ``--images``). A pairs file is data from elsewhere: without this check a record naming ``/etc/shadow``
+    #: would copy it into a dataset that may be published. None (library use with pairs built in process)
+    #: trusts the root each region recorded when it was sampled.
+    image_root: ImageRoots | Path | None = None
     #: Files (names in ``dataset_dir``) the caller writes after the export with :func:`write_companion`, e.g. the
     #: build's dataset card: checked with the others before the first write, the export finishes when they are written.
     companions: tuple[str, ...] = ()
@@ -111,8 +112,8 @@ class ExportResult:
 
 
 def json_lines(records: Iterable[dict[str, Any]]) -> str:
-    """JSONL text: one record per line, as :func:`spr_plugin.core.jsonl.atomic_write_jsonl` writes it."""
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    """JSONL text: one record per line, as :func:`spr_plugin.core.jsonl.atomic_write_jsonl` writes it (never NaN)."""
+    return "".join(dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def record_name(name: str) -> str:
@@ -120,7 +121,7 @@ def record_name(name: str) -> str:
 
 
 def data_file_names(name: str) -> tuple[str, ...]:
-    """The registered data files of an export (what "the dataset already exists" means)."""
+    """The registered data files of an export (what \"the dataset already exists\" means)."""
     return tuple(str(entry["file_name"]) for entry in build_entries(name).values())
 
 
@@ -132,15 +133,9 @@ def companion_names(name: str) -> tuple[str, ...]:
 
 def _image_source(pair: PreferencePair, config: ExportConfig) -> Path | str:
     """The pair's image, or why it cannot be used (a reason of :func:`check_image`: the pair is skipped and
-    counted). A path outside the image root is not a bad image but a hostile file: refused in one line."""
-    root = config.image_root if config.image_root is not None else pair.region.image_root
-    where = f"region {pair.region.region_id}"
-    if not root:
-        raise SPRError(
-            f"{where}: the pairs file records no image root for {pair.region.image_path}; pass --images FOLDER "
-            "(the folder the images were sampled from)"
-        )
-    source = contained_path(root, pair.region.image_path, f"{where}: image")  # refuses paths outside the root
+    counted). A path outside the image folders, or an image of another size than the region declares, is not a
+    bad image but a file from elsewhere: refused in one line (:func:`spr_plugin.core.images.region_image`)."""
+    source = region_image(pair.region, image_roots(config.image_root, pair.region))  # inside the roots, right size
     checked = check_image_cached(source)  # a text file, a truncated JPEG or a bomb is not exported
     return checked if isinstance(checked, str) else source
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.jsonl import atomic_write_text, dumps
 from spr_plugin.core.yaml_safe import load_yaml
 from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.shipped_recipes import resolve_recipe, shipped_recipe_names
@@ -34,7 +34,7 @@ def meta_path(dataset_dir: str | Path, name: str) -> Path:
 
 def meta_text(meta: dict[str, Any]) -> str:
     """The content of a ``<name>.spr.json`` (the export writes it through its own checked writer)."""
-    return json.dumps(meta, indent=2, default=str) + "\n"
+    return dumps(meta, indent=2, default=str) + "\n"
 
 
 def write_meta(dataset_dir: str | Path, name: str, meta: dict[str, Any]) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 from filelock import FileLock
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_text
+from spr_plugin.core.jsonl import atomic_write_text, dumps
 from spr_plugin.core.paths import check_write_path, contained_path
 from spr_plugin.llamafactory.sharegpt import RANKING_COLUMNS, SFT_COLUMNS, check_record_media
 
@@ -127,7 +127,7 @@ def register_datasets(dataset_dir: str | os.PathLike, entries: dict[str, dict[st
             return path
         _clash(info, entries, overwrite, path)
         info.update(entries)
-        atomic_write_text(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(path, dumps(info, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

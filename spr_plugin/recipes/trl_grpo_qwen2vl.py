@@ -1,7 +1,7 @@
 """Online RL of Qwen2-VL with TRL's GRPOTrainer and the SPR reward (docs/trl.md).
 
     spr regions --annotations instances_train.json --images train2017/ --out regions.jsonl
-    spr export-grpo --regions regions.jsonl --out grpo/spr_prompts.parquet      # default frame: 768*768 max
+    spr export-grpo --regions regions.jsonl --images train2017/ --out grpo/spr_prompts.parquet  # default frame: 768*768 max
     python recipes/trl_grpo_qwen2vl.py --model Qwen/Qwen2-VL-7B-Instruct --data grpo/spr_prompts.parquet \
         --output-dir saves/qwen2vl-7b/lora/spr_grpo --bf16
 

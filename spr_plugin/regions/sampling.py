@@ -9,7 +9,9 @@ What the annotations leave open is recorded with the region so scoring never pun
 it: crowd boxes and (by default) Objects365's ``isfake``/``isreflected`` objects become ``ignored`` objects
 (neither required nor wrong to ground), LVIS's ``not_exhaustive_category_ids`` become ``not_exhaustive``
 names. Boxes that overshoot the image border by a little (Objects365 floats) are clamped; an image much
-smaller than its boxes is the wrong image and is skipped.
+smaller than its boxes is the wrong image and is skipped, and so is one whose stored size is not the size the
+annotation file declares for it, or whose pixels would not survive LLaMA-Factory's RGB conversion (16-bit):
+see :func:`frame_mismatch` and docs/inputs.md.
 
 Sampling is seeded per image (``seed``, ``image_id``), so the regions of an image do not depend on
 which other images are processed, their order, or the shard a process works on.
@@ -29,7 +31,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.images import MISSING, ImageLocator, check_image
+from spr_plugin.core.images import MISSING, ImageFacts, ImageLocator, inspect_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.records import AnnotatedObject, Box, Region
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_phrase
@@ -233,15 +235,21 @@ def require_regions(regions: list[Region], stats: RegionStats, source: object) -
 
 
 def sample_regions(
-    coco: COCO, image_root: str | os.PathLike, config: RegionConfig, stats: RegionStats | None = None
+    coco: COCO, image_root: str | os.PathLike, config: RegionConfig, stats: RegionStats | None = None, *, progress: bool = False
 ) -> Iterator[Region]:
-    """Yield query regions, image by image in id order; skipped images are counted in ``stats``."""
+    """Yield query regions, image by image in id order; skipped images are counted in ``stats``.
+
+    Every image is decoded once (its size, mode and frame are checked against the annotation file):
+    ``progress`` shows a bar over the images, since that takes a while for a large dataset.
+    """
+    from tqdm import tqdm
+
     stats = stats if stats is not None else RegionStats()
     if isinstance(coco, DetectionIndex):
         stats.loader = dict(coco.load_stats)
     locator = image_locator(coco, image_root)
     root = str(locator.root)
-    for img_id in sorted(coco.imgs):
+    for img_id in tqdm(sorted(coco.imgs), desc="checking images", unit="image", disable=not progress):
         if config.max_regions is not None and stats.regions >= config.max_regions:
             return
         info = coco.imgs[img_id]
@@ -261,11 +269,16 @@ def sample_regions(
                 MISSING, str(locator.root / str(file_name)) if isinstance(file_name, str) and file_name else f"image {img_id}"
             )
             continue
-        size = check_image(path)  # decodes: truncated files and decompression bombs are skipped here
-        if isinstance(size, str):
-            stats.skip(size, str(path))
+        facts = inspect_image(path)  # decodes: truncated files, bombs and 16-bit images are skipped here
+        if isinstance(facts, str):
+            stats.skip(facts, str(path))
             continue
-        width, height = size
+        width, height = facts.size
+        mismatch = frame_mismatch(info, facts)
+        if mismatch is not None:
+            declared = f"{info.get('width')!r}x{info.get('height')!r}"
+            stats.skip(mismatch, f"image {img_id} ({path}): declared {declared}, stored {width}x{height}")
+            continue
         objects = _objects(coco, cands.objects, width, height, config, stats)
         if objects is None:
             stats.skip("image_smaller_than_box", f"{path} is {width}x{height}")
@@ -310,6 +323,38 @@ def sample_regions(
             )
             if config.max_regions is not None and stats.regions >= config.max_regions:
                 return
+
+
+#: Skip reasons of :func:`frame_mismatch`, keys of the run summary's ``skipped`` counts.
+DECLARED_SIZE_MISMATCH, EXIF_ROTATED_DECLARATION = "declared_size_mismatch", "exif_rotated_declaration"
+
+
+def frame_mismatch(info: dict[str, Any], facts: ImageFacts) -> str | None:
+    """Why an image's boxes cannot be trusted in the frame the model sees, or None.
+
+    The rule (COCO's convention, and the frame LLaMA-Factory 0.9.5 trains in, since neither PIL's ``open``
+    nor its ``mm_plugin`` applies EXIF orientation): an annotation file's ``width``/``height`` and boxes
+    describe the *stored* pixels. An image whose stored size differs from the declared one is another
+    version of the picture (a half-size copy): :data:`DECLARED_SIZE_MISMATCH`. One whose declared size is
+    its stored size with the sides swapped while it carries an EXIF rotation was annotated as a viewer shows
+    it, in a frame the model never sees: :data:`EXIF_ROTATED_DECLARATION`. Both are skipped and counted. A
+    file that declares no size is taken at its stored size.
+    """
+    w, h = info.get("width"), info.get("height")
+    if w is None and h is None:
+        return None
+    declared = (_side(w), _side(h))
+    if declared == facts.size:
+        return None
+    if facts.rotated and declared == (facts.height, facts.width):
+        return EXIF_ROTATED_DECLARATION
+    return DECLARED_SIZE_MISMATCH
+
+
+def _side(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        return None
+    return int(value)
 
 
 def _overlaps(a: Box, b: Box) -> bool:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.images import require_image
-from spr_plugin.core.paths import contained_path
+from spr_plugin.core.images import raw_frame_bytes, region_image, require_image
+from spr_plugin.core.paths import ImageRoots, image_roots
 from spr_plugin.core.records import Region
 from spr_plugin.families.prompts import training_prompt
 from spr_plugin.inspect.hf_export import FrameFacts, content_parts, conversation_feature, frame_features, write_parquet
@@ -70,25 +70,23 @@ def grpo_row(region: Region, facts: FrameFacts, image_bytes: bytes) -> dict[str,
     }
 
 
-def _image_file(region: Region, image_root: str | Path | None) -> Path:
-    """The region's image, once it lies under the image root (``--images``, else the one the region recorded)
-    and decodes as an image: a regions file from elsewhere must not embed ``/etc/shadow`` in the parquet."""
-    root = image_root if image_root is not None else region.image_root
-    if not root:
-        raise SPRError(
-            f"region {region.region_id}: the regions file records no image root for {region.image_path}; "
-            "pass --images FOLDER (the folder the images were sampled from)"
-        )
-    path = contained_path(root, region.image_path, f"region {region.region_id}: image")
+def _image_file(region: Region, image_root: ImageRoots | str | Path | None) -> Path:
+    """The region's image, once it lies under the image folders (``--images``, default the regions file's
+    folder; never the root the file records) and decodes as an image at the size the region declares:
+    a regions file from elsewhere must not embed ``/etc/shadow`` or a private photo in the parquet."""
+    path = region_image(region, image_roots(image_root, region))
     require_image(path, f"region {region.region_id}: image")
     return path
 
 
 def export_grpo(
-    regions: Sequence[Region], out: str | Path, facts: FrameFacts | None = None, image_root: str | Path | None = None
+    regions: Sequence[Region],
+    out: str | Path,
+    facts: FrameFacts | None = None,
+    image_root: ImageRoots | str | Path | None = None,
 ) -> GRPOExportResult:
-    """Write the prompt parquet ``out`` (images embedded) for the given regions; every image must lie under
-    ``image_root`` (default: the root each region recorded) and be a usable image."""
+    """Write the prompt parquet ``out`` (images embedded, in the raw frame) for the given regions; every image must
+    lie under ``image_root`` (library default: the root each region recorded) and be a usable image."""
     import datasets
 
     parquet = Path(out)
@@ -103,7 +101,7 @@ def export_grpo(
         path = region.image_path
         if path not in cache:
             try:
-                cache[path] = _image_file(region, image_root).read_bytes()
+                cache[path] = raw_frame_bytes(_image_file(region, image_root))  # datasets would apply EXIF
             except OSError as exc:
                 raise SPRError(f"region {region.region_id}: cannot read image {path} ({exc.strerror or exc})") from None
         rows.append(grpo_row(region, facts, cache[path]))
