@@ -90,7 +90,8 @@ def scene(tmp: Path, n: int = 3) -> tuple[Path, Path, Path]:
 
 
 def export(pairs: Path, data: Path, *extra: object) -> tuple[int, str]:
-    return spr("export", "--pairs", pairs, "--dataset-dir", data, "--name", NAME, *extra)
+    """``spr export`` of a pairs file whose pictures lie under ``photos/`` next to it (the only folder it may read)."""
+    return spr("export", "--pairs", pairs, "--dataset-dir", data, "--name", NAME, "--images", pairs.parent / "photos", *extra)
 
 
 def ok(result: tuple[int, str]) -> str:
@@ -268,9 +269,10 @@ def interrupted_export_finished_by_rerun(tmp: Path) -> None:
     """``spr export`` killed (SIGKILL) after it started writing: the same command again completes the dataset."""
     root = tmp / "photos"
     n = 600
-    pairs = [pair(f"{i}_0", i, picture(root / f"{i}.png", (i % 256, i // 256, 7), (8, 8)), root) for i in range(n)]
+    pairs = [pair(f"{i}_0", i, picture(root / f"{i}.png", (i % 256, i // 256, 7)), root) for i in range(n)]
     path, data = pairs_file(tmp, pairs), tmp / "data"
     cmd = [sys.executable, "-m", "spr_plugin.cli", "export", "--pairs", str(path), "--dataset-dir", str(data), "--name", NAME]
+    cmd += ["--images", str(root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     record = data / f"{NAME}.spr-files.json"
@@ -306,7 +308,7 @@ def long_image_name(stem: str):
 
 def one_unusable_image_among_many(tmp: Path) -> None:
     root = tmp / "photos"
-    pairs = [pair(f"{i}_0", i, picture(root / f"{i}.png", (i, 50, 50), (8, 8)), root) for i in range(60)]
+    pairs = [pair(f"{i}_0", i, picture(root / f"{i}.png", (i, 50, 50)), root) for i in range(60)]
     broken = root / "broken.jpg"
     Image.new("RGB", (64, 48), (1, 2, 3)).save(broken)
     broken.write_bytes(broken.read_bytes()[:200])  # truncated
@@ -347,7 +349,7 @@ def parquet_temp_name_of_the_users(tmp: Path) -> None:
     out = tmp / "out" / "prompts.parquet"
     out.parent.mkdir()
     (out.parent / ".prompts.parquet.tmp").write_bytes(PRECIOUS)
-    ok(spr("export-grpo", "--regions", regions, "--out", out))
+    ok(spr("export-grpo", "--regions", regions, "--out", out, "--images", root))
     assert (out.parent / ".prompts.parquet.tmp").read_bytes() == PRECIOUS and out.is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == [".prompts.parquet.tmp", "prompts.parquet"]
 
