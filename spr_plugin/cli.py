@@ -107,6 +107,11 @@ def cmd_pair(a: argparse.Namespace) -> int:
     sanitized = SanitizeStats()
     regions = read_regions(a.regions, sanitized)
     candidates = sanitize_candidates(merge_candidates(a.candidates)[0], scorer.box_format, sanitized)
+    if a.annotations is not None:
+        from spr_plugin.regions.annotations import category_vocabulary, load_coco
+        from spr_plugin.scoring.mentions import Vocabulary
+
+        scorer.vocabulary = Vocabulary.of(category_vocabulary(load_coco(a.annotations)))
     pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
     print(json.dumps({**stats.to_dict(), "sanitized": sanitized.to_dict()}, indent=2))
@@ -348,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL: region_id, text[, variant, sample_idx]; several files (shards) are merged",
     )
     p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write")
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="the regions' annotation file: its category vocabulary judges named objects (default: the names the regions record)",
+    )
     _add_scoring_args(p)
     add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"))
     p.set_defaults(func=cmd_pair)

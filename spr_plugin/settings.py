@@ -295,8 +295,18 @@ class ScoringConfig:
     score_norm: str = setting(
         "none", "per-region normalisation of S_sem and S_loc before mixing with --lam (none = the paper)", choices=SCORE_NORMS
     )
+    #: S loses this weight times the share of the description's judged mentions that name categories absent from
+    #: the image (CHAIR_i; spr_plugin/scoring/mentions.py). Neither S_sem (MiniLM barely moves) nor S_loc (plain
+    #: words have no box) sees a hallucinated name; the default is measured in bench/bench_hallucination_penalty.py
+    #: (docs/scoring.md, "Hallucinated mentions").
+    hallucination_penalty: float = setting(
+        0.5,
+        "S minus this times the share of named objects absent from the image (0 = off); in [0, 1)",
+    )
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.hallucination_penalty < 1.0:
+            raise ConfigError(f"hallucination penalty must lie in [0, 1), got {self.hallucination_penalty}")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"lambda must lie in [0, 1], got {self.lam}")
         _choice(self.loc_metric, LOC_METRICS, "localization metric")

@@ -110,16 +110,17 @@ def test_malformed_output_scores_the_floor(reward, text, reason):
 
 
 def test_the_floor_is_below_every_well_formed_completion(reward, scorer):
-    """Well-formed completions score S in [0, 1] (no box at all included), so the floor (-1) is strictly lowest;
-    a custom floor is kept, one that is not below 0 is refused."""
+    """Well-formed completions score S in [-penalty, 1] (no box at all included), so the floor (-1) is strictly lowest;
+    a custom floor is kept, one that is not below -penalty (the hallucination penalty's weight) is refused."""
     reg = region()
     far = FMT.render("pink elephant", Box(600, 440, 639, 479), W, H)
     texts = ["x", "Nothing to see.", f"Only {far}.", _good(reg), "The region shows a red circle and a blue square."]
     rewards = _call(reward, texts, reg)
     assert min(rewards) >= 0.0 > MALFORMED_REWARD and max(rewards) <= 1.0
     assert _call(SPRReward(scorer, malformed_reward=-5.0), ["", "x"], reg)[0] == -5.0
-    for floor in (0.0, 0.5, float("nan")):
-        with pytest.raises(ConfigError, match="malformed reward must be below 0"):
+    worst = -ScoringConfig().hallucination_penalty  # a well-formed text naming only absent objects
+    for floor in (worst / 2, 0.0, 0.5, float("nan")):
+        with pytest.raises(ConfigError, match=f"malformed reward must be below {worst:g}"):
             SPRReward(scorer, malformed_reward=floor)
 
 

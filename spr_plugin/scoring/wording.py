@@ -1,0 +1,118 @@
+"""Edits of a chosen text's plain words: take out a hallucinated mention so the text still reads, ground a
+plain mention, strip box debris. Pure functions of strings and spans; refinement decides what to edit.
+
+How much goes with a hallucinated mention (``removal_span``): the text is cut into sentences (``. ! ? ;`` and
+line breaks) and a sentence into items (commas, ``and``, ``or``), never inside a grounded unit.
+
+* An item that keeps nothing else (no other unit, no mention of something present) goes whole, with one
+  separator: "a red circle [box], a purple square and a dog" -> "a red circle [box] and a dog". A sentence
+  that is only that item goes whole.
+* An item that also holds kept content loses only the mention and the words that tie it to the rest: from
+  the first relation word after the kept content ("sitting on a big purple square", "next to a purple square")
+  or, when the mention comes first, up to the article of what follows ("a purple square next to a red circle
+  [box]" -> "a red circle [box]").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from spr_plugin.scoring.labels import _HEAD_CUT
+
+Span = tuple[int, int]
+
+_SENTENCE_END_RE = re.compile(r"[.!?;\n]")
+_SEPARATOR_RE = re.compile(r",\s*(?:(?:and|or)\b\s*)?|\s+(?:and|or)\s+")
+#: Words that relate a mention to what comes before it; removal starts at the first of them.
+_RELATION_WORDS = _HEAD_CUT | frozenset(
+    "next close beside besides between behind near nearby alongside along against around toward towards "
+    "left right top bottom front back inside outside atop".split()
+)
+_WORD_RE = re.compile(r"[A-Za-z]+")
+_ARTICLE_RUN_RE = re.compile(r"(?:\b(?:a|an|the|some|two|three|four|five|several|another)\s+)+$", re.IGNORECASE)
+
+
+def _inside(pos: int, protected: Sequence[Span]) -> bool:
+    return any(a <= pos < b for a, b in protected)
+
+
+def removal_span(text: str, mention: Span, protected: Sequence[Span], kept: Sequence[Span]) -> tuple[Span, bool]:
+    """The span to remove for ``mention`` (module doc) and whether the next word must be capitalised.
+
+    ``protected``: spans no boundary may fall in (grounded units); ``kept``: spans of content that stays."""
+    s, e = mention
+    ends = [m.start() for m in _SENTENCE_END_RE.finditer(text) if not _inside(m.start(), protected)]
+    start = max((p + 1 for p in ends if p < s), default=0)
+    while start < s and text[start].isspace():
+        start += 1
+    end = min((p for p in ends if p >= e), default=len(text))
+    seps = [(m.start(), m.end()) for m in _SEPARATOR_RE.finditer(text, start, end) if not _inside(m.start(), protected)]
+    prev = max((sp for sp in seps if sp[1] <= s), default=None)
+    nxt = min((sp for sp in seps if sp[0] >= e), default=None)
+    item = (prev[1] if prev else start, nxt[0] if nxt else end)
+    inside = [k for k in kept if k[0] < item[1] and k[1] > item[0] and not (k[0] <= s and k[1] >= e)]
+    if not inside:
+        if prev is not None:
+            return (prev[0], item[1]), False
+        if nxt is not None:
+            return (start, nxt[1]), True
+        stop = end + 1 if end < len(text) and text[end] in ".!?;" else end
+        return (start, stop), False
+    before = [k for k in inside if k[1] <= s]
+    if before:
+        left = max(k[1] for k in before)
+        for w in _WORD_RE.finditer(text, left, s):
+            if w.group().lower() in _RELATION_WORDS:
+                left = w.start()
+                break
+        else:
+            article = _ARTICLE_RUN_RE.search(text, left, s)
+            left = article.start() if article else s
+        return (left, e), False
+    right = min(k[0] for k in inside)
+    article = _ARTICLE_RUN_RE.search(text, e, right)
+    return (item[0], article.start() if article else right), item[0] == start
+
+
+def apply_edits(text: str, edits: Sequence[tuple[Span, str, bool]]) -> str:
+    """``text`` with each ``(span, replacement, capitalise_next)`` applied; spans inside an earlier removal are skipped."""
+    merged: list[tuple[Span, str, bool]] = []
+    for span, rep, cap in sorted(edits, key=lambda x: (x[0][0], -x[0][1])):
+        if merged and span[0] < merged[-1][0][1]:
+            (a, b), r0, c0 = merged[-1]
+            if not r0 and not rep:  # two removals overlap: one removal of both
+                merged[-1] = ((a, max(b, span[1])), "", c0 or cap)
+            continue
+        merged.append((span, rep, cap))
+    out, cursor = [], 0
+    capitalise = False
+    for (a, b), rep, cap in merged:
+        piece = text[cursor:a]
+        out.append(_capitalised(piece) if capitalise else piece)
+        out.append(rep)
+        cursor = b
+        capitalise = cap and not rep
+    rest = text[cursor:]
+    out.append(_capitalised(rest) if capitalise else rest)
+    return tidy("".join(out))
+
+
+def _capitalised(piece: str) -> str:
+    m = re.search(r"\S", piece)
+    if m is None or not piece[m.start()].islower():
+        return piece
+    return piece[: m.start()] + piece[m.start()].upper() + piece[m.start() + 1 :]
+
+
+def tidy(text: str) -> str:
+    """Collapse the spaces and punctuation that removals leave behind."""
+    text = re.sub(r"[ \t]{2,}", " ", text)
+    text = re.sub(r" +([,.;:!?])", r"\1", text)
+    text = re.sub(r",(?:\s*,)+", ",", text)
+    text = re.sub(r"[,;:]\s*([.!?])", r"\1", text)
+    text = re.sub(r"\s+(?:and|or)([.!?])", r"\1", text)
+    text = re.sub(r"([.!?])(?:\s*[.!?])+", r"\1", text)
+    text = re.sub(r"^[\s,;:.]+", "", text)
+    text = re.sub(r"[\s,;:]+$", "", text)
+    return text.strip()
