@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from spr_plugin.core.records import ParseResult, Region
 from spr_plugin.scoring.labels import _singular, names_agree, normalize_label
@@ -48,10 +49,16 @@ _JSON_KEY_RE = re.compile(r'"\s*:')
 _STOP = frozenset("a an the some this these those its his her their".split())
 
 
-def _word_form(word: str) -> str:
+def _word_form(word: str, known: frozenset[str] = frozenset()) -> str:
+    """The word as names are normalised (lower case, no possessive, simple plural folded); for ``-ves`` plurals
+    ("shelves", "knives") the ``-f``/``-fe`` form when the vocabulary has it."""
     word = word.lower()
     if word.endswith("'s"):
         word = word[:-2]
+    if len(word) > 4 and word.endswith("ves"):
+        for form in (word[:-3] + "f", word[:-3] + "fe"):
+            if form in known:
+                return form
     return _singular(word)
 
 
@@ -85,12 +92,16 @@ class Vocabulary:
     def union(self, other: Vocabulary) -> Vocabulary:
         return Vocabulary(self.names | other.names)
 
-    @property
+    @cached_property
     def max_len(self) -> int:
         return max((len(n) for n in self.names), default=0)
 
     def knows(self, name: str) -> bool:
         return tuple(name.split()) in self.names
+
+    @cached_property
+    def words(self) -> frozenset[str]:
+        return frozenset(w for n in self.names for w in n)
 
 
 def region_names(region: Region) -> list[str]:
@@ -203,7 +214,8 @@ def plain_mentions(text: str, start: int, end: int, vocab: Vocabulary) -> list[t
     """``(normalised name, span)`` of every vocabulary name in ``text[start:end]`` (module doc for the rules)."""
     if not vocab.names:
         return []
-    words = [(m.start(), m.end(), _word_form(m.group())) for m in _WORD_RE.finditer(text, start, end)]
+    known = vocab.words
+    words = [(m.start(), m.end(), _word_form(m.group(), known)) for m in _WORD_RE.finditer(text, start, end)]
     joined = [_JOIN_RE.fullmatch(text, words[k][1], words[k + 1][0]) is not None for k in range(len(words) - 1)]
 
     def match_at(i: int) -> int:
