@@ -45,6 +45,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     add_flags(g, BuildConfig, only=("text_model",))
     add_flags(g, ScoringConfig, only=("semantic", "clip_model", "clip_long_text", "grounder", "grounder_box_threshold"))
     add_flags(g, ScoringConfig, only=("grounder_phrases", "label_match", "label_threshold", "score_norm"))
+    add_flags(g, ScoringConfig, only=("hallucination_penalty",))
     add_flags(g, PairingConfig, only=("refine_policy",))
 
 
