@@ -241,17 +241,24 @@ def plain_mentions(text: str, start: int, end: int, vocab: Vocabulary) -> list[t
 def find_mentions(text: str, parse: ParseResult, judge: RegionJudge) -> list[Mention]:
     """Every object ``text`` names, tagged (one per labelled unit) or in plain words, in text order."""
     out: list[Mention] = []
+    boxed: dict[tuple[int, int], bool] = {}
+    for p in parse.phrases:
+        boxed[p.span] = boxed.get(p.span, False) or p.box is not None
     seen: set[tuple[int, int]] = set()
+    statuses: dict[str, str] = {}
     for i, p in enumerate(parse.phrases):
         if p.span in seen or not p.label:
             continue
         seen.add(p.span)
-        boxed = any(q.box is not None for q in parse.phrases if q.span == p.span)
         name = normalize_label(p.label)
-        out.append(Mention(name, p.span, judge.status(name), True, i, boxed))
+        if name not in statuses:
+            statuses[name] = judge.status(name)
+        out.append(Mention(name, p.span, statuses[name], True, i, boxed[p.span]))
     for start, end in gaps(text, parse):
         for name, span in plain_mentions(text, start, end, judge.vocabulary):
-            out.append(Mention(name, span, judge.status(name), False))
+            if name not in statuses:
+                statuses[name] = judge.status(name)
+            out.append(Mention(name, span, statuses[name], False))
     return sorted(out, key=lambda m: m.span)
 
 
@@ -314,14 +321,16 @@ class TextFacts:
     @property
     def ungrounded(self) -> int:
         """Mentions of the region's objects (tagged or plain) without a box, whose name no box of the text grounds."""
-        boxed = [m.name for m in self.mentions if m.boxed]
-        return sum(
-            1
-            for m in self.mentions
-            if m.status == REGION
-            and not m.boxed
-            and not any(names_agree(m.name, (b,)) or names_agree(b, (m.name,)) for b in boxed)
-        )
+        boxed = {m.name for m in self.mentions if m.boxed}
+        grounded: dict[str, bool] = {}
+        count = 0
+        for m in self.mentions:
+            if m.status != REGION or m.boxed:
+                continue
+            if m.name not in grounded:
+                grounded[m.name] = any(names_agree(m.name, (b,)) or names_agree(b, (m.name,)) for b in boxed)
+            count += not grounded[m.name]
+        return count
 
     @property
     def hallucination_rate(self) -> float:

@@ -43,7 +43,7 @@ from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, phrase_matches
 from spr_plugin.scoring.mentions import ABSENT, REGION, RegionJudge, Vocabulary, find_debris, find_mentions, gaps, unit_spans
-from spr_plugin.scoring.wording import apply_edits, removal_span
+from spr_plugin.scoring.wording import Layout, apply_edits, removal_span
 from spr_plugin.settings import check_policy
 
 
@@ -157,11 +157,12 @@ def _edit_plain_mentions(
     mentions = find_mentions(text, parse, judge)
     plain_absent = [m for m in mentions if not m.tagged and m.status == ABSENT]
     protected = unit_spans(parse)
-    kept = [*protected, *(m.span for m in mentions if m.status != ABSENT)]
     edits = []
-    for m in plain_absent:
-        span, capitalise = removal_span(text, m.span, protected, kept)
-        edits.append((span, "", capitalise))
+    if plain_absent:
+        layout = Layout(text, protected, [*protected, *(m.span for m in mentions if m.status != ABSENT)])
+        for m in plain_absent:
+            span, capitalise = removal_span(layout, m.span)
+            edits.append((span, "", capitalise))
     grounded = 0
     if policy == "correct" and fmt.grounds_words:
         taken = set(claimed)

@@ -15,6 +15,7 @@ line breaks) and a sentence into items (commas, ``and``, ``or``), never inside a
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 
@@ -33,25 +34,53 @@ _WORD_RE = re.compile(r"[A-Za-z]+")
 _ARTICLE_RUN_RE = re.compile(r"(?:\b(?:a|an|the|some|two|three|four|five|several|another)\s+)+$", re.IGNORECASE)
 
 
-def _inside(pos: int, protected: Sequence[Span]) -> bool:
-    return any(a <= pos < b for a, b in protected)
+class Layout:
+    """Sentence ends, item separators and spans of one text, found once, so removing many mentions stays
+    ``O(n log n)`` (a hostile text with thousands of hallucinated names must not take quadratic time)."""
+
+    def __init__(self, text: str, protected: Sequence[Span], kept: Sequence[Span]) -> None:
+        self.text = text
+        self.protected = sorted(protected)
+        self._pstarts = [a for a, _ in self.protected]
+        self.ends = [m.start() for m in _SENTENCE_END_RE.finditer(text) if not self._inside(m.start())]
+        self.seps = [(m.start(), m.end()) for m in _SEPARATOR_RE.finditer(text) if not self._inside(m.start())]
+        self._sep_starts = [a for a, _ in self.seps]
+        self.kept = sorted(kept)
+        self._kept_starts = [a for a, _ in self.kept]
+
+    def _inside(self, pos: int) -> bool:
+        i = bisect.bisect_right(self._pstarts, pos) - 1
+        return i >= 0 and self.protected[i][0] <= pos < self.protected[i][1]
+
+    def kept_between(self, lo: int, hi: int, mention: Span) -> list[Span]:
+        """Kept spans overlapping ``[lo, hi)``, other than one holding ``mention`` (spans do not nest here)."""
+        s, e = mention
+        i = max(0, bisect.bisect_left(self._kept_starts, lo) - 1)
+        out = []
+        while i < len(self.kept) and self.kept[i][0] < hi:
+            k = self.kept[i]
+            if k[1] > lo and not (k[0] <= s and k[1] >= e):
+                out.append(k)
+            i += 1
+        return out
 
 
-def removal_span(text: str, mention: Span, protected: Sequence[Span], kept: Sequence[Span]) -> tuple[Span, bool]:
-    """The span to remove for ``mention`` (module doc) and whether the next word must be capitalised.
-
-    ``protected``: spans no boundary may fall in (grounded units); ``kept``: spans of content that stays."""
+def removal_span(layout: Layout, mention: Span) -> tuple[Span, bool]:
+    """The span to remove for ``mention`` (module doc) and whether the next word must be capitalised."""
+    text = layout.text
     s, e = mention
-    ends = [m.start() for m in _SENTENCE_END_RE.finditer(text) if not _inside(m.start(), protected)]
-    start = max((p + 1 for p in ends if p < s), default=0)
+    i = bisect.bisect_left(layout.ends, s)
+    start = layout.ends[i - 1] + 1 if i > 0 else 0
     while start < s and text[start].isspace():
         start += 1
-    end = min((p for p in ends if p >= e), default=len(text))
-    seps = [(m.start(), m.end()) for m in _SEPARATOR_RE.finditer(text, start, end) if not _inside(m.start(), protected)]
-    prev = max((sp for sp in seps if sp[1] <= s), default=None)
-    nxt = min((sp for sp in seps if sp[0] >= e), default=None)
+    j = bisect.bisect_left(layout.ends, e)
+    end = layout.ends[j] if j < len(layout.ends) else len(text)
+    k = bisect.bisect_left(layout._sep_starts, s)
+    prev = layout.seps[k - 1] if k > 0 and layout.seps[k - 1][0] >= start and layout.seps[k - 1][1] <= s else None
+    k = bisect.bisect_left(layout._sep_starts, e)
+    nxt = layout.seps[k] if k < len(layout.seps) and layout.seps[k][0] < end else None
     item = (prev[1] if prev else start, nxt[0] if nxt else end)
-    inside = [k for k in kept if k[0] < item[1] and k[1] > item[0] and not (k[0] <= s and k[1] >= e)]
+    inside = layout.kept_between(item[0], item[1], mention)
     if not inside:
         if prev is not None:
             return (prev[0], item[1]), False
