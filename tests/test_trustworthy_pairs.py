@@ -126,6 +126,21 @@ def test_refinement_removes_absent_mentions_with_their_separator_and_keeps_the_t
     assert describe(out, r, fmt, VOCAB).hallucinated == 0 and a not in out.lower() and b not in out
 
 
+def test_sentences_that_name_only_absent_objects_go_whole_and_others_stay():
+    fmt = get_box_format("qwen2_vl")
+    r = shape_region("r", 7)
+    a, b = absent_names(r, 2)
+    unit = fmt.render(r.objects[0].category, r.objects[0].box, W, H)
+    snapped = fmt.render(r.objects[0].category, r.objects[0].box, W, H)
+    cases = {
+        f"{unit}. The region shows {fmt.render(a, Box(5, 5, 60, 60), W, H)}.": f"{snapped}.",
+        f"The region shows {unit}. The region shows a {a} and a {b}.": f"The region shows {snapped}.",
+        f"{unit}. It is a sunny day. There is a {a}.": f"{snapped}. It is a sunny day.",
+    }
+    for text, expected in cases.items():
+        assert refine_candidate(cand(text, region_id="r"), r, fmt, policy="correct", vocabulary=VOCAB).candidate.text == expected
+
+
 def test_correct_grounds_plain_mentions_of_unclaimed_region_objects_one_to_one():
     fmt = get_box_format("qwen2_vl")
     r = shape_region("r", 1)

@@ -43,7 +43,7 @@ from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, phrase_matches
 from spr_plugin.scoring.mentions import ABSENT, REGION, RegionJudge, Vocabulary, find_debris, find_mentions, gaps, unit_spans
-from spr_plugin.scoring.wording import Layout, apply_edits, removal_span
+from spr_plugin.scoring.wording import Layout, apply_edits, drop_empty_lead_ins, removal_span
 from spr_plugin.settings import check_policy
 
 
@@ -130,6 +130,8 @@ def refine(
     claimed = {*matches.values(), *corrected.values()}
     text, plain_removed, plain_grounded = _edit_plain_mentions(text, box_format, w, h, judge, claimed, policy, gt)
     text, debris = _strip_debris(box_format.clean(text, w, h), box_format, w, h)
+    if absent_units or plain_removed or debris:
+        text = drop_empty_lead_ins(text, unit_spans(box_format.parse(text, w, h)))
     labelled = [i for i in matches if phrases[i].label]
     tagged_removed = {phrases[i].span for i, e in edits.items() if e == DROP and phrases[i].span in absent_units}
     return RefineResult(

@@ -4,6 +4,8 @@ plain mention, strip box debris. Pure functions of strings and spans; refinement
 How much goes with a hallucinated mention (``removal_span``): the text is cut into sentences (``. ! ? ;`` and
 line breaks) and a sentence into items (commas, ``and``, ``or``), never inside a grounded unit.
 
+* A sentence that names nothing but absent objects goes whole ("The region shows a purple square and a
+  green star." says nothing true).
 * An item that keeps nothing else (no other unit, no mention of something present) goes whole, with one
   separator: "a red circle [box], a purple square and a dog" -> "a red circle [box] and a dog". A sentence
   that is only that item goes whole.
@@ -75,6 +77,8 @@ def removal_span(layout: Layout, mention: Span) -> tuple[Span, bool]:
         start += 1
     j = bisect.bisect_left(layout.ends, e)
     end = layout.ends[j] if j < len(layout.ends) else len(text)
+    if not layout.kept_between(start, end, mention):  # every object the sentence names is absent: it says nothing true
+        return (start, end + 1 if end < len(text) and text[end] in ".!?;" else end), False
     k = bisect.bisect_left(layout._sep_starts, s)
     prev = layout.seps[k - 1] if k > 0 and layout.seps[k - 1][0] >= start and layout.seps[k - 1][1] <= s else None
     k = bisect.bisect_left(layout._sep_starts, e)
@@ -102,6 +106,28 @@ def removal_span(layout: Layout, mention: Span) -> tuple[Span, bool]:
     right = min(k[0] for k in inside)
     article = _ARTICLE_RUN_RE.search(text, e, right)
     return (item[0], article.start() if article else right), item[0] == start
+
+
+#: Words of a description's lead-in ("The region shows", "In this area there are"): a sentence left with only
+#: these after its objects were removed says nothing and goes too.
+_LEAD_IN = frozenset(
+    "the a an this that these those region image picture photo area part scene view of in on at here there it "
+    "shows show showing contains contain containing includes include including has have having features feature "
+    "depicts depict is are we i you can see also and or with some several various".split()
+)
+
+
+def drop_empty_lead_ins(text: str, protected: Sequence[Span]) -> str:
+    """``text`` without sentences made only of lead-in words (what removing their objects left behind)."""
+    layout = Layout(text, protected, [])
+    edits, start = [], 0
+    for end in [*layout.ends, len(text)]:
+        words = _WORD_RE.findall(text, start, end)
+        has_unit = any(a < end and b > start for a, b in layout.protected)
+        if words and not has_unit and all(w.lower() in _LEAD_IN for w in words):
+            edits.append(((start, min(end + 1, len(text))), "", False))
+        start = end + 1
+    return apply_edits(text, edits) if edits else text
 
 
 def apply_edits(text: str, edits: Sequence[tuple[Span, str, bool]]) -> str:
