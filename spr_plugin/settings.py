@@ -332,8 +332,9 @@ def check_policy(policy: str) -> str:
 class PairingConfig:
     min_margin: float = setting(0.05, "skip pairs whose score margin is smaller (units of S; normalised when normalising)")
     #: What refinement does to phrases that matched no annotated object (spr_plugin/scoring/refine.py):
-    #: ``correct`` (default: give a phrase the box of the object it names, so chosen answers stay fully
-    #: grounded), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``.
+    #: ``correct`` (default: give a phrase, or a plain-word mention, the box of the unclaimed region object it
+    #: names), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``. Mentions of
+    #: absent objects and box debris are removed under every policy but ``off``.
     #: Default per evidence (effect study): refinement is what repaired the positive control (Acc@0.9 +0.013 over
     #: ``off``, 5/5 seeds); ``strip`` (REC Acc@0.5 -0.51) and ``drop`` (region F1 -0.12) were clearly harmful.
     refine_policy: str = setting(
