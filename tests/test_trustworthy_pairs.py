@@ -422,3 +422,26 @@ def test_sampling_records_crowds_and_the_image_categories(tmp_path):
     out = tmp_path / "regions.jsonl"
     out.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in regions))
     assert read_regions(out) == regions  # the new fields round-trip through the regions file
+
+
+def test_a_real_build_reports_statistics_that_the_emitted_pairs_bear_out(built_dataset, synthetic_scenes):
+    """The build's pair statistics equal the measurement of its emitted strings with the annotation file's vocabulary."""
+    from spr_plugin.core.records import PreferencePair
+    from spr_plugin.regions.annotations import category_vocabulary, load_coco
+
+    vocab = Vocabulary.of(category_vocabulary(load_coco(synthetic_scenes)))
+    fmt = get_box_format("qwen2_vl")
+    pairs = [PreferencePair.from_dict(json.loads(line)) for line in built_dataset.pairs.read_text().splitlines()]
+    chosen = [describe(p.chosen.candidate.text, p.region, fmt, vocab) for p in pairs]
+    rejected = [describe(p.rejected.candidate.text, p.region, fmt, vocab) for p in pairs]
+    stats = built_dataset.summary["pairs"]
+    q = stats["pair_quality"]
+    assert q["pairs"] == len(pairs) > 0 and all(p.region.in_image for p in pairs)
+    assert q["chosen_hallucinated_mentions_mean"] == statistics.fmean(f.hallucinated for f in chosen) == 0
+    assert q["rejected_hallucinated_mentions_mean"] == pytest.approx(statistics.fmean(f.hallucinated for f in rejected))
+    assert q["chosen_ungrounded_mentions_mean"] == pytest.approx(statistics.fmean(f.ungrounded for f in chosen))
+    assert q["chosen_boxes_mean"] == pytest.approx(statistics.fmean(f.boxes for f in chosen))
+    assert q["chosen_with_debris_share"] == 0 == sum(f.debris for f in chosen)
+    assert q["rejected_with_debris_share"] == pytest.approx(sum(f.debris > 0 for f in rejected) / len(pairs))
+    assert {"hallucinations_removed_by_refinement", "debris_removed_by_refinement"} <= set(stats)
+    assert built_dataset.summary["config"]["scoring"]["hallucination_penalty"] == ScoringConfig().hallucination_penalty
