@@ -445,3 +445,47 @@ def test_a_real_build_reports_statistics_that_the_emitted_pairs_bear_out(built_d
     assert q["rejected_with_debris_share"] == pytest.approx(sum(f.debris > 0 for f in rejected) / len(pairs))
     assert {"hallucinations_removed_by_refinement", "debris_removed_by_refinement"} <= set(stats)
     assert built_dataset.summary["config"]["scoring"]["hallucination_penalty"] == ScoringConfig().hallucination_penalty
+
+
+def test_spr_build_on_hallucinating_candidates_emits_clean_chosen_texts_and_says_what_the_rejected_hold(
+    synthetic_scenes, tmp_path
+):
+    """End to end through `spr build`: the annotation file's vocabulary judges the names (categories of the dataset
+    absent from an image), chosen answers carry no absent name and no debris, the card reports the rejected ones'."""
+    from data_builders.synthetic import CATEGORY_NAMES
+    from helpers import run_spr
+    from spr_plugin.core.records import PreferencePair
+    from spr_plugin.regions.sampling import read_regions
+
+    work, data = tmp_path / "work", tmp_path / "data"
+    common = ["--annotations", synthetic_scenes, "--images", synthetic_scenes.parent / "images", "--work-dir", work]
+    assert run_spr("regions", "--annotations", synthetic_scenes, "--images", synthetic_scenes.parent / "images",
+                   "--out", tmp_path / "regions.jsonl", "--k", "3").returncode == 0  # fmt: skip
+    fmt = get_box_format("qwen2_vl")
+    rows = []
+    for r in read_regions(tmp_path / "regions.jsonl"):
+        absent = [c for c in CATEGORY_NAMES if c not in r.in_image][:2]
+        good = ", ".join(fmt.render(o.category, o.box, r.width, r.height) for o in r.objects)
+        texts = [
+            f"The region shows {good}, a {absent[0]} and a {absent[1]}.",
+            f"The region shows {good}.<|box_end|>,174,495,655,59,29273,2716",
+            f"The region shows a {absent[0]}.",
+        ]
+        rows += [{"region_id": r.region_id, "variant": "t", "sample_idx": i, "text": t} for i, t in enumerate(texts)]
+    cands = tmp_path / "cands.jsonl"
+    cands.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    proc = run_spr("build", *common, "--candidates", cands, "--dataset-dir", data, "--name", "halluc", "--k", "3",
+                   "--min-margin", "0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pairs = [PreferencePair.from_dict(json.loads(line)) for line in (data / "halluc.pairs.jsonl").read_text().splitlines()]
+    from spr_plugin.regions.annotations import category_vocabulary, load_coco
+
+    vocab = Vocabulary.of(category_vocabulary(load_coco(synthetic_scenes)))
+    assert pairs
+    for p in pairs:
+        facts = describe(p.chosen.candidate.text, p.region, fmt, vocab)
+        assert facts.hallucinated == 0 and facts.debris == 0 and facts.boxes == len(p.region.objects), p.chosen.candidate.text
+        assert describe(p.rejected.candidate.text, p.region, fmt, vocab).hallucinated >= 1
+    card = (data / "halluc.README.md").read_text()
+    assert "| chosen answers naming an absent object | 0.0% |" in card
+    assert "mentions of objects absent from the image per answer: chosen / rejected | 0.00 / 1.00" in card
