@@ -489,3 +489,35 @@ def test_spr_build_on_hallucinating_candidates_emits_clean_chosen_texts_and_says
     card = (data / "halluc.README.md").read_text()
     assert "| chosen answers naming an absent object | 0.0% |" in card
     assert "mentions of objects absent from the image per answer: chosen / rejected | 0.00 / 1.00" in card
+
+
+def test_spr_pair_judges_names_with_the_annotation_files_vocabulary(synthetic_scenes, tmp_path):
+    """A category no region records ("unicorn", unannotated) is known only through --annotations: then naming it
+    costs the penalty and refinement removes it; without, it is an unjudged word and stays."""
+    from helpers import run_spr
+    from spr_plugin.regions.sampling import read_regions
+
+    ann = tmp_path / "ann.json"
+    data = json.loads(synthetic_scenes.read_text())
+    data["categories"].append({"id": 999, "name": "unicorn"})
+    ann.write_text(json.dumps(data))
+    images = synthetic_scenes.parent / "images"
+    assert run_spr("regions", "--annotations", ann, "--images", images, "--out", tmp_path / "r.jsonl", "--k", "3").returncode == 0
+    fmt = get_box_format("qwen2_vl")
+    rows = []
+    for r in read_regions(tmp_path / "r.jsonl")[:3]:
+        good = ", ".join(fmt.render(o.category, o.box, r.width, r.height) for o in r.objects)
+        for i, t in enumerate([f"The region shows {good} and a unicorn.", "The region shows shapes."]):
+            rows.append({"region_id": r.region_id, "variant": "t", "sample_idx": i, "text": t})
+    cands = tmp_path / "c.jsonl"
+    cands.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    base = ["pair", "--regions", tmp_path / "r.jsonl", "--candidates", cands, "--min-margin", "0"]
+    known = run_spr(*base, "--out", tmp_path / "p1.jsonl", "--annotations", ann)
+    unknown = run_spr(*base, "--out", tmp_path / "p2.jsonl")
+    assert known.returncode == 0 and unknown.returncode == 0, known.stderr + unknown.stderr
+    with_vocab = [json.loads(line) for line in (tmp_path / "p1.jsonl").read_text().splitlines()]
+    without = [json.loads(line) for line in (tmp_path / "p2.jsonl").read_text().splitlines()]
+    assert all("unicorn" not in p["chosen"]["candidate"]["text"] for p in with_vocab)
+    assert all("unicorn" in p["chosen"]["candidate"]["text"] for p in without)
+    assert json.loads(known.stdout)["hallucinations_removed_by_refinement"] == 3
+    assert json.loads(unknown.stdout)["hallucinations_removed_by_refinement"] == 0
