@@ -66,6 +66,7 @@ def _add_scoring_args(p: argparse.ArgumentParser, box_format: str | None = DEFAU
     add_flags(g, BuildConfig, only=("text_model",))
     add_flags(g, ScoringConfig, only=("semantic", "clip_model", "clip_long_text", "grounder", "grounder_box_threshold"))
     add_flags(g, ScoringConfig, only=("grounder_phrases", "label_match", "label_threshold", "score_norm"))
+    add_flags(g, ScoringConfig, only=("hallucination_penalty",))
     add_flags(g, PairingConfig, only=("refine_policy",))
 
 
@@ -163,6 +164,11 @@ def cmd_pair(a: argparse.Namespace) -> int:
     scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame))
     merged, read = merge_candidates(a.candidates)
     candidates = sanitize_candidates(merged, scorer.box_format, sanitized)
+    if a.annotations is not None:
+        from spr_plugin.regions.annotations import category_vocabulary, load_coco
+        from spr_plugin.scoring.mentions import Vocabulary
+
+        scorer.vocabulary = Vocabulary.of(category_vocabulary(load_coco(a.annotations)))
     pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
     forget_format(a.out)  # a crash between the two writes leaves no record rather than a stale one
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
@@ -443,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL: region_id, text[, variant, sample_idx]; several files (shards) are merged",
     )
     p.add_argument("--out", type=Path, required=True, help="pairs JSONL to write (its record: OUT.manifest.json)")
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="the regions' annotation file: its category vocabulary judges named objects (default: the names the regions record)",
+    )
     add_images_flag(p, "the regions' images (read by --semantic clip and --grounder)")
     _add_scoring_args(p, box_format=None)
     add_pre_resize_args(

@@ -289,6 +289,11 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
     sanitized = SanitizeStats()
     candidates = sanitize_candidates(candidates, box_format, sanitized)
     scorer = build_candidate_scorer(config.scoring, config.text_model, box_format=box_format)
+    # The dataset's whole vocabulary judges mentions (a resumed run reads it again: same inputs, same scores).
+    from spr_plugin.regions.annotations import category_vocabulary
+    from spr_plugin.scoring.mentions import Vocabulary
+
+    scorer.vocabulary = Vocabulary.of(category_vocabulary(prep.coco if prep.coco is not None else load_coco(config.annotations)))
     pairs, pair_stats = score_refine_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
     summary = BuildSummary(

@@ -318,9 +318,19 @@ class ScoringConfig:
     score_norm: str = setting(
         "none", "per-region normalisation of S_sem and S_loc before mixing with --lam (none = the paper)", choices=SCORE_NORMS
     )
+    #: S loses this weight times the share of the description's judged mentions that name categories absent from
+    #: the image (CHAIR_i; spr_plugin/scoring/mentions.py). Neither S_sem (MiniLM barely moves) nor S_loc (plain
+    #: words have no box) sees a hallucinated name; the default is measured in bench/bench_hallucination_penalty.py
+    #: (docs/scoring.md, "Hallucinated mentions").
+    hallucination_penalty: float = setting(
+        0.5,
+        "S minus this times the share of named objects absent from the image (0 = off); in [0, 1)",
+    )
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        if not 0.0 <= self.hallucination_penalty < 1.0:
+            raise ConfigError(f"hallucination penalty must lie in [0, 1), got {self.hallucination_penalty}")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"lambda must lie in [0, 1], got {self.lam}")
         _choice(self.loc_metric, LOC_METRICS, "localization metric")
@@ -346,8 +356,9 @@ def check_policy(policy: str) -> str:
 class PairingConfig:
     min_margin: float = setting(0.05, "skip pairs whose score margin is smaller (units of S; normalised when normalising)")
     #: What refinement does to phrases that matched no annotated object (spr_plugin/scoring/refine.py):
-    #: ``correct`` (default: give a phrase the box of the object it names, so chosen answers stay fully
-    #: grounded), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``.
+    #: ``correct`` (default: give a phrase, or a plain-word mention, the box of the unclaimed region object it
+    #: names), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``. Mentions of
+    #: absent objects and box debris are removed under every policy but ``off``.
     #: Default per evidence (effect study): refinement is what repaired the positive control (Acc@0.9 +0.013 over
     #: ``off``, 5/5 seeds); ``strip`` (REC Acc@0.5 -0.51) and ``drop`` (region F1 -0.12) were clearly harmful.
     refine_policy: str = setting(

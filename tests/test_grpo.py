@@ -110,16 +110,17 @@ def test_malformed_output_scores_the_floor(reward, text, reason):
 
 
 def test_the_floor_is_below_every_well_formed_completion(reward, scorer):
-    """Well-formed completions score S in [0, 1] (no box at all included), so the floor (-1) is strictly lowest;
-    a custom floor is kept, one that is not below 0 is refused."""
+    """Well-formed completions score S in [-penalty, 1] (no box at all included), so the floor (-1) is strictly lowest;
+    a custom floor is kept, one that is not below -penalty (the hallucination penalty's weight) is refused."""
     reg = region()
     far = FMT.render("pink elephant", Box(600, 440, 639, 479), W, H)
     texts = ["x", "Nothing to see.", f"Only {far}.", _good(reg), "The region shows a red circle and a blue square."]
     rewards = _call(reward, texts, reg)
     assert min(rewards) >= 0.0 > MALFORMED_REWARD and max(rewards) <= 1.0
     assert _call(SPRReward(scorer, malformed_reward=-5.0), ["", "x"], reg)[0] == -5.0
-    for floor in (0.0, 0.5, float("nan")):
-        with pytest.raises(ConfigError, match="malformed reward must be below 0"):
+    worst = -ScoringConfig().hallucination_penalty  # a well-formed text naming only absent objects
+    for floor in (worst / 2, 0.0, 0.5, float("nan")):
+        with pytest.raises(ConfigError, match=f"malformed reward must be below {worst:g}"):
             SPRReward(scorer, malformed_reward=floor)
 
 
@@ -358,13 +359,14 @@ def test_grpo_trainer_runs_with_the_spr_reward_on_the_tiny_model(prompts_parquet
     media = {trainer.model.config.image_token_id, trainer.model.config.video_token_id}
     assert media <= set(trainer.generation_config.suppress_tokens)  # a sampled <|image_pad|> would break the forward
     rewards = [r for _, out in recorder.calls for r in out]
-    assert all(r == MALFORMED_REWARD or 0.0 <= r <= 1.0 for r in rewards)
+    floor = -ScoringConfig().hallucination_penalty  # a well-formed answer naming only absent objects
+    assert all(r == MALFORMED_REWARD or floor <= r <= 1.0 for r in rewards)
     assert logs[0]["rewards/spr_reward/mean"] == pytest.approx(sum(recorder.calls[0][1]) / 2, abs=1e-5)
     _check_rewards_are_the_scorers(recorder, scorer)
 
 
 @pytest.mark.slow  # trains (TRL example script in a subprocess)
-def test_grpo_example_script_trains_a_lora_adapter(prompts_parquet, tiny_qwen2vl, tmp_path):
+def test_grpo_example_script_trains_a_lora_adapter(prompts_parquet, tiny_qwen2vl, synthetic_scenes, tmp_path):
     out = tmp_path / "grpo"
     cmd = [
         sys.executable,
@@ -375,7 +377,7 @@ def test_grpo_example_script_trains_a_lora_adapter(prompts_parquet, tiny_qwen2vl
         str(prompts_parquet),
     ]
     cmd += ["--output-dir", str(out), "--max-steps", "2", "--batch-size", "2", "--num-generations", "2", "--grad-accum", "1"]
-    cmd += ["--max-completion-length", "16", "--logging-steps", "1", "--cpu"]
+    cmd += ["--max-completion-length", "16", "--logging-steps", "1", "--cpu", "--annotations", str(synthetic_scenes)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -94,3 +94,27 @@ def test_missing_pairs_file_is_a_user_error(tmp_path):
         show_pairs(ShowConfig(tmp_path / "nope.jsonl", None, "x", tmp_path / "v"))
     with pytest.raises(SPRError, match="either --pairs"):
         ShowConfig(None, None, "x", tmp_path / "v")
+
+
+def test_page_reports_what_each_side_names_measured_as_the_statistics_measure_it(pairs_file, tmp_path):
+    """Per side: named objects, absent ones, ungrounded, debris (spr_plugin.scoring.mentions.describe); the page
+    opens with the counts over the shown pairs, chosen against rejected."""
+    import html
+
+    from spr_plugin.inspect.viewer import mention_lines
+    from spr_plugin.scoring.mentions import Vocabulary, describe
+
+    out = tmp_path / "view"
+    assert run_spr("show", "--pairs", pairs_file, "--out", out, "-n", "2").returncode == 0
+    page = html.unescape((out / "index.html").read_text())
+    pairs = [PreferencePair.from_dict(json.loads(line)) for line in pairs_file.read_text().splitlines()[:2]]
+    fmt, vocab = get_box_format("qwen2_vl"), Vocabulary.of_regions(p.region for p in pairs)
+    for pair in pairs:
+        for side in (pair.chosen, pair.rejected):
+            for line in mention_lines(side, pair.region, fmt, vocab):
+                assert line in page
+    chosen = [describe(p.chosen.candidate.text, p.region, fmt, vocab) for p in pairs]
+    rejected = [describe(p.rejected.candidate.text, p.region, fmt, vocab) for p in pairs]
+    absent = f"absent from the image: {sum(f.hallucinated > 0 for f in chosen)} / {sum(f.hallucinated > 0 for f in rejected)}"
+    debris = f"with box debris: {sum(f.debris > 0 for f in chosen)} / {sum(f.debris > 0 for f in rejected)}"
+    assert "In these 2 pairs" in page and absent in page and debris in page

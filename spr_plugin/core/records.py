@@ -71,11 +71,16 @@ class AnnotatedObject:
     box: Box
     #: Other names of the category (LVIS ships them); label matching accepts any of them.
     synonyms: tuple[str, ...] = ()
+    #: A COCO ``iscrowd`` region (only ever an ignored object): pycocotools scores a box against it by
+    #: intersection over the *box's* area, so a person box inside a crowd box overlaps it fully.
+    crowd: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"ann_id": self.ann_id, "category": self.category, "box": self.box.as_list()}
         if self.synonyms:
             d["synonyms"] = list(self.synonyms)
+        if self.crowd:
+            d["crowd"] = True
         return d
 
     @classmethod
@@ -85,7 +90,10 @@ class AnnotatedObject:
             raise TypeError(f"synonyms must be a list of names, got {type(synonyms).__name__}")
         if not all(isinstance(s, str) for s in synonyms):
             raise TypeError("synonyms must be a list of names")
-        return cls(_count(d["ann_id"], "ann_id"), _text(d["category"], "category"), _box(d["box"], "box"), tuple(synonyms))
+        crowd = d.get("crowd") or False
+        if not isinstance(crowd, bool):
+            raise TypeError(f"crowd must be true or false, got {crowd!r:.40}")
+        return cls(_count(d["ann_id"], "ann_id"), _text(d["category"], "category"), _box(d["box"], "box"), tuple(synonyms), crowd)
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,9 @@ class Region:
     objects in a picture or a reflection under the ``ignore`` policy), ``not_exhaustive`` the names of
     categories LVIS did not label exhaustively in this image (a box on an unlabelled one is not a false
     positive) and ``absent`` the names LVIS verified are not in the image (``neg_category_ids``).
+    ``in_image`` names every category annotated anywhere in the image (with synonyms): a dataset category
+    not among them is absent from the image, so naming it is a hallucination (empty: not recorded, as in
+    regions files written before it existed; then only ``absent`` names count as hallucinated).
     """
 
     region_id: str
@@ -115,6 +126,7 @@ class Region:
     ignored: tuple[AnnotatedObject, ...] = ()
     not_exhaustive: tuple[str, ...] = ()
     absent: tuple[str, ...] = ()
+    in_image: tuple[str, ...] = ()
 
     @property
     def categories(self) -> list[str]:
@@ -140,6 +152,8 @@ class Region:
             d["not_exhaustive"] = list(self.not_exhaustive)
         if self.absent:
             d["absent"] = list(self.absent)
+        if self.in_image:
+            d["in_image"] = list(self.in_image)
         return d
 
     @classmethod
@@ -164,6 +178,7 @@ class Region:
             ignored=tuple(AnnotatedObject.from_dict(o) for o in _list(d.get("ignored") or [], "ignored")),
             not_exhaustive=_names(d.get("not_exhaustive")),
             absent=_names(d.get("absent")),
+            in_image=_names(d.get("in_image")),
         )
 
 
@@ -420,6 +435,8 @@ class ScoredCandidate:
     norm_parts: dict[str, float] = field(default_factory=dict)
     #: What refinement did to this text (policy and counts), for refined candidates.
     refinement: dict[str, Any] = field(default_factory=dict)
+    #: What S lost for naming objects absent from the image (weight x hallucinated share), already in ``score``.
+    penalty: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -434,6 +451,8 @@ class ScoredCandidate:
             d["norm_parts"] = dict(self.norm_parts)
         if self.refinement:
             d["refinement"] = dict(self.refinement)
+        if self.penalty:
+            d["penalty"] = self.penalty
         return d
 
     @classmethod
@@ -447,6 +466,7 @@ class ScoredCandidate:
             parse_dropped={str(k): _count(v, "parse_dropped") for k, v in d.get("parse_dropped", {}).items()},
             norm_parts={str(k): _finite(v, "norm_parts") for k, v in d.get("norm_parts", {}).items()},
             refinement=dict(d.get("refinement", {})),
+            penalty=float(d.get("penalty", 0.0)),
         )
 
 

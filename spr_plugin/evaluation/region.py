@@ -4,7 +4,9 @@ This measures the behaviour SPR trains directly: the model is asked the DPO trai
 (:func:`spr_plugin.families.prompts.training_prompt`) about held-out query regions, answers greedily, and every
 box of its description is matched one-to-one (Hungarian, :mod:`spr_plugin.scoring.localization`) to the
 region's annotated objects at IoU > threshold (SPR keeps boxes with IoU > 0.5). Labels are not
-compared: this is localization quality, like GVD's F1_loc, not naming accuracy.
+compared: this is localization quality, like GVD's F1_loc, not naming accuracy. An unmatched box lying on an
+ignored object (a crowd, scored as pycocotools does by intersection over the box's area; an Objects365
+virtual object by IoU) is neither a match nor a false positive: it leaves ``n_pred`` (``n_ignored`` counts it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import Prompt, training_prompt
 from spr_plugin.llamafactory.image import ImageFrame
-from spr_plugin.scoring.localization import iou_matrix, match_hungarian
+from spr_plugin.scoring.localization import ignored_overlap, iou_matrix, match_hungarian
 
 
 def score_description(region: Region, answer: str, box_format: BoxFormat, iou_threshold: float) -> dict[str, Any]:
@@ -30,10 +32,16 @@ def score_description(region: Region, answer: str, box_format: BoxFormat, iou_th
     pred = parsed.boxes
     gt = [o.box for o in region.objects]
     matches = match_hungarian(iou_matrix(gt, pred), iou_threshold)
+    matched = {m.pred_index for m in matches}
+    ignored = 0
+    if region.ignored:
+        overlap = ignored_overlap(region.ignored, pred)
+        ignored = sum(1 for j in range(len(pred)) if j not in matched and (overlap[:, j] > iou_threshold).any())
     return {
         "answer": answer,
         "n_gt": len(gt),
-        "n_pred": len(pred),
+        "n_pred": len(pred) - ignored,
+        "n_ignored": ignored,
         "matched_ious": [round(m.iou, 6) for m in matches],
         "dropped_boxes": dict(parsed.dropped),
     }

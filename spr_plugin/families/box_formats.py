@@ -81,6 +81,9 @@ class BoxFormat(ABC):
 
     #: The ``--box-format`` value; the family's profile (:mod:`spr_plugin.families.profiles`) has the rest.
     name: str
+    #: Whether :meth:`render` may replace words in running text (a tagged reference reads in place); refinement
+    #: grounds plain-word mentions only then. A syntax that lists objects apart from the prose (JSON) says no.
+    grounds_words: bool = True
 
     def __init__(self, tolerance: float = DEFAULT_TOLERANCE) -> None:
         self.tolerance = tolerance
@@ -388,6 +391,7 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
     """Qwen2.5-VL JSON form: ``{"bbox_2d": [x1,y1,x2,y2], "label": "..."}`` objects, resized-input pixels."""
 
     name = "qwen2_5_vl_json"
+    grounds_words = False
 
     def render(self, label: str, box: Box, width: int, height: int) -> str:
         return json.dumps({"bbox_2d": list(self.to_frame(box, width, height)), "label": label}, ensure_ascii=False)

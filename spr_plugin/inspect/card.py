@@ -116,9 +116,11 @@ def render_card(name: str, summary: dict[str, Any], pairs: Sequence[PreferencePa
         f"| box format, LLaMA-Factory template | {_get(cfg, 'scoring', 'box_format')}, {template} |",
         f"| image frame (image_max_pixels, image_min_pixels) | {_get(cfg, 'frame', 'image_max_pixels')}, "
         f"{_get(cfg, 'frame', 'image_min_pixels')} (train and evaluate with the same: `spr check-recipe`) |",
-        f"| label matching, label threshold | {_get(cfg, 'scoring', 'label_match', default='off')}, "
+        f"| label matching, label threshold | {_get(cfg, 'scoring', 'label_match', default='not recorded')}, "
         f"{_get(cfg, 'scoring', 'label_threshold')} |",
-        f"| refinement policy | {_get(cfg, 'pairing', 'refine_policy', default='strip')} |",
+        f"| refinement policy | {_get(cfg, 'pairing', 'refine_policy', default='not recorded')} |",
+        f"| hallucination penalty (S minus it times the share of named objects absent from the image) | "
+        f"{_get(cfg, 'scoring', 'hallucination_penalty', default='not recorded')} |",
         f"| score normalisation (per region, before λ) | {_get(cfg, 'scoring', 'score_norm', default='none')} |",
         f"| λ (weight of S_sem) | {_get(cfg, 'scoring', 'lam')} |",
         f"| localization metric, IoU threshold | {_get(cfg, 'scoring', 'loc_metric')}, {_get(cfg, 'scoring', 'iou_threshold')} |",
@@ -169,21 +171,40 @@ def _quality_lines(pstats: dict[str, Any]) -> list[str]:
     rows = [
         ("boxes per answer: chosen / rejected", f"{q['chosen_boxes_mean']:.2f} / {q['rejected_boxes_mean']:.2f}"),
         ("pairs whose chosen answer has fewer boxes than its rejected one", f"{q['chosen_fewer_boxes_share']:.1%}"),
-        ("ungrounded mentions per chosen answer", f"{q['chosen_ungrounded_mentions_mean']:.2f}"),
+        ("mentions of objects absent from the image per answer: chosen / rejected",
+         _pair_of(q, "chosen_hallucinated_mentions_mean", "rejected_hallucinated_mentions_mean", "{:.2f}")),
+        ("chosen answers naming an absent object", _one(q, "chosen_with_hallucinated_mentions_share", "{:.1%}")),
+        ("ungrounded mentions of region objects (tagged or plain words) per chosen answer",
+         f"{q['chosen_ungrounded_mentions_mean']:.2f}"),
         ("chosen answers with an ungrounded mention", f"{q['chosen_with_ungrounded_mentions_share']:.1%}"),
+        ("mentions per chosen answer: elsewhere in the image / unknown to the annotations",
+         _pair_of(q, "chosen_outside_region_mentions_mean", "chosen_unjudged_mentions_mean", "{:.2f}")),
         ("chosen boxes whose phrase names the object they sit on", f"{q['chosen_box_label_agreement']:.1%} "
          f"(of {q['chosen_labelled_boxes']})"),
         ("rejected / chosen answers with malformed boxes",
          f"{q['rejected_malformed_share']:.1%} / {q['chosen_malformed_share']:.1%}"),
+        ("rejected / chosen answers with box debris",
+         _pair_of(q, "rejected_with_debris_share", "chosen_with_debris_share", "{:.1%}")),
         ("pairs decided by localization (chosen or rejected would change with λ = 1)", f"{q['localization_decided_share']:.1%}"),
         ("boxes snapped / corrected / ungrounded, phrases removed by refinement",
          f"{pstats.get('boxes_snapped_by_refinement', 0)} / {pstats.get('boxes_corrected_by_refinement', 0)} / "
          f"{pstats.get('boxes_ungrounded_by_refinement', 0)}, {pstats.get('phrases_removed_by_refinement', 0)}"),
+        ("absent-object mentions removed / plain mentions grounded / debris removed by refinement",
+         " / ".join(str(pstats.get(k, "n/a")) for k in ("hallucinations_removed_by_refinement",
+                    "plain_mentions_grounded_by_refinement", "debris_removed_by_refinement"))),
     ]  # fmt: skip
     lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
     for warning in pstats.get("warnings") or []:
         lines += [f"**Warning:** {warning}", ""]
     return lines
+
+
+def _one(q: dict[str, Any], key: str, fmt: str) -> str:
+    return fmt.format(q[key]) if key in q else "not recorded"
+
+
+def _pair_of(q: dict[str, Any], a: str, b: str, fmt: str) -> str:
+    return f"{_one(q, a, fmt)} / {_one(q, b, fmt)}"
 
 
 def card_path(dataset_dir: str | Path, name: str) -> Path:

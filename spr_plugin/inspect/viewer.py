@@ -2,8 +2,10 @@
 
 A preference dataset is only as good as its pairs, and a pair is judged fastest by looking at it: the
 query region, the annotated objects, the boxes each description claims, and why one scored higher
-(semantic parts, localization matches, boxes the parser had to drop). Boxes are parsed with
-:mod:`spr_plugin.families.box_formats`, the same code the scorer used, so the picture shows what was scored.
+(semantic parts, localization matches, boxes the parser had to drop, the objects each text names and
+whether the annotations support them). Boxes are parsed with :mod:`spr_plugin.families.box_formats` and
+mentions found with :func:`spr_plugin.scoring.mentions.describe`, the same code the scorer used, so the
+picture shows what was scored. Mentions are judged with the names the shown pairs' regions record.
 
 Output: ``<out>/pair_000.png`` ... (one image per pair, chosen left, rejected right) and ``<out>/index.html``
 embedding them with the full texts.
@@ -24,9 +26,10 @@ from spr_plugin.core.images import region_image, require_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.paths import ImageRoots
-from spr_plugin.core.records import Box, PreferencePair, ScoredCandidate
+from spr_plugin.core.records import Box, PreferencePair, Region, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
+from spr_plugin.scoring.mentions import ABSENT, IMAGE, UNJUDGED, Vocabulary, describe
 
 CHOSEN_COLOR = (0, 170, 60)
 REJECTED_COLOR = (220, 40, 40)
@@ -158,6 +161,26 @@ def score_lines(side: ScoredCandidate) -> list[str]:
     ]
 
 
+def mention_lines(side: ScoredCandidate, region: Region, fmt: BoxFormat, vocabulary: Vocabulary | None = None) -> list[str]:
+    """What the text names and carries, measured as the statistics measure it (one fact per line)."""
+    facts = describe(side.candidate.text, region, fmt, vocabulary)
+    absent = sorted({m.name for m in facts.mentions if m.status == ABSENT})
+    lines = [
+        f"names: {len(facts.mentions)} objects; absent from the image {facts.hallucinated}"
+        + (f" ({', '.join(absent)})" if absent else "")
+        + f", ungrounded {facts.ungrounded}, elsewhere in the image {facts.count(IMAGE)}, unknown {facts.count(UNJUDGED)}",
+        f"box debris: {facts.debris}" + (f"; hallucination penalty {side.penalty:.3f}" if side.penalty else ""),
+    ]
+    if side.refinement:
+        r = side.refinement
+        lines.append(
+            f"refinement ({r.get('policy')}): snapped {r.get('snapped', 0)}, corrected {r.get('corrected', 0)}, "
+            f"ungrounded {r.get('ungrounded', 0)}, absent mentions removed {r.get('hallucinations_removed', 0)}, "
+            f"plain mentions grounded {r.get('plain_grounded', 0)}, debris removed {r.get('debris_removed', 0)}"
+        )
+    return lines
+
+
 def _draw_box(
     draw: ImageDraw.ImageDraw, box: Box, scale: float, color, width: int, label: str | None, font, below: bool = False
 ) -> None:
@@ -173,7 +196,14 @@ def _draw_box(
         draw.text((tx, ty), label, fill=(255, 255, 255), font=font)
 
 
-def render_panel(image: Image.Image, pair: PreferencePair, side: ScoredCandidate, chosen: bool, fmt: BoxFormat) -> Image.Image:
+def render_panel(
+    image: Image.Image,
+    pair: PreferencePair,
+    side: ScoredCandidate,
+    chosen: bool,
+    fmt: BoxFormat,
+    vocabulary: Vocabulary | None = None,
+) -> Image.Image:
     """One side of a pair: the image with region, annotated objects and this side's boxes, then its scores."""
     region = pair.region
     font, small = _font(), _font(FONT_SIZE - 2)
@@ -188,7 +218,7 @@ def render_panel(image: Image.Image, pair: PreferencePair, side: ScoredCandidate
         _draw_box(draw, box, scale, color, 3, f"[{k}]", font)
 
     lines = []
-    for line in score_lines(side):
+    for line in [*score_lines(side), *mention_lines(side, region, fmt, vocabulary)]:
         lines += textwrap.wrap(line, 70, subsequent_indent="    ")
     lines.append("")
     lines += textwrap.wrap(annotated_text(side, fmt, region.width, region.height), 70)
@@ -206,12 +236,12 @@ def render_panel(image: Image.Image, pair: PreferencePair, side: ScoredCandidate
     return panel
 
 
-def render_pair(pair: PreferencePair, image_path: Path, fmt: BoxFormat) -> Image.Image:
+def render_pair(pair: PreferencePair, image_path: Path, fmt: BoxFormat, vocabulary: Vocabulary | None = None) -> Image.Image:
     """Chosen (green) left, rejected (red) right, with a header naming the margin."""
     with Image.open(image_path) as im:
         im.load()
-        left = render_panel(im, pair, pair.chosen, True, fmt)
-        right = render_panel(im, pair, pair.rejected, False, fmt)
+        left = render_panel(im, pair, pair.chosen, True, fmt, vocabulary)
+        right = render_panel(im, pair, pair.rejected, False, fmt, vocabulary)
     header = 28
     out = Image.new("RGB", (left.width + right.width + 10, max(left.height, right.height) + header), (235, 235, 235))
     ImageDraw.Draw(out).text(
@@ -226,9 +256,10 @@ def render_pair(pair: PreferencePair, image_path: Path, fmt: BoxFormat) -> Image
     return out
 
 
-def _html_side(side: ScoredCandidate, chosen: bool) -> str:
+def _html_side(side: ScoredCandidate, chosen: bool, region: Region, fmt: BoxFormat, vocabulary: Vocabulary | None) -> str:
     color = "#00aa3c" if chosen else "#dc2828"
-    rows = "".join(f"<li>{html.escape(line)}</li>" for line in score_lines(side))
+    lines = [*score_lines(side), *mention_lines(side, region, fmt, vocabulary)]
+    rows = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     title = "chosen" if chosen else "rejected"
     return (
         f'<div class="side" style="border-top:4px solid {color}"><b>{title}</b><ul>{rows}</ul>'
@@ -260,18 +291,29 @@ def show_pairs(config: ShowConfig) -> ShowResult:
         raise SPRError(f"{config.pairs_file()} holds no pairs")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    vocabulary = Vocabulary.of_regions(p.region for p in pairs)
     pngs, sections = [], []
     for i, pair in enumerate(pairs):
         png = out / f"pair_{i:03d}.png"
         image = find_image(pair, config, rows[i][1])
         require_image(image, f"image of region {pair.region.region_id}")  # a bomb or a non-image is one line
-        render_pair(pair, image, fmt).save(png)
+        render_pair(pair, image, fmt, vocabulary).save(png)
         pngs.append(png)
         sections.append(
             f"<section><h2>{i}: region {html.escape(pair.region.region_id)} (margin {pair.margin:.3f})</h2>"
-            f'<img src="{png.name}" alt="pair {i}"><div class="sides">{_html_side(pair.chosen, True)}'
-            f"{_html_side(pair.rejected, False)}</div></section>"
+            f'<img src="{png.name}" alt="pair {i}"><div class="sides">'
+            f"{_html_side(pair.chosen, True, pair.region, fmt, vocabulary)}"
+            f"{_html_side(pair.rejected, False, pair.region, fmt, vocabulary)}</div></section>"
         )
+    chosen = [describe(p.chosen.candidate.text, p.region, fmt, vocabulary) for p in pairs]
+    rejected = [describe(p.rejected.candidate.text, p.region, fmt, vocabulary) for p in pairs]
+    totals = (
+        f"In these {len(pairs)} pairs, chosen / rejected answers naming an object absent from the image: "
+        f"{sum(f.hallucinated > 0 for f in chosen)} / {sum(f.hallucinated > 0 for f in rejected)}; with an ungrounded "
+        f"mention of a region object: {sum(f.ungrounded > 0 for f in chosen)} / {sum(f.ungrounded > 0 for f in rejected)}; "
+        f"with box debris: {sum(f.debris > 0 for f in chosen)} / {sum(f.debris > 0 for f in rejected)}; boxes per answer: "
+        f"{sum(f.boxes for f in chosen) / len(pairs):.2f} / {sum(f.boxes for f in rejected) / len(pairs):.2f}."
+    )
     page = out / "index.html"
     page.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>SPR pairs</title><style>"
@@ -281,8 +323,7 @@ def show_pairs(config: ShowConfig) -> ShowResult:
         f"<h1>SPR preference pairs ({len(pairs)} from {html.escape(str(config.pairs_file()))})</h1>"
         "<p>Green: boxes of the chosen description; red: the rejected one; yellow: the query region; "
         "grey: annotated objects (gtN). [k] numbers a description's parsed boxes in text order.</p>"
-        + "".join(sections)
-        + "</body></html>\n",
+        f"<p class='totals'>{html.escape(totals)}</p>" + "".join(sections) + "</body></html>\n",
         encoding="utf-8",
     )
     return ShowResult(page, pngs, len(pairs))

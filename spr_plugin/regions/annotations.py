@@ -213,3 +213,12 @@ def category_name(coco: COCO, cat_id: int) -> str:
 
 def category_synonyms(coco: COCO, cat_id: int) -> tuple[str, ...]:
     return coco.synonyms.get(cat_id, ()) if isinstance(coco, DetectionIndex) else ()
+
+
+def category_vocabulary(coco: COCO) -> list[str]:
+    """Every category name of the dataset with its synonyms: the vocabulary mentions are judged against
+    (:mod:`spr_plugin.scoring.mentions`); a name outside an image's annotations is absent from it."""
+    out: list[str] = []
+    for cat_id in sorted(coco.cats):
+        out += [category_name(coco, cat_id), *category_synonyms(coco, cat_id)]
+    return list(dict.fromkeys(out))

@@ -290,10 +290,12 @@ def sample_regions(
         for ann_id, cat_id, box, why in cands.ignored:
             fitted = _fit(box, width, height, config)
             if fitted is not None and fitted.area > 0:
-                ignored.append(
-                    (AnnotatedObject(ann_id, category_name(coco, cat_id), fitted, category_synonyms(coco, cat_id)), why)
+                obj = AnnotatedObject(
+                    ann_id, category_name(coco, cat_id), fitted, category_synonyms(coco, cat_id), crowd=why == "crowd"
                 )
+                ignored.append((obj, why))
         not_exhaustive, absent = _lvis_names(coco, img_id)
+        in_image = _image_names(coco, img_id)
         rng = np.random.default_rng([config.seed, int(img_id)])
         seen: set[tuple[int, ...]] = set()
         for r, seed_index in enumerate(rng.permutation(len(objects))[: config.regions_per_image]):
@@ -320,6 +322,7 @@ def sample_regions(
                 ignored=region_ignored,
                 not_exhaustive=not_exhaustive,
                 absent=absent,
+                in_image=in_image,
             )
             if config.max_regions is not None and stats.regions >= config.max_regions:
                 return
@@ -361,18 +364,24 @@ def _overlaps(a: Box, b: Box) -> bool:
     return min(a.x2, b.x2) > max(a.x1, b.x1) and min(a.y2, b.y2) > max(a.y1, b.y1)
 
 
+def _names_of(coco: COCO, ids) -> tuple[str, ...]:
+    out: list[str] = []
+    for cid in sorted(ids):
+        out += [category_name(coco, cid), *category_synonyms(coco, cid)]
+    return tuple(dict.fromkeys(out))
+
+
+def _image_names(coco: COCO, img_id: int) -> tuple[str, ...]:
+    """Every category annotated anywhere in the image (tiny, crowd and virtual objects too), with synonyms:
+    what a description may name without hallucinating (see :mod:`spr_plugin.scoring.mentions`)."""
+    return _names_of(coco, {a.get("category_id") for a in coco.imgToAnns.get(img_id, []) if a.get("category_id") in coco.cats})
+
+
 def _lvis_names(coco: COCO, img_id: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """LVIS's not-exhaustive and negative categories of an image, as names (with synonyms)."""
     if not isinstance(coco, DetectionIndex):
         return (), ()
-
-    def names(ids: frozenset[int]) -> tuple[str, ...]:
-        out: list[str] = []
-        for cid in sorted(ids):
-            out += [category_name(coco, cid), *category_synonyms(coco, cid)]
-        return tuple(dict.fromkeys(out))
-
-    return names(coco.not_exhaustive.get(img_id, frozenset())), names(coco.absent.get(img_id, frozenset()))
+    return _names_of(coco, coco.not_exhaustive.get(img_id, frozenset())), _names_of(coco, coco.absent.get(img_id, frozenset()))
 
 
 def _clean_object(obj: AnnotatedObject, stats: SanitizeStats | None) -> AnnotatedObject:
@@ -410,6 +419,7 @@ def clean_region(region: Region, stats: SanitizeStats | None = None) -> Region:
         ignored=tuple(_clean_object(o, stats) for o in region.ignored),
         not_exhaustive=names(region.not_exhaustive),
         absent=names(region.absent),
+        in_image=names(region.in_image),
     )
 
 

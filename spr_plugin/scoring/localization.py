@@ -25,7 +25,7 @@ from torchvision.ops import box_iou
 
 from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.options import DEFAULT_IOU_THRESHOLD, LOC_METRICS
-from spr_plugin.core.records import Box, LocalizationScore, Match, ParseResult
+from spr_plugin.core.records import AnnotatedObject, Box, LocalizationScore, Match, ParseResult
 
 METRICS = LOC_METRICS
 
@@ -37,6 +37,32 @@ def iou_matrix(gt: Sequence[Box], pred: Sequence[Box]) -> np.ndarray:
     g = torch.tensor([b.as_list() for b in gt], dtype=torch.float64)
     p = torch.tensor([b.as_list() for b in pred], dtype=torch.float64)
     return box_iou(g, p).numpy()
+
+
+def crowd_iou_matrix(crowds: Sequence[Box], pred: Sequence[Box]) -> np.ndarray:
+    """pycocotools' ``iscrowd`` overlap: intersection over the *predicted* box's area (rows: crowd boxes).
+
+    A crowd box covers many objects; a right box on one person inside it has a small IoU with the whole crowd
+    (0.075 for a person in a crowd fifteen times its size) but lies entirely in it. COCO's evaluation therefore
+    scores detections against crowd regions by the share of the detection inside the crowd."""
+    if not crowds or not pred:
+        return np.zeros((len(crowds), len(pred)), dtype=np.float64)
+    c = np.array([b.as_list() for b in crowds], dtype=np.float64)[:, None, :]
+    p = np.array([b.as_list() for b in pred], dtype=np.float64)[None, :, :]
+    iw = np.clip(np.minimum(c[..., 2], p[..., 2]) - np.maximum(c[..., 0], p[..., 0]), 0.0, None)
+    ih = np.clip(np.minimum(c[..., 3], p[..., 3]) - np.maximum(c[..., 1], p[..., 1]), 0.0, None)
+    area = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])
+    return np.divide(iw * ih, area, out=np.zeros_like(iw * ih), where=area > 0)
+
+
+def ignored_overlap(ignored: Sequence[AnnotatedObject], pred: Sequence[Box]) -> np.ndarray:
+    """Overlap of every ignored object (rows) with every predicted box: crowds by :func:`crowd_iou_matrix`,
+    other ignored objects (Objects365 virtual objects, single objects) by IoU, as pycocotools does."""
+    out = iou_matrix([o.box for o in ignored], pred)
+    crowd = [g for g, o in enumerate(ignored) if o.crowd]
+    if crowd and len(pred):
+        out[crowd] = crowd_iou_matrix([ignored[g].box for g in crowd], pred)
+    return out
 
 
 def match_hungarian(iou: np.ndarray, threshold: float = DEFAULT_IOU_THRESHOLD) -> list[Match]:

@@ -10,15 +10,24 @@ nothing is the *policy*, chosen per run and recorded in the dataset card:
   first effect study chosen answers held about 1 box against 2.6 in rejected ones, and DPO learned to
   write fewer boxes.
 * ``correct``: a phrase whose label names an object of the region that no other phrase matched gets that
-  object's box even when its own box missed (or it had none), so the chosen answer is fully and correctly
-  grounded. Phrases naming nothing in the region are stripped as above.
+  object's box even when its own box missed (or it had none), and so does a *plain-word* mention of such an
+  object (one to one, unclaimed objects only; formats that cannot ground words in place, the JSON one, leave
+  them as words). Phrases naming nothing in the region are stripped as above.
 * ``drop``: unmatched phrases are removed with their words (and one separating comma or conjunction).
 * ``off``: no refinement (the ranking then picks the best *initial* description as chosen).
+
+Whatever the policy (``off`` aside), two things never reach a refined text:
+
+* **Hallucinated mentions**: every mention, tagged or in plain words, of a category the annotations say is
+  not in the image (:mod:`spr_plugin.scoring.mentions`) is removed with its separating comma or conjunction
+  (:func:`spr_plugin.scoring.wording.removal_span`). Mentions of categories elsewhere in the image, and names
+  the vocabulary does not know, keep their words (the annotations cannot call them wrong).
+* **Box debris**: malformed units, stray markers, coordinate and number runs, cut-off JSON objects
+  (:func:`spr_plugin.scoring.mentions.find_debris`), removed until none is left.
 
 Matching is one-to-one (Hungarian) whatever metric scores the candidates, and it is the scorer's own
 (:class:`spr_plugin.scoring.scorer.Assessment`), so one place decides which box matched: with a many-to-one
 match two duplicate boxes would both snap to the same object and the chosen text would teach duplicates.
-Malformed box text (cut off, garbage, out of range) is always removed, so chosen texts re-parse cleanly.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from spr_plugin.core.records import Box, Candidate, ParseResult, Region
 from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, phrase_matches
+from spr_plugin.scoring.mentions import ABSENT, REGION, RegionJudge, Vocabulary, find_debris, find_mentions, gaps, unit_spans
+from spr_plugin.scoring.wording import Layout, apply_edits, drop_empty_lead_ins, removal_span
 from spr_plugin.settings import check_policy
 
 
@@ -49,14 +60,20 @@ class RefineResult:
     removed: int = 0  # phrases removed with their words (``drop``)
     labelled_matches: int = 0  # matched boxes that carry a phrase (bare boxes have none)
     agreeing_matches: int = 0  # ... whose phrase names the matched object's category
+    hallucinations_removed: int = 0  # mentions (tagged or plain) of categories absent from the image
+    plain_grounded: int = 0  # plain-word mentions given their object's box (``correct``)
+    debris_removed: int = 0  # pieces of box debris removed after the rewrite
 
     @property
     def changed(self) -> bool:
-        return bool(self.snapped or self.corrected or self.ungrounded or self.removed)
+        return bool(
+            self.snapped or self.corrected or self.ungrounded or self.removed or self.hallucinations_removed
+            or self.plain_grounded or self.debris_removed
+        )  # fmt: skip
 
     @property
     def words_changed(self) -> bool:
-        return self.removed > 0
+        return bool(self.removed or self.hallucinations_removed or self.debris_removed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +85,9 @@ class RefineResult:
             "removed": self.removed,
             "labelled_matches": self.labelled_matches,
             "agreeing_matches": self.agreeing_matches,
+            "hallucinations_removed": self.hallucinations_removed,
+            "plain_grounded": self.plain_grounded,
+            "debris_removed": self.debris_removed,
         }
 
 
@@ -80,30 +100,40 @@ def refine(
     box_format: BoxFormat,
     policy: str = "correct",
     neutral: frozenset[int] = frozenset(),
+    judge: RegionJudge | None = None,
 ) -> RefineResult:
     """Refine one parsed candidate; ``agree``, ``matches`` and ``neutral`` as in :class:`spr_plugin.scoring.scorer.Assessment`.
 
     ``neutral`` phrases (boxes on objects the annotations are silent about, e.g. LVIS not-exhaustive categories)
-    stay as written: a right box on an unlabelled object must not be taken out of the chosen answer.
+    stay as written: a right box on an unlabelled object must not be taken out of the chosen answer. ``judge``
+    says which named categories are absent (default: what the region itself records).
     """
     check_policy(policy)
     if policy == "off":
         return RefineResult(candidate, policy)
+    judge = judge or RegionJudge.of(region)
     phrases = parse.phrases
     gt = [o.box for o in region.objects]
     edits: dict[int, Edit] = {i: gt[g] for i, g in matches.items()}
     corrected = _correct(parse, agree, matches, gt, neutral) if policy == "correct" else {}
-    edits.update(corrected)
+    edits.update({i: gt[g] for i, g in corrected.items()})
+    absent_units = {m.span for m in find_mentions(candidate.text, parse, judge) if m.tagged and m.status == ABSENT}
     for i, phrase in enumerate(phrases):
         if i in edits or i in neutral:
             continue
-        if policy == "drop":
+        if policy == "drop" or phrase.span in absent_units:
             edits[i] = DROP
         elif phrase.box is not None or phrase.malformed:
             edits[i] = None  # bare boxes vanish entirely (they have no words), others keep their words
     w, h = region.width, region.height
-    text = box_format.clean(box_format.rewrite(candidate.text, parse, edits, w, h), w, h)
+    text = box_format.rewrite(candidate.text, parse, edits, w, h)
+    claimed = {*matches.values(), *corrected.values()}
+    text, plain_removed, plain_grounded = _edit_plain_mentions(text, box_format, w, h, judge, claimed, policy, gt)
+    text, debris = _strip_debris(box_format.clean(text, w, h), box_format, w, h)
+    if absent_units or plain_removed or debris:
+        text = drop_empty_lead_ins(text, unit_spans(box_format.parse(text, w, h)))
     labelled = [i for i in matches if phrases[i].label]
+    tagged_removed = {phrases[i].span for i, e in edits.items() if e == DROP and phrases[i].span in absent_units}
     return RefineResult(
         replace(candidate, text=text),
         policy,
@@ -111,15 +141,64 @@ def refine(
         matched=len(matches),
         corrected=len(corrected),
         ungrounded=sum(1 for e in edits.values() if e is None),
-        removed=len({phrases[i].span for i, e in edits.items() if e == DROP}),
+        removed=len({phrases[i].span for i, e in edits.items() if e == DROP} - tagged_removed),
         labelled_matches=len(labelled),
         agreeing_matches=sum(1 for i in labelled if agree[matches[i], i]),
+        hallucinations_removed=len(tagged_removed) + plain_removed,
+        plain_grounded=plain_grounded,
+        debris_removed=debris,
     )
+
+
+def _edit_plain_mentions(
+    text: str, fmt: BoxFormat, w: int, h: int, judge: RegionJudge, claimed: set[int], policy: str, gt: list[Box]
+) -> tuple[str, int, int]:
+    """Remove plain-word mentions of absent categories; under ``correct`` ground plain mentions of unclaimed
+    region objects with their box (text order, one object each). Returns the text and both counts."""
+    parse = fmt.parse(text, w, h)
+    mentions = find_mentions(text, parse, judge)
+    plain_absent = [m for m in mentions if not m.tagged and m.status == ABSENT]
+    protected = unit_spans(parse)
+    edits = []
+    if plain_absent:
+        layout = Layout(text, protected, [*protected, *(m.span for m in mentions if m.status != ABSENT)])
+        for m in plain_absent:
+            span, capitalise = removal_span(layout, m.span)
+            edits.append((span, "", capitalise))
+    grounded = 0
+    if policy == "correct" and fmt.grounds_words:
+        taken = set(claimed)
+        for m in mentions:
+            if m.tagged or m.status != REGION:
+                continue
+            free = [g for g in judge.objects_named(m.name) if g not in taken]
+            if free:
+                taken.add(free[0])
+                edits.append((m.span, fmt.render(text[m.span[0] : m.span[1]], gt[free[0]], w, h), False))
+                grounded += 1
+    if not edits:
+        return text, 0, 0
+    return apply_edits(text, edits), len(plain_absent), grounded
+
+
+def _strip_debris(text: str, fmt: BoxFormat, w: int, h: int, rounds: int = 3) -> tuple[str, int]:
+    """``text`` without box debris (removing a piece can expose another, hence the rounds) and how many pieces went."""
+    removed = 0
+    for _ in range(rounds):
+        spans = find_debris(text, fmt.parse(text, w, h))
+        if not spans:
+            break
+        removed += len(spans)
+        text = fmt.clean(apply_edits(text, [(s, " ", False) for s in spans]), w, h)
+    if removed:  # a list cut off with its last object ("[{...}, {"bbox_2d": [5") is closed again
+        opened = sum(text.count("[", a, b) - text.count("]", a, b) for a, b in gaps(text, fmt.parse(text, w, h)))
+        text += "]" * max(0, opened)
+    return text, removed
 
 
 def _correct(
     parse: ParseResult, agree: np.ndarray, matches: dict[int, int], gt: list[Box], neutral: frozenset[int] = frozenset()
-) -> dict[int, Box]:
+) -> dict[int, int]:
     """Unmatched labelled phrases -> the box of an unclaimed object their label names, one to one.
 
     Among several objects of the named category the assignment prefers the one the phrase's own box
@@ -138,7 +217,7 @@ def _correct(
     named = agree[np.ix_(free_objects, open_phrases)]
     weight = np.where(named, 1.0 + overlap, 0.0)
     rows, cols = linear_sum_assignment(weight, maximize=True)
-    return {open_phrases[c]: gt[free_objects[r]] for r, c in zip(rows, cols) if weight[r, c] > 0}
+    return {open_phrases[c]: free_objects[r] for r, c in zip(rows, cols) if weight[r, c] > 0}
 
 
 def refine_candidate(
@@ -149,15 +228,17 @@ def refine_candidate(
     policy: str = "strip",
     labels: LabelMatcher | None = None,
     label_match: bool = True,
+    vocabulary: Vocabulary | None = None,
 ) -> RefineResult:
     """Parse, match (:func:`~spr_plugin.scoring.localization.phrase_matches`, as the scorer does) and refine one
     candidate on its own (the build uses the scorer's assessment instead).
 
-    Without ``labels`` only the name rules of :mod:`spr_plugin.scoring.labels` decide agreement (no text model).
+    Without ``labels`` only the name rules of :mod:`spr_plugin.scoring.labels` decide agreement (no text model);
+    ``vocabulary`` is the dataset's (default: the names the region records).
     """
     w, h = region.width, region.height
     parse = box_format.parse(candidate.text, w, h)
     matcher = labels or LabelMatcher()
     (agree,) = matcher.agreement([(region.objects, [p.label for p in parse.phrases])])
     matches = phrase_matches([o.box for o in region.objects], parse, agree if label_match else None, threshold)
-    return refine(candidate, region, parse, agree, matches, box_format, policy)
+    return refine(candidate, region, parse, agree, matches, box_format, policy, judge=RegionJudge.of(region, vocabulary))

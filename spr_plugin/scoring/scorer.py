@@ -25,10 +25,11 @@ from spr_plugin.scoring.grounder import merge_predictions
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import (
     DEFAULT_IOU_THRESHOLD,
-    iou_matrix,
+    ignored_overlap,
     localization_score,
     phrase_matches,
 )
+from spr_plugin.scoring.mentions import RegionJudge, TextFacts, Vocabulary, measure
 from spr_plugin.scoring.semantic import TextSemanticScorer
 from spr_plugin.settings import ScoringConfig
 
@@ -90,6 +91,10 @@ class Assessment:
     #: Phrase indices of boxes the annotations cannot judge (see :func:`neutral_boxes`): refinement keeps them
     #: as written, since it can neither snap them to an annotation nor call them wrong.
     neutral: frozenset[int] = frozenset()
+    #: What the text names and carries (:func:`spr_plugin.scoring.mentions.measure`): the penalty's and the
+    #: statistics' one measurement.
+    facts: TextFacts | None = None
+    judge: RegionJudge | None = None
 
 
 class CandidateScorer:
@@ -97,6 +102,8 @@ class CandidateScorer:
 
     With a ``grounder``, its boxes join the description's own boxes in the prediction set of S_loc
     (duplicates of the model's boxes dropped, see :func:`spr_plugin.scoring.grounder.merge_predictions`).
+    ``vocabulary`` is the dataset's category vocabulary (:class:`~spr_plugin.scoring.mentions.Vocabulary`); each
+    region's own names join it, so even an empty one judges the names a region records.
     """
 
     def __init__(
@@ -107,8 +114,10 @@ class CandidateScorer:
         grounder: Grounder | None = None,
         dedupe_iou: float = DEFAULT_IOU_THRESHOLD,
         labels: LabelMatcher | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
         self.config = config
+        self.vocabulary = vocabulary or Vocabulary()
         self.semantic = semantic
         self.box_format = box_format or get_box_format(config.box_format)
         self.grounder = grounder
@@ -156,8 +165,13 @@ class CandidateScorer:
             semantics[i] = sem
         return self._assess(pairs, parses, semantics, [list(a.detected) for a, _, _ in items], refined=True)
 
+    def judge(self, region: Region) -> RegionJudge:
+        """What ``region``'s annotations say about named categories, with the run's vocabulary."""
+        return RegionJudge.of(region, self.vocabulary)
+
     def _assess(self, items, parses, semantics, detected, refined: bool) -> list[Assessment]:
         cfg = self.config
+        judges: dict[int, RegionJudge] = {}
         extras = [self._merge_detected(parse, found) for parse, found in zip(parses, detected)]
         # Ignored objects (crowds, Objects365 objects in pictures / reflections) share the label check of the
         # real ones: their rows follow the objects' rows and are split off below.
@@ -180,10 +194,13 @@ class CandidateScorer:
             if neutral:
                 loc = _without(gt, parse.boxes, [b for _, b in extra], neutral, cfg, allowed)
             matches = phrase_matches(gt, parse, agree if cfg.label_match == "on" else None, cfg.iou_threshold)
-            total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score
-            scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped))
+            judge = judges.get(id(region)) or judges.setdefault(id(region), self.judge(region))
+            facts = measure(cand.text, parse, judge)
+            penalty = cfg.hallucination_penalty * facts.hallucination_rate
+            total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score - penalty
+            scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped), penalty=float(penalty))
             neutral_phrases = frozenset(boxed[j] for j in neutral)
-            out.append(Assessment(region, cand, parse, agree, matches, scored, tuple(extra), neutral_phrases))
+            out.append(Assessment(region, cand, parse, agree, matches, scored, tuple(extra), neutral_phrases, facts, judge))
         return out
 
     def _merge_detected(self, parse: ParseResult, found: Sequence[tuple[str, Box]]) -> list[tuple[str, Box]]:
@@ -213,9 +230,10 @@ def neutral_boxes(
     A box matched to no annotated object would count as a false positive. That is wrong when the annotations
     are silent about it: its phrase names a category LVIS lists as not exhaustively labelled in this image
     (``region.not_exhaustive``; a category it verified absent, ``region.absent``, is never excused), or it lies
-    on an ignored object (IoU above the threshold, and its phrase names that object's category or it is a bare
-    box). Such boxes are left out of S_loc altogether: a right box on an object LVIS did not label must not
-    count against the description, and it cannot count for it either.
+    on an ignored object (overlap above the threshold: for a crowd, pycocotools' intersection over the box's
+    area, :func:`~spr_plugin.scoring.localization.crowd_iou_matrix`; IoU otherwise; and its phrase names that
+    object's category or it is a bare box). Such boxes are left out of S_loc altogether: a right box on an
+    object LVIS did not label must not count against the description, and it cannot count for it either.
     """
     from spr_plugin.scoring.labels import names_agree, normalize_label
 
@@ -226,7 +244,8 @@ def neutral_boxes(
     excused = [normalize_label(n) for n in region.not_exhaustive]
     excused = [n for n in excused if n]
     absent = [n for n in (normalize_label(a) for a in region.absent) if n]
-    ignored_iou = iou_matrix([o.box for o in region.ignored], parse.boxes) if region.ignored else None
+    # Crowds by pycocotools' rule (intersection over the box's area): a person box inside a crowd box lies on it.
+    ignored_iou = ignored_overlap(region.ignored, parse.boxes) if region.ignored else None
     out = []
     for j in unmatched:
         label = normalize_label(parse.phrases[boxed[j]].label)
@@ -275,13 +294,14 @@ def normalise(values: Sequence[float], method: str) -> np.ndarray:
 def mix_scores(pool: Sequence[ScoredCandidate], lam: float, method: str) -> list[ScoredCandidate]:
     """The pool (one region's initial and refined candidates) with S = λ·norm(S_sem) + (1-λ)·norm(S_loc).
 
-    With ``none`` the scores are the scorer's own; otherwise each candidate records its normalised parts.
+    With ``none`` the scores are the scorer's own; otherwise each candidate records its normalised parts. The
+    hallucination penalty (already a share, weighted) is subtracted after mixing either way.
     """
     if method == "none":
-        return [replace(s, score=lam * s.semantic.score + (1.0 - lam) * s.localization.score) for s in pool]
+        return [replace(s, score=lam * s.semantic.score + (1.0 - lam) * s.localization.score - s.penalty) for s in pool]
     sem = normalise([s.semantic.score for s in pool], method)
     loc = normalise([s.localization.score for s in pool], method)
     return [
-        replace(s, score=float(lam * a + (1.0 - lam) * b), norm_parts={"sem": float(a), "loc": float(b)})
+        replace(s, score=float(lam * a + (1.0 - lam) * b - s.penalty), norm_parts={"sem": float(a), "loc": float(b)})
         for s, a, b in zip(pool, sem, loc)
     ]

@@ -3,9 +3,11 @@
 Regions are processed in chunks: all initial candidates of a chunk are assessed in one batch (parsed,
 label-matched, scored), refined with the run's policy from those very assessments, the refinements
 assessed in a second batch, each region's pool of scores normalised and mixed, and its pair built. A
-summary counts every candidate that could not take part and why, and says what the pairs teach: boxes
-per chosen and rejected answer, ungrounded mentions, label agreement of the chosen answers' boxes and
-the share of pairs that localization decided. A run can be judged from its numbers.
+summary counts every candidate that could not take part and why, and says what the pairs teach, measured on
+the emitted strings with the scorer's own parser and mention finder (:func:`spr_plugin.scoring.mentions.describe`):
+boxes per chosen and rejected answer, hallucinated and ungrounded mentions (tagged or in plain words), box
+debris, label agreement of the chosen answers' boxes and the share of pairs that localization decided.
+Warnings are worded for the settings in force. A run can be judged from its numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from spr_plugin.core.records import Candidate, PreferencePair, Region
 from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.localization import iou_matrix
+from spr_plugin.scoring.mentions import IMAGE, UNJUDGED, TextFacts, Vocabulary, measure
 from spr_plugin.scoring.pairing import PairingConfig, length_stats, pick, select_pair
 from spr_plugin.scoring.refine import RefineResult, refine
 from spr_plugin.scoring.scorer import Assessment, CandidateScorer, mix_scores
@@ -42,6 +45,9 @@ class PairStats:
     boxes_ungrounded: int = 0
     boxes_corrected: int = 0
     phrases_removed: int = 0
+    hallucinations_removed: int = 0
+    plain_mentions_grounded: int = 0
+    debris_removed: int = 0
     pairs: int = 0
     skipped: Counter = field(default_factory=Counter)
     lengths: dict[str, float] = field(default_factory=dict)
@@ -60,6 +66,9 @@ class PairStats:
             "boxes_ungrounded_by_refinement": self.boxes_ungrounded,
             "boxes_corrected_by_refinement": self.boxes_corrected,
             "phrases_removed_by_refinement": self.phrases_removed,
+            "hallucinations_removed_by_refinement": self.hallucinations_removed,
+            "plain_mentions_grounded_by_refinement": self.plain_mentions_grounded,
+            "debris_removed_by_refinement": self.debris_removed,
             "pairs": self.pairs,
             "pairs_skipped": dict(self.skipped),
             "lengths": self.lengths,
@@ -86,7 +95,11 @@ def score_refine_pair(
     chunk_regions: int = 32,
     progress: bool = True,
 ) -> tuple[list[PreferencePair], PairStats]:
-    """One pair per region where the candidates allow it, plus the statistics of the run."""
+    """One pair per region where the candidates allow it, plus the statistics of the run.
+
+    The scorer's vocabulary is widened with every name the regions record, so a staged run (regions file
+    only) still judges the categories its regions know."""
+    scorer.vocabulary = scorer.vocabulary.union(Vocabulary.of_regions(regions))
     stats = PairStats(regions=len(regions), candidates=len(candidates))
     by_region: dict[str, list[Candidate]] = defaultdict(list)
     known = {r.region_id: r for r in regions}
@@ -117,6 +130,9 @@ def score_refine_pair(
                 stats.boxes_ungrounded += res.ungrounded
                 stats.boxes_corrected += res.corrected
                 stats.phrases_removed += res.removed
+                stats.hallucinations_removed += res.hallucinations_removed
+                stats.plain_mentions_grounded += res.plain_grounded
+                stats.debris_removed += res.debris_removed
         for region in chunk:
             found = _pair_region(region, [initial[i] for i in per_region[region.region_id]],
                                  [refined[i] for i in per_region[region.region_id]], scorer, pairing)  # fmt: skip
@@ -130,7 +146,7 @@ def score_refine_pair(
     stats.pairs = len(pairs)
     stats.lengths = length_stats(pairs)
     stats.quality = pair_quality(evidence, scorer.config.iou_threshold)
-    stats.warnings = quality_warnings(stats.quality)
+    stats.warnings = quality_warnings(stats.quality, pairing.refine_policy, scorer.config.label_match, scorer.config.lam)
     for warning in stats.warnings:
         logger.warning(warning)
     return pairs, stats
@@ -142,7 +158,7 @@ def _refine_all(
     if policy == "off":
         return initial, [None] * len(initial)
     fmt = scorer.box_format
-    results = [refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy, a.neutral) for a in initial]
+    results = [refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy, a.neutral, a.judge) for a in initial]
     refined = scorer.assess_refined([(a, res.candidate, res.words_changed) for a, res in zip(initial, results)])
     refined = [replace(a, scored=replace(a.scored, refinement=res.to_dict())) for a, res in zip(refined, results)]
     return refined, list(results)
@@ -179,44 +195,102 @@ def _labelled_box_agreement(a: Assessment, threshold: float) -> tuple[int, int]:
     return len(on_object), sum(1 for j, g in on_object if a.agree[g, boxed[j]])
 
 
+def _facts(a: Assessment) -> TextFacts:
+    """The measurement of the assessed (emitted) string, as :func:`spr_plugin.scoring.mentions.describe` makes it."""
+    if a.facts is not None:
+        return a.facts
+    from spr_plugin.scoring.mentions import RegionJudge
+
+    return measure(a.candidate.text, a.parse, a.judge or RegionJudge.of(a.region))
+
+
 def pair_quality(evidence: Sequence[_PairEvidence], threshold: float) -> dict[str, float]:
-    """What the pairs teach about grounding; every share is over the pairs (or boxes) it names."""
+    """What the pairs teach about grounding, measured on the emitted strings; every share is over the pairs
+    (or boxes) it names. Mentions count tagged references and plain-word names alike."""
     if not evidence:
         return {"pairs": 0}
     n = len(evidence)
-    chosen_boxes = [len(e.chosen.parse.boxes) for e in evidence]
-    rejected_boxes = [len(e.rejected.parse.boxes) for e in evidence]
-    ungrounded = [sum(1 for p in e.chosen.parse.phrases if p.label and p.box is None) for e in evidence]
+    chosen = [_facts(e.chosen) for e in evidence]
+    rejected = [_facts(e.rejected) for e in evidence]
+    chosen_boxes = [f.boxes for f in chosen]
+    rejected_boxes = [f.boxes for f in rejected]
+    ungrounded = [f.ungrounded for f in chosen]
     labelled, agreeing = map(sum, zip(*(_labelled_box_agreement(e.chosen, threshold) for e in evidence)))
+
+    def mean(values) -> float:
+        return statistics.fmean(values)
+
     return {
         "pairs": n,
-        "chosen_boxes_mean": statistics.fmean(chosen_boxes),
-        "rejected_boxes_mean": statistics.fmean(rejected_boxes),
+        "chosen_boxes_mean": mean(chosen_boxes),
+        "rejected_boxes_mean": mean(rejected_boxes),
         "chosen_fewer_boxes_share": sum(c < r for c, r in zip(chosen_boxes, rejected_boxes)) / n,
-        "chosen_ungrounded_mentions_mean": statistics.fmean(ungrounded),
+        "chosen_ungrounded_mentions_mean": mean(ungrounded),
         "chosen_with_ungrounded_mentions_share": sum(u > 0 for u in ungrounded) / n,
+        "chosen_hallucinated_mentions_mean": mean(f.hallucinated for f in chosen),
+        "chosen_with_hallucinated_mentions_share": sum(f.hallucinated > 0 for f in chosen) / n,
+        "rejected_hallucinated_mentions_mean": mean(f.hallucinated for f in rejected),
+        "chosen_outside_region_mentions_mean": mean(f.count(IMAGE) for f in chosen),
+        "chosen_unjudged_mentions_mean": mean(f.count(UNJUDGED) for f in chosen),
         "chosen_labelled_boxes": labelled,
         "chosen_box_label_agreement": agreeing / labelled if labelled else 1.0,
-        "rejected_malformed_share": sum(bool(e.rejected.parse.dropped) for e in evidence) / n,
-        "chosen_malformed_share": sum(bool(e.chosen.parse.dropped) for e in evidence) / n,
+        "rejected_malformed_share": sum(bool(f.dropped) for f in rejected) / n,
+        "chosen_malformed_share": sum(bool(f.dropped) for f in chosen) / n,
+        "rejected_with_debris_share": sum(f.debris > 0 for f in rejected) / n,
+        "chosen_with_debris_share": sum(f.debris > 0 for f in chosen) / n,
         "localization_decided_share": sum(e.localization_decided for e in evidence) / n,
     }
 
 
-def quality_warnings(quality: dict[str, float]) -> list[str]:
-    """Plain-language warnings for pair statistics that predict a DPO run learning the wrong thing."""
+#: Below this share of pairs decided by localization, the pairs teach what S_sem prefers, not localization
+#: (judged from this many pairs on: with fewer, one pair moves the share by more than the bound).
+LOW_LOCALIZATION_SHARE = 0.05
+LOW_LOCALIZATION_MIN_PAIRS = 10
+
+
+def quality_warnings(
+    quality: dict[str, float], refine_policy: str = "correct", label_match: str = "on", lam: float = 0.8
+) -> list[str]:
+    """Plain-language warnings for pair statistics that predict a DPO run learning the wrong thing, each worded
+    for the settings in force (a remedy is only suggested when it is not already in use)."""
     if not quality.get("pairs"):
         return []
     out = []
     if quality["chosen_boxes_mean"] < quality["rejected_boxes_mean"]:
+        remedy = (
+            "(try --refine-policy correct)"
+            if refine_policy != "correct"
+            else "(refinement already corrects: the best-scored candidates ground fewer objects; sample more candidates)"
+        )
         out.append(
             f"chosen answers carry fewer boxes ({quality['chosen_boxes_mean']:.2f}) than rejected ones "
-            f"({quality['rejected_boxes_mean']:.2f}): DPO may learn to write fewer boxes rather than better ones "
-            "(try --refine-policy correct)"
+            f"({quality['rejected_boxes_mean']:.2f}): DPO may learn to write fewer boxes rather than better ones {remedy}"
         )
     if quality["chosen_box_label_agreement"] < 0.95:
+        remedy = "(try --label-match on)" if label_match != "on" else "(label matching is on: see spr show for these boxes)"
         out.append(
             f"only {quality['chosen_box_label_agreement']:.0%} of the chosen answers' boxes carry a phrase naming the "
-            "object they sit on: the pairs teach wrong bindings (try --label-match on)"
+            f"object they sit on: the pairs teach wrong bindings {remedy}"
+        )
+    if quality.get("chosen_hallucinated_mentions_mean", 0.0) > 0:
+        out.append(
+            f"{quality['chosen_with_hallucinated_mentions_share']:.0%} of the chosen answers name objects absent from the "
+            "image" + (" (refinement is off: try --refine-policy correct)" if refine_policy == "off" else "")
+        )
+    if quality.get("chosen_with_debris_share", 0.0) > 0:
+        out.append(
+            f"{quality['chosen_with_debris_share']:.0%} of the chosen answers carry box debris"
+            + (" (refinement is off: try --refine-policy correct)" if refine_policy == "off" else "")
+        )
+    if quality.get("chosen_with_ungrounded_mentions_share", 0.0) > 0.5 and refine_policy != "correct":
+        out.append(
+            f"{quality['chosen_with_ungrounded_mentions_share']:.0%} of the chosen answers name region objects without a "
+            "box (try --refine-policy correct)"
+        )
+    decided = quality.get("localization_decided_share")
+    if decided is not None and decided < LOW_LOCALIZATION_SHARE and quality["pairs"] >= LOW_LOCALIZATION_MIN_PAIRS:
+        remedy = f"lower --lam (now {lam:g})" if lam > 0 else "the candidates' boxes hardly differ"
+        out.append(
+            f"localization decided only {decided:.1%} of the pairs: they teach what S_sem prefers, not better boxes ({remedy})"
         )
     return out

@@ -42,6 +42,7 @@ def region_feature():
     box = datasets.List(datasets.Value("float64"))
     names = datasets.List(datasets.Value("string"))
     obj = {"ann_id": datasets.Value("int64"), "category": datasets.Value("string"), "box": box, "synonyms": names}
+    ignored = {**obj, "crowd": datasets.Value("bool")}
     return {
         "region_id": datasets.Value("string"),
         "image_id": datasets.Value("int64"),
@@ -53,9 +54,11 @@ def region_feature():
         "seed_ann_id": datasets.Value("int64"),
         # What the annotations leave open (regions.py): the reward must not punish it either.
         "image_root": datasets.Value("string"),
-        "ignored": datasets.List(obj),
+        "ignored": datasets.List(ignored),
         "not_exhaustive": names,
         "absent": names,
+        # Every category annotated in the image: naming another dataset category is a hallucination.
+        "in_image": names,
     }
 
 

@@ -13,11 +13,16 @@ Guards against reward hacking, each tested through the reward:
   ``2·Σ matched IoU / (n_gt + n_pred)``: a box matches at most one annotated object, so a repeated or invented
   box only grows ``n_pred`` and lowers the reward. The paper's recall-only metric would let a policy spray
   boxes until some land, so the reward refuses ``loc_metric="paper"``.
+* **Hallucinated objects cost reward.** S loses ``hallucination_penalty`` times the share of the objects a
+  completion names (tagged or in plain words) that the annotations say are absent from the image
+  (:mod:`spr_plugin.scoring.mentions`), so appending names of absent objects lowers the reward instead of
+  leaving it where it was. The regions' own names (objects, image categories, LVIS lists) and ``vocabulary``
+  (the dataset's category names, :meth:`SPRReward.load`) decide what counts as a name.
 * **Malformed output scores lowest.** An empty completion, one with a box the parser had to drop (garbage,
   truncated, out of range, reversed, zero area) or with a special token that has no place in an answer
   (``<|image_pad|>``, ``<|im_start|>``, ...), or over the candidate caps of :mod:`spr_plugin.scoring.limits`
   (``too_long``, ``too_many_phrases``: never scored) gets ``malformed_reward`` (-1 by default), strictly below every
-  well-formed completion (whose S lies in [0, 1], a description without boxes included).
+  well-formed completion (whose S lies in [-hallucination_penalty, 1], a description without boxes included).
 
 Why completions are decoded again: TRL decodes completions with ``skip_special_tokens=True``, which deletes
 Qwen's reference and box tokens and with them every box. TRL also passes the
@@ -40,7 +45,7 @@ from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
 from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
 
-#: The floor: below every well-formed completion's score, which lies in [0, 1].
+#: The floor: below every well-formed completion's score, which lies in [-hallucination_penalty, 1] (the penalty is below 1).
 MALFORMED_REWARD = -1.0
 
 _SPECIAL_RE = re.compile(r"<\|[a-z_]+\|>")
@@ -97,8 +102,11 @@ def check_reward_config(scoring: ScoringConfig, malformed_reward: float) -> None
             f"the online reward needs --score-norm none, got {scoring.score_norm!r}: GRPO already normalises rewards "
             "within each prompt's group, and a normalised score could fall below the malformed floor"
         )
-    if not malformed_reward < 0.0:  # also refuses NaN
-        raise ConfigError(f"the malformed reward must be below 0 (every well-formed score is in [0, 1]), got {malformed_reward}")
+    floor = -scoring.hallucination_penalty
+    if not malformed_reward < floor:  # also refuses NaN
+        raise ConfigError(
+            f"the malformed reward must be below {floor:g} (every well-formed score is in [{floor:g}, 1]), got {malformed_reward}"
+        )
 
 
 def _region(value: Any, row: int) -> Region:
@@ -138,17 +146,23 @@ class SPRReward:
         malformed_reward: float = MALFORMED_REWARD,
         image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS,
         image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS,
+        vocabulary: Sequence[str] = (),
     ) -> SPRReward:
         """The reward with the scorer a build with ``scoring`` would use (models loaded here, once); the image frame
-        is the dataset's (``spr export-grpo --image-max-pixels/--image-min-pixels``), for the Qwen2.5-VL formats."""
+        is the dataset's (``spr export-grpo --image-max-pixels/--image-min-pixels``), for the Qwen2.5-VL formats.
+        ``vocabulary``: the dataset's category names (e.g. :func:`spr_plugin.regions.annotations.category_vocabulary`),
+        so names no region of a batch records still count as absent objects."""
         from spr_plugin.families.profiles import get_box_format
         from spr_plugin.llamafactory.image import ImageFrame
         from spr_plugin.scoring.factory import build_candidate_scorer
+        from spr_plugin.scoring.mentions import Vocabulary
 
         scoring = scoring or ScoringConfig()
         check_reward_config(scoring, malformed_reward)  # before loading any model
         box_format = get_box_format(scoring.box_format, ImageFrame(image_max_pixels, image_min_pixels))
-        return cls(build_candidate_scorer(scoring, text_model, device, box_format), tokenizer, malformed_reward)
+        scorer = build_candidate_scorer(scoring, text_model, device, box_format)
+        scorer.vocabulary = Vocabulary.of(vocabulary)
+        return cls(scorer, tokenizer, malformed_reward)
 
     def __call__(
         self,
