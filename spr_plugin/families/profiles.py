@@ -24,7 +24,9 @@ from spr_plugin.families.box_formats import (
     REF_END,
     REF_START,
     BoxFormat,
+    InternVLFormat,
     Qwen2VLFormat,
+    Qwen3VLFormat,
     Qwen25VLFormat,
     Qwen25VLJsonFormat,
     ResizeSpec,
@@ -33,6 +35,17 @@ from spr_plugin.llamafactory.image import ImageFrame
 
 #: Qwen's grounding tokens, in the order of its vocabulary.
 QWEN_GROUNDING_TOKENS: tuple[str, ...] = (REF_START, REF_END, BOX_START, BOX_END)
+#: InternVL's grounding tokens (added tokens of its tokenizer, next to ``<img>``, ``</img>``, ``<IMG_CONTEXT>``).
+INTERNVL_GROUNDING_TOKENS: tuple[str, ...] = (
+    InternVLFormat.ref_start,
+    InternVLFormat.ref_end,
+    InternVLFormat.box_start,
+    InternVLFormat.box_end,
+)
+
+#: The SPR request (``{box}`` = the query region in the family's syntax): what the DPO records ask and the
+#: ``box_text`` / ``crop`` / ``refs`` generation variants build on.
+DESCRIBE_PROMPT = "Describe the region {box} in detail. Ground every object you mention with a bounding box."
 
 
 @dataclass(frozen=True)
@@ -55,12 +68,27 @@ class FamilyProfile:
     reference_marks: tuple[str, str] = (REF_START, REF_END)
     #: The chat template's end-of-turn token (scrubbed from text shown to people).
     end_of_turn: str = "<|im_end|>"
+    #: The SPR request in the family's style, with ``{box}``.
+    describe_prompt: str = DESCRIBE_PROMPT
+    #: Other LLaMA-Factory templates that train the family with the same plugin and answer syntax
+    #: (``spr check-recipe`` accepts them too).
+    other_templates: tuple[str, ...] = ()
+    #: Whether the family's LLaMA-Factory plugin reads the ``crop_to_patches`` key (InternVL's tiling); spr samples
+    #: in its default (off: the image processor's configured tiling), so ``spr check-recipe`` refuses it on.
+    reads_crop_to_patches: bool = False
+    #: How the family's processor makes the image it sees, for people (README, dataset card).
+    processor_frame: str = "smart_resize to multiples of 28 px (patch 14, merge 2)"
 
     def box_format(self, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
         """The family's box syntax; ``frame`` is the run's LLaMA-Factory pre-resize (pixel formats write in it)."""
         if frame is not None and issubclass(self.format_class, Qwen25VLFormat) and "resize" not in kwargs:
             kwargs["resize"] = ResizeSpec(pre_max_pixels=frame.image_max_pixels, pre_min_pixels=frame.image_min_pixels)
         return self.format_class(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """Every LLaMA-Factory template that trains this family on SPR data, the default first."""
+        return (self.template, *self.other_templates)
 
     @property
     def kept_tokens(self) -> tuple[str, ...]:
@@ -79,6 +107,11 @@ class FamilyProfile:
 
 
 _QWEN_REC = f"Output the bounding box of {REF_START}{{expression}}{REF_END} in the image."
+#: Qwen's documented JSON grounding request (Qwen2.5-VL and Qwen3-VL cookbooks, Qwen3-VL's evaluation prompt).
+_QWEN_JSON_REC = (
+    'Locate every object that matches the description "{expression}" in the image. Report bbox coordinates in JSON format.'
+)
+_IVL_REF, _IVL_REF_END = INTERNVL_GROUNDING_TOKENS[:2]
 
 PROFILES: dict[str, FamilyProfile] = {
     p.name: p
@@ -87,13 +120,36 @@ PROFILES: dict[str, FamilyProfile] = {
         FamilyProfile("qwen2_5_vl", Qwen25VLFormat, "qwen2_vl", _QWEN_REC, QWEN_GROUNDING_TOKENS, answer_uses_tokens=True),
         # Qwen2.5-VL's JSON form is asked for JSON (Qwen's own documented grounding request).
         FamilyProfile(
-            "qwen2_5_vl_json",
-            Qwen25VLJsonFormat,
-            "qwen2_vl",
-            'Locate every object that matches the description "{expression}" in the image. '
-            "Report bbox coordinates in JSON format.",
+            "qwen2_5_vl_json", Qwen25VLJsonFormat, "qwen2_vl", _QWEN_JSON_REC, QWEN_GROUNDING_TOKENS, answer_uses_tokens=False
+        ),
+        # Qwen3-VL / Qwen3.5: JSON on a relative 0-1000 grid; no reference tokens in its answers, so a prompt names
+        # an object in quotes. The thinking template (qwen3_vl) trains the same syntax.
+        FamilyProfile(
+            "qwen3_vl",
+            Qwen3VLFormat,
+            "qwen3_vl_nothink",
+            _QWEN_JSON_REC,
             QWEN_GROUNDING_TOKENS,
             answer_uses_tokens=False,
+            reference_marks=('"', '"'),
+            describe_prompt="Describe the region {box} in detail, then report the bbox coordinates of every object "
+            "you mention in JSON format.",
+            other_templates=("qwen3_vl", "qwen3_5_nothink", "qwen3_5"),
+            processor_frame="smart_resize to multiples of 32 px (patch 16, merge 2)",
+        ),
+        # InternVL 2 / 2.5 / 3: <ref>/<box> tags on a 0-1000 grid; its own grounding request (model card).
+        FamilyProfile(
+            "internvl",
+            InternVLFormat,
+            "intern_vl",
+            "Please provide the bounding box coordinate of the region this sentence describes: "
+            f"{_IVL_REF}{{expression}}{_IVL_REF_END}",
+            INTERNVL_GROUNDING_TOKENS,
+            answer_uses_tokens=True,
+            reference_marks=(_IVL_REF, _IVL_REF_END),
+            describe_prompt="Please describe the region {box} in detail. Ground every object you mention with a bounding box.",
+            reads_crop_to_patches=True,
+            processor_frame="448 px tiles (the processor's crop_to_patches setting decides the tiling)",
         ),
     )
 }
@@ -119,7 +175,7 @@ def profile_of(box_format: BoxFormat) -> FamilyProfile:
 
 
 def get_box_format(name: str, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
-    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``).
+    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``, ``qwen3_vl``, ``internvl``).
 
     ``frame`` is the run's LLaMA-Factory pre-resize: Qwen2.5-VL formats parse and write pixels of the image
     *after* it, so a run with non-default ``image_max_pixels`` must pass its frame here.

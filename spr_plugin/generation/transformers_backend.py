@@ -70,7 +70,20 @@ def encode_prompts(processor, prompts: Sequence[Prompt], device: str, image_max_
     """
     texts = [processor.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
     images = [load_model_input(img, image_max_pixels, image_min_pixels) for p in prompts for img in p.images]
-    return processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(device)
+    inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt", **lf_image_kwargs(processor))
+    return inputs.to(device)
+
+
+def lf_image_kwargs(processor) -> dict:
+    """Image-processor settings LLaMA-Factory's plugin uses where the processor's own call would differ.
+
+    A tiling image processor (InternVL's) is configured with ``crop_to_patches`` in its checkpoint, and LLaMA-Factory
+    (with its default ``crop_to_patches: false``) calls it with that configured value, while the HF processor's call
+    defaults to tiling: without this, generation would see 13 tiles of an image the training saw as one.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    tiling = getattr(image_processor, "crop_to_patches", None)
+    return {} if tiling is None else {"crop_to_patches": bool(tiling)}
 
 
 @dataclass
