@@ -56,3 +56,25 @@ def write_candidates(regions_jsonl, out_path, box_format: str = "qwen2_vl") -> i
     with open(out_path, "w") as f:
         f.writelines(json.dumps(c) + "\n" for c in lines)
     return len(lines)
+
+
+def build_family_dataset(root, box_format: str, name: str, image_max_pixels: int, n_images: int = 4):
+    """A finished ``spr build`` in ``box_format`` from scripted candidates (close, loose + hallucinated, unboxed)
+    over rendered scenes, in the given frame: returns (dataset dir, the scenes' instances.json, regions.jsonl)."""
+    from pathlib import Path
+
+    from data_builders.synthetic import render_scenes
+    from helpers import run_spr
+
+    root = Path(root)
+    scenes = render_scenes(root / "scenes", n_images=n_images, seed=21)
+    regions, candidates, data = root / "regions.jsonl", root / "candidates.jsonl", root / "data"
+    proc = run_spr("regions", "--annotations", scenes, "--images", scenes.parent / "images", "--out", regions)
+    assert proc.returncode == 0, proc.stderr
+    write_candidates(regions, candidates, box_format=box_format)
+    cmd = ["build", "--annotations", scenes, "--images", scenes.parent / "images", "--candidates", candidates]
+    cmd += ["--work-dir", root / "work", "--dataset-dir", data, "--name", name, "--min-margin", "0"]
+    cmd += ["--box-format", box_format, "--image-max-pixels", str(image_max_pixels)]
+    proc = run_spr(*cmd)
+    assert proc.returncode == 0, proc.stderr
+    return data, scenes, regions

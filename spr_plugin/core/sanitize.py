@@ -10,7 +10,8 @@ box token inside a category name plants a box marker in a prompt. So every such 
 What is removed, to a fixed point (``<im<image>age>`` leaves nothing, not ``<image>``):
 
 * every ``<|...|>`` token (Qwen's chat, vision and grounding tokens, Llama 3's, Phi's, ...);
-* media placeholders (``<image>``, ``<video>``, ``<audio>``, Qwen-VL's ``<img>``/``</img>``) and other
+* media placeholders (``<image>``, ``<video>``, ``<audio>``, Qwen-VL's and InternVL's ``<img>``/``</img>``,
+  InternVL's ``<IMG_CONTEXT>``) and other
   chat-template markers (``<s>``, ``</s>``, ``<start_of_turn>``, ``[INST]``, ``<<SYS>>``, Qwen-VL's
   ``<ref>``/``<box>``/``<quad>`` tags, ...), case-insensitively.
 
@@ -37,7 +38,7 @@ END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|
 
 _NAMED_TAGS = (
     "image|video|audio|img|/img|ref|/ref|box|/box|quad|/quad|s|/s|unk|pad|bos|eos|mask|cls|sep"
-    "|start_of_turn|end_of_turn|start_of_image|end_of_image|image_soft_token|think|/think"
+    "|start_of_turn|end_of_turn|start_of_image|end_of_image|image_soft_token|think|/think|img_context"
 )
 #: One token, anchored at its start; none holds ``<``, ``>``, ``[`` or ``]`` inside.
 _TOKEN_RE = re.compile(

@@ -177,12 +177,16 @@ _COORDS_RE = re.compile(
 )
 
 
+#: Square brackets left standing alone once the coordinates inside them went ("[[1, 2, 3" leaves "[").
+_EMPTY_BRACKETS_RE = re.compile(r"(?<![\w\]\[])[\[\]](?:\s*+[\[\]])*+(?![\w\[\]])")
+
+
 def _scrub(segment: str, stray: re.Pattern[str] = _SPECIAL_RE) -> str:
     """Text between well-formed units: drop stray special tokens and, if there were any, coordinate debris."""
     if not stray.search(segment):
         return segment
     # Markers become spaces so the words they separated do not run together ("squareblue").
-    return _COORDS_RE.sub(" ", stray.sub(" ", segment))
+    return _EMPTY_BRACKETS_RE.sub(" ", _COORDS_RE.sub(" ", stray.sub(" ", segment)))
 
 
 _SEP_AFTER_RE = re.compile(r"\s*+(?:,|\band\b|\bor\b)")
