@@ -1,4 +1,4 @@
-"""The Qwen3-VL and InternVL families (#20): their box syntaxes both ways (round trips, real answers as the
+"""The Qwen3-VL, InternVL and GLM-4.1V families (#20): their box syntaxes both ways (round trips, real answers as the
 families write them, every bad box counted, never a crash), their profiles, prompts and LLaMA-Factory templates,
 and the recipe checks that keep one frame and one tiling from sampling to training."""
 
@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.options import BOX_FORMATS
 from spr_plugin.core.records import Box
-from spr_plugin.families.box_formats import DROP, InternVLFormat, Qwen3VLFormat
+from spr_plugin.families.box_formats import DROP, GLM4VFormat, InternVLFormat, Qwen3VLFormat
 from spr_plugin.families.profiles import get_box_format, get_profile
 from spr_plugin.families.prompts import build_prompt, prompt_template, training_prompt
 from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.recipe_check import check_recipe, write_meta
 
 W, H = 640, 480
-FAMILIES = ("qwen3_vl", "internvl")
+FAMILIES = ("qwen3_vl", "internvl", "glm4v")
 
 # -- real answers, as the families write them ---------------------------------------------------------------
 
@@ -157,6 +157,30 @@ def test_internvl_slight_overshoot_is_clamped_and_the_grid_is_relative():
     assert fmt.render("dog", Box(0, 0, 320, 240), 640, 480) == "<ref>dog</ref><box>[[0, 0, 500, 500]]</box>"
 
 
+GLM_ANSWER = (
+    "The coordinates of the second bottle are <|begin_of_box|>[[94,598,177,991]]<|end_of_box|>. "
+    "Two cups <|begin_of_box|>[[100, 200, 300, 400], [500, 250, 700, 500]]<|end_of_box|> stand on the table."
+)
+
+
+def test_glm_bare_boxes_as_glm_writes_them():
+    fmt = get_box_format("glm4v")
+    parse = fmt.parse(GLM_ANSWER, W, H)
+    assert parse.dropped == {} and [p.label for p in parse.phrases] == ["", "", ""]
+    assert parse.boxes[1:] == [Box(64.0, 96.0, 192.0, 192.0), Box(320.0, 120.0, 448.0, 240.0)]
+    assert fmt.render("dog", Box(0, 0, 320, 240), W, H) == "dog <|begin_of_box|>[[0, 0, 500, 500]]<|end_of_box|>"
+    assert fmt.plain_text(GLM_ANSWER, W, H) == "The coordinates of the second bottle are . Two cups stand on the table."
+    # a box of the two is unusable: cleaning keeps the other in the same markers; a non-box answer is garbage
+    text = "Cups <|begin_of_box|>[[1, 2, 300, 400], [500, 500, 600, 5000]]<|end_of_box|>, "
+    text += "answer <|begin_of_box|>B. Yes.<|end_of_box|>"
+    parse = fmt.parse(text, W, H)
+    assert parse.dropped == {"out_of_range": 1, "garbage": 1}
+    assert fmt.clean(text, W, H) == "Cups <|begin_of_box|>[[1, 2, 300, 400]]<|end_of_box|>, answer B. Yes."
+    # consecutive bare boxes stay separate (no reference can capture them)
+    two = fmt.render_box(Box(0, 0, 64, 48), W, H) + " " + fmt.render_box(Box(64, 48, 128, 96), W, H)
+    assert fmt.clean(two, W, H) == two and len(fmt.parse(two, W, H).phrases) == 2
+
+
 # -- property-based: round trips and fuzz -------------------------------------------------------------------
 
 _label_chars = st.characters(codec="utf-8", exclude_characters='<>{}[]"\\')
@@ -182,7 +206,8 @@ def test_render_parse_round_trip(name, items):
     else:
         text = "The region shows " + ", ".join(fmt.render(label, box, W, H) for label, box in items) + "."
     parse = fmt.parse(text, W, H)
-    assert [p.label for p in parse.phrases] == [label for label, _ in items]
+    expected = ["" for _ in items] if name == "glm4v" else [label for label, _ in items]  # GLM boxes carry no label
+    assert [p.label for p in parse.phrases] == expected
     tol = max(W, H) / 1000 + 1e-6  # one grid step
     for got, (_, want) in zip(parse.boxes, items, strict=True):
         assert all(abs(a - b) <= tol for a, b in zip(got.as_list(), want.as_list()))
@@ -191,7 +216,7 @@ def test_render_parse_round_trip(name, items):
     assert fmt.parse(same, W, H).boxes == parse.boxes
 
 
-_MARKERS = ["<ref>", "</ref>", "<box>", "</box>", "[[", "]]", "[", "]", ", ", "{", "}"]
+_MARKERS = ["<ref>", "</ref>", "<box>", "</box>", "<|begin_of_box|>", "<|end_of_box|>", "[[", "]]", "[", "]", ", ", "{", "}"]
 _MARKERS += ['"bbox_2d": ', '"label": ', "```json", "```"]
 
 
@@ -230,14 +255,16 @@ def test_profiles_are_the_cli_choices_and_name_real_llamafactory_templates():
     from llamafactory.data.template import TEMPLATES
 
     assert set(FAMILIES) <= set(BOX_FORMATS)
-    plugins = {"qwen3_vl": "Qwen3VLPlugin", "internvl": "InternVLPlugin"}
+    plugins = {"qwen3_vl": "Qwen3VLPlugin", "internvl": "InternVLPlugin", "glm4v": "GLM4VPlugin"}
     for name in FAMILIES:
         profile = get_profile(name)
-        assert isinstance(get_box_format(name), (Qwen3VLFormat, InternVLFormat)) and get_box_format(name).name == name
+        fmt = get_box_format(name)
+        assert isinstance(fmt, (Qwen3VLFormat, InternVLFormat, GLM4VFormat)) and fmt.name == name
         for template in profile.templates:
             assert type(TEMPLATES[template].mm_plugin).__name__ == plugins[name], template
     assert get_profile("qwen3_vl").template == "qwen3_vl_nothink" and "qwen3_vl" in get_profile("qwen3_vl").templates
     assert get_profile("internvl").template == "intern_vl"
+    assert get_profile("glm4v").templates == ("glm4v", "glm4_5v")
 
 
 def test_cli_accepts_the_family_names():
@@ -282,7 +309,7 @@ def test_prompts_write_the_query_region_in_the_family_syntax(tmp_path):
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name, stem", [("qwen3_vl", "spr_qwen3vl"), ("internvl", "spr_internvl")])
+@pytest.mark.parametrize("name, stem", [("qwen3_vl", "spr_qwen3vl"), ("internvl", "spr_internvl"), ("glm4v", "spr_glm4v")])
 def test_shipped_recipes_match_their_family(name, stem):
     from spr_plugin.llamafactory.registry import build_entries
 

@@ -19,7 +19,11 @@ from spr_plugin.families.profiles import get_profile
 from spr_plugin.families.prompts import prompt_template
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = {"qwen3_vl": ("tiny_qwen3vl", "spr_qwen3vl"), "internvl": ("tiny_internvl", "spr_internvl")}
+FAMILIES = {
+    "qwen3_vl": ("tiny_qwen3vl", "spr_qwen3vl"),
+    "internvl": ("tiny_internvl", "spr_internvl"),
+    "glm4v": ("tiny_glm4v", "spr_glm4v"),
+}
 
 
 def _rec_file(instances: Path, out: Path, n: int = 3) -> Path:

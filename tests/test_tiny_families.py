@@ -1,4 +1,4 @@
-"""The tiny local Qwen3-VL and InternVL: the families' real classes and special tokens, rebuilt idempotently, and
+"""The tiny local Qwen3-VL, InternVL and GLM-4.1V: the families' real classes and special tokens, rebuilt idempotently, and
 the image a generator shows them is the image LLaMA-Factory trains them on (same tokens, same tiling)."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from spr_plugin.families.prompts import Prompt
 from spr_plugin.generation.transformers_backend import encode_prompts
 from spr_plugin.testing.tiny_families import TINY_BUILDERS
 
-FIXTURES = {"qwen3_vl": "tiny_qwen3vl", "internvl": "tiny_internvl"}
+FIXTURES = {"qwen3_vl": "tiny_qwen3vl", "internvl": "tiny_internvl", "glm4v": "tiny_glm4v"}
 CLASSES = {
     "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLForConditionalGeneration"),
     "internvl": ("InternVLProcessor", "InternVLForConditionalGeneration"),
+    "glm4v": ("Glm4vProcessor", "Glm4vForConditionalGeneration"),
 }
 FRAME = 12544  # the CPU recipes' image_max_pixels
 
@@ -36,7 +37,7 @@ def test_loads_with_auto_classes_and_keeps_grounding_tokens_whole(family):
     assert (type(processor).__name__, type(model).__name__) == CLASSES[name]
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     tok = processor.tokenizer
-    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert tok.eos_token == ("<|endoftext|>" if name == "glm4v" else "<|im_end|>") and tok.pad_token == "<|endoftext|>"
     assert model.config.image_token_id == processor.image_token_id
     for token in get_profile(name).grounding_tokens:
         ids = tok.encode(token, add_special_tokens=False)

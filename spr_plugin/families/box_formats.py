@@ -260,10 +260,11 @@ class _TokenFormat(BoxFormat):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        markers = [t for t in (cls.ref_start, cls.ref_end, cls.box_start, cls.box_end) if t]
-        cls.marker_re = re.compile("|".join(re.escape(t) for t in markers))
-        cls._kinds = {cls.ref_start: "ref_start", cls.ref_end: "ref_end", cls.box_start: "box_start", cls.box_end: "box_end"}
-        cls._bare_box_next_re = re.compile(r"\s*+" + re.escape(cls.box_start))
+        kinds = {cls.ref_start: "ref_start", cls.ref_end: "ref_end", cls.box_start: "box_start", cls.box_end: "box_end"}
+        cls._kinds = {marker: kind for marker, kind in kinds.items() if marker}  # a family may have no reference markers
+        cls.marker_re = re.compile("|".join(re.escape(t) for t in cls._kinds))
+        # Only where references exist can a bare box be captured by the reference before it.
+        cls._bare_box_next_re = re.compile(r"\s*+" + re.escape(cls.box_start) if cls.ref_start else r"(?!)")
 
     def _box_values(self, body: str) -> list[tuple[float, float, float, float]] | None:
         """The coordinates written between a box's markers; None if the body is not the family's syntax."""
@@ -340,18 +341,21 @@ class _TokenFormat(BoxFormat):
         malformed boxes. Numbers are only removed from stretches that held a stray marker.
         """
         parse = self.parse(text, width, height)
-        keep: dict[tuple[int, int], bool] = {}
+        units: dict[tuple[int, int], list[GroundedPhrase]] = {}
         for p in parse.phrases:
-            keep[p.span] = keep.get(p.span, True) and p.box is not None
+            units.setdefault(p.span, []).append(p)
         out, cursor = [], 0
         after_unit = False  # is the output so far a unit followed by white space only?
-        for span in sorted(s for s, ok in keep.items() if ok):
+        for span in sorted(s for s, members in units.items() if any(p.box is not None for p in members)):
             gap = _scrub(text[cursor : span[0]], self.stray_re)
             out.append(gap)
             after_unit = after_unit and not gap.strip()
+            members = units[span]
             unit = text[span[0] : span[1]]
+            if any(p.box is None for p in members):  # a reference whose boxes are partly unusable keeps the good ones
+                unit = self._unit(members[0].label, [p.box for p in members if p.box is not None], width, height)
             cursor = span[1]
-            if after_unit and unit.startswith(self.box_start):
+            if after_unit and self.ref_start and unit.startswith(self.box_start):
                 # Scrubbing removed what stood between a unit and this bare box: kept, the box would now
                 # belong to the unit's phrase (a binding nobody wrote). It goes, with the debris.
                 continue
@@ -609,3 +613,37 @@ class InternVLFormat(_TokenFormat):
     def render_boxes(self, boxes: list[Box], width: int, height: int) -> str:
         lists = ", ".join("[{}, {}, {}, {}]".format(*self.to_frame(b, width, height)) for b in boxes)
         return f"{self.box_start}[{lists}]{self.box_end}"
+
+
+class GLM4VFormat(_TokenFormat):
+    """GLM-4.1V / 4.5V: ``<|begin_of_box|>[[x1, y1, x2, y2]]<|end_of_box|>`` after the words it grounds, on a
+    relative [0,1000] grid (x = round(x_px / W * 1000)); several boxes may share one marker pair.
+
+    The family has no reference markers: every box is a bare box (label ``""``, which agrees with every annotated
+    object in the scorer), and :meth:`render` writes the words before the box as GLM does. GLM also uses the same
+    markers around a final answer that is not a box (``<|begin_of_box|>B. Yes.<|end_of_box|>``): in a grounded
+    description such a body is counted as garbage, like any body that is not coordinates.
+    """
+
+    name = "glm4v"
+    ref_start, ref_end, box_start, box_end = "", "", "<|begin_of_box|>", "<|end_of_box|>"
+    max_box_body = 64 * 32
+
+    def frame_size(self, width: int, height: int) -> tuple[float, float]:
+        return (1000.0, 1000.0)
+
+    def _box_values(self, body: str) -> list[tuple[float, float, float, float]] | None:
+        return _bracket_boxes(body)
+
+    def render(self, label: str, box: Box, width: int, height: int) -> str:
+        return f"{label} {self.render_box(box, width, height)}" if label else self.render_box(box, width, height)
+
+    def render_box(self, box: Box, width: int, height: int) -> str:
+        return self.render_boxes([box], width, height)
+
+    def render_boxes(self, boxes: list[Box], width: int, height: int) -> str:
+        lists = ", ".join("[{}, {}, {}, {}]".format(*self.to_frame(b, width, height)) for b in boxes)
+        return f"{self.box_start}[{lists}]{self.box_end}"
+
+    def _unit(self, label: str, boxes: list[Box], width: int, height: int) -> str:
+        return self.render_boxes(boxes, width, height)  # a bare box keeps no label of its own

@@ -24,6 +24,7 @@ from spr_plugin.families.box_formats import (
     REF_END,
     REF_START,
     BoxFormat,
+    GLM4VFormat,
     InternVLFormat,
     Qwen2VLFormat,
     Qwen3VLFormat,
@@ -42,6 +43,8 @@ INTERNVL_GROUNDING_TOKENS: tuple[str, ...] = (
     InternVLFormat.box_start,
     InternVLFormat.box_end,
 )
+#: GLM-4.1V / 4.5V's box markers (special tokens of its tokenizer); it has no reference markers.
+GLM4V_GROUNDING_TOKENS: tuple[str, ...] = (GLM4VFormat.box_start, GLM4VFormat.box_end)
 
 #: The SPR request (``{box}`` = the query region in the family's syntax): what the DPO records ask and the
 #: ``box_text`` / ``crop`` / ``refs`` generation variants build on.
@@ -151,6 +154,19 @@ PROFILES: dict[str, FamilyProfile] = {
             reads_crop_to_patches=True,
             processor_frame="448 px tiles (the processor's crop_to_patches setting decides the tiling)",
         ),
+        # GLM-4.1V / 4.5V: bare boxes in its box markers on a 0-1000 grid; objects are named in quotes.
+        FamilyProfile(
+            "glm4v",
+            GLM4VFormat,
+            "glm4v",
+            'Please find "{expression}" in the image and output its bounding box.',
+            GLM4V_GROUNDING_TOKENS,
+            answer_uses_tokens=True,
+            reference_marks=('"', '"'),
+            end_of_turn="<|endoftext|>",
+            describe_prompt="Describe the region {box} in detail. Give the bounding box of every object you mention.",
+            other_templates=("glm4_5v",),
+        ),
     )
 }
 assert tuple(PROFILES) == BOX_FORMATS, "spr_plugin.core.options.BOX_FORMATS lists the profiles (the CLI choices)"
@@ -175,7 +191,7 @@ def profile_of(box_format: BoxFormat) -> FamilyProfile:
 
 
 def get_box_format(name: str, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
-    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``, ``qwen3_vl``, ``internvl``).
+    """Look a format up by name (``qwen2_vl``, ``qwen2_5_vl``, ``qwen2_5_vl_json``, ``qwen3_vl``, ``internvl``, ``glm4v``).
 
     ``frame`` is the run's LLaMA-Factory pre-resize: Qwen2.5-VL formats parse and write pixels of the image
     *after* it, so a run with non-default ``image_max_pixels`` must pass its frame here.

@@ -1,4 +1,4 @@
-"""Tiny random Qwen3-VL and InternVL checkpoints, built locally in seconds (no hub), like the tiny Qwen2-VL.
+"""Tiny random Qwen3-VL, GLM-4.1V and InternVL checkpoints, built locally in seconds (no hub), like the tiny Qwen2-VL.
 
 Why: each model family spr-plugin supports must be exercised end to end on CPU (generation, LLaMA-Factory's
 template and multimodal plugin, DPO training, evaluation) with the family's real architecture class, processor
@@ -8,6 +8,9 @@ tokenizer), with the family's own special tokens and a chat template of the fami
 
 * Qwen3-VL: ChatML without a default system turn, images as ``<|vision_start|><|image_pad|><|vision_end|>``;
   vision patch 16 with merge 2, so the processor works in 32-pixel multiples; interleaved M-RoPE, DeepStack.
+* GLM-4.1V (``Glm4vForConditionalGeneration``, ``Glm4vProcessor``): GLM's ``[gMASK]<sop><|user|>...<|assistant|>``
+  chat, images as ``<|begin_of_image|><|image|><|end_of_image|>``, patch 14 with merge 2, partial rotary M-RoPE; its
+  box markers ``<|begin_of_box|> <|end_of_box|>`` are special tokens.
 * InternVL (the ``-hf`` layout transformers loads): ChatML with InternVL's default system turn (the one
   LLaMA-Factory's ``intern_vl`` template writes), images as ``<IMG_CONTEXT>`` that the processor expands to
   ``<img><IMG_CONTEXT>*n</img>``; one 56-pixel tile of 14-pixel patches, pixel-shuffled to 4 tokens. Its
@@ -19,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from spr_plugin.families.profiles import INTERNVL_GROUNDING_TOKENS, QWEN_GROUNDING_TOKENS
+from spr_plugin.families.profiles import GLM4V_GROUNDING_TOKENS, INTERNVL_GROUNDING_TOKENS, QWEN_GROUNDING_TOKENS
 from spr_plugin.testing.tiny_model import (
     _args_hash,
     _corpus_lines,
@@ -241,9 +244,114 @@ def build_tiny_internvl(
     return atomic_build(out_dir, digest, write)
 
 
+#: GLM-4.1V's special tokens (pad first, as the tokenizer trainer expects; ``<|endoftext|>`` is GLM's eos too).
+GLM4V_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|image|>",
+    "<|video|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    *GLM4V_GROUNDING_TOKENS,
+)
+#: GLM-4.1V's chat, reduced to what SPR sends (LLaMA-Factory's ``glm4v`` template writes the same turns).
+GLM4V_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_tiny_glm4v(
+    out_dir: str | Path, *, seed: int = 0, corpus: Iterable[str] = (), hidden_size: int = 64, num_layers: int = 2
+) -> Path:
+    """Build (or reuse) a tiny random GLM-4.1V in ``out_dir``; LLaMA-Factory's ``glm4v`` template trains it."""
+    extra = list(corpus)
+    digest = _args_hash(seed, extra, hidden_size, num_layers, family="glm4v")
+
+    def write(tmp: Path) -> None:
+        import torch
+        from transformers import (
+            GenerationConfig,
+            Glm4vConfig,
+            Glm4vForConditionalGeneration,
+            Glm4vImageProcessor,
+            Glm4vProcessor,
+            Glm4vVideoProcessor,
+        )
+
+        tokenizer = _train_tokenizer(_corpus_lines(extra), 1024, GLM4V_SPECIAL_TOKENS, GLM4V_CHAT_TEMPLATE)
+        tokenizer.eos_token = "<|endoftext|>"
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GLM4V_SPECIAL_TOKENS}
+        heads = 4
+        rotary_half = hidden_size // heads // 4  # partial_rotary_factor 0.5 of head_dim, halved for (cos, sin)
+        eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
+        config = Glm4vConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": hidden_size,
+                "intermediate_size": hidden_size * 2,
+                "num_hidden_layers": num_layers,
+                "num_attention_heads": heads,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 4096,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "partial_rotary_factor": 0.5,
+                    "mrope_section": [rotary_half - 2 * (rotary_half // 4), rotary_half // 4, rotary_half // 4],
+                },
+                "eos_token_id": eos,
+                "pad_token_id": ids["<|endoftext|>"],
+            },
+            vision_config={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "out_hidden_size": hidden_size,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "image_size": 56,
+            },
+            image_token_id=ids["<|image|>"],
+            video_token_id=ids["<|video|>"],
+            image_start_token_id=ids["<|begin_of_image|>"],
+            image_end_token_id=ids["<|end_of_image|>"],
+            video_start_token_id=ids["<|begin_of_video|>"],
+            video_end_token_id=ids["<|end_of_video|>"],
+            tie_word_embeddings=True,
+        )
+        torch.manual_seed(seed)
+        model = Glm4vForConditionalGeneration(config).to(torch.float32).eval()
+        model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=ids["<|endoftext|>"])
+        model.save_pretrained(tmp)
+        size = {"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 16}
+        Glm4vProcessor(
+            image_processor=Glm4vImageProcessor(size=size),
+            tokenizer=tokenizer,
+            video_processor=Glm4vVideoProcessor(),
+            chat_template=GLM4V_CHAT_TEMPLATE,
+        ).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_build(out_dir, digest, write)
+
+
 #: The tiny checkpoint builder of each family a ``--box-format`` names (the Qwen2.5-VL formats use Qwen2-VL's).
 TINY_BUILDERS: dict[str, Callable[..., Path]] = {
     "qwen2_vl": build_tiny_qwen2vl,
     "qwen3_vl": build_tiny_qwen3vl,
     "internvl": build_tiny_internvl,
+    "glm4v": build_tiny_glm4v,
 }
