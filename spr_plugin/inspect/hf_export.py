@@ -15,7 +15,7 @@ recorded them in ``<name>.spr.json`` (:mod:`spr_plugin.llamafactory.recipe_check
 values given as ``--box-format`` / ``--image-max-pixels`` / ``--image-min-pixels``, else the build's defaults):
 
 * ``box_format``: ``qwen2_vl`` ([0,1000) grid), ``qwen2_5_vl`` / ``qwen2_5_vl_json`` (resized-input pixels),
-  ``qwen3_vl`` / ``internvl`` ([0,1000] grid);
+  ``qwen3_vl`` / ``internvl`` / ``glm4v`` ([0,1000] grid);
 * ``image_max_pixels`` / ``image_min_pixels``: LLaMA-Factory's pre-resize bounds (null: no pre-resize),
   which :mod:`spr_plugin.trl.dpo` applies before the processor, as LLaMA-Factory does;
 * ``template``: LLaMA-Factory's chat template for the model family of the box format (``qwen2_vl``, ...);
