@@ -353,3 +353,18 @@ def test_check_recipe_knows_each_family_template_and_internvl_tiling(tmp_path):
     assert "match" in check("q3", template="qwen3_vl", crop_to_patches=True)[0]  # Qwen's plugin never reads it
     with pytest.raises(SPRError, match="image frame mismatch"):
         check("ivl", template="intern_vl", image_max_pixels=12544)
+
+
+def test_a_thinking_reply_keeps_its_answer_only():
+    """Qwen3-VL-Thinking and GLM-4.1V-Thinking reason before answering: the reasoning is no part of the description."""
+    from spr_plugin.core.sanitize import sanitize_answer
+    from spr_plugin.generation.transformers_backend import clean_output
+
+    glm = "<think>Cups on the left...</think><answer>Two cups <|begin_of_box|>[[1, 2, 30, 40]]<|end_of_box|>.</answer>"
+    assert clean_output(glm) == "Two cups <|begin_of_box|>[[1, 2, 30, 40]]<|end_of_box|>."
+    keep = get_profile("glm4v").kept_tokens
+    assert sanitize_answer(glm, keep)[0] == "Two cups <|begin_of_box|>[[1, 2, 30, 40]]<|end_of_box|>."
+    assert sanitize_answer("<think>cut off while reasoning about [[1, 2", keep)[0] == ""  # no answer was given
+    qwen = 'Let me look.</think>\n\nA dog.\n```json\n[{"bbox_2d": [1, 2, 30, 40], "label": "dog"}]\n```'
+    assert get_box_format("qwen3_vl").plain_text(clean_output(qwen), W, H) == "A dog."
+    assert clean_output("A plain answer with no reasoning.") == "A plain answer with no reasoning."
