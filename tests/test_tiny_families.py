@@ -109,3 +109,23 @@ def test_generation_shows_the_image_as_llamafactory_trains_on_it(family, family_
     assert trained == sampled > 0
     chosen = processor.tokenizer.decode(ds[0]["chosen_input_ids"], skip_special_tokens=False)
     assert record["chosen"]["value"] in chosen  # the family's answer syntax reaches the model unchanged
+
+
+def test_generation_pre_resizes_as_the_family_plugin_of_llamafactory(family):
+    """InternVL's plugin has only the pixel bounds; the Qwen2-VL plugin family (Qwen3-VL, GLM) also raises sides to
+    28 pixels and caps the aspect ratio. The image a generator shows must be the one LLaMA-Factory trains on."""
+    from llamafactory.data.template import TEMPLATES
+
+    from spr_plugin.families.profiles import qwen_resize_rules
+    from spr_plugin.generation.transformers_backend import load_model_input
+
+    name, model_dir = family
+    processor = AutoProcessor.from_pretrained(model_dir)
+    plugin = TEMPLATES[get_profile(name).template].mm_plugin
+    assert qwen_resize_rules(processor) is get_profile(name).qwen_resize_rules
+    for size in ((20, 60), (6000, 20), (33, 33), (640, 480), (1, 300)):
+        for bounds in ((FRAME, 1024), (768 * 768, 32 * 32)):
+            image = Image.new("L", size)
+            theirs = plugin._preprocess_image(image, image_max_pixels=bounds[0], image_min_pixels=bounds[1])
+            ours = load_model_input(image, *bounds, qwen_resize_rules(processor))
+            assert ours.size == theirs.size and ours.mode == theirs.mode == "RGB", (name, size, bounds)

@@ -76,6 +76,11 @@ class FamilyProfile:
     #: Other LLaMA-Factory templates that train the family with the same plugin and answer syntax
     #: (``spr check-recipe`` accepts them too).
     other_templates: tuple[str, ...] = ()
+    #: The HF processor class of the family's checkpoints (how a loaded model tells which family it is).
+    processor_class: str = "Qwen2VLProcessor"
+    #: Whether LLaMA-Factory's plugin for the family is the Qwen2-VL plugin or a subclass: its pre-resize then adds
+    #: the 28-pixel minimum side and the aspect-ratio cap (:func:`spr_plugin.llamafactory.image.lf_resize_steps`).
+    qwen_resize_rules: bool = True
     #: Whether the family's LLaMA-Factory plugin reads the ``crop_to_patches`` key (InternVL's tiling); spr samples
     #: in its default (off: the image processor's configured tiling), so ``spr check-recipe`` refuses it on.
     reads_crop_to_patches: bool = False
@@ -138,6 +143,7 @@ PROFILES: dict[str, FamilyProfile] = {
             describe_prompt="Describe the region {box} in detail, then report the bbox coordinates of every object "
             "you mention in JSON format.",
             other_templates=("qwen3_vl", "qwen3_5_nothink", "qwen3_5"),
+            processor_class="Qwen3VLProcessor",
             processor_frame="smart_resize to multiples of 32 px (patch 16, merge 2)",
         ),
         # InternVL 2 / 2.5 / 3: <ref>/<box> tags on a 0-1000 grid; its own grounding request (model card).
@@ -152,6 +158,8 @@ PROFILES: dict[str, FamilyProfile] = {
             reference_marks=(_IVL_REF, _IVL_REF_END),
             describe_prompt="Please describe the region {box} in detail. Ground every object you mention with a bounding box.",
             reads_crop_to_patches=True,
+            processor_class="InternVLProcessor",
+            qwen_resize_rules=False,
             processor_frame="448 px tiles (the processor's crop_to_patches setting decides the tiling)",
         ),
         # GLM-4.1V / 4.5V: bare boxes in its box markers on a 0-1000 grid; objects are named in quotes.
@@ -166,6 +174,8 @@ PROFILES: dict[str, FamilyProfile] = {
             end_of_turn="<|endoftext|>",
             describe_prompt="Describe the region {box} in detail. Give the bounding box of every object you mention.",
             other_templates=("glm4_5v",),
+            processor_class="Glm4vProcessor",
+            processor_frame="smart_resize to multiples of 28 px (patch 14, merge 2)",
         ),
     )
 }
@@ -173,6 +183,13 @@ assert tuple(PROFILES) == BOX_FORMATS, "spr_plugin.core.options.BOX_FORMATS list
 
 #: Every profile's grounding tokens, in order: what a sanitiser leaves in text it does not know the family of.
 KNOWN_GROUNDING_TOKENS: tuple[str, ...] = tuple(dict.fromkeys(t for p in PROFILES.values() for t in p.grounding_tokens))
+
+
+def qwen_resize_rules(processor: object) -> bool:
+    """Whether LLaMA-Factory pre-resizes images for this processor's family with the Qwen2-VL plugin's extra steps
+    (every family but InternVL; an unknown processor keeps the Qwen2-VL rules, spr's default family)."""
+    name = type(processor).__name__
+    return next((p.qwen_resize_rules for p in PROFILES.values() if p.processor_class == name), True)
 
 
 def available_formats() -> list[str]:
