@@ -84,8 +84,6 @@ class FamilyProfile:
     #: Whether the family's LLaMA-Factory plugin reads the ``crop_to_patches`` key (InternVL's tiling); spr samples
     #: in its default (off: the image processor's configured tiling), so ``spr check-recipe`` refuses it on.
     reads_crop_to_patches: bool = False
-    #: How the family's processor makes the image it sees, for people (README, dataset card).
-    processor_frame: str = "smart_resize to multiples of 28 px (patch 14, merge 2)"
 
     def box_format(self, frame: ImageFrame | None = None, **kwargs: object) -> BoxFormat:
         """The family's box syntax; ``frame`` is the run's LLaMA-Factory pre-resize (pixel formats write in it)."""
@@ -144,7 +142,6 @@ PROFILES: dict[str, FamilyProfile] = {
             "you mention in JSON format.",
             other_templates=("qwen3_vl", "qwen3_5_nothink", "qwen3_5"),
             processor_class="Qwen3VLProcessor",
-            processor_frame="smart_resize to multiples of 32 px (patch 16, merge 2)",
         ),
         # InternVL 2 / 2.5 / 3: <ref>/<box> tags on a 0-1000 grid; its own grounding request (model card).
         FamilyProfile(
@@ -160,7 +157,6 @@ PROFILES: dict[str, FamilyProfile] = {
             reads_crop_to_patches=True,
             processor_class="InternVLProcessor",
             qwen_resize_rules=False,
-            processor_frame="448 px tiles (the processor's crop_to_patches setting decides the tiling)",
         ),
         # GLM-4.1V / 4.5V: bare boxes in its box markers on a 0-1000 grid; objects are named in quotes.
         FamilyProfile(
@@ -175,7 +171,6 @@ PROFILES: dict[str, FamilyProfile] = {
             describe_prompt="Describe the region {box} in detail. Give the bounding box of every object you mention.",
             other_templates=("glm4_5v",),
             processor_class="Glm4vProcessor",
-            processor_frame="smart_resize to multiples of 28 px (patch 14, merge 2)",
         ),
     )
 }
