@@ -80,6 +80,9 @@ def test_qwen3_bad_objects_are_counted_and_cleaning_keeps_valid_json():
     assert [o["label"] for o in json.loads(block.group(1))] == ["red circle", "overshoot"]
     again = fmt.parse(cleaned, W, H)
     assert again.dropped == {} and [p.label for p in again.phrases] == ["red circle", "overshoot"]
+    # nothing usable left: the prose stays, no empty JSON block; a clean answer is left as it is
+    assert fmt.clean('Nothing.\n```json\n[\n  {"bbox_2d": [400, 20, 300, 400], "label": "x"}\n]\n```', W, H) == "Nothing."
+    assert fmt.clean(QWEN3_ANSWER, W, H) == QWEN3_ANSWER
 
 
 def test_qwen3_rewrite_snaps_and_drops_inside_the_fence():

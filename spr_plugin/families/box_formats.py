@@ -218,8 +218,9 @@ _LIST_SEP_RE = re.compile(r"\s*+,?\s*+")
 def _bracket_boxes(body: str) -> list[tuple[float, float, float, float]] | None:
     """The boxes of ``[[x1, y1, x2, y2], [...]]`` (or a single ``[x1, y1, x2, y2]``); None if it is anything else."""
     body = body.strip()
-    if _LIST_RE.fullmatch(body):
-        return [tuple(float(v) for v in _LIST_RE.fullmatch(body).groups())]  # type: ignore[union-attr,misc]
+    single = _LIST_RE.fullmatch(body)
+    if single is not None:
+        return [tuple(float(v) for v in single.groups())]  # type: ignore[list-item]
     if len(body) < 2 or body[0] != "[" or body[-1] != "]":
         return None
     inner, pos, boxes = body[1:-1].strip(), 0, []
@@ -559,19 +560,23 @@ class Qwen3VLFormat(_JsonBoxes):
         (the list, the fence), so the JSON a chosen answer teaches stays valid. Prose is left as it is."""
         parse = self.parse(text, width, height)
         bad = {i: None for i, p in enumerate(parse.phrases) if p.box is None}
+        cut = _truncated_object_start(text)
+        if not bad and cut is None:
+            return text
         out = self.rewrite(text, parse, bad, width, height) if bad else text
         cut = _truncated_object_start(out)
-        if cut is None:
-            return out.strip() if bad else out
-        out = out[:cut].rstrip()
-        if out.endswith(","):
-            out = out[:-1].rstrip()
-        fence = out.rfind("```")
-        block = out[fence + 3 :] if fence >= 0 else out
-        out += "]" * max(block.count("[") - block.count("]"), 0)
-        if out.count("```") % 2:
-            out += "\n```"
-        return _EMPTY_JSON_RE.sub("", out).strip() if not self.parse(out, width, height).phrases else out
+        if cut is not None:
+            out = out[:cut].rstrip()
+            if out.endswith(","):
+                out = out[:-1].rstrip()
+            fence = out.rfind("```")
+            block = out[fence + 3 :] if fence >= 0 else out
+            out += "]" * max(block.count("[") - block.count("]"), 0)
+            if out.count("```") % 2:
+                out += "\n```"
+        if not any(p.box is not None for p in parse.phrases):  # nothing grounded is left: no empty JSON block either
+            out = _EMPTY_JSON_RE.sub("", out)
+        return out.strip()
 
     def plain_text(self, text: str, width: int, height: int, parse: ParseResult | None = None) -> str:
         """The prose around the JSON, then the labels it does not already name."""
