@@ -15,7 +15,7 @@ import yaml
 from candidates_factory import write_candidates
 from data_builders.synthetic import render_scenes
 from helpers import run_spr
-from spr_plugin.families.profiles import get_profile
+from spr_plugin.families.profiles import get_box_format, get_profile
 from spr_plugin.families.prompts import prompt_template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,14 @@ def test_family_builds_trains_evaluates_and_exports(name, request, tmp_path):
     assert meta["box_format"] == name and meta["template"] == get_profile(name).template == recipe["template"]
     records = [json.loads(line) for line in (data / f"{stem}.jsonl").read_text().splitlines()]
     assert records and all(r["conversations"][0]["value"].startswith(prompt_template(name).split("{box}")[0]) for r in records)
+
+    fmt = get_box_format(name)
+    for r in records:  # what DPO teaches: no unusable box in a chosen answer, and Qwen3-VL's JSON stays JSON
+        chosen = r["chosen"]["value"]
+        parse = fmt.parse(chosen, 1000, 1000)
+        assert parse.dropped == {} and not any(p.malformed for p in parse.phrases)
+        if name == "qwen3_vl" and "```json" in chosen:
+            json.loads(chosen.split("```json")[1].split("```")[0])
 
     check = run_spr("check-recipe", local)
     assert check.returncode == 0 and "match" in check.stdout, check.stderr
