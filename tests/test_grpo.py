@@ -252,7 +252,11 @@ def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_fi
         ("missing", "spr export-grpo: error: region file not found: {tmp}/nope.jsonl"),
         ("not_parquet", "spr export-grpo: error: the output must be a .parquet file, got {tmp}/out.json"),
         ("max_regions", "spr export-grpo: error: --max-regions must be at least 1, got 0"),
-        ("box_format", "spr export-grpo: error: unknown box format 'yolo'; choose one of qwen2_5_vl, qwen2_5_vl_json, qwen2_vl"),
+        (
+            "box_format",
+            "spr export-grpo: error: unknown box format 'yolo'; "
+            "choose one of glm4v, internvl, qwen2_5_vl, qwen2_5_vl_json, qwen2_vl, qwen3_vl",
+        ),
         ("image", "spr export-grpo: error: region {rid}: image {root}/gone.jpg is unusable (missing image)"),
         (
             "outside",

@@ -21,6 +21,10 @@ UNITS = {
     "unclosed_refs": f"{REF_START}car {BOX_START}(1,2),(3,",
     "unclosed_json": '{"bbox_2d" ',
     "stray_markers": f"{BOX_END}{REF_END}(1,2),(3,4) ",
+    # InternVL's and GLM-4.xV's units (#20)
+    "internvl_grounded": "a <ref>red car</ref><box>[[100, 200, 300, 400], [5, 6, 70, 80]]</box> and ",
+    "glm_boxes": "a red car <|begin_of_box|>[[100, 200, 300, 400]]<|end_of_box|> and ",
+    "unclosed_lists": "<ref>car <box>[[1, 2, 3, <|begin_of_box|>[[",
 }
 
 

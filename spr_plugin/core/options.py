@@ -13,7 +13,7 @@ REFINE_POLICIES = ("off", "strip", "correct", "drop")
 #: ``--score-norm``: per-region normalisation of S_sem and S_loc before mixing.
 SCORE_NORMS = ("none", "zscore", "rank")
 #: ``--box-format``: one per model-family profile (:mod:`spr_plugin.families.profiles`), the default first.
-BOX_FORMATS = ("qwen2_vl", "qwen2_5_vl", "qwen2_5_vl_json")
+BOX_FORMATS = ("qwen2_vl", "qwen2_5_vl", "qwen2_5_vl_json", "qwen3_vl", "internvl", "glm4v")
 DEFAULT_BOX_FORMAT = BOX_FORMATS[0]
 #: ``--virtual-objects``: Objects365 objects flagged isfake / isreflected.
 VIRTUAL_POLICIES = ("ignore", "keep", "drop")

@@ -10,7 +10,8 @@ box token inside a category name plants a box marker in a prompt. So every such 
 What is removed, to a fixed point (``<im<image>age>`` leaves nothing, not ``<image>``):
 
 * every ``<|...|>`` token (Qwen's chat, vision and grounding tokens, Llama 3's, Phi's, ...);
-* media placeholders (``<image>``, ``<video>``, ``<audio>``, Qwen-VL's ``<img>``/``</img>``) and other
+* media placeholders (``<image>``, ``<video>``, ``<audio>``, Qwen-VL's and InternVL's ``<img>``/``</img>``,
+  InternVL's ``<IMG_CONTEXT>``) and other
   chat-template markers (``<s>``, ``</s>``, ``<start_of_turn>``, ``[INST]``, ``<<SYS>>``, Qwen-VL's
   ``<ref>``/``<box>``/``<quad>`` tags, ...), case-insensitively.
 
@@ -37,7 +38,7 @@ END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|
 
 _NAMED_TAGS = (
     "image|video|audio|img|/img|ref|/ref|box|/box|quad|/quad|s|/s|unk|pad|bos|eos|mask|cls|sep"
-    "|start_of_turn|end_of_turn|start_of_image|end_of_image|image_soft_token|think|/think"
+    "|start_of_turn|end_of_turn|start_of_image|end_of_image|image_soft_token|think|/think|img_context|answer|/answer"
 )
 #: One token, anchored at its start; none holds ``<``, ``>``, ``[`` or ``]`` inside.
 _TOKEN_RE = re.compile(
@@ -126,11 +127,27 @@ def sanitize_phrase(text: str, max_len: int = 200) -> tuple[str, int]:
     return text, removed
 
 
+_THINK_END_RE = re.compile(r"</think>", re.IGNORECASE)
+_THINK_START_RE = re.compile(r"<think>", re.IGNORECASE)
+
+
+def drop_reasoning(text: str) -> str:
+    """The answer of a reasoning model's reply: what follows its last ``</think>``; nothing if the reply opened a
+    ``<think>`` block that never closed (generation stopped inside the reasoning). Why: thinking checkpoints
+    (Qwen3-VL-Thinking, GLM-4.1V-Thinking) write their reasoning first; as part of a description it would be scored
+    and taught as if the model had said it, and LLaMA-Factory's reasoning templates write the think block themselves."""
+    ends = list(_THINK_END_RE.finditer(text))
+    if ends:
+        return text[ends[-1].end() :]
+    return "" if _THINK_START_RE.search(text) else text
+
+
 def sanitize_answer(text: str, keep: Iterable[str] = ()) -> tuple[str, int]:
-    """A model answer (candidate or server reply): cut at the first end-of-turn token, then every special
-    token except ``keep`` removed to a fixed point. Returns the text and how many tokens were removed."""
+    """A model answer (candidate or server reply): cut at the first end-of-turn token, a reasoning model's think
+    block dropped (:func:`drop_reasoning`), then every special token except ``keep`` removed to a fixed point
+    (``<answer>`` tags too). Returns the text and how many tokens were removed."""
     text = str(text).replace("\x00", "")
-    cut = cut_at_end_of_turn(text)
+    cut = drop_reasoning(cut_at_end_of_turn(text))
     removed = int(len(cut) != len(text))
     cut, n = remove_tokens(cut, keep)
     return cut.strip(), removed + n

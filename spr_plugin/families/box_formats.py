@@ -9,6 +9,12 @@ reported bug of grounding pipelines. This module is the only place that knows ab
   (LLaMA-Factory's ``image_max_pixels`` resize followed by the processor's ``smart_resize``).
 * ``qwen2_5_vl_json``: Qwen2.5-VL's JSON answer ``[{"bbox_2d": [x1,y1,x2,y2], "label": "..."}]``,
   in the same resized-input frame.
+* ``qwen3_vl``: Qwen3-VL / Qwen3.5's JSON answer of the same shape, usually in a fenced ``json`` block with prose
+  around it, on a relative [0,1000] grid independent of the image size and of any resize.
+* ``internvl``: InternVL's ``<ref>label</ref><box>[[x1, y1, x2, y2], ...]</box>`` (several boxes may follow one
+  reference inside one ``<box>``), on a relative [0,1000] grid.
+* ``glm4v``: GLM-4.1V / 4.5V's ``<|begin_of_box|>[x1, y1, x2, y2]<|end_of_box|>`` after the words it grounds (the
+  family has no reference markers), on a relative [0,1000] grid.
 
 Everything outside this module sees boxes in original-image pixels only (:class:`~spr_plugin.core.records.Box`).
 Bad boxes never raise: garbage, truncated, out-of-range, reversed or zero-area boxes are clamped or
@@ -35,8 +41,6 @@ BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 
 _NUM = r"(-?\d++(?:\.\d++)?)"
 _CORNERS_RE = re.compile(rf"\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*,\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*")
-#: The four grounding markers of Qwen's token syntax; every other ``<|...|>`` token is foreign to an answer.
-_MARKER_RE = re.compile(r"<\|(object_ref_start|object_ref_end|box_start|box_end)\|>")
 _SPECIAL_RE = re.compile(r"<\|[a-z_]+\|>")
 _BRACES_RE = re.compile(r"[{}]")
 _COMMA_AFTER_RE = re.compile(r"\s*,")
@@ -84,6 +88,8 @@ class BoxFormat(ABC):
     #: Whether :meth:`render` may replace words in running text (a tagged reference reads in place); refinement
     #: grounds plain-word mentions only then. A syntax that lists objects apart from the prose (JSON) says no.
     grounds_words: bool = True
+    #: Marker tokens of this syntax (and any other chat token) that may stray outside a well-formed unit.
+    stray_re: re.Pattern[str] = _SPECIAL_RE
 
     def __init__(self, tolerance: float = DEFAULT_TOLERANCE) -> None:
         self.tolerance = tolerance
@@ -120,7 +126,7 @@ class BoxFormat(ABC):
         ``parse`` is the text's parse when the caller has it already (the scorer does): no second parse."""
         parse = parse if parse is not None else self.parse(text, width, height)
         out = self.rewrite(text, parse, {i: None for i in range(len(parse.phrases))}, width, height)
-        return re.sub(r"\s+", " ", _SPECIAL_RE.sub("", out)).strip()
+        return re.sub(r"\s+", " ", self.stray_re.sub("", out)).strip()
 
     # -- frame conversion shared by all formats -------------------------------------------------
 
@@ -174,16 +180,19 @@ _COORDS_RE = re.compile(
 )
 
 
-def _scrub(segment: str) -> str:
+#: Square brackets left standing alone once the coordinates inside them went ("[[1, 2, 3" leaves "[").
+_EMPTY_BRACKETS_RE = re.compile(r"(?<![\w\]\[])[\[\]](?:\s*+[\[\]])*+(?![\w\[\]])")
+
+
+def _scrub(segment: str, stray: re.Pattern[str] = _SPECIAL_RE) -> str:
     """Text between well-formed units: drop stray special tokens and, if there were any, coordinate debris."""
-    if not _SPECIAL_RE.search(segment):
+    if not stray.search(segment):
         return segment
     # Markers become spaces so the words they separated do not run together ("squareblue").
-    return _COORDS_RE.sub(" ", _SPECIAL_RE.sub(" ", segment))
+    return _EMPTY_BRACKETS_RE.sub(" ", _COORDS_RE.sub(" ", stray.sub(" ", segment)))
 
 
 _SEP_AFTER_RE = re.compile(r"\s*+(?:,|\band\b|\bor\b)")
-_BARE_BOX_NEXT_RE = re.compile(r"\s*+" + re.escape(BOX_START))
 
 
 def _drop_trailing_separator(chunk: str) -> str:
@@ -204,14 +213,41 @@ def _tidy(text: str) -> str:
     return re.sub(r",(?:\s*,)+", ",", text).strip()
 
 
+#: One ``[x1, y1, x2, y2]`` list; possessive, so a hostile body never backtracks.
+_LIST_RE = re.compile(rf"\[\s*+{_NUM}\s*+,\s*+{_NUM}\s*+,\s*+{_NUM}\s*+,\s*+{_NUM}\s*+\]")
+_LIST_SEP_RE = re.compile(r"\s*+,?\s*+")
+
+
+def _bracket_boxes(body: str) -> list[tuple[float, float, float, float]] | None:
+    """The boxes of ``[[x1, y1, x2, y2], [...]]`` (or a single ``[x1, y1, x2, y2]``); None if it is anything else."""
+    body = body.strip()
+    single = _LIST_RE.fullmatch(body)
+    if single is not None:
+        return [tuple(float(v) for v in single.groups())]  # type: ignore[list-item]
+    if len(body) < 2 or body[0] != "[" or body[-1] != "]":
+        return None
+    inner, pos, boxes = body[1:-1].strip(), 0, []
+    while pos < len(inner):
+        m = _LIST_RE.match(inner, pos)
+        if m is None:
+            return None
+        boxes.append(tuple(float(v) for v in m.groups()))
+        sep = _LIST_SEP_RE.match(inner, m.end())
+        pos = sep.end() if sep is not None else m.end()
+        if pos < len(inner) and "," not in inner[m.end() : pos]:
+            return None  # two lists with no comma between
+    return boxes or None  # type: ignore[return-value]
+
+
 class _TokenFormat(BoxFormat):
-    """Qwen's ``<|object_ref_start|>...<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` token syntax.
+    """Reference-and-box marker syntax; Qwen's ``<|object_ref_start|>...<|box_start|>(x1,y1),(x2,y2)<|box_end|>``
+    by default, InternVL's ``<ref>...</ref><box>[[...]]</box>`` and GLM's box markers by their own markers.
 
     The grammar, read in one left-to-right pass over the markers (linear in the text length, so a
     hostile megabyte of text parses in milliseconds)::
 
         unit := REF_START label REF_END (BOX)*  |  BOX
-        BOX  := BOX_START "(x1,y1),(x2,y2)" BOX_END
+        BOX  := BOX_START body BOX_END          (body: one box for Qwen, a list of boxes for InternVL)
 
     A reference owns the boxes that follow it with only white space between. Anything else is damage and
     becomes a *malformed* phrase whose span covers it, so refinement can remove exactly that text: a
@@ -220,22 +256,45 @@ class _TokenFormat(BoxFormat):
     different phrases never overlap.
     """
 
+    ref_start, ref_end, box_start, box_end = REF_START, REF_END, BOX_START, BOX_END
+    #: The four markers (one alternation; whichever of them a family has).
+    marker_re: re.Pattern[str] = re.compile("|".join(re.escape(t) for t in (REF_START, REF_END, BOX_START, BOX_END)))
+    #: Longest box body worth reading.
+    max_box_body = _MAX_BOX_BODY
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        kinds = {cls.ref_start: "ref_start", cls.ref_end: "ref_end", cls.box_start: "box_start", cls.box_end: "box_end"}
+        cls._kinds = {marker: kind for marker, kind in kinds.items() if marker}  # a family may have no reference markers
+        cls.marker_re = re.compile("|".join(re.escape(t) for t in cls._kinds))
+        # Only where references exist can a bare box be captured by the reference before it.
+        cls._bare_box_next_re = re.compile(r"\s*+" + re.escape(cls.box_start) if cls.ref_start else r"(?!)")
+
+    def _box_values(self, body: str) -> list[tuple[float, float, float, float]] | None:
+        """The coordinates written between a box's markers; None if the body is not the family's syntax."""
+        corners = _CORNERS_RE.fullmatch(body)
+        return None if corners is None else [tuple(float(v) for v in corners.groups())]  # type: ignore[list-item]
+
     def render(self, label: str, box: Box, width: int, height: int) -> str:
-        return f"{REF_START}{label}{REF_END}{self.render_box(box, width, height)}"
+        return f"{self.ref_start}{label}{self.ref_end}{self.render_box(box, width, height)}"
 
     def render_box(self, box: Box, width: int, height: int) -> str:
         x1, y1, x2, y2 = self.to_frame(box, width, height)
         return f"{BOX_START}({x1},{y1}),({x2},{y2}){BOX_END}"
 
+    def render_boxes(self, boxes: list[Box], width: int, height: int) -> str:
+        """The boxes of one reference, as the family writes several of them."""
+        return "".join(self.render_box(b, width, height) for b in boxes)
+
     def parse(self, text: str, width: int, height: int) -> ParseResult:
         result = ParseResult()
-        marks = list(_MARKER_RE.finditer(text))
-        kinds = [m.group(1) for m in marks]
+        marks = list(self.marker_re.finditer(text))
+        kinds = [self._kinds[m.group()] for m in marks]
         i = 0
         while i < len(marks):
             m, kind = marks[i], kinds[i]
-            if kind == "object_ref_start":
-                if i + 1 >= len(marks) or kinds[i + 1] != "object_ref_end":
+            if kind == "ref_start":
+                if i + 1 >= len(marks) or kinds[i + 1] != "ref_end":
                     # An unterminated reference holds no box (nothing to count as dropped), but it is damage
                     # that refinement must remove: a malformed phrase.
                     end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
@@ -246,8 +305,8 @@ class _TokenFormat(BoxFormat):
                 cursor, i = marks[i + 1].end(), i + 2
                 owned: list[tuple[Box | None, bool]] = []
                 while i < len(marks) and kinds[i] == "box_start" and not text[cursor : marks[i].start()].strip():
-                    box, malformed, cursor, i = self._read_box(text, marks, kinds, i, width, height, result)
-                    owned.append((box, malformed))
+                    boxes, cursor, i = self._read_box(text, marks, kinds, i, width, height, result)
+                    owned += boxes
                 span = (m.start(), cursor)
                 if not owned:
                     result.phrases.append(GroundedPhrase(label, None, span))
@@ -255,8 +314,8 @@ class _TokenFormat(BoxFormat):
                     result.phrases.append(GroundedPhrase(label, box, span, malformed))
             elif kind == "box_start":
                 start = m.start()
-                box, malformed, end, i = self._read_box(text, marks, kinds, i, width, height, result)
-                result.phrases.append(GroundedPhrase("", box, (start, end), malformed))
+                boxes, end, i = self._read_box(text, marks, kinds, i, width, height, result)
+                result.phrases += [GroundedPhrase("", box, (start, end), malformed) for box, malformed in boxes]
             else:  # an end marker with nothing open: the model skipped its start token
                 result.drop("garbage")
                 i += 1
@@ -264,46 +323,49 @@ class _TokenFormat(BoxFormat):
 
     def _read_box(
         self, text: str, marks: list[re.Match[str]], kinds: list[str], i: int, width: int, height: int, result: ParseResult
-    ) -> tuple[Box | None, bool, int, int]:
-        """The box opened by ``marks[i]``: (box or None, malformed, end of its text, index of the next marker)."""
+    ) -> tuple[list[tuple[Box | None, bool]], int, int]:
+        """The boxes opened by ``marks[i]``: ([(box or None, malformed)], end of their text, index of the next marker)."""
         if i + 1 >= len(marks) or kinds[i + 1] != "box_end":
             result.drop("truncated")
             end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-            return None, True, end, i + 1
+            return [(None, True)], end, i + 1
         body = text[marks[i].end() : marks[i + 1].start()]
-        corners = _CORNERS_RE.fullmatch(body) if len(body) <= _MAX_BOX_BODY else None
-        if corners is None:
+        values = self._box_values(body) if len(body) <= self.max_box_body else None
+        if values is None:
             result.drop("garbage")
-            return None, True, marks[i + 1].end(), i + 2
-        box = self.from_frame(tuple(float(v) for v in corners.groups()), width, height, result)  # type: ignore[arg-type]
-        return box, box is None, marks[i + 1].end(), i + 2
+            return [(None, True)], marks[i + 1].end(), i + 2
+        boxes = [self.from_frame(v, width, height, result) for v in values]
+        return [(box, box is None) for box in boxes], marks[i + 1].end(), i + 2
 
     def clean(self, text: str, width: int, height: int) -> str:
         """Keep well-formed grounded units; elsewhere remove stray markers and the coordinates beside them.
 
         Refinement rewrites only what the parser recognised; model noise such as a reference followed by
-        coordinates without ``<|box_start|>`` would otherwise survive into the *chosen* text and teach
+        coordinates without a box start marker would otherwise survive into the *chosen* text and teach
         malformed boxes. Numbers are only removed from stretches that held a stray marker.
         """
         parse = self.parse(text, width, height)
-        keep: dict[tuple[int, int], bool] = {}
+        units: dict[tuple[int, int], list[GroundedPhrase]] = {}
         for p in parse.phrases:
-            keep[p.span] = keep.get(p.span, True) and p.box is not None
+            units.setdefault(p.span, []).append(p)
         out, cursor = [], 0
         after_unit = False  # is the output so far a unit followed by white space only?
-        for span in sorted(s for s, ok in keep.items() if ok):
-            gap = _scrub(text[cursor : span[0]])
+        for span in sorted(s for s, members in units.items() if any(p.box is not None for p in members)):
+            gap = _scrub(text[cursor : span[0]], self.stray_re)
             out.append(gap)
             after_unit = after_unit and not gap.strip()
+            members = units[span]
             unit = text[span[0] : span[1]]
+            if any(p.box is None for p in members):  # a reference whose boxes are partly unusable keeps the good ones
+                unit = self._unit(members[0].label, [p.box for p in members if p.box is not None], width, height)
             cursor = span[1]
-            if after_unit and unit.startswith(BOX_START):
+            if after_unit and self.ref_start and unit.startswith(self.box_start):
                 # Scrubbing removed what stood between a unit and this bare box: kept, the box would now
                 # belong to the unit's phrase (a binding nobody wrote). It goes, with the debris.
                 continue
             out.append(unit)
             after_unit = True
-        out.append(_scrub(text[cursor:]))
+        out.append(_scrub(text[cursor:], self.stray_re))
         return _tidy("".join(out))
 
     def rewrite(self, text: str, parse: ParseResult, boxes: Mapping[int, Edit], width: int, height: int) -> str:
@@ -325,18 +387,25 @@ class _TokenFormat(BoxFormat):
                 # Take one separating comma or conjunction with the phrase, so the sentence still reads, unless
                 # that would leave a bare box right after a unit: the box would then belong to its phrase.
                 after = _SEP_AFTER_RE.match(text, end)
-                if after is not None and not _BARE_BOX_NEXT_RE.match(text, after.end()):
+                if after is not None and not self._bare_box_next_re.match(text, after.end()):
                     end = after.end()
-                elif not _BARE_BOX_NEXT_RE.match(text, end):
+                elif not self._bare_box_next_re.match(text, end):
                     out[-1] = _drop_trailing_separator(out[-1])
             elif kept_boxes:
-                unit = f"{REF_START}{label}{REF_END}" if label else ""
-                out.append(unit + "".join(self.render_box(b, width, height) for b in kept_boxes))
+                out.append(self._unit(label, kept_boxes, width, height))
             else:
                 out.append(label)
             cursor = end
         out.append(text[cursor:])
         return "".join(out)
+
+    def _unit(self, label: str, boxes: list[Box], width: int, height: int) -> str:
+        """A reference with its boxes, as rewritten by refinement (a bare box when there is no label)."""
+        ref = f"{self.ref_start}{label}{self.ref_end}" if label else ""
+        return ref + self.render_boxes(boxes, width, height)
+
+
+_TokenFormat.__init_subclass__()  # the base class's own marker tables (Qwen's tokens)
 
 
 class Qwen2VLFormat(_TokenFormat):
@@ -387,11 +456,11 @@ class Qwen25VLFormat(_TokenFormat):
         return (float(w), float(h))
 
 
-class Qwen25VLJsonFormat(Qwen25VLFormat):
-    """Qwen2.5-VL JSON form: ``{"bbox_2d": [x1,y1,x2,y2], "label": "..."}`` objects, resized-input pixels."""
+class _JsonBoxes(BoxFormat):
+    """The JSON answer of the Qwen family: ``{"bbox_2d": [x1,y1,x2,y2], "label": "..."}`` objects, wherever they
+    stand in the text (a JSON list, a fenced ``json`` block, prose around them). Each object is one phrase."""
 
-    name = "qwen2_5_vl_json"
-    grounds_words = False
+    grounds_words = False  # objects listed apart from the prose: no box can stand in running text
 
     def render(self, label: str, box: Box, width: int, height: int) -> str:
         return json.dumps({"bbox_2d": list(self.to_frame(box, width, height)), "label": label}, ensure_ascii=False)
@@ -410,11 +479,10 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
                 if not (isinstance(values, list) and len(values) == 4):
                     raise ValueError("bbox_2d must hold 4 numbers")
                 box = self.from_frame(tuple(float(v) for v in values), width, height, result)  # type: ignore[arg-type]
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 result.drop("garbage")
             result.phrases.append(GroundedPhrase(label, box, (start, end), box is None))
-        tail = text[text.rfind("}") + 1 :] if "}" in text else text
-        if '"bbox_2d"' in tail:  # an object that never closed: generation was cut off
+        if _truncated_object_start(text) is not None:  # an object that never closed: generation was cut off
             result.drop("truncated")
         return result
 
@@ -457,3 +525,135 @@ class Qwen25VLJsonFormat(Qwen25VLFormat):
         if labels:
             return ", ".join(labels)
         return super().plain_text(text, width, height, parse)
+
+
+def _truncated_object_start(text: str) -> int | None:
+    """Where a ``bbox_2d`` object that never closed (generation was cut off) starts, or None."""
+    tail_from = text.rfind("}") + 1
+    key = text.find('"bbox_2d"', tail_from)
+    if key < 0:
+        return None
+    brace = text.rfind("{", tail_from, key)
+    return brace if brace >= 0 else key
+
+
+#: What is left of a JSON block once its objects are gone: ``[ , ]``, in a ```json fence or not.
+_EMPTY_JSON_RE = re.compile(r"```(?:json)?\s*+\[?[\s,]*+\]?\s*+(?:```)?|\[[\s,]*+\]")
+
+
+class Qwen25VLJsonFormat(_JsonBoxes, Qwen25VLFormat):
+    """Qwen2.5-VL JSON form: ``{"bbox_2d": [x1,y1,x2,y2], "label": "..."}`` objects, resized-input pixels."""
+
+    name = "qwen2_5_vl_json"
+
+
+class Qwen3VLFormat(_JsonBoxes):
+    """Qwen3-VL / Qwen3.5: the same JSON objects, on a relative [0,1000] grid whatever the image size or resize.
+
+    Qwen3-VL answers grounding requests with a JSON list, usually in a fenced ``json`` block, and writes prose
+    around it when asked to describe; the prose is part of what the answer *says*, so :meth:`plain_text` keeps
+    it (with the labels it does not already name), and :meth:`clean` keeps the JSON valid.
+    """
+
+    name = "qwen3_vl"
+
+    def frame_size(self, width: int, height: int) -> tuple[float, float]:
+        return (1000.0, 1000.0)
+
+    def clean(self, text: str, width: int, height: int) -> str:
+        """Remove objects whose box is unusable and an object cut off at the end, closing what the cut left open
+        (the list, the fence), so the JSON a chosen answer teaches stays valid. Prose is left as it is."""
+        parse = self.parse(text, width, height)
+        bad = {i: None for i, p in enumerate(parse.phrases) if p.box is None}
+        cut = _truncated_object_start(text)
+        if not bad and cut is None:
+            return text
+        out = self.rewrite(text, parse, bad, width, height) if bad else text
+        cut = _truncated_object_start(out)
+        if cut is not None:
+            out = out[:cut].rstrip()
+            if out.endswith(","):
+                out = out[:-1].rstrip()
+            fence = out.rfind("```")
+            block = out[fence + 3 :] if fence >= 0 else out
+            out += "]" * max(block.count("[") - block.count("]"), 0)
+            if out.count("```") % 2:
+                out += "\n```"
+        if not any(p.box is not None for p in parse.phrases):  # nothing grounded is left: no empty JSON block either
+            out = _EMPTY_JSON_RE.sub("", out)
+        return out.strip()
+
+    def plain_text(self, text: str, width: int, height: int, parse: ParseResult | None = None) -> str:
+        """The prose around the JSON, then the labels it does not already name."""
+        parse = parse if parse is not None else self.parse(text, width, height)
+        out = self.rewrite(text, parse, {i: None for i in range(len(parse.phrases))}, width, height)
+        cut = _truncated_object_start(out)
+        out = out[:cut] if cut is not None else out
+        prose = re.sub(r"\s+", " ", self.stray_re.sub("", _EMPTY_JSON_RE.sub(" ", out))).strip()
+        named = prose.lower()
+        labels = list(dict.fromkeys(p.label for p in parse.phrases if p.label and p.label.lower() not in named))
+        return " ".join(x for x in (prose, ", ".join(labels)) if x)
+
+
+#: InternVL's grounding tags and any ``<|...|>`` chat token.
+_INTERNVL_STRAY_RE = re.compile(r"<\|[a-z_]+\|>|</?(?:ref|box|quad)>")
+
+
+class InternVLFormat(_TokenFormat):
+    """InternVL 2 / 2.5 / 3: ``<ref>label</ref><box>[[x1, y1, x2, y2], ...]</box>`` on a relative [0,1000] grid.
+
+    One ``<box>`` may hold several boxes of the same reference (``[[...], [...]]``); each becomes a phrase sharing
+    the reference's span, and a rewrite writes the kept ones back into one ``<box>``.
+    """
+
+    name = "internvl"
+    ref_start, ref_end, box_start, box_end = "<ref>", "</ref>", "<box>", "</box>"
+    stray_re = _INTERNVL_STRAY_RE
+    max_box_body = 64 * 32  # up to 64 boxes of "[999, 999, 999, 999], "
+
+    def frame_size(self, width: int, height: int) -> tuple[float, float]:
+        return (1000.0, 1000.0)
+
+    def _box_values(self, body: str) -> list[tuple[float, float, float, float]] | None:
+        return _bracket_boxes(body)
+
+    def render_box(self, box: Box, width: int, height: int) -> str:
+        return self.render_boxes([box], width, height)
+
+    def render_boxes(self, boxes: list[Box], width: int, height: int) -> str:
+        lists = ", ".join("[{}, {}, {}, {}]".format(*self.to_frame(b, width, height)) for b in boxes)
+        return f"{self.box_start}[{lists}]{self.box_end}"
+
+
+class GLM4VFormat(_TokenFormat):
+    """GLM-4.1V / 4.5V: ``<|begin_of_box|>[[x1, y1, x2, y2]]<|end_of_box|>`` after the words it grounds, on a
+    relative [0,1000] grid (x = round(x_px / W * 1000)); several boxes may share one marker pair.
+
+    The family has no reference markers: every box is a bare box (label ``""``, which agrees with every annotated
+    object in the scorer), and :meth:`render` writes the words before the box as GLM does. GLM also uses the same
+    markers around a final answer that is not a box (``<|begin_of_box|>B. Yes.<|end_of_box|>``): in a grounded
+    description such a body is counted as garbage, like any body that is not coordinates.
+    """
+
+    name = "glm4v"
+    ref_start, ref_end, box_start, box_end = "", "", "<|begin_of_box|>", "<|end_of_box|>"
+    max_box_body = 64 * 32
+
+    def frame_size(self, width: int, height: int) -> tuple[float, float]:
+        return (1000.0, 1000.0)
+
+    def _box_values(self, body: str) -> list[tuple[float, float, float, float]] | None:
+        return _bracket_boxes(body)
+
+    def render(self, label: str, box: Box, width: int, height: int) -> str:
+        return f"{label} {self.render_box(box, width, height)}" if label else self.render_box(box, width, height)
+
+    def render_box(self, box: Box, width: int, height: int) -> str:
+        return self.render_boxes([box], width, height)
+
+    def render_boxes(self, boxes: list[Box], width: int, height: int) -> str:
+        lists = ", ".join("[{}, {}, {}, {}]".format(*self.to_frame(b, width, height)) for b in boxes)
+        return f"{self.box_start}[{lists}]{self.box_end}"
+
+    def _unit(self, label: str, boxes: list[Box], width: int, height: int) -> str:
+        return self.render_boxes(boxes, width, height)  # a bare box keeps no label of its own

@@ -18,7 +18,7 @@ from spr_plugin.core.options import VARIANTS
 from spr_plugin.core.records import Region
 from spr_plugin.core.sanitize import remove_tokens, sanitize_phrase
 from spr_plugin.families.box_formats import BoxFormat
-from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, profile_of
+from spr_plugin.families.profiles import DESCRIBE_PROMPT, KNOWN_GROUNDING_TOKENS, get_profile, profile_of
 from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
 
 
@@ -38,11 +38,16 @@ def _name(text: str) -> str:
     return sanitize_phrase(text)[0] or "object"
 
 
-_ASK = "Describe the region {box} in detail. Ground every object you mention with a bounding box."
+#: The user turn of every training record (DPO, chosen-only SFT, GRPO prompts) of the Qwen2 families: ``{box}`` is the
+#: query region written in the dataset's box format. Recorded in the parquets of ``spr export-hf`` / ``spr export-grpo``.
+#: Other families ask in their own style: :func:`prompt_template`.
+PROMPT_TEMPLATE = IMAGE_TOKEN + DESCRIBE_PROMPT
 
-#: The user turn of every training record (DPO, chosen-only SFT, GRPO prompts): ``{box}`` is the query region
-#: written in the dataset's box format. Recorded in the parquets of ``spr export-hf`` / ``spr export-grpo``.
-PROMPT_TEMPLATE = IMAGE_TOKEN + _ASK
+
+def prompt_template(box_format: BoxFormat | str) -> str:
+    """The training user turn of a box format's family, with ``{box}``."""
+    profile = get_profile(box_format) if isinstance(box_format, str) else profile_of(box_format)
+    return IMAGE_TOKEN + profile.describe_prompt
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,13 @@ class Prompt:
 
 def training_prompt(region: Region, box_format: BoxFormat) -> str:
     """The user turn of every DPO record (LLaMA-Factory placeholder form)."""
-    return PROMPT_TEMPLATE.format(box=box_format.render_box(region.box, region.width, region.height))
+    return prompt_template(box_format).format(box=box_format.render_box(region.box, region.width, region.height))
 
 
 def build_prompt(variant: str, region: Region, box_format: BoxFormat) -> Prompt:
     """A generation prompt of the given variant; images are paths or PIL crops."""
     box = box_format.render_box(region.box, region.width, region.height)
-    ask = _ASK.format(box=box)
+    ask = profile_of(box_format).describe_prompt.format(box=box)
     if variant == "box_text":
         return Prompt(variant, IMAGE_TOKEN + ask, (region.image_path,))
     if variant == "crop":

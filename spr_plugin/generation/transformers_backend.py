@@ -18,7 +18,7 @@ from PIL import Image
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.sanitize import sanitize_answer
-from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
+from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, qwen_resize_rules
 from spr_plugin.families.prompts import Prompt
 from spr_plugin.llamafactory.image import (
     lf_preprocess_image,
@@ -50,16 +50,18 @@ def load_rgb(image: Image.Image | str) -> Image.Image:
         return im.convert("RGB")
 
 
-def load_model_input(image: Image.Image | str, image_max_pixels: int | None, image_min_pixels: int | None) -> Image.Image:
+def load_model_input(
+    image: Image.Image | str, image_max_pixels: int | None, image_min_pixels: int | None, qwen_rules: bool = True
+) -> Image.Image:
     """An RGB image as LLaMA-Factory would hand it to the processor (pre-resized, see :mod:`.lf_image`).
 
     Generation and evaluation must show the model the frame it was trained in; feeding the original
     image would let the processor's ``smart_resize`` pick a different frame for large images.
     """
     if isinstance(image, Image.Image):
-        return lf_preprocess_image(image, image_max_pixels, image_min_pixels)
+        return lf_preprocess_image(image, image_max_pixels, image_min_pixels, qwen_rules)
     with Image.open(image) as im:
-        out = lf_preprocess_image(im, image_max_pixels, image_min_pixels)
+        out = lf_preprocess_image(im, image_max_pixels, image_min_pixels, qwen_rules)
         return out.copy() if out is im else out  # the file closes on return
 
 
@@ -69,8 +71,22 @@ def encode_prompts(processor, prompts: Sequence[Prompt], device: str, image_max_
     Shared by candidate generation and evaluation so both show the model the training-time frame.
     """
     texts = [processor.apply_chat_template(to_chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    images = [load_model_input(img, image_max_pixels, image_min_pixels) for p in prompts for img in p.images]
-    return processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(device)
+    rules = qwen_resize_rules(processor)  # LLaMA-Factory's plugin of the processor's family
+    images = [load_model_input(img, image_max_pixels, image_min_pixels, rules) for p in prompts for img in p.images]
+    inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt", **lf_image_kwargs(processor))
+    return inputs.to(device)
+
+
+def lf_image_kwargs(processor) -> dict:
+    """Image-processor settings LLaMA-Factory's plugin uses where the processor's own call would differ.
+
+    A tiling image processor (InternVL's) is configured with ``crop_to_patches`` in its checkpoint, and LLaMA-Factory
+    (with its default ``crop_to_patches: false``) calls it with that configured value, while the HF processor's call
+    defaults to tiling: without this, generation would see 13 tiles of an image the training saw as one.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    tiling = getattr(image_processor, "crop_to_patches", None)
+    return {} if tiling is None else {"crop_to_patches": bool(tiling)}
 
 
 @dataclass

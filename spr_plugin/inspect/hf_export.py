@@ -14,11 +14,13 @@ carries the facts a trainer needs to show the model the frame the boxes were wri
 recorded them in ``<name>.spr.json`` (:mod:`spr_plugin.llamafactory.recipe_check`; for a dataset spr did not build, the
 values given as ``--box-format`` / ``--image-max-pixels`` / ``--image-min-pixels``, else the build's defaults):
 
-* ``box_format``: ``qwen2_vl`` ([0,1000) grid), ``qwen2_5_vl`` / ``qwen2_5_vl_json`` (resized-input pixels);
+* ``box_format``: ``qwen2_vl`` ([0,1000) grid), ``qwen2_5_vl`` / ``qwen2_5_vl_json`` (resized-input pixels),
+  ``qwen3_vl`` / ``internvl`` / ``glm4v`` ([0,1000] grid);
 * ``image_max_pixels`` / ``image_min_pixels``: LLaMA-Factory's pre-resize bounds (null: no pre-resize),
   which :mod:`spr_plugin.trl.dpo` applies before the processor, as LLaMA-Factory does;
-* ``template``: LLaMA-Factory's chat template for the model family of the box format (``qwen2_vl``);
-* ``prompt_template``: the user turn with ``{box}`` for the query region (:data:`spr_plugin.families.prompts.PROMPT_TEMPLATE`),
+* ``template``: LLaMA-Factory's chat template for the model family of the box format (``qwen2_vl``, ...);
+* ``prompt_template``: the user turn with ``{box}`` for the query region (the family's
+  :func:`spr_plugin.families.prompts.prompt_template`),
   null for a record whose user turn does not follow it (a dataset registered by hand).
 """
 
@@ -39,6 +41,7 @@ from spr_plugin.core.paths import ImageRoots, contained_path
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
+from spr_plugin.families.prompts import prompt_template as family_prompt_template
 from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.recipe_check import meta_path, read_meta
 from spr_plugin.llamafactory.registry import read_dataset_info
@@ -66,12 +69,13 @@ class FrameFacts:
         pre-resize (Qwen2-VL's [0,1000) grid does not depend on it)."""
         return get_box_format(self.box_format, self.frame)
 
-    def columns(self, prompt_template: str | None = PROMPT_TEMPLATE) -> dict[str, Any]:
+    def columns(self, prompt_template: str | None | object = NOT_GIVEN) -> dict[str, Any]:
+        """The rows' columns; ``prompt_template`` defaults to the family's training prompt (None: a foreign prompt)."""
         return {
             "box_format": self.box_format,
             **self.frame.to_dict(),
             "template": profile_of(self.box_format_obj()).template,
-            "prompt_template": prompt_template,
+            "prompt_template": family_prompt_template(self.box_format) if prompt_template is NOT_GIVEN else prompt_template,
         }
 
     @classmethod
@@ -102,12 +106,9 @@ class FrameFacts:
         return facts
 
 
-_TEMPLATE_RE = re.compile(re.escape(PROMPT_TEMPLATE).replace(re.escape("{box}"), ".+?") + r"\Z", re.DOTALL)
-
-
-def follows_prompt_template(prompt_text: str) -> bool:
+def follows_prompt_template(prompt_text: str, template: str = PROMPT_TEMPLATE) -> bool:
     """True if a user turn is SPR's (any box); records registered by hand may ask something else."""
-    return _TEMPLATE_RE.match(prompt_text) is not None
+    return re.match(re.escape(template).replace(re.escape("{box}"), ".+?") + r"\Z", prompt_text, re.DOTALL) is not None
 
 
 def write_parquet(ds, path: Path) -> None:
@@ -239,7 +240,8 @@ def export_hf(
     for i, record in enumerate(records):
         row = trl_row(record, entry, dataset_dir, f"{data_file}:{i + 1}", root)
         user_text = "".join(IMAGE_TOKEN if p["type"] == "image" else p["text"] or "" for p in row["prompt"][-1]["content"])
-        rows.append({**row, **facts.columns(PROMPT_TEMPLATE if follows_prompt_template(user_text) else None)})
+        template = family_prompt_template(facts.box_format)
+        rows.append({**row, **facts.columns(template if follows_prompt_template(user_text, template) else None)})
     features = datasets.Features(
         {
             "prompt": conversation_feature(),

@@ -35,10 +35,14 @@ _MAX_RATIO = 200  # above this aspect ratio smart_resize raises ...
 _CAPPED_RATIO = 180  # ... so the plugin squeezes the long side to this ratio
 
 
-def lf_resize_steps(width: int, height: int, image_max_pixels: int | None, image_min_pixels: int | None) -> list[tuple[int, int]]:
+def lf_resize_steps(
+    width: int, height: int, image_max_pixels: int | None, image_min_pixels: int | None, qwen_rules: bool = True
+) -> list[tuple[int, int]]:
     """The (width, height) of every ``image.resize`` LLaMA-Factory's Qwen2-VL plugin does, in order.
 
     Empty when the image keeps its size. ``None`` for a pixel bound skips that step (no pre-resize).
+    ``qwen_rules=False``: the base plugin's steps only (the pixel bounds), as InternVL's plugin resizes; the Qwen2-VL
+    plugin and its subclasses (Qwen3-VL, GLM-4.xV) add the 28-pixel side and the aspect-ratio cap.
     """
     steps: list[tuple[int, int]] = []
     w, h = width, height
@@ -50,13 +54,13 @@ def lf_resize_steps(width: int, height: int, image_max_pixels: int | None, image
         f = math.sqrt(image_min_pixels / (w * h))
         w, h = int(w * f), int(h * f)
         steps.append((w, h))
-    if min(w, h) < _MIN_SIDE:
+    if qwen_rules and min(w, h) < _MIN_SIDE:
         w, h = max(w, _MIN_SIDE), max(h, _MIN_SIDE)
         steps.append((w, h))
-    if w / h > _MAX_RATIO:
+    if qwen_rules and w / h > _MAX_RATIO:
         w = h * _CAPPED_RATIO
         steps.append((w, h))
-    elif h / w > _MAX_RATIO:  # after the width cap h/w < 1, so LLaMA-Factory's second `if` is this `elif`
+    elif qwen_rules and h / w > _MAX_RATIO:  # after the width cap h/w < 1, so LLaMA-Factory's second `if` is this `elif`
         h = w * _CAPPED_RATIO
         steps.append((w, h))
     # PIL returns a copy for a resize to the current size: such a step changes nothing, drop it.
@@ -67,19 +71,23 @@ def lf_resize_steps(width: int, height: int, image_max_pixels: int | None, image
     return out
 
 
-def lf_image_size(width: int, height: int, image_max_pixels: int | None, image_min_pixels: int | None) -> tuple[int, int]:
+def lf_image_size(
+    width: int, height: int, image_max_pixels: int | None, image_min_pixels: int | None, qwen_rules: bool = True
+) -> tuple[int, int]:
     """(width, height) of an image after LLaMA-Factory's pre-resize, before the HF processor."""
-    steps = lf_resize_steps(width, height, image_max_pixels, image_min_pixels)
+    steps = lf_resize_steps(width, height, image_max_pixels, image_min_pixels, qwen_rules)
     return steps[-1] if steps else (width, height)
 
 
-def lf_preprocess_image(image: Image.Image, image_max_pixels: int | None, image_min_pixels: int | None) -> Image.Image:
+def lf_preprocess_image(
+    image: Image.Image, image_max_pixels: int | None, image_min_pixels: int | None, qwen_rules: bool = True
+) -> Image.Image:
     """``image`` as LLaMA-Factory hands it to the processor: resized step by step, then RGB.
 
     Resizes in the image's own mode before converting, like LLaMA-Factory (``image.resize((w, h))``
     with PIL's default filter). Returns ``image`` itself when nothing changes (size kept, already RGB).
     """
-    for size in lf_resize_steps(image.width, image.height, image_max_pixels, image_min_pixels):
+    for size in lf_resize_steps(image.width, image.height, image_max_pixels, image_min_pixels, qwen_rules):
         image = image.resize(size)
     if image.mode != "RGB":
         image = image.convert("RGB")

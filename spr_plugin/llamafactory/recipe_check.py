@@ -21,7 +21,9 @@ import yaml
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text, dumps
+from spr_plugin.core.options import BOX_FORMATS
 from spr_plugin.core.yaml_safe import load_yaml
+from spr_plugin.families.profiles import get_profile
 from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.shipped_recipes import resolve_recipe, shipped_recipe_names
 
@@ -139,6 +141,14 @@ def check_recipe_frame(recipe_path: str | Path, frame: ImageFrame, what: str) ->
     check_frames(recipe_frame(read_recipe(recipe_path), recipe_path), f"recipe {recipe_path}", frame, what)
 
 
+def _accepted_templates(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The templates a dataset may be trained with: the one it was written for, and those that train its family with
+    the same plugin and answer syntax (Qwen3-VL's thinking and non-thinking templates)."""
+    box_format = meta.get("box_format")
+    others = get_profile(box_format).templates if box_format in BOX_FORMATS else ()
+    return (meta["template"], *(t for t in others if meta["template"] in others))
+
+
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -194,10 +204,16 @@ def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None,
         built = ImageFrame.from_dict(meta["frame"])
         check_frames(frame, source, built, f"dataset {name!r} ({meta_path(directory, name)})")
         template = recipe.get("template")
-        if meta.get("template") and template != meta["template"]:
+        if meta.get("template") and template not in _accepted_templates(meta):
             raise SPRError(
                 f"template mismatch: {source} has template={template} but dataset {name!r} was "
                 f"written for template={meta['template']} ({meta.get('box_format')} boxes)"
+            )
+        box_format = meta.get("box_format")
+        if box_format in BOX_FORMATS and get_profile(box_format).reads_crop_to_patches and recipe.get("crop_to_patches"):
+            raise SPRError(
+                f"tiling mismatch: recipe {recipe_path} has crop_to_patches=true but dataset {name!r} was sampled "
+                "with LLaMA-Factory's default (crop_to_patches=false); remove the key to train in the sampled frame"
             )
         lines.append(f"{name}: frame {built.to_dict()} and template {meta.get('template')} match")
     if all("not built by spr" in line for line in lines):

@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,8 +106,18 @@ def _corpus_lines(extra: Iterable[str]) -> list[str]:
     return (lines + list(extra)) * 3
 
 
-def _train_tokenizer(lines: list[str], vocab_size: int) -> Qwen2TokenizerFast:
-    """Train a byte-level BPE with Qwen2's exact normalizer/pre-tokenizer and wrap it."""
+def _train_tokenizer(
+    lines: list[str],
+    vocab_size: int,
+    special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS,
+    chat_template: str = QWEN2VL_CHAT_TEMPLATE,
+    named_tokens: dict[str, str] | None = None,
+) -> Qwen2TokenizerFast:
+    """Train a byte-level BPE with Qwen2's exact normalizer/pre-tokenizer and wrap it.
+
+    ``special_tokens`` start with pad (``<|endoftext|>``) and include eos (``<|im_end|>``); ``named_tokens`` become
+    named special tokens of the tokenizer (InternVL's processor reads ``tokenizer.start_image_token`` and the like).
+    """
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -126,7 +136,7 @@ def _train_tokenizer(lines: list[str], vocab_size: int) -> Qwen2TokenizerFast:
     trainer = BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -136,14 +146,41 @@ def _train_tokenizer(lines: list[str], vocab_size: int) -> Qwen2TokenizerFast:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        extra_special_tokens=[t for t in QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
+        extra_special_tokens=named_tokens or [t for t in special_tokens if t not in ("<|endoftext|>", "<|im_end|>")],
         model_max_length=32768,
-        chat_template=QWEN2VL_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
-def _args_hash(seed: int, corpus: list[str], hidden_size: int, num_layers: int) -> str:
+def atomic_build(out_dir: str | Path, digest: str, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` in a sibling temp dir and move it to ``out_dir`` with a marker holding ``digest``.
+
+    A finished build with the same digest is reused as it is; a folder that is not a build is never overwritten;
+    an interrupted build never looks complete.
+    """
+    out = Path(out_dir)
+    if is_complete(out, digest):
+        return out
+    if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
+        raise FileExistsError(f"{out} is not empty and is not a tiny-model build; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"hash": digest, "build_version": _BUILD_VERSION}))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _args_hash(seed: int, corpus: list[str], hidden_size: int, num_layers: int, family: str = "qwen2_vl") -> str:
     payload = {"v": _BUILD_VERSION, "seed": seed, "corpus": corpus, "hidden": hidden_size, "layers": num_layers}
+    if family != "qwen2_vl":  # the Qwen2-VL digest stays what it was (cached builds are reused)
+        payload["family"] = family
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
