@@ -216,7 +216,7 @@ class GenerationConfig(SamplingConfig):
     in ``served_model`` (the server back end's :class:`ServerConfig` has the rest).
     """
 
-    model: str | None = setting(None, "local Qwen2-VL checkpoint folder (or hub id if reachable)")
+    model: str | None = setting(None, "local checkpoint folder of the --box-format family (or hub id if reachable)")
     batch_size: int = setting(4, "prompts per batch (openai: at least 4 x --concurrency are in flight)")
     variants: tuple[str, ...] = setting(VARIANTS, "comma-separated prompt variants")
     seed: int = setting(0, "run seed (each prompt's seed derives from it)", cli=False)

@@ -129,3 +129,24 @@ def test_generation_pre_resizes_as_the_family_plugin_of_llamafactory(family):
             theirs = plugin._preprocess_image(image, image_max_pixels=bounds[0], image_min_pixels=bounds[1])
             ours = load_model_input(image, *bounds, qwen_resize_rules(processor))
             assert ours.size == theirs.size and ours.mode == theirs.mode == "RGB", (name, size, bounds)
+
+
+def test_gpu_recipes_are_accepted_by_llamafactory(family, family_datasets, tmp_path):
+    """Every key of the family's GPU recipe parses in LLaMA-Factory (unknown keys raise); only the model, the data
+    folder and the precision are swapped for what this CPU machine has."""
+    import yaml
+    from llamafactory.hparams import get_train_args
+
+    name, model_dir = family
+    stem = {"qwen3_vl": "spr_qwen3vl", "internvl": "spr_internvl", "glm4v": "spr_glm4v"}[name]
+    args = yaml.safe_load((Path(__file__).resolve().parents[1] / f"recipes/{stem}.yaml").read_text())
+    args.update(
+        model_name_or_path=str(model_dir),
+        dataset_dir=str(family_datasets[name]),
+        dataset=f"spr_{name}",
+        bf16=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    _, data_args, _, finetuning_args, _ = get_train_args(args)
+    assert finetuning_args.stage == "dpo" and finetuning_args.pref_loss == "sigmoid"
+    assert data_args.template == get_profile(name).template

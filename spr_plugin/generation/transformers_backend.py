@@ -1,4 +1,4 @@
-"""Candidate generation in process with a local Qwen2-VL checkpoint through transformers.
+"""Candidate generation in process with a local checkpoint (any family of spr_plugin.families) through transformers.
 
 Prompts are batched with left padding (decoder-only generation continues from the right edge) and
 each prompt is sampled ``num_samples`` times in the same ``generate`` call. Memory is bounded by
