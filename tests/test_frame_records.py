@@ -65,7 +65,7 @@ def staged(synthetic_scenes, tmp_path_factory):
         url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
         p = spr("generate", "--regions", work / "r.jsonl", "--out", work / "c.jsonl", "--backend", "openai", "--base-url", url,
                 "--served-model", "tiny", "--num-samples", 3, "--variants", "box_text", "--image-max-pixels", 12544,
-                "--no-progress")  # fmt: skip
+                "--no-progress", "--images", images)  # fmt: skip
         assert p.returncode == 0, p.stderr
     finally:
         httpd.shutdown()
@@ -79,7 +79,8 @@ def test_staged_route_exports_in_the_frame_the_candidates_were_sampled_in(staged
     record = json.loads((staged / "p.jsonl.manifest.json").read_text())["stages"]["pairs"]
     assert record["box_format"] == "qwen2_vl" and record["frame"] == FRAME
     assert record["candidates_record"].endswith("c.jsonl.manifest.json")
-    p = spr("export", "--pairs", staged / "p.jsonl", "--dataset-dir", tmp_path / "data", "--name", "staged")
+    images = json.loads((staged / "r.jsonl").read_text().splitlines()[0])["image_root"]
+    p = spr("export", "--pairs", staged / "p.jsonl", "--dataset-dir", tmp_path / "data", "--name", "staged", "--images", images)
     assert p.returncode == 0, p.stderr
     meta = json.loads((tmp_path / "data" / "staged.spr.json").read_text())
     assert meta["frame"] == FRAME and meta["box_format"] == "qwen2_vl"  # not LLaMA-Factory's default 589824

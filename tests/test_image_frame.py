@@ -125,6 +125,8 @@ def test_export_adopts_the_recipe_frame_for_pairs_without_a_record(built, tmp_pa
         "qwen2_vl",
         "--recipe",
         recipe,
+        "--images",
+        built / "scenes" / "images",
     )
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "data" / "x.spr.json").read_text())["frame"]["image_max_pixels"] == 262144

@@ -105,7 +105,8 @@ def test_page_reports_what_each_side_names_measured_as_the_statistics_measure_it
     from spr_plugin.scoring.mentions import Vocabulary, describe
 
     out = tmp_path / "view"
-    assert run_spr("show", "--pairs", pairs_file, "--out", out, "-n", "2").returncode == 0
+    root = json.loads(pairs_file.read_text().splitlines()[0])["region"]["image_root"]
+    assert run_spr("show", "--pairs", pairs_file, "--out", out, "-n", "2", "--images", root).returncode == 0
     page = html.unescape((out / "index.html").read_text())
     pairs = [PreferencePair.from_dict(json.loads(line)) for line in pairs_file.read_text().splitlines()[:2]]
     fmt, vocab = get_box_format("qwen2_vl"), Vocabulary.of_regions(p.region for p in pairs)

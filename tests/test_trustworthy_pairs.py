@@ -276,7 +276,7 @@ def test_hallucination_penalty_is_a_checked_setting_with_a_flag():
     from spr_plugin.settings import add_flags
 
     for bad in (-0.1, 1.0, float("nan")):
-        with pytest.raises(ConfigError, match="hallucination penalty"):
+        with pytest.raises(ConfigError, match="hallucination.penalty"):
             ScoringConfig(hallucination_penalty=bad)
     parser = argparse.ArgumentParser()
     add_flags(parser, ScoringConfig)

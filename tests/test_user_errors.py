@@ -1,6 +1,7 @@
 """Every user-facing error of the core feeds its bad input here and checks the message names the cause."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -107,6 +108,9 @@ def test_existing_dataset_file_is_not_overwritten(tmp_path, synthetic_scenes):
     data.mkdir()
     (data / "spr_err.jsonl").write_text("precious\n")
     cfg = _build_config(tmp_path, synthetic_scenes, candidates_file=tmp_path / "c.jsonl")
-    with pytest.raises(SPRError, match="already exists.*--overwrite"):
+    with pytest.raises(SPRError, match="already exists and spr did not write it"):
         build_dataset(cfg)
+    assert (data / "spr_err.jsonl").read_text() == "precious\n"
+    with pytest.raises(SPRError, match="already exists and spr did not write it"):  # --overwrite replaces only spr's files
+        build_dataset(replace(cfg, overwrite=True))
     assert (data / "spr_err.jsonl").read_text() == "precious\n"

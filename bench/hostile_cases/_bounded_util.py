@@ -150,6 +150,6 @@ def generate(tmp: Path, srv: _Server, *extra: str) -> tuple[Run, Path]:
     run = spr(
         "generate", "--regions", regions, "--out", out, "--backend", "openai", "--base-url", base_url(srv),
         "--served-model", MODEL, "--num-samples", "2", "--variants", "box_text", "--max-retries", "0",
-        "--no-progress", *extra,
+        "--no-progress", "--images", tmp / "scenes" / "images", *extra,
     )  # fmt: skip
     return run, out

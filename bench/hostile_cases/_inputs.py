@@ -91,3 +91,12 @@ def sampled(tmp: Path, name: str = "ok.jpg") -> tuple[Path, Path, dict]:
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def write_pairs(path: Path, records: list[dict]) -> Path:
+    """A pairs file with the format record ``spr pair`` writes next to it (these cases are about images and values)."""
+    from spr_plugin.core.manifest import record_format
+
+    write_jsonl(path, records)
+    record_format(path, "pairs", "qwen2_vl", {"image_max_pixels": 589824, "image_min_pixels": 1024})
+    return path

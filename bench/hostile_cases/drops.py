@@ -46,7 +46,7 @@ def torn_last_line_of_pairs(tmp: Path) -> None:
     whole = pairs.read_text(encoding="utf-8")
     assert whole.strip(), "no pair to tear"
     pairs.write_text(whole + whole[: len(whole) // 2], encoding="utf-8")
-    run = spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--name", "torn")
+    run = spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--name", "torn", "--images", tmp / "scenes" / "images")
     assert run.rc == 0, run.err[-300:]
     assert f"skipped 1 line of {pairs}" in run.out and f"{pairs}:2: torn last line" in run.out, run.out
 
@@ -93,7 +93,7 @@ def _generate_args(tmp: Path, *extra: str) -> list[str | Path]:
     regions = regions_file(tmp)
     return [
         "generate", "--regions", regions, "--out", tmp / "c.jsonl", "--backend", "openai",
-        "--base-url", "http://127.0.0.1:9/v1", "--served-model", "m", *extra,
+        "--base-url", "http://127.0.0.1:9/v1", "--served-model", "m", "--images", tmp / "scenes" / "images", *extra,
     ]  # fmt: skip
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from PIL import Image
 
 from hostile_cases import HostileCase
-from hostile_cases._inputs import K, coco, picture, sampled, spr, write_jsonl
+from hostile_cases._inputs import K, coco, picture, sampled, spr, write_jsonl, write_pairs
+from spr_plugin.core.manifest import record_format
 
 CLS = "files from elsewhere"
 
@@ -77,7 +78,7 @@ def pair_outside(tmp: Path) -> None:
 def export_outside(tmp: Path) -> None:
     """``spr export`` copies nothing from outside, whatever root the pairs file records."""
     root, evil, _ = _evil_region(tmp)
-    pairs = write_jsonl(tmp / "evil.jsonl", [_pair(evil)])
+    pairs = write_pairs(tmp / "evil.jsonl", [_pair(evil)])
     spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--images", root).one_line_error("points outside")
     spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data").one_line_error("no --images given")
     _nothing_in(tmp / "data")
@@ -95,7 +96,7 @@ def export_grpo_outside(tmp: Path) -> None:
 def show_outside(tmp: Path) -> None:
     """``spr show`` renders nothing from outside (its PNGs may be shared)."""
     root, evil, _ = _evil_region(tmp)
-    pairs = write_jsonl(tmp / "evil.jsonl", [_pair(evil)])
+    pairs = write_pairs(tmp / "evil.jsonl", [_pair(evil)])
     spr("show", "--pairs", pairs, "--out", tmp / "view", "--images", root).one_line_error("points outside")
     assert not list((tmp / "view").glob("*.png")) if (tmp / "view").exists() else True
 
@@ -136,8 +137,8 @@ def symlink_escape(tmp: Path) -> None:
     (secret.parent / "sub").mkdir()
     (root / "link").symlink_to(secret.parent / "sub", target_is_directory=True)
     (root / "direct").symlink_to(secret)
-    for path, fragment in ((root / "direct", "is a link to"), (f"{root}/link/../secret.jpg", "image not found")):
-        pairs = write_jsonl(tmp / "evil.jsonl", [_pair({**region, "image_path": str(path)})])
+    for path, fragment in ((root / "direct", "is a link to"), (f"{root}/link/../secret.jpg", "missing image")):
+        pairs = write_pairs(tmp / "evil.jsonl", [_pair({**region, "image_path": str(path)})])
         spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--images", root).one_line_error(fragment)
     _nothing_in(tmp / "data")
 
@@ -170,6 +171,7 @@ def hand_edited_values(tmp: Path) -> None:
             regions.write_text(regions.read_text().replace("Infinity", "1e999"))
         pairs = tmp / "bad_pairs.jsonl"
         pairs.write_text(json.dumps(_pair(bad)).replace("Infinity", "1e999") + "\n")
+        record_format(pairs, "pairs", "qwen2_vl", {"image_max_pixels": 589824, "image_min_pixels": 1024})
         cands = write_jsonl(tmp / "c.jsonl", [{"region_id": region["region_id"], "text": "a block"}])
         runs = [
             spr("generate", "--regions", regions, "--out", tmp / "c_out.jsonl", "--model", tmp / "m", "--images", root),

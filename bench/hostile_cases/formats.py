@@ -178,7 +178,9 @@ def a_hand_edited_record(tmp: Path) -> None:
 
 def export_hf_in_another_box_format(tmp: Path) -> None:
     _stage(tmp)
-    code, err = _spr("export", "--pairs", tmp / "p.jsonl", "--dataset-dir", tmp / "data", "--name", "ds")
+    code, err = _spr(
+        "export", "--pairs", tmp / "p.jsonl", "--dataset-dir", tmp / "data", "--name", "ds", "--images", tmp / "scenes" / "images"
+    )
     assert code == 0, err
     result = _spr("export-hf", "--dataset-dir", tmp / "data", "--name", "ds", "--out", tmp / "hf", "--box-format", "qwen2_5_vl")
     _refused(result, "box_format=qwen2_vl", "qwen2_5_vl")
@@ -192,17 +194,21 @@ def show_in_another_box_format(tmp: Path) -> None:
     result = _spr("show", "--pairs", tmp / "p.jsonl", "--out", tmp / "view", "--box-format", "qwen2_5_vl")
     _refused(result, "scored in box format qwen2_vl", "--box-format says qwen2_5_vl")
     assert not (tmp / "view").exists()
-    code, err = _spr("show", "--pairs", tmp / "p.jsonl", "--out", tmp / "view", "-n", 1)  # its own format: drawn
+    code, err = _spr(
+        "show", "--pairs", tmp / "p.jsonl", "--out", tmp / "view", "-n", 1, "--images", tmp / "scenes" / "images"
+    )  # its own format: drawn
     assert code == 0, err
 
 
 def reexport_of_a_dataset_pairs_file_keeps_its_record(tmp: Path) -> None:
     _stage(tmp)
-    code, err = _spr("export", "--pairs", tmp / "p.jsonl", "--dataset-dir", tmp / "data", "--name", "ds")
+    code, err = _spr(
+        "export", "--pairs", tmp / "p.jsonl", "--dataset-dir", tmp / "data", "--name", "ds", "--images", tmp / "scenes" / "images"
+    )
     assert code == 0, err
     again = ("export", "--pairs", tmp / "data" / "ds.pairs.jsonl", "--dataset-dir", tmp / "d2", "--name", "ds")
     _refused(_spr(*again, "--box-format", "qwen2_5_vl"), "scored in box format qwen2_vl", "ds.spr.json")
-    code, err = _spr(*again)
+    code, err = _spr(*again, "--images", tmp / "scenes" / "images")
     assert code == 0, err
     assert json.loads((tmp / "d2" / "ds.spr.json").read_text())["frame"]["image_max_pixels"] == 12544
 
