@@ -58,7 +58,7 @@ def test_family_builds_trains_evaluates_and_exports(name, request, tmp_path):
 
     # the tiny model's own samples: the family's processor, chat template and three prompt variants
     sampled = tmp_path / "sampled.jsonl"
-    proc = run_spr("generate", "--regions", regions, "--out", sampled, "--model", model, "--box-format", name,
+    proc = run_spr("generate", "--regions", regions, "--out", sampled, "--images", images, "--model", model, "--box-format", name,
                    "--num-samples", "2", "--max-new-tokens", "8", "--image-max-pixels", frame, "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
