@@ -55,14 +55,14 @@ sys.path[:0] = [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path
 from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
 from data_builders.warmup import grounded_answer  # noqa: E402
 from spr_plugin.core.errors import SPRError  # noqa: E402
+from spr_plugin.core.frame import ImageFrame, lf_preprocess_image  # noqa: E402
 from spr_plugin.core.records import Box, Region  # noqa: E402
+from spr_plugin.core.sharegpt import ranking_record, sft_record  # noqa: E402
 from spr_plugin.evaluation.rec import RecConfig, default_prompt, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import training_prompt  # noqa: E402
-from spr_plugin.llamafactory.image import ImageFrame, lf_preprocess_image  # noqa: E402
 from spr_plugin.llamafactory.registry import chosen_sft_entry, ranking_entry, register_datasets  # noqa: E402
-from spr_plugin.llamafactory.sharegpt import ranking_record, sft_record  # noqa: E402
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions  # noqa: E402
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
 from data_builders.warmup import warmup_sft
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR
 from spr_plugin.llamafactory.train import run_train
 from spr_plugin.pipeline import BuildConfig, BuildSummary, build_dataset

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.sharegpt import sft_record
 from spr_plugin.families.box_formats import Qwen2VLFormat
 from spr_plugin.families.prompts import training_prompt
 from spr_plugin.llamafactory.registry import chosen_sft_entry, register_dataset
-from spr_plugin.llamafactory.sharegpt import sft_record
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 

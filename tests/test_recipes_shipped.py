@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from helpers import run_spr as spr
-from spr_plugin.llamafactory.image import ImageFrame, lf_preprocess_image
+from spr_plugin.core.frame import ImageFrame, lf_preprocess_image
 from spr_plugin.llamafactory.recipe_check import recipe_settings
 from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, shipped_files, shipped_recipe_names
 

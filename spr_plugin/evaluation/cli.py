@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import add_pre_resize_args
 from spr_plugin.evaluation.config import RecConfig, RegionEvalConfig
-from spr_plugin.llamafactory.image import add_pre_resize_args
 from spr_plugin.settings import add_flags, from_args
 
 
@@ -72,7 +72,7 @@ def _results_manifest(out: Path, inputs: dict, fresh: bool):
 def check_eval_frame(a: argparse.Namespace) -> None:
     """The evaluation's frame, resolved before loading anything: the flags, else the recipe's or the dataset's
     (``--recipe``, ``--dataset-dir/--name``), else LLaMA-Factory's default; any two that differ are refused."""
-    from spr_plugin.llamafactory.image import ImageFrame
+    from spr_plugin.core.frame import ImageFrame
     from spr_plugin.llamafactory.recipe_check import adopt_frame, meta_path, read_meta, recipe_source
 
     sources = recipe_source(a.recipe)
@@ -150,15 +150,7 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
     from spr_plugin.evaluation.model import load_model
     from spr_plugin.evaluation.region import evaluate_region
     from spr_plugin.evaluation.report import region_table, write_json
-    from spr_plugin.regions.sampling import (
-        RegionConfig,
-        RegionStats,
-        check_images_found,
-        load_coco,
-        read_regions,
-        require_regions,
-        sample_regions,
-    )
+    from spr_plugin.regions.sampling import RegionConfig, read_regions, sample_regions_stage
 
     require_writable_file(a.out, "--out")
     check_eval_inputs(a)
@@ -175,11 +167,8 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
         if a.annotations is None or a.images is None:
             raise SPRError("give --regions FILE, or --annotations and --images to sample held-out query regions")
         rc = RegionConfig(k=a.k, regions_per_image=a.regions_per_image, max_regions=a.limit, seed=a.seed)
-        coco = load_coco(a.annotations)
-        check_images_found(coco, a.images)
-        stats = RegionStats()
-        regions, source = list(sample_regions(coco, a.images, rc, stats)), str(a.annotations)
-        require_regions(regions, stats, a.annotations)  # says why (missing images, too few objects, ...)
+        regions, _ = sample_regions_stage(rc, a.annotations, a.images)  # says why none (missing images, too few objects)
+        source = str(a.annotations)
         data_inputs = {"annotations": file_digest(a.annotations), "images": os.path.abspath(a.images), "sampling": rc.__dict__}
     if a.limit is not None:
         regions = regions[: a.limit]

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.records import Region
 from spr_plugin.evaluation.config import RegionEvalConfig
 from spr_plugin.evaluation.metrics import RegionSummary, region_summary
@@ -23,7 +24,6 @@ from spr_plugin.evaluation.runner import decoding_settings, run_resumable
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import Prompt, training_prompt
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.scoring.localization import ignored_overlap, iou_matrix, match_hungarian
 
 

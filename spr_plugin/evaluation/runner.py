@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
 from spr_plugin.evaluation.model import LoadedModel
 from spr_plugin.families.prompts import Prompt
 from spr_plugin.generation.transformers_backend import clean_output, encode_prompts
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 
 
 def generate_greedy(

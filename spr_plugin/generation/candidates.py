@@ -15,7 +15,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,21 +34,6 @@ from spr_plugin.families.prompts import Prompt, build_prompt
 from spr_plugin.generation.transformers_backend import GenerationConfig
 
 logger = logging.getLogger(__name__)
-
-
-def sanitize_candidates(
-    candidates: Iterable[Candidate], box_format: BoxFormat, stats: SanitizeStats | None = None
-) -> list[Candidate]:
-    """Candidates as they may enter scoring and training data: cut at an end-of-turn token, every special
-    token except ``box_format``'s own grounding tokens removed (see :mod:`spr_plugin.core.sanitize`), counted."""
-    keep = profile_of(box_format).kept_tokens
-    out = []
-    for cand in candidates:
-        text, removed = sanitize_answer(cand.text, keep)
-        if stats is not None:
-            stats.add("candidates", removed)
-        out.append(cand if text == cand.text else replace(cand, text=text))
-    return out
 
 
 def read_candidates(path: str | os.PathLike, *, allow_empty: bool = False, skipped: list[str] | None = None) -> list[Candidate]:

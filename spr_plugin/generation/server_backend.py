@@ -40,16 +40,16 @@ from typing import Any
 from PIL import Image
 
 from spr_plugin.core.errors import PartialBatchError, SPRError
-from spr_plugin.core.images import has_orientation_tag
-from spr_plugin.families.prompts import Prompt
-from spr_plugin.generation.transformers_backend import clean_output
-from spr_plugin.llamafactory.image import (
+from spr_plugin.core.frame import (
     DEFAULT_IMAGE_MAX_PIXELS,
     DEFAULT_IMAGE_MIN_PIXELS,
     lf_preprocess_image,
     lf_resize_steps,
 )
-from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
+from spr_plugin.core.images import has_orientation_tag
+from spr_plugin.core.sharegpt import IMAGE_TOKEN
+from spr_plugin.families.prompts import Prompt
+from spr_plugin.generation.transformers_backend import clean_output
 from spr_plugin.settings import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def to_openai_messages(
 ) -> list[dict[str, Any]]:
     """The prompt as one user message; ``<image>`` placeholders become ``image_url`` parts in place.
 
-    Images are pre-resized like LLaMA-Factory does at training time (:mod:`spr_plugin.llamafactory.image`).
+    Images are pre-resized like LLaMA-Factory does at training time (:mod:`spr_plugin.core.frame`).
     """
     pieces = prompt.text.split(IMAGE_TOKEN)
     if len(pieces) - 1 != len(prompt.images):

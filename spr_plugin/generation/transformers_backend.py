@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.sanitize import sanitize_answer
-from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, qwen_resize_rules
-from spr_plugin.families.prompts import Prompt
-from spr_plugin.llamafactory.image import (
+from spr_plugin.core.frame import (
     lf_preprocess_image,
 )
-from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
+from spr_plugin.core.sanitize import sanitize_answer
+from spr_plugin.core.sharegpt import IMAGE_TOKEN
+from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, qwen_resize_rules
+from spr_plugin.families.prompts import Prompt
 from spr_plugin.settings import GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -192,5 +192,5 @@ def resolve_device(device: str) -> str:
 
 def clean_output(text: str) -> str:
     """The answer without the chat end marker, padding, media and chat tokens (Qwen's box and reference
-    tokens stay; :func:`spr_plugin.generation.candidates.sanitize_candidates` narrows that to the run's box format)."""
+    tokens stay; :func:`spr_plugin.scoring.stage.sanitize_candidates` narrows that to the run's box format)."""
     return sanitize_answer(text, KNOWN_GROUNDING_TOKENS)[0]

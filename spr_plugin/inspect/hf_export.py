@@ -33,19 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import NOT_GIVEN, ImageFrame
 from spr_plugin.core.images import raw_frame_bytes, require_image
 from spr_plugin.core.jsonl import read_dataset_records
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.owned import new_temp
 from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 from spr_plugin.families.prompts import prompt_template as family_prompt_template
-from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.recipe_check import meta_path, read_meta
 from spr_plugin.llamafactory.registry import read_dataset_info
-from spr_plugin.llamafactory.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS
 
 
 @dataclass(frozen=True)
