@@ -52,12 +52,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
-from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
-from data_builders.warmup import grounded_answer  # noqa: E402
 from spr_plugin.core.errors import SPRError  # noqa: E402
 from spr_plugin.core.frame import ImageFrame, lf_preprocess_image  # noqa: E402
 from spr_plugin.core.records import Box, Region  # noqa: E402
 from spr_plugin.core.sharegpt import ranking_record, sft_record  # noqa: E402
+from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
+from spr_plugin.demo.warmup import grounded_answer  # noqa: E402
 from spr_plugin.evaluation.rec import RecConfig, default_prompt, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
@@ -259,7 +259,7 @@ def assert_one_frame(grids: dict[str, list[int]]) -> None:
 
 def build_init(out: Path, seed: int, cfg: StudyConfig) -> Path:
     """A random tiny Qwen2-VL with the study's rope_theta and a 36-token image budget."""
-    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl, set_image_budget
+    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl, set_image_budget
 
     init = build_tiny_qwen2vl(
         out, seed=seed, corpus=[*CATEGORY_NAMES, *SCENE_WORDS], hidden_size=cfg.hidden_size, num_layers=cfg.num_layers

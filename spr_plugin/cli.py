@@ -286,7 +286,7 @@ def cmd_recipes(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from data_builders.demo import DemoConfig, run_demo
+    from spr_plugin.demo.run import DemoConfig, run_demo
     from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, resolve_recipe
 
     run_demo(

@@ -23,6 +23,7 @@ from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.frame import lf_image_size, lf_preprocess_image, lf_resize_steps
 from spr_plugin.core.records import Box
 from spr_plugin.core.sharegpt import IMAGE_TOKEN
+from spr_plugin.demo.tiny_model import MAX_PIXELS, MIN_PIXELS
 from spr_plugin.evaluation.model import load_model
 from spr_plugin.evaluation.rec import RecConfig, evaluate_rec
 from spr_plugin.evaluation.rec_data import RecItem, write_rec_jsonl
@@ -35,7 +36,6 @@ from spr_plugin.generation.server_backend import to_openai_messages
 from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
 from spr_plugin.llamafactory.recipe_check import adopt_frame
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
-from spr_plugin.testing.tiny_model import MAX_PIXELS, MIN_PIXELS
 
 LF_DEFAULT = (768 * 768, 32 * 32)
 # Below the tiny processor's max_pixels (28*28*16), so smart_resize keeps the pre-resize's effect visible.
