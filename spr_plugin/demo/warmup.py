@@ -4,8 +4,8 @@ Why: SPR samples several grounded descriptions per region, parses their boxes an
 freshly initialised model emits byte soup, so nothing would parse and no preference pair could be
 built. A short full-parameter SFT on ground-truth descriptions of synthetic scenes teaches it the
 Qwen2-VL grounding syntax (a label in its reference tokens, then its box in box tokens, written by
-:class:`~spr_plugin.families.box_formats.Qwen2VLFormat`; coordinates in Qwen2-VL's [0,1000) grid). Sampling at temperature 1 then yields
-parseable but varied, imperfect boxes -- exactly what the scorer needs to separate best from worst.
+:class:`~spr_plugin.families.box_formats.Qwen2VLFormat`; coordinates in Qwen2-VL's [0,1000) grid). Sampling at temperature 1
+then yields parseable but varied, imperfect boxes -- exactly what the scorer needs to separate best from worst.
 
 Training goes through ``llamafactory-cli train`` (not an in-process call) so the demo exercises the
 same entry point users run, and so LLaMA-Factory's global state cannot leak into the caller.
