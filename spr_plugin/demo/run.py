@@ -23,7 +23,8 @@ from spr_plugin.core.frame import ImageFrame
 from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes
 from spr_plugin.demo.tiny_model import build_tiny_qwen2vl
 from spr_plugin.demo.warmup import warmup_sft
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.generation.backends import make_generator
+from spr_plugin.generation.transformers_backend import GenerationConfig
 from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR
 from spr_plugin.llamafactory.train import run_train
 from spr_plugin.pipeline import BuildConfig, BuildSummary, build_dataset
@@ -118,7 +119,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         generation=gen,
         overwrite=True,
     )
-    summary = build_dataset(build, TransformersGenerator(gen))
+    summary = build_dataset(build, make_generator(gen))
     logger.info("pairs: %s", json.dumps(summary.pairs.to_dict()))
 
     adapter, loss = None, None

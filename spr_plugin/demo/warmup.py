@@ -24,7 +24,7 @@ from spr_plugin.families.box_formats import Qwen2VLFormat
 from spr_plugin.families.prompts import training_prompt
 from spr_plugin.llamafactory.registry import chosen_sft_entry, register_dataset
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml
-from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.regions.sampling import RegionConfig, sample_regions_stage
 
 DATASET_NAME = "spr_warmup_sft"
 
@@ -65,7 +65,8 @@ def write_sft_dataset(
     fmt = Qwen2VLFormat()
     config = RegionConfig(k=min_objects - 1, regions_per_image=regions_per_image, seed=seed)
     records: list[dict[str, Any]] = []
-    for region in sample_regions(load_coco(scenes_json), image_root, config):
+    regions, _ = sample_regions_stage(config, scenes_json, image_root)  # the regions stage every command runs
+    for region in regions:
         # Members left to right: a fixed order is easy for a tiny model to learn.
         members = sorted(region.objects, key=lambda o: (o.box.x1, o.box.y1))
         w, h = region.width, region.height

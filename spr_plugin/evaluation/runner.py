@@ -17,13 +17,12 @@ from typing import Any
 
 from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
-from spr_plugin.evaluation.model import LoadedModel
 from spr_plugin.families.prompts import Prompt
-from spr_plugin.generation.transformers_backend import clean_output, encode_prompts
+from spr_plugin.generation.model_runner import ModelRunner
 
 
 def generate_greedy(
-    loaded: LoadedModel,
+    loaded: ModelRunner,
     prompts: Sequence[Prompt],
     max_new_tokens: int,
     *,
@@ -35,17 +34,10 @@ def generate_greedy(
     Images get LLaMA-Factory's pre-resize first (``image_max_pixels``/``image_min_pixels``, None = none),
     so the model is evaluated in the frame it was trained in and answers are parsed in.
     """
-    import torch
-
-    proc = loaded.processor
-    inputs = encode_prompts(proc, prompts, loaded.device, image_max_pixels, image_min_pixels)
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=proc.tokenizer.pad_token_id
-        )
-    new = out[:, inputs["input_ids"].shape[1] :]
-    decoded = proc.batch_decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return [clean_output(t) for t in decoded]
+    answers, _ = loaded.generate(
+        prompts, max_new_tokens=max_new_tokens, image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels
+    )
+    return answers
 
 
 def decoding_settings(config: Any) -> dict[str, Any]:
@@ -65,7 +57,7 @@ def run_resumable(
     ids: Sequence[str],
     make_prompt: Callable[[int], Prompt],
     score: Callable[[int, str], dict[str, Any]],
-    loaded: LoadedModel,
+    loaded: ModelRunner,
     results_path: str | os.PathLike,
     *,
     batch_size: int = 8,
