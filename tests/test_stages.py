@@ -64,3 +64,16 @@ def test_generation_and_evaluation_run_the_same_model_runner(tiny_qwen2vl: Path,
     loaded = load_model(tiny_qwen2vl)
     assert isinstance(loaded, ModelRunner) and loaded.name == str(tiny_qwen2vl)
     assert generate_greedy(loaded, prompts, 12) == sampled
+
+
+def test_one_resumable_results_file_keeps_finished_keys_and_drops_a_torn_line(tmp_path: Path) -> None:
+    from spr_plugin.core.resumable import ResumableJsonl
+
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"id": "a", "v": 1}\n{"id": "b", "v": 2}\n{"id": "c", "v"')  # killed mid-line
+    results = ResumableJsonl(path, lambda r: str(r["id"]), lambda d: d, what="result")
+    assert set(results.done) == {"a", "b"}
+    with results as sink:
+        sink.write({"id": "c", "v": 3}, {"id": "c", "v": 3})
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
+    assert set(ResumableJsonl(path, lambda r: str(r["id"]), lambda d: d, what="result").done) == {"a", "b", "c"}

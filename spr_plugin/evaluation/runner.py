@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
-from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
+from spr_plugin.core.resumable import ResumableJsonl
 from spr_plugin.families.prompts import Prompt
 from spr_plugin.generation.model_runner import ModelRunner
 
@@ -46,13 +45,6 @@ def decoding_settings(config: Any) -> dict[str, Any]:
     return {"do_sample": False, **{k: getattr(config, k) for k in keys}}
 
 
-def read_done(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Finished per-item results of an earlier (maybe interrupted) run, by id."""
-    if not Path(path).is_file():
-        return {}
-    return {str(r["id"]): r for r in read_jsonl(path, lambda d: d, what="result")}
-
-
 def run_resumable(
     ids: Sequence[str],
     make_prompt: Callable[[int], Prompt],
@@ -74,10 +66,11 @@ def run_resumable(
     """
     from tqdm.auto import tqdm
 
-    done = read_done(results_path)
+    results = ResumableJsonl(results_path, lambda r: str(r["id"]), lambda d: d, what="result")
+    done = results.done
     todo = [i for i, item_id in enumerate(ids) if item_id not in done]
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc=desc, unit="item", disable=not progress)
-    with JsonlAppender(results_path) as out:
+    with results as out:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             prompts = [make_prompt(i) for i in chunk]
@@ -86,8 +79,7 @@ def run_resumable(
             )
             for i, answer in zip(chunk, answers):
                 rec = {"id": ids[i], **score(i, answer)}
-                out.write(rec)
-                done[ids[i]] = rec
+                out.write(rec, rec)
             bar.update(len(chunk))
     bar.close()
     return [done[item_id] for item_id in ids], len(ids) - len(todo)
