@@ -46,7 +46,7 @@ from spr_plugin.regions.annotations import (
 from spr_plugin.settings import RegionConfig
 
 __all__ = [
-    "RegionConfig", "RegionStats", "load_coco", "sample_regions", "grow_region", "require_regions",
+    "RegionConfig", "RegionStats", "load_coco", "sample_regions", "sample_regions_stage", "grow_region", "require_regions",
     "check_images_found", "read_regions", "clean_region",
 ]  # fmt: skip
 
