@@ -6,7 +6,7 @@ configuration's pairs with the default (``text``, no grounder): per region, is t
 same, the rejected one, both?
 
 Input: ``--regions`` + ``--candidates`` (default: the demo's ``runs/demo/work`` files if they exist,
-otherwise a small set rendered here with ``data_builders.synthetic`` and candidates like the tests').
+otherwise a small set rendered here with ``spr_plugin.demo.scenes`` and candidates like the tests').
 Models: ``--clip-model`` and ``--grounder`` folders; without them tiny **random** CLIP and Grounding
 DINO checkpoints are built in ``--out/models`` so the code paths run offline, and then the numbers say
 nothing about CLIP or Grounding DINO: the output says so.
@@ -51,8 +51,8 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, str]:
     if (DEMO / "regions.jsonl").exists() and (DEMO / "candidates.jsonl").exists():
         return DEMO / "regions.jsonl", DEMO / "candidates.jsonl", f"demo run ({DEMO})"
     from candidates_factory import write_candidates
-    from data_builders.synthetic import render_scenes
     from spr_plugin.core.jsonl import atomic_write_jsonl
+    from spr_plugin.demo.scenes import render_scenes
     from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
     root = args.out / "scenes"

@@ -47,8 +47,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     a = ap.parse_args()
 
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
-    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes
+    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl
 
     work = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     model = a.model or (WARM if (WARM / "model.safetensors").is_file() else None)

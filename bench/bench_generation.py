@@ -36,7 +36,7 @@ from spr_plugin.generation.transformers_backend import GenerationConfig, Transfo
 
 
 def _regions(n_images: int, work: Path):
-    from data_builders.synthetic import render_scenes
+    from spr_plugin.demo.scenes import render_scenes
     from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
     coco = render_scenes(work / "scenes", n_images=n_images, seed=0)
@@ -106,8 +106,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_generation_"))
     model = a.model
     if model is None:
-        from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
-        from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
+        from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS
+        from spr_plugin.demo.tiny_model import build_tiny_qwen2vl
 
         model = str(build_tiny_qwen2vl(work / "tiny-qwen2vl", corpus=[*CATEGORY_NAMES, *SCENE_WORDS]))
     regions = _regions(a.images, work)

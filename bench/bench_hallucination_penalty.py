@@ -57,7 +57,7 @@ FMT = get_box_format("qwen2_vl")
 
 
 def shape_regions(n: int, seed: int) -> tuple[list[Region], list[str]]:
-    from data_builders.synthetic import CATEGORY_NAMES, render_scenes
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, render_scenes
     from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
     root = Path(tempfile.mkdtemp(prefix="bench_halluc_"))

@@ -35,8 +35,8 @@ FRAME = 12544
 def prepare(root: Path) -> tuple[Path, Path, Path]:
     """(tiny model, DPO parquet, GRPO prompt parquet) built with the CLI users run."""
     from candidates_factory import write_candidates
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
-    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes
+    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl
 
     spr = [sys.executable, "-m", "spr_plugin.cli"]
     model = build_tiny_qwen2vl(root / "tiny", corpus=[*CATEGORY_NAMES, *SCENE_WORDS])

@@ -39,7 +39,7 @@ FILLERS = ("The region shows", "I can see", "In this area there are", "This part
 
 def synthetic_candidates(n_images: int, per_region: int, seed: int = 0) -> tuple[list[Region], list[Candidate]]:
     """Rendered scenes -> regions -> grounded descriptions with jittered, missing and invented boxes."""
-    from data_builders.synthetic import render_scenes
+    from spr_plugin.demo.scenes import render_scenes
     from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
     root = Path(tempfile.mkdtemp(prefix="bench_scoring_"))

@@ -52,19 +52,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
-from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
-from data_builders.warmup import grounded_answer  # noqa: E402
 from spr_plugin.core.errors import SPRError  # noqa: E402
+from spr_plugin.core.frame import ImageFrame, lf_preprocess_image  # noqa: E402
 from spr_plugin.core.records import Box, Region  # noqa: E402
+from spr_plugin.core.sharegpt import ranking_record, sft_record  # noqa: E402
+from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
+from spr_plugin.demo.warmup import grounded_answer  # noqa: E402
 from spr_plugin.evaluation.rec import RecConfig, default_prompt, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import training_prompt  # noqa: E402
-from spr_plugin.llamafactory.image import ImageFrame, lf_preprocess_image  # noqa: E402
 from spr_plugin.llamafactory.registry import chosen_sft_entry, ranking_entry, register_datasets  # noqa: E402
-from spr_plugin.llamafactory.sharegpt import ranking_record, sft_record  # noqa: E402
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
-from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions  # noqa: E402
+from spr_plugin.regions.sampling import RegionConfig, sample_regions_stage  # noqa: E402
 
 logger = logging.getLogger("effect_study")
 
@@ -193,7 +193,7 @@ def rec_items(js: Path) -> list[RecItem]:
 
 def regions_of(js: Path, seed: int = 0) -> list[Region]:
     """The query region of each two-shape scene: both shapes (a region holds more than k=1 objects)."""
-    return list(sample_regions(load_coco(js), js.parent / "images", RegionConfig(k=1, regions_per_image=1, seed=seed)))
+    return sample_regions_stage(RegionConfig(k=1, regions_per_image=1, seed=seed), js, js.parent / "images")[0]
 
 
 def region_answer(region: Region, scale: float = 1.0) -> str:
@@ -259,7 +259,7 @@ def assert_one_frame(grids: dict[str, list[int]]) -> None:
 
 def build_init(out: Path, seed: int, cfg: StudyConfig) -> Path:
     """A random tiny Qwen2-VL with the study's rope_theta and a 36-token image budget."""
-    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl, set_image_budget
+    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl, set_image_budget
 
     init = build_tiny_qwen2vl(
         out, seed=seed, corpus=[*CATEGORY_NAMES, *SCENE_WORDS], hidden_size=cfg.hidden_size, num_layers=cfg.num_layers
@@ -414,7 +414,8 @@ PAIR_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 
 def stage_pairs(cfg: StudyConfig, variant: str) -> None:
     """SPR pairs with spr_plugin's build pipeline: sampled once per base, rescored for every other variant."""
-    from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+    from spr_plugin.generation.backends import make_generator
+    from spr_plugin.generation.transformers_backend import GenerationConfig
     from spr_plugin.pipeline import BuildConfig, build_dataset
     from spr_plugin.scoring.pairing import PairingConfig
     from spr_plugin.scoring.scorer import ScoringConfig
@@ -456,7 +457,7 @@ def stage_pairs(cfg: StudyConfig, variant: str) -> None:
         progress=False,
         frame=FRAME,
     )
-    build_dataset(build, TransformersGenerator(gen) if gen else None)
+    build_dataset(build, make_generator(gen) if gen else None)
 
 
 def write_gt_sft(cfg: StudyConfig) -> Path:

@@ -38,15 +38,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
-from spr_plugin.evaluation.model import LoadedModel  # noqa: E402
+from spr_plugin.core.frame import ImageFrame, lf_preprocess_image  # noqa: E402
+from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
+from spr_plugin.demo.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
 from spr_plugin.evaluation.rec import RecConfig, default_prompt, evaluate_rec, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import Prompt  # noqa: E402
+from spr_plugin.generation.model_runner import ModelRunner  # noqa: E402
 from spr_plugin.generation.transformers_backend import load_rgb, to_chat_messages  # noqa: E402
-from spr_plugin.llamafactory.image import ImageFrame, lf_preprocess_image  # noqa: E402
-from spr_plugin.testing.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
 
 HIDDEN_EXPRESSION = "the shape"
 
@@ -114,7 +114,7 @@ def evaluate(model, proc, name: str, items: list[RecItem], out: Path, step: int,
     asked = [dataclasses.replace(t, expression=HIDDEN_EXPRESSION) for t in items] if hide_label else items
     path = out / f"eval_{step}.jsonl"
     path.unlink(missing_ok=True)
-    report = evaluate_rec(asked, LoadedModel(model, proc, name, None), RecConfig(batch_size=32), path, progress=False)
+    report = evaluate_rec(asked, ModelRunner(model, proc, name, None), RecConfig(batch_size=32), path, progress=False)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     summary = report.to_dict()["summary"]
     summary |= {

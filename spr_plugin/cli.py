@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import add_pre_resize_args
 from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
-from spr_plugin.llamafactory.image import add_pre_resize_args
 from spr_plugin.settings import BuildConfig, PairingConfig, RegionConfig, ScoringConfig, add_flags, from_args
 
 logger = logging.getLogger("spr")
@@ -92,16 +92,12 @@ def _generation_config(a: argparse.Namespace, seed: int):
 def cmd_regions(a: argparse.Namespace) -> int:
     from spr_plugin.core.jsonl import atomic_write_jsonl
     from spr_plugin.core.preflight import require_not_input, require_writable_file
-    from spr_plugin.regions.sampling import RegionStats, check_images_found, load_coco, require_regions, sample_regions
+    from spr_plugin.regions.sampling import sample_regions_stage
 
     config = _region_config(a)
     require_writable_file(a.out, "--out")
     require_not_input(a.out, [a.annotations], "--out")
-    coco = load_coco(a.annotations)
-    check_images_found(coco, a.image_root)
-    stats = RegionStats()
-    regions = list(sample_regions(coco, a.image_root, config, stats, progress=True))
-    require_regions(regions, stats, a.annotations)
+    regions, stats = sample_regions_stage(config, a.annotations, a.image_root, progress=True)
     atomic_write_jsonl(a.out, [r.to_dict() for r in regions])
     print(json.dumps(stats.to_dict()))
     return 0
@@ -117,8 +113,8 @@ def _adopt_candidates_format(a: argparse.Namespace, files) -> list:
     """The box format and frame candidate files record (``spr generate`` / ``spr merge``): ``a.box_format`` is set to
     it (a different ``--box-format`` is refused) and the frame is returned as a source for ``adopt_frame``. Files
     without a record (hand-made: a documented input) are read in the command line's format, default qwen2_vl."""
+    from spr_plugin.core.frame import ImageFrame
     from spr_plugin.generation.candidates import candidates_format
-    from spr_plugin.llamafactory.image import ImageFrame
 
     recorded = candidates_format(files or [])
     if recorded is None:
@@ -140,12 +136,11 @@ def cmd_pair(a: argparse.Namespace) -> int:
     from spr_plugin.core.preflight import require_not_input, require_writable_file
     from spr_plugin.core.sanitize import SanitizeStats
     from spr_plugin.families.profiles import get_box_format
-    from spr_plugin.generation.candidates import merge_candidates, sanitize_candidates
+    from spr_plugin.generation.candidates import merge_candidates
     from spr_plugin.llamafactory.recipe_check import adopt_frame
     from spr_plugin.regions.sampling import read_regions
-    from spr_plugin.scoring.factory import build_candidate_scorer
     from spr_plugin.scoring.semantic import check_text_model
-    from spr_plugin.scoring.stage import score_refine_pair
+    from spr_plugin.scoring.stage import score_pairs_stage
 
     sources = _adopt_candidates_format(a, a.candidates)
     frame = adopt_frame(a, sources)
@@ -161,15 +156,23 @@ def cmd_pair(a: argparse.Namespace) -> int:
         from spr_plugin.core.paths import ImageRoots
 
         regions = confine_regions(regions, ImageRoots.of(a.images), progress=True)
-    scorer = build_candidate_scorer(scoring, a.text_model, box_format=get_box_format(scoring.box_format, frame))
     merged, read = merge_candidates(a.candidates)
-    candidates = sanitize_candidates(merged, scorer.box_format, sanitized)
+    names = None
     if a.annotations is not None:
         from spr_plugin.regions.annotations import category_vocabulary, load_coco
-        from spr_plugin.scoring.mentions import Vocabulary
 
-        scorer.vocabulary = Vocabulary.of(category_vocabulary(load_coco(a.annotations)))
-    pairs, stats = score_refine_pair(regions, candidates, scorer, pairing)
+        names = category_vocabulary(load_coco(a.annotations))
+    box_format = get_box_format(scoring.box_format, frame)
+    pairs, stats = score_pairs_stage(
+        regions,
+        merged,
+        scoring,
+        pairing,
+        box_format=box_format,
+        text_model=a.text_model,
+        category_names=names,
+        sanitized=sanitized,
+    )
     forget_format(a.out)  # a crash between the two writes leaves no record rather than a stale one
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
     record_format(
@@ -242,9 +245,10 @@ def cmd_build(a: argparse.Namespace) -> int:
     prepared = prepare_build(cfg)  # names, folders, files, images, manifest: before the model loads
     generator = None
     if gcfg is not None:
-        from spr_plugin.generation.cli import make_generator
+        from spr_plugin.generation.backends import make_generator
+        from spr_plugin.generation.cli import server_config
 
-        generator = make_generator(a, gcfg)
+        generator = make_generator(gcfg, server_config(a, gcfg))
     try:
         summary = build_dataset(cfg, generator, prepared)
     finally:
@@ -282,7 +286,7 @@ def cmd_recipes(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from data_builders.demo import DemoConfig, run_demo
+    from spr_plugin.demo.run import DemoConfig, run_demo
     from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, resolve_recipe
 
     run_demo(
@@ -333,9 +337,9 @@ def cmd_export_hf(a: argparse.Namespace) -> int:
 
 
 def cmd_export_grpo(a: argparse.Namespace) -> int:
+    from spr_plugin.core.frame import frame_from_args
     from spr_plugin.core.preflight import require_writable_file
     from spr_plugin.inspect.hf_export import FrameFacts
-    from spr_plugin.llamafactory.image import frame_from_args
     from spr_plugin.regions.sampling import read_regions
     from spr_plugin.trl.grpo_export import export_grpo
 
@@ -357,7 +361,7 @@ def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
     ``recorded``: the dataset recorded them at build time (``<name>.spr.json``); the flags then default to
     those values and must agree with them.
     """
-    from spr_plugin.llamafactory.image import NOT_GIVEN, add_pre_resize_args
+    from spr_plugin.core.frame import NOT_GIVEN, add_pre_resize_args
 
     g = p.add_argument_group(
         "box format and image frame (default: as the build recorded them)" if recorded else "box format and image frame"

@@ -32,6 +32,7 @@ from spr_plugin.core.preflight import require_writable_dir
 from spr_plugin.core.records import Candidate, Region
 from spr_plugin.core.sanitize import SanitizeStats
 from spr_plugin.families.profiles import get_box_format
+from spr_plugin.generation.backends import generation_fingerprint
 from spr_plugin.generation.candidates import (
     GenerationStats,
     Generator,
@@ -39,21 +40,12 @@ from spr_plugin.generation.candidates import (
     generate_with_config,
     merge_candidates,
     read_candidates,
-    sanitize_candidates,
 )
-from spr_plugin.generation.cli import generation_fingerprint
 from spr_plugin.llamafactory.export import ExportConfig, ExportResult, check_can_export, export_dataset, write_companion
-from spr_plugin.regions.sampling import (
-    RegionStats,
-    check_images_found,
-    load_coco,
-    read_regions,
-    require_regions,
-    sample_regions,
-)
-from spr_plugin.scoring.factory import build_candidate_scorer
+from spr_plugin.regions.annotations import category_vocabulary
+from spr_plugin.regions.sampling import RegionStats, check_images_found, load_coco, read_regions, sample_regions_stage
 from spr_plugin.scoring.semantic import check_text_model
-from spr_plugin.scoring.stage import PairStats, score_refine_pair
+from spr_plugin.scoring.stage import PairStats, score_pairs_stage
 from spr_plugin.settings import BuildConfig
 
 logger = logging.getLogger(__name__)
@@ -149,13 +141,10 @@ class BuildSummary:
 _HINT = "rerun with the same settings, use another --work-dir, or pass --fresh to start over"
 
 
-def _sample(config: BuildConfig, coco=None) -> tuple[list[Region], RegionStats]:
-    coco = coco if coco is not None else load_coco(config.annotations)
-    check_images_found(coco, config.image_root)  # one line before any long work
-    stats = RegionStats()
-    regions = list(sample_regions(coco, config.image_root, config.regions, stats, progress=config.progress))
-    require_regions(regions, stats, config.annotations)
-    return regions, stats
+def _sample(config: BuildConfig, coco=None, locator=None) -> tuple[list[Region], RegionStats]:
+    return sample_regions_stage(
+        config.regions, config.annotations, config.image_root, coco=coco, locator=locator, progress=config.progress
+    )
 
 
 def build_regions(config: BuildConfig) -> tuple[list[Region], RegionStats]:
@@ -206,6 +195,7 @@ class PreparedBuild:
     manifest: Manifest
     candidates: list[Candidate] | None
     coco: Any = None  # the annotation index, unless the regions of an earlier run are reused
+    locator: Any = None  # where its images are (the layout learned once per build), with ``coco``
     candidate_files: MergeStats | None = None  # what reading --candidates kept and dropped
 
 
@@ -241,11 +231,11 @@ def prepare_build(config: BuildConfig) -> PreparedBuild:
         if removed:
             logger.info("--fresh: removed %d files of the earlier run in %s", len(removed), config.work_dir)
     manifest.check(stages, what=f"work dir {config.work_dir}", hint=_HINT)
-    coco = None
+    coco = locator = None
     if not manifest.existing_outputs("regions"):
         coco = load_coco(config.annotations)
-        check_images_found(coco, config.image_root)
-    return PreparedBuild(stages, manifest, candidates, coco, read)
+        locator = check_images_found(coco, config.image_root)
+    return PreparedBuild(stages, manifest, candidates, coco, candidate_files=read, locator=locator)
 
 
 def _export_config(config: BuildConfig) -> ExportConfig:
@@ -274,7 +264,7 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
     reused = _reuse_regions(config.work_dir) if manifest.existing_outputs("regions") else None
     manifest.record(prep.stages)  # before the long work: a killed run's partial output is on record
     if reused is None:
-        regions, region_stats = _sample(config, prep.coco)
+        regions, region_stats = _sample(config, prep.coco, prep.locator)
         _write_regions(config.work_dir, regions, region_stats)
     else:
         regions, region_stats = reused
@@ -287,14 +277,19 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
         candidates = read_candidates(cand_path)
 
     sanitized = SanitizeStats()
-    candidates = sanitize_candidates(candidates, box_format, sanitized)
-    scorer = build_candidate_scorer(config.scoring, config.text_model, box_format=box_format)
     # The dataset's whole vocabulary judges mentions (a resumed run reads it again: same inputs, same scores).
-    from spr_plugin.regions.annotations import category_vocabulary
-    from spr_plugin.scoring.mentions import Vocabulary
-
-    scorer.vocabulary = Vocabulary.of(category_vocabulary(prep.coco if prep.coco is not None else load_coco(config.annotations)))
-    pairs, pair_stats = score_refine_pair(regions, candidates, scorer, config.pairing, progress=config.progress)
+    names = category_vocabulary(prep.coco if prep.coco is not None else load_coco(config.annotations))
+    pairs, pair_stats = score_pairs_stage(
+        regions,
+        candidates,
+        config.scoring,
+        config.pairing,
+        box_format=box_format,
+        text_model=config.text_model,
+        category_names=names,
+        sanitized=sanitized,
+        progress=config.progress,
+    )
     atomic_write_jsonl(config.work_dir / "pairs.jsonl", [p.to_dict() for p in pairs])
     summary = BuildSummary(
         config.to_dict(), region_stats, gen_stats, pair_stats, sanitized=sanitized, candidate_files=prep.candidate_files

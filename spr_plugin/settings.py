@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 from spr_plugin.core.options import (
     BOX_FORMATS,
     CLIP_LONG_TEXT,
@@ -42,7 +43,6 @@ from spr_plugin.core.options import (
     VARIANTS,
     VIRTUAL_POLICIES,
 )
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, cli: bool = True, **argparse_kw: Any):

@@ -63,8 +63,8 @@ def build_family_dataset(root, box_format: str, name: str, image_max_pixels: int
     over rendered scenes, in the given frame: returns (dataset dir, the scenes' instances.json, regions.jsonl)."""
     from pathlib import Path
 
-    from data_builders.synthetic import render_scenes
     from helpers import run_spr
+    from spr_plugin.demo.scenes import render_scenes
 
     root = Path(root)
     scenes = render_scenes(root / "scenes", n_images=n_images, seed=21)

@@ -28,8 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_qwen2vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random Qwen2-VL (tokenizer, processor, weights), built in a few seconds."""
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
-    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS
+    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl
 
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny-qwen2vl", corpus=[*CATEGORY_NAMES, *SCENE_WORDS])
 
@@ -37,7 +37,7 @@ def tiny_qwen2vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen3vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random Qwen3-VL (Qwen3VLProcessor, patch 16), built in a few seconds."""
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS
     from spr_plugin.testing.tiny_families import build_tiny_qwen3vl
 
     return build_tiny_qwen3vl(tmp_path_factory.mktemp("models") / "tiny-qwen3vl", corpus=[*CATEGORY_NAMES, *SCENE_WORDS])
@@ -46,7 +46,7 @@ def tiny_qwen3vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_internvl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random InternVL (-hf layout, InternVLProcessor, one 56-pixel tile), built in a few seconds."""
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS
     from spr_plugin.testing.tiny_families import build_tiny_internvl
 
     return build_tiny_internvl(tmp_path_factory.mktemp("models") / "tiny-internvl", corpus=[*CATEGORY_NAMES, *SCENE_WORDS])
@@ -55,7 +55,7 @@ def tiny_internvl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_glm4v(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random GLM-4.1V (Glm4vProcessor, patch 14), built in a few seconds."""
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS
     from spr_plugin.testing.tiny_families import build_tiny_glm4v
 
     return build_tiny_glm4v(tmp_path_factory.mktemp("models") / "tiny-glm4v", corpus=[*CATEGORY_NAMES, *SCENE_WORDS])
@@ -64,7 +64,7 @@ def tiny_glm4v(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """COCO ``instances.json`` of 6 rendered scenes; the JPEGs are in its sibling ``images/``."""
-    from data_builders.synthetic import render_scenes
+    from spr_plugin.demo.scenes import render_scenes
 
     return render_scenes(tmp_path_factory.mktemp("scenes"), n_images=6, seed=0)
 

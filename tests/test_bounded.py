@@ -12,6 +12,7 @@ import yaml
 
 from spr_plugin.cli import _one_line
 from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.preflight import check_adapter, check_count, check_device
 from spr_plugin.core.records import Box
@@ -20,7 +21,6 @@ from spr_plugin.evaluation.config import RecConfig
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.generation.candidates import merge_candidates
 from spr_plugin.generation.server_backend import _BadReply, reply_texts
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.scoring.limits import MAX_CANDIDATE_CHARS, MAX_CANDIDATE_PHRASES, over_limit
 from spr_plugin.scoring.semantic import check_text_model
 from spr_plugin.settings import PairingConfig, SamplingConfig, ScoringConfig, ServerConfig

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from candidates_factory import write_candidates
-from data_builders.synthetic import render_scenes
 from helpers import run_spr
+from spr_plugin.demo.scenes import render_scenes
 from spr_plugin.llamafactory.registry import build_entries, chosen_sft_entry, ranking_entry
 from spr_plugin.llamafactory.webui import stage_hint
 

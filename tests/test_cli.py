@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from candidates_factory import write_candidates
-from data_builders.synthetic import render_scenes
 from helpers import run_spr as spr
+from spr_plugin.demo.scenes import render_scenes
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

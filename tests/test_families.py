@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.options import BOX_FORMATS
 from spr_plugin.core.records import Box
 from spr_plugin.families.box_formats import DROP, GLM4VFormat, InternVLFormat, Qwen3VLFormat
 from spr_plugin.families.profiles import get_box_format, get_profile
 from spr_plugin.families.prompts import build_prompt, prompt_template, training_prompt
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.recipe_check import check_recipe, write_meta
 
 W, H = 640, 480

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from candidates_factory import write_candidates
-from data_builders.synthetic import render_scenes
 from helpers import run_spr
+from spr_plugin.demo.scenes import render_scenes
 from spr_plugin.families.profiles import get_box_format, get_profile
 from spr_plugin.families.prompts import prompt_template
 

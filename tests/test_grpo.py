@@ -164,8 +164,8 @@ def test_reward_refuses_rows_it_cannot_score(reward):
 def test_qwen25_reward_parses_in_the_rows_image_frame(scorer, synthetic_scenes):
     """Qwen2.5-VL boxes are pixels of the pre-resized input: the same text means other boxes in another frame, so
     the reward parses in the frame the prompts were written for and refuses rows of another one."""
+    from spr_plugin.core.frame import ImageFrame
     from spr_plugin.inspect.hf_export import FrameFacts
-    from spr_plugin.llamafactory.image import ImageFrame
 
     reg = next(iter(sample_regions(load_coco(synthetic_scenes), synthetic_scenes.parent / "images", RegionConfig(k=3))))
     small = FrameFacts("qwen2_5_vl", ImageFrame(FRAME, 1024)).box_format_obj()
@@ -233,8 +233,8 @@ def test_export_grpo_writes_prompts_images_and_annotations(prompts_parquet, regi
 def test_export_grpo_writes_qwen25_region_boxes_in_the_recorded_frame(regions_file, tmp_path):
     import datasets
 
+    from spr_plugin.core.frame import ImageFrame
     from spr_plugin.inspect.hf_export import FrameFacts
-    from spr_plugin.llamafactory.image import ImageFrame
 
     out = tmp_path / "q25.parquet"
     cmd = ["export-grpo", "--regions", regions_file, "--out", out, "--box-format", "qwen2_5_vl"]

@@ -16,10 +16,10 @@ from PIL import Image
 
 from candidates_factory import write_candidates
 from spr_plugin.cli import main
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.jsonl import atomic_write_text
 from spr_plugin.core.manifest import record_format
 from spr_plugin.inspect.hf_export import export_hf
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.registry import ranking_entry, register_dataset
 
 SPR = [sys.executable, "-m", "spr_plugin.cli"]

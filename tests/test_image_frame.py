@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from candidates_factory import write_candidates
-from data_builders.synthetic import render_scenes
 from helpers import run_spr as spr
 from spr_plugin.cli import build_parser
+from spr_plugin.core.frame import ImageFrame
+from spr_plugin.demo.scenes import render_scenes
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.recipe_check import adopt_frame
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from candidates_factory import write_candidates
-from data_builders.synthetic import render_scenes
 from helpers import run_spr
+from spr_plugin.demo.scenes import render_scenes
 from spr_plugin.llamafactory.registry import ranking_entry
 
 ROOT = Path(__file__).resolve().parents[1]

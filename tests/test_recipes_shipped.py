@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from helpers import run_spr as spr
-from spr_plugin.llamafactory.image import ImageFrame, lf_preprocess_image
+from spr_plugin.core.frame import ImageFrame, lf_preprocess_image
 from spr_plugin.llamafactory.recipe_check import recipe_settings
 from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, shipped_files, shipped_recipe_names
 
@@ -131,7 +131,7 @@ def test_the_built_wheel_ships_the_recipes_and_check_recipe_runs_from_it(built_d
     env.pop("PYTHONPATH", None)
     pip = [sys.executable, "-m", "pip"]
     src = tmp_path / "src"  # a copy of what the wheel is built from: the build leaves nothing in the repo
-    for package in ("spr_plugin", "data_builders"):
+    for package in ("spr_plugin", "data_builders"):  # data_builders/ is in the source tree, but not in the wheel
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
@@ -140,6 +140,9 @@ def test_the_built_wheel_ships_the_recipes_and_check_recipe_runs_from_it(built_d
     assert wheel.returncode == 0, wheel.stderr[-3000:]
     (whl,) = (tmp_path / "dist").glob("spr_plugin-*.whl")
     names = zipfile.ZipFile(whl).namelist()
+    # one top-level package in users' site-packages: no generic data_builders; the demo's code is the library's
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))} == {"spr_plugin"}
+    assert "spr_plugin/demo/run.py" in names and "spr_plugin/demo/tiny_model.py" in names
     for rel in shipped_files():
         assert f"spr_plugin/recipes/{rel.as_posix()}" in names
     target = tmp_path / "site"

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from data_builders.synthetic import render_scenes
 from spr_plugin.core.errors import SPRError
+from spr_plugin.demo.scenes import render_scenes
 from spr_plugin.regions.sampling import RegionConfig, RegionStats, load_coco, sample_regions
 
 

@@ -188,8 +188,8 @@ def test_register_refuses_a_missing_file_in_one_line(tmp_path):
 
 def test_a_build_records_its_card_and_refuses_a_symlinked_one_before_any_work(tmp_path):
     from candidates_factory import write_candidates
-    from data_builders.synthetic import render_scenes
     from helpers import run_spr
+    from spr_plugin.demo.scenes import render_scenes
 
     scenes = render_scenes(tmp_path / "scenes", n_images=3, seed=5)
     images = scenes.parent / "images"

@@ -22,9 +22,9 @@ from spr_plugin.core.sanitize import (
 )
 from spr_plugin.families.profiles import QWEN_GROUNDING_TOKENS, get_box_format
 from spr_plugin.families.prompts import build_prompt, strip_media_markers
-from spr_plugin.generation.candidates import sanitize_candidates
 from spr_plugin.generation.transformers_backend import clean_output
 from spr_plugin.llamafactory.export import pair_record
+from spr_plugin.scoring.stage import sanitize_candidates
 
 GROUNDED = "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(10,20),(300,400)<|box_end|>"
 

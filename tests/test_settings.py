@@ -9,7 +9,8 @@ import pytest
 
 from spr_plugin.cli import build_parser
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.generation.cli import generation_config, generation_fingerprint
+from spr_plugin.generation.backends import generation_fingerprint
+from spr_plugin.generation.cli import generation_config
 from spr_plugin.settings import GenerationConfig, SamplingConfig, ServerConfig
 
 BASE = ["generate", "--regions", "r.jsonl", "--out", "c.jsonl", "--num-samples", "3", "--temperature", "0.7"]

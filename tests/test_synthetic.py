@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from data_builders.synthetic import CATEGORY_NAMES, COLOURS, render_scenes
-from data_builders.warmup import DATASET_NAME, write_sft_dataset
 from spr_plugin.core.records import Box
+from spr_plugin.demo.scenes import CATEGORY_NAMES, COLOURS, render_scenes
+from spr_plugin.demo.warmup import DATASET_NAME, write_sft_dataset
 from spr_plugin.families.box_formats import Qwen2VLFormat
 
 

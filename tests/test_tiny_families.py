@@ -51,7 +51,7 @@ def test_loads_with_auto_classes_and_keeps_grounding_tokens_whole(family):
 
 
 def test_rebuild_is_reused_and_a_foreign_folder_is_refused(family, tmp_path):
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS
 
     name, model_dir = family
     weights = model_dir / "model.safetensors"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from spr_plugin.testing.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_qwen2vl
+from spr_plugin.demo.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_qwen2vl
 
 PROMPT = (
     "Describe the region <|box_start|>(10,20),(500,600)<|box_end|> in detail. "
@@ -76,7 +76,7 @@ def test_chat_template_matches_qwen2vl(tiny_qwen2vl):
 
 
 def test_rebuild_is_idempotent_and_deterministic(tiny_qwen2vl, tmp_path):
-    from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS
+    from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS
 
     weights = tiny_qwen2vl / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
@@ -101,7 +101,7 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
 
 @pytest.mark.slow
 def test_warmup_sft_output_loads_and_generates(tiny_qwen2vl, synthetic_scenes, tmp_path):
-    from data_builders.warmup import warmup_sft
+    from spr_plugin.demo.warmup import warmup_sft
 
     out = warmup_sft(tiny_qwen2vl, synthetic_scenes, synthetic_scenes.parent / "images", tmp_path / "warm", steps=4)
     assert (out / "model.safetensors").is_file()
@@ -112,8 +112,8 @@ def test_warmup_sft_output_loads_and_generates(tiny_qwen2vl, synthetic_scenes, t
 
 @pytest.mark.slow
 def test_warmup_failure_raises_with_log_tail(synthetic_scenes, tmp_path):
-    from data_builders.warmup import warmup_sft
     from spr_plugin.core.errors import SPRError
+    from spr_plugin.demo.warmup import warmup_sft
 
     with pytest.raises(SPRError, match="llamafactory-cli train failed") as err:
         warmup_sft(tmp_path / "no-such-model", synthetic_scenes, synthetic_scenes.parent / "images", tmp_path / "warm", steps=1)
@@ -125,7 +125,7 @@ def test_set_image_budget_changes_the_visual_token_count(tiny_qwen2vl, synthetic
     """The processor cap decides how many merged visual tokens an image becomes (the effect study raises it)."""
     import shutil
 
-    from spr_plugin.testing.tiny_model import set_image_budget
+    from spr_plugin.demo.tiny_model import set_image_budget
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_qwen2vl, model_dir)

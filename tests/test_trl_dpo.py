@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from candidates_factory import write_candidates
-from data_builders.synthetic import render_scenes
 from helpers import run_spr
 from spr_plugin.core.errors import SPRError
+from spr_plugin.demo.scenes import render_scenes
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]

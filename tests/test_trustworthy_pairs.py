@@ -403,7 +403,7 @@ def test_spr_eval_region_leaves_boxes_on_crowds_out_of_n_pred():
 
 
 def test_sampling_records_crowds_and_the_image_categories(tmp_path):
-    from data_builders.synthetic import render_scenes
+    from spr_plugin.demo.scenes import render_scenes
     from spr_plugin.regions.sampling import RegionConfig, load_coco, read_regions, sample_regions
 
     path = render_scenes(tmp_path, n_images=2, seed=1)
@@ -452,9 +452,9 @@ def test_spr_build_on_hallucinating_candidates_emits_clean_chosen_texts_and_says
 ):
     """End to end through `spr build`: the annotation file's vocabulary judges the names (categories of the dataset
     absent from an image), chosen answers carry no absent name and no debris, the card reports the rejected ones'."""
-    from data_builders.synthetic import CATEGORY_NAMES
     from helpers import run_spr
     from spr_plugin.core.records import PreferencePair
+    from spr_plugin.demo.scenes import CATEGORY_NAMES
     from spr_plugin.regions.sampling import read_regions
 
     work, data = tmp_path / "work", tmp_path / "data"

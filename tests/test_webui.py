@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.llamafactory.webui import WebUIConfig, board_frame, dataset_frames, llamaboard_command, prepare_workspace
 
 REPO = Path(__file__).resolve().parents[1]

@@ -58,7 +58,7 @@ def spr(*args: str | Path) -> Run:
 
 def scene(tmp: Path) -> tuple[Path, Path]:
     """Annotations and image folder of two rendered scenes (exact boxes, five or more objects each)."""
-    from data_builders.synthetic import render_scenes
+    from spr_plugin.demo.scenes import render_scenes
 
     ann = render_scenes(tmp / "scenes", n_images=2, seed=0)
     return ann, ann.parent / "images"

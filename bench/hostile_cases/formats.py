@@ -44,8 +44,8 @@ def _stage(tmp: Path, *, box_format: str = "qwen2_vl", max_pixels: int = 12544) 
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
     from candidates_factory import write_candidates
-    from data_builders.synthetic import render_scenes
     from spr_plugin.core.manifest import record_format
+    from spr_plugin.demo.scenes import render_scenes
 
     scenes = render_scenes(tmp / "scenes", n_images=2, seed=4)
     code, err = _spr("regions", "--annotations", scenes, "--images", scenes.parent / "images", "--out", tmp / "r.jsonl")

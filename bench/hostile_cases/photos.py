@@ -136,8 +136,8 @@ def server_bytes_are_in_the_raw_frame(tmp: Path) -> None:
 def server_gets_rgba_as_llamafactory_converts_it(tmp: Path) -> None:
     """A transparent PNG is converted like LLaMA-Factory does (PIL drops the alpha) before it is sent, not left to
     a server that would composite it on white."""
+    from spr_plugin.core.frame import lf_preprocess_image
     from spr_plugin.generation.server_backend import _file_data_url
-    from spr_plugin.llamafactory.image import lf_preprocess_image
 
     path = tmp / "rgba.png"
     im = picture("RGBA")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from hostile_cases import HostileCase
 from spr_plugin.cli import main
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.manifest import record_format
 from spr_plugin.core.records import (
     AnnotatedObject,
@@ -32,7 +33,6 @@ from spr_plugin.core.records import (
     ScoredCandidate,
     SemanticScore,
 )
-from spr_plugin.llamafactory.image import ImageFrame
 
 CLS = "writes"
 NAME = "ds"

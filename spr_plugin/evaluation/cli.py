@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import add_pre_resize_args
 from spr_plugin.evaluation.config import RecConfig, RegionEvalConfig
-from spr_plugin.llamafactory.image import add_pre_resize_args
 from spr_plugin.settings import add_flags, from_args
 
 
@@ -45,34 +45,10 @@ def _config(cls: type, a: argparse.Namespace):
     return from_args(cls, a, image_max_pixels=frame.image_max_pixels, image_min_pixels=frame.image_min_pixels)
 
 
-def items_path(out: Path) -> Path:
-    return out.with_suffix(".items.jsonl")
-
-
-def _model_id(name: str | None) -> str | None:
-    return os.path.abspath(name) if name is not None and os.path.exists(name) else name
-
-
-def _results_manifest(out: Path, inputs: dict, fresh: bool):
-    """The per-item results file is resumed only if it was made with the same model, data and settings."""
-    from spr_plugin.core.manifest import Manifest
-
-    results = items_path(out)
-    manifest = Manifest(results.with_name(results.name + ".manifest.json"), {"results": [results]})
-    if fresh:
-        manifest.reset()
-    manifest.check(
-        {"results": inputs},
-        what=f"results file {results}",
-        hint="rerun with the same settings, write to another --out, or pass --fresh",
-    )
-    return manifest
-
-
 def check_eval_frame(a: argparse.Namespace) -> None:
     """The evaluation's frame, resolved before loading anything: the flags, else the recipe's or the dataset's
     (``--recipe``, ``--dataset-dir/--name``), else LLaMA-Factory's default; any two that differ are refused."""
-    from spr_plugin.llamafactory.image import ImageFrame
+    from spr_plugin.core.frame import ImageFrame
     from spr_plugin.llamafactory.recipe_check import adopt_frame, meta_path, read_meta, recipe_source
 
     sources = recipe_source(a.recipe)
@@ -98,67 +74,35 @@ def check_eval_inputs(a: argparse.Namespace) -> None:
     check_eval_frame(a)
 
 
+def _run(a: argparse.Namespace):
+    from spr_plugin.evaluation.stage import EvalRun
+
+    return EvalRun(a.model, a.adapter, a.out, device=a.device, fresh=a.fresh, progress=not a.quiet)
+
+
 def cmd_eval_rec(a: argparse.Namespace) -> int:
-    from spr_plugin.core.manifest import file_digest
     from spr_plugin.core.preflight import require_writable_file
-    from spr_plugin.evaluation.model import load_model
-    from spr_plugin.evaluation.rec import evaluate_rec, usable_items
-    from spr_plugin.evaluation.rec_data import load_rec
-    from spr_plugin.evaluation.report import rec_table, write_json
+    from spr_plugin.evaluation.report import rec_table
+    from spr_plugin.evaluation.stage import items_path, rec_stage
 
     check_eval_inputs(a)
     cfg = _config(RecConfig, a)
     require_writable_file(a.out, "--out")
-    data = load_rec(a.annotations, a.images, a.split, media_dir=a.out.with_suffix(".images"))
-    items, skipped = usable_items(data.items)
-    if a.limit is not None:
-        items = items[: a.limit]
-    if not items:
-        raise SPRError(f"no REC item has a usable image ({dict(skipped)})")
-    inputs = {
-        "annotations": [file_digest(p) for p in a.annotations],
-        "split": a.split,
-        "images": None if a.images is None else os.path.abspath(a.images),
-        "model": _model_id(a.model),
-        "adapter": _model_id(a.adapter),
-        "box_format": a.box_format,
-        "prompt": cfg.template,
-        "max_new_tokens": cfg.max_new_tokens,
-        "image_max_pixels": cfg.image_max_pixels,
-        "image_min_pixels": cfg.image_min_pixels,
-    }
-    manifest = _results_manifest(a.out, inputs, a.fresh)
-    loaded = load_model(a.model, a.adapter, device=a.device)
-    manifest.record({"results": inputs})
-    source = ", ".join(map(str, a.annotations))
-    report = evaluate_rec(items, loaded, cfg, items_path(a.out), annotations=source, progress=not a.quiet)
-    report.skipped_items = dict(skipped)
-    report.data = data.to_dict()
-    write_json(a.out, report.to_dict())
+    report, name = rec_stage(cfg, _run(a), a.annotations, a.images, a.split, a.limit)
     print(f"prompt: {report.prompt!r}")
-    print(rec_table({loaded.name: report.summary}))
+    print(rec_table({name: report.summary}))
     print(f"report: {a.out}  per-item results: {items_path(a.out)} ({report.reused} reused from an earlier run)")
-    if skipped:
-        print(f"skipped {sum(skipped.values())} items with unusable images: {dict(skipped)}")
+    if report.skipped_items:
+        print(f"skipped {sum(report.skipped_items.values())} items with unusable images: {dict(report.skipped_items)}")
     return 0
 
 
 def cmd_eval_region(a: argparse.Namespace) -> int:
-    from spr_plugin.core.images import check_image_cached
     from spr_plugin.core.manifest import file_digest
     from spr_plugin.core.preflight import require_writable_file
-    from spr_plugin.evaluation.model import load_model
-    from spr_plugin.evaluation.region import evaluate_region
-    from spr_plugin.evaluation.report import region_table, write_json
-    from spr_plugin.regions.sampling import (
-        RegionConfig,
-        RegionStats,
-        check_images_found,
-        load_coco,
-        read_regions,
-        require_regions,
-        sample_regions,
-    )
+    from spr_plugin.evaluation.report import region_table
+    from spr_plugin.evaluation.stage import items_path, region_stage
+    from spr_plugin.regions.sampling import RegionConfig, read_regions, sample_regions_stage
 
     require_writable_file(a.out, "--out")
     check_eval_inputs(a)
@@ -175,38 +119,11 @@ def cmd_eval_region(a: argparse.Namespace) -> int:
         if a.annotations is None or a.images is None:
             raise SPRError("give --regions FILE, or --annotations and --images to sample held-out query regions")
         rc = RegionConfig(k=a.k, regions_per_image=a.regions_per_image, max_regions=a.limit, seed=a.seed)
-        coco = load_coco(a.annotations)
-        check_images_found(coco, a.images)
-        stats = RegionStats()
-        regions, source = list(sample_regions(coco, a.images, rc, stats)), str(a.annotations)
-        require_regions(regions, stats, a.annotations)  # says why (missing images, too few objects, ...)
+        regions, _ = sample_regions_stage(rc, a.annotations, a.images)  # says why none (missing images, too few objects)
+        source = str(a.annotations)
         data_inputs = {"annotations": file_digest(a.annotations), "images": os.path.abspath(a.images), "sampling": rc.__dict__}
-    if a.limit is not None:
-        regions = regions[: a.limit]
-    bad = {r.region_id: p for r in regions if isinstance(p := check_image_cached(r.image_path), str)}
-    if len(bad) == len(regions):
-        raise SPRError(
-            f"no region of {source} has a usable image (e.g. {regions[0].image_path}: {next(iter(bad.values()))})"
-            if regions
-            else f"no query region in {source}"
-        )
-    regions = [r for r in regions if r.region_id not in bad]
-    inputs = {
-        **data_inputs,
-        "model": _model_id(a.model),
-        "adapter": _model_id(a.adapter),
-        "box_format": a.box_format,
-        "iou_threshold": cfg.iou_threshold,
-        "max_new_tokens": cfg.max_new_tokens,
-        "image_max_pixels": cfg.image_max_pixels,
-        "image_min_pixels": cfg.image_min_pixels,
-    }
-    manifest = _results_manifest(a.out, inputs, a.fresh)
-    loaded = load_model(a.model, a.adapter, device=a.device)
-    manifest.record({"results": inputs})
-    report = evaluate_region(regions, loaded, cfg, items_path(a.out), regions_source=source, progress=not a.quiet)
-    write_json(a.out, {**report.to_dict(), "skipped_regions": len(bad)})
-    print(region_table({loaded.name: report.summary}))
+    report, name, _ = region_stage(cfg, _run(a), regions, source, data_inputs, a.limit)
+    print(region_table({name: report.summary}))
     print(f"report: {a.out}  per-region results: {items_path(a.out)} ({report.reused} reused from an earlier run)")
     return 0
 

@@ -11,9 +11,9 @@ import argparse
 from dataclasses import dataclass
 
 from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
 from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
 from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
 from spr_plugin.settings import check_numbers, setting
 
 _BOX_FORMAT_HELP = " | ".join(BOX_FORMATS) + " (how the model writes boxes)"

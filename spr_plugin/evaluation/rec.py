@@ -14,19 +14,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.images import check_image_cached
 from spr_plugin.core.records import Box
 from spr_plugin.core.sanitize import sanitize_phrase
+from spr_plugin.core.sharegpt import IMAGE_TOKEN
 from spr_plugin.evaluation.config import RecConfig
 from spr_plugin.evaluation.metrics import RecSummary, box_iou, rec_summary
-from spr_plugin.evaluation.model import LoadedModel
 from spr_plugin.evaluation.rec_data import RecItem
 from spr_plugin.evaluation.runner import decoding_settings, run_resumable
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, get_profile
 from spr_plugin.families.prompts import Prompt
-from spr_plugin.llamafactory.image import ImageFrame
-from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
+from spr_plugin.generation.model_runner import ModelRunner
 
 
 def default_prompt(box_format: str) -> str:
@@ -115,7 +115,7 @@ def score_answer(item: RecItem, answer: str, box_format: BoxFormat) -> dict[str,
 
 def evaluate_rec(
     items: list[RecItem],
-    loaded: LoadedModel,
+    loaded: ModelRunner,
     config: RecConfig,
     results_path: str | os.PathLike,
     *,

@@ -15,15 +15,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.records import Region
 from spr_plugin.evaluation.config import RegionEvalConfig
 from spr_plugin.evaluation.metrics import RegionSummary, region_summary
-from spr_plugin.evaluation.model import LoadedModel
 from spr_plugin.evaluation.runner import decoding_settings, run_resumable
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import Prompt, training_prompt
-from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.generation.model_runner import ModelRunner
 from spr_plugin.scoring.localization import ignored_overlap, iou_matrix, match_hungarian
 
 
@@ -66,7 +66,7 @@ class RegionReport:
 
 def evaluate_region(
     regions: list[Region],
-    loaded: LoadedModel,
+    loaded: ModelRunner,
     config: RegionEvalConfig,
     results_path: str | os.PathLike,
     *,

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
-from spr_plugin.evaluation.model import LoadedModel
+from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
+from spr_plugin.core.resumable import ResumableJsonl
 from spr_plugin.families.prompts import Prompt
-from spr_plugin.generation.transformers_backend import clean_output, encode_prompts
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
+from spr_plugin.generation.model_runner import ModelRunner
 
 
 def generate_greedy(
-    loaded: LoadedModel,
+    loaded: ModelRunner,
     prompts: Sequence[Prompt],
     max_new_tokens: int,
     *,
@@ -35,17 +33,10 @@ def generate_greedy(
     Images get LLaMA-Factory's pre-resize first (``image_max_pixels``/``image_min_pixels``, None = none),
     so the model is evaluated in the frame it was trained in and answers are parsed in.
     """
-    import torch
-
-    proc = loaded.processor
-    inputs = encode_prompts(proc, prompts, loaded.device, image_max_pixels, image_min_pixels)
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=proc.tokenizer.pad_token_id
-        )
-    new = out[:, inputs["input_ids"].shape[1] :]
-    decoded = proc.batch_decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return [clean_output(t) for t in decoded]
+    answers, _ = loaded.generate(
+        prompts, max_new_tokens=max_new_tokens, image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels
+    )
+    return answers
 
 
 def decoding_settings(config: Any) -> dict[str, Any]:
@@ -54,18 +45,11 @@ def decoding_settings(config: Any) -> dict[str, Any]:
     return {"do_sample": False, **{k: getattr(config, k) for k in keys}}
 
 
-def read_done(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Finished per-item results of an earlier (maybe interrupted) run, by id."""
-    if not Path(path).is_file():
-        return {}
-    return {str(r["id"]): r for r in read_jsonl(path, lambda d: d, what="result")}
-
-
 def run_resumable(
     ids: Sequence[str],
     make_prompt: Callable[[int], Prompt],
     score: Callable[[int, str], dict[str, Any]],
-    loaded: LoadedModel,
+    loaded: ModelRunner,
     results_path: str | os.PathLike,
     *,
     batch_size: int = 8,
@@ -82,10 +66,11 @@ def run_resumable(
     """
     from tqdm.auto import tqdm
 
-    done = read_done(results_path)
+    results = ResumableJsonl(results_path, lambda r: str(r["id"]), lambda d: d, what="result")
+    done = results.done
     todo = [i for i, item_id in enumerate(ids) if item_id not in done]
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc=desc, unit="item", disable=not progress)
-    with JsonlAppender(results_path) as out:
+    with results as out:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             prompts = [make_prompt(i) for i in chunk]
@@ -94,8 +79,7 @@ def run_resumable(
             )
             for i, answer in zip(chunk, answers):
                 rec = {"id": ids[i], **score(i, answer)}
-                out.write(rec)
-                done[ids[i]] = rec
+                out.write(rec, rec)
             bar.update(len(chunk))
     bar.close()
     return [done[item_id] for item_id in ids], len(ids) - len(todo)

@@ -33,8 +33,8 @@ from typing import Literal
 
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, lf_image_size
 from spr_plugin.core.records import Box, GroundedPhrase, ParseResult
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, lf_image_size
 
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.options import BOX_FORMATS
 from spr_plugin.families.box_formats import (
     BOX_END,
@@ -32,7 +33,6 @@ from spr_plugin.families.box_formats import (
     Qwen25VLJsonFormat,
     ResizeSpec,
 )
-from spr_plugin.llamafactory.image import ImageFrame
 
 #: Qwen's grounding tokens, in the order of its vocabulary.
 QWEN_GROUNDING_TOKENS: tuple[str, ...] = (REF_START, REF_END, BOX_START, BOX_END)
@@ -79,7 +79,7 @@ class FamilyProfile:
     #: The HF processor class of the family's checkpoints (how a loaded model tells which family it is).
     processor_class: str = "Qwen2VLProcessor"
     #: Whether LLaMA-Factory's plugin for the family is the Qwen2-VL plugin or a subclass: its pre-resize then adds
-    #: the 28-pixel minimum side and the aspect-ratio cap (:func:`spr_plugin.llamafactory.image.lf_resize_steps`).
+    #: the 28-pixel minimum side and the aspect-ratio cap (:func:`spr_plugin.core.frame.lf_resize_steps`).
     qwen_resize_rules: bool = True
     #: Whether the family's LLaMA-Factory plugin reads the ``crop_to_patches`` key (InternVL's tiling); spr samples
     #: in its default (off: the image processor's configured tiling), so ``spr check-recipe`` refuses it on.

@@ -17,9 +17,9 @@ from spr_plugin.core.images import crop_region
 from spr_plugin.core.options import VARIANTS
 from spr_plugin.core.records import Region
 from spr_plugin.core.sanitize import remove_tokens, sanitize_phrase
+from spr_plugin.core.sharegpt import IMAGE_TOKEN
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import DESCRIBE_PROMPT, KNOWN_GROUNDING_TOKENS, get_profile, profile_of
-from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
 
 
 def strip_media_markers(text: str) -> str:

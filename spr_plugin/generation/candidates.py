@@ -15,7 +15,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from spr_plugin.core.errors import PartialBatchError, SPRError
 from spr_plugin.core.images import check_image_cached
-from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
+from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.manifest import recorded_format
 from spr_plugin.core.records import Candidate, Region
+from spr_plugin.core.resumable import ResumableJsonl
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import profile_of
@@ -34,21 +35,6 @@ from spr_plugin.families.prompts import Prompt, build_prompt
 from spr_plugin.generation.transformers_backend import GenerationConfig
 
 logger = logging.getLogger(__name__)
-
-
-def sanitize_candidates(
-    candidates: Iterable[Candidate], box_format: BoxFormat, stats: SanitizeStats | None = None
-) -> list[Candidate]:
-    """Candidates as they may enter scoring and training data: cut at an end-of-turn token, every special
-    token except ``box_format``'s own grounding tokens removed (see :mod:`spr_plugin.core.sanitize`), counted."""
-    keep = profile_of(box_format).kept_tokens
-    out = []
-    for cand in candidates:
-        text, removed = sanitize_answer(cand.text, keep)
-        if stats is not None:
-            stats.add("candidates", removed)
-        out.append(cand if text == cand.text else replace(cand, text=text))
-    return out
 
 
 def read_candidates(path: str | os.PathLike, *, allow_empty: bool = False, skipped: list[str] | None = None) -> list[Candidate]:
@@ -268,11 +254,12 @@ def generate_candidates(
     stats = GenerationStats(out_file=str(out))
     keep = profile_of(box_format).kept_tokens
     with _exclusive(out):
-        done = {c.key for c in read_candidates(out, allow_empty=True)} if out.exists() else set()
+        results = ResumableJsonl(out, lambda c: c.key, Candidate.from_dict, what="candidate")
+        done = results.done
         todo = _work_items(regions, variants, num_samples, done, stats)
         stats.prompts = len(todo)
         bar = tqdm(total=len(todo) * num_samples, desc="generate", unit="cand", disable=not progress, smoothing=0.1)
-        with JsonlAppender(out) as sink:
+        with results as sink:
             for start in range(0, len(todo), batch_size):
                 batch, prompts = [], []
                 for region, variant in todo[start : start + batch_size]:
@@ -310,8 +297,7 @@ def generate_candidates(
                         text, removed = sanitize_answer(text, keep)
                         stats.sanitized.add("generated", removed)
                         cand = Candidate(region.region_id, variant, idx, text, generator.name, temperature, used_seed)
-                        sink.write(cand.to_dict())
-                        done.add(cand.key)
+                        sink.write(cand, cand.to_dict())
                         stats.generated += 1
                     bar.update(num_samples)
                 if failure is not None:

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import add_pre_resize_args, frame_from_args
 from spr_plugin.core.options import BACKENDS
-from spr_plugin.llamafactory.image import add_pre_resize_args, frame_from_args
 from spr_plugin.settings import GenerationConfig, SamplingConfig, ServerConfig, add_flags, from_args
 
 logger = logging.getLogger("spr")
@@ -69,35 +69,12 @@ def generation_config(a: argparse.Namespace, seed: int) -> GenerationConfig:
     return from_args(GenerationConfig, a, seed=seed, **frame, **which)
 
 
-def make_generator(a: argparse.Namespace, cfg: GenerationConfig):
-    """The back end the options name; the server back end checks URL and model before returning."""
+def server_config(a: argparse.Namespace, cfg: GenerationConfig) -> ServerConfig | None:
+    """The server back end's settings from its flags (``--backend openai``), else None (in process)."""
     if a.backend == "transformers":
-        from spr_plugin.generation.transformers_backend import TransformersGenerator
-
-        return TransformersGenerator(cfg)
-    from spr_plugin.generation.server_backend import OpenAIServerGenerator
-
+        return None
     api_key = a.api_key or os.environ.get("SPR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-    return OpenAIServerGenerator(from_args(ServerConfig, a, api_key=api_key, **cfg.sampling()))
-
-
-def generation_fingerprint(cfg, box_format: str) -> dict:
-    """What a candidates file depends on besides its regions: sampling settings, model and box format.
-
-    Settings that only change speed or memory (batch size, device, sequences per call) are left out, so
-    a resumed run may use other ones.
-    """
-    from spr_plugin.core.manifest import settings
-
-    gen = dict(settings(cfg) or {})
-    for key in ("batch_size", "device", "max_batch_sequences"):
-        gen.pop(key, None)
-    served = gen.pop("served_model", None)
-    if served is not None:  # the generator's name, whichever back end ran it (as recorded before served_model existed)
-        gen["model"] = served
-    if os.path.exists(str(gen.get("model", ""))):
-        gen["model"] = os.path.abspath(gen["model"])
-    return {"generation": gen, "box_format": box_format}
+    return from_args(ServerConfig, a, api_key=api_key, **cfg.sampling())
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -106,6 +83,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from spr_plugin.core.paths import ImageRoots
     from spr_plugin.core.preflight import require_writable_file
     from spr_plugin.families.profiles import get_box_format
+    from spr_plugin.generation.backends import generation_fingerprint, make_generator
     from spr_plugin.generation.candidates import generate_with_config
     from spr_plugin.generation.sharding import resolve_shard, select_shard, shard_path
     from spr_plugin.regions.sampling import read_regions
@@ -128,7 +106,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     )
     if spec.is_split:
         logger.info("shard %s: %d regions -> %s", spec, len(regions), out)
-    generator = make_generator(a, cfg)
+    generator = make_generator(cfg, server_config(a, cfg))
     manifest.record(stage)
     try:
         stats = generate_with_config(regions, generator, box_format, out, cfg, progress=not a.no_progress)

@@ -40,16 +40,16 @@ from typing import Any
 from PIL import Image
 
 from spr_plugin.core.errors import PartialBatchError, SPRError
-from spr_plugin.core.images import has_orientation_tag
-from spr_plugin.families.prompts import Prompt
-from spr_plugin.generation.transformers_backend import clean_output
-from spr_plugin.llamafactory.image import (
+from spr_plugin.core.frame import (
     DEFAULT_IMAGE_MAX_PIXELS,
     DEFAULT_IMAGE_MIN_PIXELS,
     lf_preprocess_image,
     lf_resize_steps,
 )
-from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
+from spr_plugin.core.images import has_orientation_tag
+from spr_plugin.core.sharegpt import content_parts
+from spr_plugin.families.prompts import Prompt
+from spr_plugin.generation.transformers_backend import clean_output
 from spr_plugin.settings import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -98,23 +98,18 @@ def to_openai_messages(
 ) -> list[dict[str, Any]]:
     """The prompt as one user message; ``<image>`` placeholders become ``image_url`` parts in place.
 
-    Images are pre-resized like LLaMA-Factory does at training time (:mod:`spr_plugin.llamafactory.image`).
+    Images are pre-resized like LLaMA-Factory does at training time (:mod:`spr_plugin.core.frame`).
     """
-    pieces = prompt.text.split(IMAGE_TOKEN)
-    if len(pieces) - 1 != len(prompt.images):
-        raise ValueError(f"prompt has {len(pieces) - 1} image placeholders for {len(prompt.images)} images")
-    content: list[dict[str, Any]] = []
-    for i, piece in enumerate(pieces):
-        if i > 0:
-            image = prompt.images[i - 1]
-            if isinstance(image, Image.Image):
-                url = _pil_data_url(lf_preprocess_image(image, image_max_pixels, image_min_pixels))
-            else:
-                url = _file_data_url(str(image), image_max_pixels, image_min_pixels)
-            content.append({"type": "image_url", "image_url": {"url": url}})
-        if piece:
-            content.append({"type": "text", "text": piece})
-    return [{"role": "user", "content": content}]
+
+    def image_part(i: int) -> dict[str, Any]:
+        image = prompt.images[i]
+        if isinstance(image, Image.Image):
+            url = _pil_data_url(lf_preprocess_image(image, image_max_pixels, image_min_pixels))
+        else:
+            url = _file_data_url(str(image), image_max_pixels, image_min_pixels)
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    return [{"role": "user", "content": content_parts(prompt.text, image_part, len(prompt.images))}]
 
 
 def reply_byte_cap(num_samples: int, max_new_tokens: int) -> int:

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from spr_plugin.core.errors import SPRError
-from spr_plugin.core.sanitize import sanitize_answer
-from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, qwen_resize_rules
-from spr_plugin.families.prompts import Prompt
-from spr_plugin.llamafactory.image import (
+from spr_plugin.core.frame import (
     lf_preprocess_image,
 )
-from spr_plugin.llamafactory.sharegpt import IMAGE_TOKEN
+from spr_plugin.core.sanitize import sanitize_answer
+from spr_plugin.core.sharegpt import content_parts
+from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS, qwen_resize_rules
+from spr_plugin.families.prompts import Prompt
+from spr_plugin.generation.model_runner import ModelRunner
 from spr_plugin.settings import GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -31,16 +31,7 @@ logger = logging.getLogger(__name__)
 
 def to_chat_messages(prompt: Prompt) -> list[dict]:
     """Turn ``<image>`` placeholders into chat-template content parts, keeping their order."""
-    content: list[dict] = []
-    pieces = prompt.text.split(IMAGE_TOKEN)
-    if len(pieces) - 1 != len(prompt.images):
-        raise ValueError(f"prompt has {len(pieces) - 1} image placeholders for {len(prompt.images)} images")
-    for i, piece in enumerate(pieces):
-        if i > 0:
-            content.append({"type": "image"})
-        if piece:
-            content.append({"type": "text", "text": piece})
-    return [{"role": "user", "content": content}]
+    return [{"role": "user", "content": content_parts(prompt.text, lambda _: {"type": "image"}, len(prompt.images))}]
 
 
 def load_rgb(image: Image.Image | str) -> Image.Image:
@@ -91,27 +82,31 @@ def lf_image_kwargs(processor) -> dict:
 
 @dataclass
 class TransformersGenerator:
-    """Samples grounded descriptions from a local image-text-to-text checkpoint."""
+    """Samples grounded descriptions from a local image-text-to-text checkpoint (through the one
+    :class:`~spr_plugin.generation.model_runner.ModelRunner` evaluation uses too)."""
 
     config: GenerationConfig
-    model: object = field(init=False, repr=False)
-    processor: object = field(init=False, repr=False)
+    runner: ModelRunner = field(init=False, repr=False)
     #: Sequences (prompts x samples) of every ``model.generate`` call so far, for stats and tests.
     calls: list[int] = field(init=False, default_factory=list)
     #: One torch RNG seed per ``generate`` call (a batch), recorded on each candidate of that batch.
     seed_scope: str = field(init=False, default="batch")
 
     def __post_init__(self) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        cfg = self.config
+        self.runner = ModelRunner.load(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype, what="the generator model")
 
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.config.model)
-            self.model = AutoModelForImageTextToText.from_pretrained(self.config.model, dtype=self.config.dtype)
-        except (OSError, ValueError) as exc:
-            raise SPRError(f"cannot load the generator model {self.config.model!r}: {exc}") from None
-        self.device = resolve_device(self.config.device)
-        self.model.to(self.device).eval()  # type: ignore[attr-defined]
-        self.processor.tokenizer.padding_side = "left"  # type: ignore[attr-defined]
+    @property
+    def model(self):
+        return self.runner.model
+
+    @property
+    def processor(self):
+        return self.runner.processor
+
+    @property
+    def device(self) -> str:
+        return self.runner.device
 
     @property
     def name(self) -> str:
@@ -119,8 +114,7 @@ class TransformersGenerator:
 
     def encode(self, prompts: Sequence[Prompt]):
         """Chat-templated, left-padded model inputs of a batch of prompts (a BatchFeature)."""
-        cfg = self.config
-        return encode_prompts(self.processor, prompts, self.device, cfg.image_max_pixels, cfg.image_min_pixels)
+        return self.runner.encode(prompts, self.config.image_max_pixels, self.config.image_min_pixels)
 
     def generate(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[list[str]]:
         """``num_samples`` texts for each prompt, in prompt order.
@@ -148,24 +142,16 @@ class TransformersGenerator:
         return results
 
     def _generate(self, prompts: Sequence[Prompt], n: int) -> list[list[str]]:
-        import torch
-
         cfg = self.config
-        inputs = self.encode(prompts)
-        sampling = {} if cfg.greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p}
-        with torch.inference_mode():
-            out = self.model.generate(  # type: ignore[attr-defined]
-                **inputs,
-                **sampling,
-                do_sample=not cfg.greedy,
-                max_new_tokens=cfg.max_new_tokens,
-                num_return_sequences=1 if cfg.greedy else n,  # greedy samples would all be equal
-                pad_token_id=self.processor.tokenizer.pad_token_id,  # type: ignore[attr-defined]
-            )
-        self.calls.append(out.shape[0])
-        new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # type: ignore[attr-defined]
-        cleaned = [clean_output(t) for t in decoded]
+        cleaned, sequences = self.runner.generate(
+            prompts,
+            max_new_tokens=cfg.max_new_tokens,
+            image_max_pixels=cfg.image_max_pixels,
+            image_min_pixels=cfg.image_min_pixels,
+            sampling=None if cfg.greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p},
+            num_return_sequences=1 if cfg.greedy else n,  # greedy samples would all be equal
+        )
+        self.calls.append(sequences)
         if cfg.greedy:
             return [[text] * n for text in cleaned]
         return [cleaned[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -192,5 +178,5 @@ def resolve_device(device: str) -> str:
 
 def clean_output(text: str) -> str:
     """The answer without the chat end marker, padding, media and chat tokens (Qwen's box and reference
-    tokens stay; :func:`spr_plugin.generation.candidates.sanitize_candidates` narrows that to the run's box format)."""
+    tokens stay; :func:`spr_plugin.scoring.stage.sanitize_candidates` narrows that to the run's box format)."""
     return sanitize_answer(text, KNOWN_GROUNDING_TOKENS)[0]

@@ -33,19 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import NOT_GIVEN, ImageFrame
 from spr_plugin.core.images import raw_frame_bytes, require_image
 from spr_plugin.core.jsonl import read_dataset_records
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.owned import new_temp
 from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS, content_parts
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
 from spr_plugin.families.prompts import PROMPT_TEMPLATE
 from spr_plugin.families.prompts import prompt_template as family_prompt_template
-from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.recipe_check import meta_path, read_meta
 from spr_plugin.llamafactory.registry import read_dataset_info
-from spr_plugin.llamafactory.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -151,15 +151,9 @@ def _read_records(path: Path) -> list[Any]:
     return [record for _, record in read_dataset_records(path)]
 
 
-def content_parts(text: str) -> list[dict[str, str | None]]:
+def trl_content(text: str) -> list[dict[str, str | None]]:
     """Split ``<image>`` placeholders out of a message into TRL's typed content parts."""
-    parts: list[dict[str, str | None]] = []
-    for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
-        if i > 0:
-            parts.append({"type": "image", "text": None})
-        if chunk:
-            parts.append({"type": "text", "text": chunk})
-    return parts
+    return content_parts(text, lambda _: {"type": "image", "text": None})
 
 
 def trl_row(
@@ -171,11 +165,11 @@ def trl_row(
     role_map = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", "system": "system"}
     try:
         prompt = [
-            {"role": role_map.get(m[tags["role_tag"]], "user"), "content": content_parts(str(m[tags["content_tag"]]))}
+            {"role": role_map.get(m[tags["role_tag"]], "user"), "content": trl_content(str(m[tags["content_tag"]]))}
             for m in record[cols["messages"]]
         ]
-        chosen = [{"role": "assistant", "content": content_parts(str(record[cols["chosen"]][tags["content_tag"]]))}]
-        rejected = [{"role": "assistant", "content": content_parts(str(record[cols["rejected"]][tags["content_tag"]]))}]
+        chosen = [{"role": "assistant", "content": trl_content(str(record[cols["chosen"]][tags["content_tag"]]))}]
+        rejected = [{"role": "assistant", "content": trl_content(str(record[cols["rejected"]][tags["content_tag"]]))}]
         image_paths = list(record.get(cols["images"]) or [])
     except (KeyError, TypeError) as exc:
         raise SPRError(f"{where}: not a ShareGPT ranking record ({type(exc).__name__}: {exc})") from None

@@ -35,6 +35,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.images import check_image_cached, content_file_name, copy_verified, region_image
 from spr_plugin.core.jsonl import dumps
 from spr_plugin.core.owned import OwnedFiles, Stamp, file_matches, is_temp_name, stamp_of, write_bytes
@@ -42,10 +43,10 @@ from spr_plugin.core.paths import ImageRoots, check_write_path, image_roots, mak
 from spr_plugin.core.preflight import check_dataset_name
 from spr_plugin.core.records import PreferencePair
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
+from spr_plugin.core.sharegpt import ranking_record
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import profile_of
 from spr_plugin.families.prompts import training_prompt
-from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.recipe_check import META_SUFFIX, meta_text
 from spr_plugin.llamafactory.registry import (
     DATASET_INFO,
@@ -54,7 +55,6 @@ from spr_plugin.llamafactory.registry import (
     chosen_sft_name,
     register_datasets,
 )
-from spr_plugin.llamafactory.sharegpt import ranking_record
 
 IMAGE_MODES = ("copy", "link", "absolute")
 #: The record of the files an export of ``<name>`` wrote (:class:`spr_plugin.core.owned.OwnedFiles`).

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.frame import NOT_GIVEN, ImageFrame
 from spr_plugin.core.jsonl import atomic_write_text, dumps
 from spr_plugin.core.options import BOX_FORMATS
 from spr_plugin.core.yaml_safe import load_yaml
 from spr_plugin.families.profiles import get_profile
-from spr_plugin.llamafactory.image import NOT_GIVEN, ImageFrame
 from spr_plugin.llamafactory.shipped_recipes import resolve_recipe, shipped_recipe_names
 
 META_SUFFIX = ".spr.json"

@@ -21,7 +21,7 @@ from filelock import FileLock
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text, dumps
 from spr_plugin.core.paths import check_write_path, contained_path
-from spr_plugin.llamafactory.sharegpt import RANKING_COLUMNS, SFT_COLUMNS, check_record_media
+from spr_plugin.core.sharegpt import RANKING_COLUMNS, SFT_COLUMNS, check_record_media
 
 DATASET_INFO = "dataset_info.json"
 

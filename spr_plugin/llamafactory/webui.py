@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.llamafactory.image import ImageFrame
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.llamafactory.recipe_check import read_meta
 from spr_plugin.llamafactory.registry import DATASET_INFO, read_dataset_info
 from spr_plugin.llamafactory.train import llamafactory_cli

@@ -46,7 +46,7 @@ from spr_plugin.regions.annotations import (
 from spr_plugin.settings import RegionConfig
 
 __all__ = [
-    "RegionConfig", "RegionStats", "load_coco", "sample_regions", "grow_region", "require_regions",
+    "RegionConfig", "RegionStats", "load_coco", "sample_regions", "sample_regions_stage", "grow_region", "require_regions",
     "check_images_found", "read_regions", "clean_region",
 ]  # fmt: skip
 
@@ -234,8 +234,34 @@ def require_regions(regions: list[Region], stats: RegionStats, source: object) -
         raise SPRError(f"no query region could be sampled from {source} ({stats.reasons()})")
 
 
+def sample_regions_stage(
+    config: RegionConfig,
+    annotations: str | os.PathLike,
+    image_root: str | os.PathLike,
+    *,
+    coco: COCO | None = None,
+    locator: ImageLocator | None = None,
+    progress: bool = False,
+) -> tuple[list[Region], RegionStats]:
+    """The regions stage, the one way every command samples: load the annotations (unless ``coco`` is given),
+    check their images are under ``image_root`` (unless ``locator`` already did), sample, and refuse an empty
+    result in one line saying why. ``spr regions``, ``spr build``, ``spr eval region`` and the demo call it."""
+    coco = coco if coco is not None else load_coco(annotations)
+    locator = locator if locator is not None else check_images_found(coco, image_root)  # one line before any long work
+    stats = RegionStats()
+    regions = list(sample_regions(coco, image_root, config, stats, progress=progress, locator=locator))
+    require_regions(regions, stats, annotations)
+    return regions, stats
+
+
 def sample_regions(
-    coco: COCO, image_root: str | os.PathLike, config: RegionConfig, stats: RegionStats | None = None, *, progress: bool = False
+    coco: COCO,
+    image_root: str | os.PathLike,
+    config: RegionConfig,
+    stats: RegionStats | None = None,
+    *,
+    progress: bool = False,
+    locator: ImageLocator | None = None,
 ) -> Iterator[Region]:
     """Yield query regions, image by image in id order; skipped images are counted in ``stats``.
 
@@ -247,7 +273,7 @@ def sample_regions(
     stats = stats if stats is not None else RegionStats()
     if isinstance(coco, DetectionIndex):
         stats.loader = dict(coco.load_stats)
-    locator = image_locator(coco, image_root)
+    locator = locator if locator is not None else image_locator(coco, image_root)
     root = str(locator.root)
     for img_id in tqdm(sorted(coco.imgs), desc="checking images", unit="image", disable=not progress):
         if config.max_regions is not None and stats.regions >= config.max_regions:

@@ -15,19 +15,22 @@ from __future__ import annotations
 import logging
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from spr_plugin.core.records import Candidate, PreferencePair, Region
+from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
+from spr_plugin.families.box_formats import BoxFormat
+from spr_plugin.families.profiles import profile_of
 from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.localization import iou_matrix
 from spr_plugin.scoring.mentions import IMAGE, UNJUDGED, TextFacts, Vocabulary, measure
 from spr_plugin.scoring.pairing import PairingConfig, length_stats, pick, select_pair
 from spr_plugin.scoring.refine import RefineResult, refine
-from spr_plugin.scoring.scorer import Assessment, CandidateScorer, mix_scores
+from spr_plugin.scoring.scorer import Assessment, CandidateScorer, ScoringConfig, mix_scores
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,45 @@ class _PairEvidence:
     chosen: Assessment
     rejected: Assessment
     localization_decided: bool
+
+
+def sanitize_candidates(
+    candidates: Iterable[Candidate], box_format: BoxFormat, stats: SanitizeStats | None = None
+) -> list[Candidate]:
+    """Candidates as they may enter scoring and training data: cut at an end-of-turn token, every special
+    token except ``box_format``'s own grounding tokens removed (see :mod:`spr_plugin.core.sanitize`), counted."""
+    keep = profile_of(box_format).kept_tokens
+    out = []
+    for cand in candidates:
+        text, removed = sanitize_answer(cand.text, keep)
+        if stats is not None:
+            stats.add("candidates", removed)
+        out.append(cand if text == cand.text else replace(cand, text=text))
+    return out
+
+
+def score_pairs_stage(
+    regions: Sequence[Region],
+    candidates: Iterable[Candidate],
+    scoring: ScoringConfig,
+    pairing: PairingConfig,
+    *,
+    box_format: BoxFormat,
+    text_model: str,
+    category_names: Iterable[str] | None = None,
+    sanitized: SanitizeStats | None = None,
+    progress: bool = True,
+) -> tuple[list[PreferencePair], PairStats]:
+    """The scores+pairs stage, the one way ``spr pair`` and ``spr build`` run it: sanitise the candidates
+    (counted in ``sanitized``), load the scorer, judge mentions by the dataset's whole vocabulary
+    (``category_names``, when the annotations are known), then :func:`score_refine_pair`."""
+    from spr_plugin.scoring.factory import build_candidate_scorer  # loads models: only when the stage runs
+
+    candidates = sanitize_candidates(candidates, box_format, sanitized)
+    scorer = build_candidate_scorer(scoring, text_model, box_format=box_format)
+    if category_names is not None:
+        scorer.vocabulary = Vocabulary.of(category_names)
+    return score_refine_pair(regions, candidates, scorer, pairing, progress=progress)
 
 
 def score_refine_pair(

@@ -3,7 +3,7 @@
 Why: each model family spr-plugin supports must be exercised end to end on CPU (generation, LLaMA-Factory's
 template and multimodal plugin, DPO training, evaluation) with the family's real architecture class, processor
 class and special tokens; only the sizes are tiny and the weights random. The tokenizer is the same trained
-byte-level BPE as :mod:`spr_plugin.testing.tiny_model` (Qwen2's pre-tokenizer; both families use a Qwen
+byte-level BPE as :mod:`spr_plugin.demo.tiny_model` (Qwen2's pre-tokenizer; both families use a Qwen
 tokenizer), with the family's own special tokens and a chat template of the family's shape:
 
 * Qwen3-VL: ChatML without a default system turn, images as ``<|vision_start|><|image_pad|><|vision_end|>``;
@@ -22,14 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from spr_plugin.families.profiles import GLM4V_GROUNDING_TOKENS, INTERNVL_GROUNDING_TOKENS, QWEN_GROUNDING_TOKENS
-from spr_plugin.testing.tiny_model import (
+from spr_plugin.demo.tiny_model import (
     _args_hash,
     _corpus_lines,
     _train_tokenizer,
     atomic_build,
     build_tiny_qwen2vl,
 )
+from spr_plugin.families.profiles import GLM4V_GROUNDING_TOKENS, INTERNVL_GROUNDING_TOKENS, QWEN_GROUNDING_TOKENS
 
 #: Qwen3-VL's special tokens (Qwen2-VL's set; Qwen3's ``<think>`` tags are ordinary added text, not needed here).
 QWEN3VL_SPECIAL_TOKENS: tuple[str, ...] = (

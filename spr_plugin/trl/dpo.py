@@ -26,7 +26,7 @@ for transformers 4.x, and five things break for Qwen2-VL; each fix below is as n
 5. The image frame: LLaMA-Factory pre-resizes every image to ``image_max_pixels`` / ``image_min_pixels`` before
    the processor, and SPR's boxes (for Qwen2.5-VL: pixels of that frame) were written for it. The parquets of
    ``spr export-hf`` / ``spr export-grpo`` record the frame per row; both trainers apply the same pre-resize
-   (:func:`spr_plugin.llamafactory.image.lf_preprocess_image`) so TRL shows the model what LLaMA-Factory would.
+   (:func:`spr_plugin.core.frame.lf_preprocess_image`) so TRL shows the model what LLaMA-Factory would.
 
 Newer TRL releases fix 3 and 4 upstream (huggingface/trl#3906, #5279); the subclasses override only the
 methods named above and call TRL's own code for everything else. See docs/trl.md.
@@ -63,7 +63,7 @@ def ensure_warnings_issued(model: Any) -> None:
 
 def preprocess_images(images: Sequence[Any], max_pixels: int | None, min_pixels: int | None) -> list[Any]:
     """Fault 5: LLaMA-Factory's pre-resize of each image (RGB), so TRL shows the frame the boxes were written for."""
-    from spr_plugin.llamafactory.image import lf_preprocess_image
+    from spr_plugin.core.frame import lf_preprocess_image
 
     return [lf_preprocess_image(im, max_pixels, min_pixels) for im in images]
 

@@ -25,7 +25,7 @@ from spr_plugin.core.images import raw_frame_bytes, region_image, require_image
 from spr_plugin.core.paths import ImageRoots, image_roots
 from spr_plugin.core.records import Region
 from spr_plugin.families.prompts import training_prompt
-from spr_plugin.inspect.hf_export import FrameFacts, content_parts, conversation_feature, frame_features, write_parquet
+from spr_plugin.inspect.hf_export import FrameFacts, conversation_feature, frame_features, trl_content, write_parquet
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def grpo_row(region: Region, facts: FrameFacts, image_bytes: bytes) -> dict[str,
     """One prompt row: the DPO question about ``region``, its image and its annotations."""
     prompt = training_prompt(region, facts.box_format_obj())  # the region box in the frame the model will see
     return {
-        "prompt": [{"role": "user", "content": content_parts(prompt)}],
+        "prompt": [{"role": "user", "content": trl_content(prompt)}],
         "images": [{"bytes": image_bytes, "path": Path(region.image_path).name}],
         "region": region.to_dict(),
         **facts.columns(),

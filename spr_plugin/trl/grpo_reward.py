@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
+from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 from spr_plugin.core.records import Candidate, Region, ScoredCandidate
 from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
-from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
 from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
 from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
@@ -152,8 +152,8 @@ class SPRReward:
         is the dataset's (``spr export-grpo --image-max-pixels/--image-min-pixels``), for the Qwen2.5-VL formats.
         ``vocabulary``: the dataset's category names (e.g. :func:`spr_plugin.regions.annotations.category_vocabulary`),
         so names no region of a batch records still count as absent objects."""
+        from spr_plugin.core.frame import ImageFrame
         from spr_plugin.families.profiles import get_box_format
-        from spr_plugin.llamafactory.image import ImageFrame
         from spr_plugin.scoring.factory import build_candidate_scorer
         from spr_plugin.scoring.mentions import Vocabulary
 

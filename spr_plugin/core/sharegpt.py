@@ -8,12 +8,14 @@ chosen-only SFT export, the warm-up SFT data), the registry (the ``columns`` of 
     RANKING_COLUMNS, SFT_COLUMNS the ``columns`` of a DPO (``ranking: true``) and of an SFT entry
     DEFAULT_TAGS                 LLaMA-Factory's default ShareGPT tags (from/value/human/gpt)
     ranking_record, sft_record   a record of each kind
+    content_parts                a message with ``<image>`` placeholders as typed chat content parts
     check_record_media           refuse media paths that leave ``dataset_dir``
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,23 @@ RANKING_COLUMNS: dict[str, str] = {"messages": "conversations", "chosen": "chose
 SFT_COLUMNS: dict[str, str] = {"messages": "conversations", "images": "images"}
 DEFAULT_TAGS: dict[str, str] = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
 MEDIA_COLUMNS = ("images", "videos", "audios")
+
+
+def content_parts(text: str, image_part: Callable[[int], dict[str, Any]], n_images: int | None = None) -> list[dict[str, Any]]:
+    """``text`` as chat content parts in order: ``image_part(i)`` for the i-th ``<image>`` placeholder, a
+    ``{"type": "text"}`` part for each non-empty piece between them. The one splitter of placeholders: the
+    in-process chat template, the OpenAI-compatible server and TRL's rows (``spr export-hf``) all use it.
+    ``n_images``: the number of images the prompt carries, which must equal the placeholders'."""
+    pieces = text.split(IMAGE_TOKEN)
+    if n_images is not None and len(pieces) - 1 != n_images:
+        raise ValueError(f"prompt has {len(pieces) - 1} image placeholders for {n_images} images")
+    parts: list[dict[str, Any]] = []
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            parts.append(image_part(i - 1))
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
 
 
 def user_turn(text: str) -> dict[str, str]:

@@ -78,8 +78,8 @@ BASE_CORPUS: tuple[str, ...] = (
     "A shape left of another shape, right of the object, below the object.",
 )
 
-# The synthetic-scene vocabulary (data_builders.synthetic.COLOURS/SHAPES), repeated here so that the
-# installable package does not import the repo-only ``data_builders`` folder.
+# The synthetic-scene vocabulary (a superset of spr_plugin.demo.scenes.COLOURS/SHAPES): the tiny model's
+# tokenizer is trained on a vocabulary of its own (a wider one than the demo renders).
 _SCENE_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "brown", "pink")
 _SCENE_SHAPES = ("circle", "square", "triangle", "star", "rectangle", "diamond", "hexagon")
 
