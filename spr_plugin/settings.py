@@ -45,7 +45,14 @@ from spr_plugin.core.options import (
 from spr_plugin.llamafactory.image import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, cli: bool = True, **argparse_kw: Any):
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | tuple[str, ...] | None = None,
+    cli: bool = True,
+    **argparse_kw: Any,
+):
     """A dataclass field carrying its command-line form: ``help`` (also the documentation), the ``flag``
     (default ``--field-name``), ``cli=False`` for settings the command line does not offer, and any
     further :meth:`argparse.ArgumentParser.add_argument` keywords (``type``, ``choices``, ``metavar``)."""
@@ -60,25 +67,45 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    return flag[0] if isinstance(flag, tuple) else flag
 
 
-def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, ...] | None = None, **defaults: Any) -> None:
+def _flags(f: dataclasses.Field) -> tuple[str, ...]:
+    """The field's option strings: ``flag`` may name several (``("--name", "-n")``)."""
+    flag = f.metadata.get("flag")
+    return flag if isinstance(flag, tuple) else (_flag(f),)
+
+
+def add_flags(
+    group: argparse._ActionsContainer,
+    cls: type,
+    *,
+    only: tuple[str, ...] | None = None,
+    note: str | None = None,
+    required: bool | None = None,
+    **defaults: Any,
+) -> None:
     """Add a flag per command-line field of ``cls`` (or of the fields named in ``only``, in that order).
 
     The flag's default is the field's (``defaults`` overrides it, e.g. ``model=None`` where the flag is
-    optional); its help is the field's help plus the default. Values are checked by the config itself
-    when :func:`from_args` builds it, so a bad value fails with the config's own message.
+    optional, or ``box_format=None`` where an input file's record decides); its help is the field's help plus
+    the default, then ``note``. ``required`` overrides the field's. Values are checked by the config itself
+    when :func:`from_args` builds it, so a bad value fails with the config's own message. Each flag carries
+    ``setting = (cls, field name)`` and ``default_overridden``, which ``tests/test_settings_flags.py`` reads.
     """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)}
     for name in only or tuple(fields):
         f = fields[name]
         kw = dict(f.metadata["argparse"])
+        if required is not None:
+            kw["required"] = required
         default = defaults.get(name, f.default if f.default is not dataclasses.MISSING else None)
         if kw.get("required"):
             default = None
         if isinstance(default, bool):
-            group.add_argument(_flag(f), action="store_true", default=default, help=f.metadata["help"])
+            action = group.add_argument(_flag(f), action="store_true", default=default, help=f.metadata["help"])
+            action.setting, action.default_overridden = (cls, name), name in defaults  # type: ignore[attr-defined]
             continue
         if isinstance(default, tuple):
             kw.setdefault("type", _comma_list)
@@ -90,7 +117,10 @@ def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, 
                 ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, tuple) else default
             )
             helptext = f"{helptext} (default {shown})" if helptext else f"default {shown}"
-        group.add_argument(_flag(f), dest=name, default=default, help=helptext, **kw)
+        if note:
+            helptext = f"{helptext} {note}"
+        action = group.add_argument(*_flags(f), dest=name, default=default, help=helptext, **kw)
+        action.setting, action.default_overridden = (cls, name), name in defaults  # type: ignore[attr-defined]
 
 
 def from_args(cls: type, a: argparse.Namespace, **overrides: Any) -> Any:
@@ -425,3 +455,48 @@ class BuildConfig:
             return []
         files = self.candidates_file
         return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
+
+
+# -- looking at a built dataset ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebUIConfig:
+    """``spr webui``: LlamaBoard with its Data dir on a dataset folder (:mod:`spr_plugin.llamafactory.webui`)."""
+
+    dataset_dir: Path = setting(help="folder holding dataset_info.json", type=Path, required=True)
+    workspace: Path | None = setting(None, "LlamaBoard's working folder (default: DIR/../llamaboard)", type=Path)
+    port: int = setting(7860, "port LlamaBoard listens on")
+    host: str = setting("127.0.0.1", "interface to listen on (default: loopback only)")
+
+    def resolved_workspace(self) -> Path:
+        return (self.workspace or Path(self.dataset_dir).resolve().parent / "llamaboard").resolve()
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    """``spr show``: chosen vs rejected pairs rendered as HTML + PNGs (:mod:`spr_plugin.inspect.viewer`)."""
+
+    pairs: Path | None = setting(help="pairs JSONL (work/pairs.jsonl or <dataset_dir>/<name>.pairs.jsonl)", type=Path)
+    dataset_dir: Path | None = setting(help="a built dataset folder (use with --name)", type=Path)
+    #: Required here; the flag defaults to the build's dataset name (``add_flags(..., name=BuildConfig.name)``).
+    name: str = setting(help="dataset name in --dataset-dir")
+    out: Path = setting(help="folder for index.html and the PNGs", type=Path, required=True)
+    n: int = setting(8, "number of pairs to render", flag="-n")
+    #: None: as the pairs file records it (``spr pair``'s sidecar, a build's work dir, ``<name>.spr.json``), else
+    #: qwen2_vl; a different value than the record is refused (the boxes would be drawn in the wrong place).
+    box_format: str | None = setting(None, "the pairs' box format (flag: ScoringConfig's --box-format)", cli=False)
+    #: The folders original images are read from (``--images``); empty: the pairs file's folder.
+    images: tuple[Path, ...] = setting((), "folders the original images are read from", cli=False)
+
+    def __post_init__(self) -> None:
+        if (self.pairs is None) == (self.dataset_dir is None):
+            raise SPRError("give either --pairs FILE or --dataset-dir DIR (with --name)")
+        if self.n < 1:
+            raise SPRError(f"-n must be at least 1, got {self.n}")
+
+    def pairs_file(self) -> Path:
+        if self.pairs is not None:
+            return Path(self.pairs)
+        assert self.dataset_dir is not None
+        return Path(self.dataset_dir) / f"{self.name}.pairs.jsonl"
