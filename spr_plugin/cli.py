@@ -23,6 +23,7 @@ from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.llamafactory.image import add_pre_resize_args
 from spr_plugin.settings import (
     BuildConfig,
+    DemoConfig,
     PairingConfig,
     RegionConfig,
     ScoringConfig,
@@ -298,21 +299,10 @@ def cmd_recipes(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from data_builders.demo import DemoConfig, run_demo
-    from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, resolve_recipe
+    from data_builders.demo import run_demo
+    from spr_plugin.llamafactory.shipped_recipes import resolve_recipe
 
-    run_demo(
-        DemoConfig(
-            out_dir=a.out,
-            recipe=RECIPES_DIR / "spr_qwen2vl_cpu_demo.yaml" if a.recipe is None else resolve_recipe(a.recipe),
-            train=not a.no_train,
-            n_images=a.images,
-            seed=a.seed,
-            warmup_scenes=a.warmup_scenes,
-            warmup_steps=a.warmup_steps,
-            num_samples=a.num_samples,
-        )
-    )
+    run_demo(from_args(DemoConfig, a, recipe=None if a.recipe is None else resolve_recipe(a.recipe)))
     return 0
 
 
@@ -511,16 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("demo", help="the whole chain on rendered scenes and a tiny local Qwen2-VL, on CPU")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument(
-        "--recipe", type=Path, default=None, help="DPO recipe (default: the shipped spr_qwen2vl_cpu_demo, from any folder)"
-    )
-    p.add_argument("--images", type=int, default=24, help="number of synthetic scenes to build pairs from")
-    p.add_argument("--warmup-scenes", type=int, default=300, help="scenes for the tiny model's warm-up SFT")
-    p.add_argument("--warmup-steps", type=int, default=700, help="warm-up SFT steps")
-    p.add_argument("--num-samples", type=int, default=3, help="samples per region and prompt variant")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-train", action="store_true", help="stop after building the dataset")
+    add_flags(p, DemoConfig)
     p.set_defaults(func=cmd_demo)
     _add_viewer_commands(sub)
     from spr_plugin.evaluation.cli import add_eval_parser

@@ -103,8 +103,9 @@ def add_flags(
         default = defaults.get(name, f.default if f.default is not dataclasses.MISSING else None)
         if kw.get("required"):
             default = None
-        if isinstance(default, bool):
-            action = group.add_argument(_flag(f), action="store_true", default=default, help=f.metadata["help"])
+        if isinstance(default, bool):  # a switch: --flag turns it on, or --no-flag off (a field defaulting to True)
+            store = "store_false" if default and _flag(f).startswith("--no-") else "store_true"
+            action = group.add_argument(_flag(f), dest=name, action=store, default=default, help=f.metadata["help"])
             action.setting, action.default_overridden = (cls, name), name in defaults  # type: ignore[attr-defined]
             continue
         if isinstance(default, tuple):
@@ -500,3 +501,21 @@ class ShowConfig:
             return Path(self.pairs)
         assert self.dataset_dir is not None
         return Path(self.dataset_dir) / f"{self.name}.pairs.jsonl"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``spr demo`` (``data_builders/demo.py``): the whole chain on rendered scenes and a tiny local Qwen2-VL, on CPU."""
+
+    out_dir: Path = setting(Path("runs/demo"), "folder for everything the demo makes", flag="--out", type=Path)
+    #: None: the shipped ``spr_qwen2vl_cpu_demo`` recipe, so the demo runs from any folder.
+    recipe: Path | None = setting(None, "DPO recipe (default: the shipped spr_qwen2vl_cpu_demo, from any folder)", type=Path)
+    train: bool = setting(True, "stop after building the dataset", flag="--no-train")
+    n_images: int = setting(24, "number of synthetic scenes to build pairs from", flag="--images")
+    seed: int = setting(0, "seed of the scenes, the warm-up and the build")
+    #: More scenes generalise better than more steps on few scenes.
+    warmup_scenes: int = setting(300, "scenes for the tiny model's warm-up SFT")
+    warmup_steps: int = setting(700, "warm-up SFT steps")
+    num_samples: int = setting(3, "samples per region and prompt variant")
+    #: Digits are single tokens: one grounded unit is ~30 tokens.
+    max_new_tokens: int = setting(160, "longest description, in tokens", cli=False)

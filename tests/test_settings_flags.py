@@ -24,6 +24,7 @@ SETTINGS_CLASSES = [
     settings.BuildConfig,
     settings.WebUIConfig,
     settings.ShowConfig,
+    settings.DemoConfig,
     eval_config.RecConfig,
     eval_config.RegionEvalConfig,
 ]
@@ -65,9 +66,6 @@ NOT_THE_FIELD = {
     ("eval rec", "fresh"): "the results file, not a work dir",
     ("eval region", "fresh"): "the results file, not a work dir",
     ("generate", "fresh"): "the candidates file, not a work dir",
-    ("demo", "recipe"): "the demo's DPO recipe",
-    ("demo", "seed"): "the demo's (DemoConfig in data_builders)",
-    ("demo", "num_samples"): "the demo's (DemoConfig in data_builders)",
 }
 #: Dests that are never settings fields but argparse's or a file's (inputs, outputs, image folders).
 PIXELS = {"image_max_pixels": DEFAULT_IMAGE_MAX_PIXELS, "image_min_pixels": DEFAULT_IMAGE_MIN_PIXELS}

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from candidates_factory import write_candidates
-from data_builders.demo import DemoConfig, run_demo
+from data_builders.demo import run_demo
 from helpers import region
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
@@ -20,6 +20,7 @@ from spr_plugin.llamafactory.train import run_train
 from spr_plugin.pipeline import BuildConfig, build_dataset
 from spr_plugin.regions.sampling import RegionConfig
 from spr_plugin.scoring.pairing import PairingConfig
+from spr_plugin.settings import DemoConfig
 
 
 def test_jsonl_names_file_and_line(tmp_path):
