@@ -507,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spr_plugin.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)  # spr eval rec / spr eval region
+    from spr_plugin.config_file import add_config_epilogs
+
+    add_config_epilogs(parser)
     return parser
 
 

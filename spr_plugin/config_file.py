@@ -131,6 +131,17 @@ def parse_override(token: str, actions: dict[str, argparse.Action], command: str
     return key, text
 
 
+def add_config_epilogs(parser: argparse.ArgumentParser) -> None:
+    """Say in each config command's ``--help`` that it takes a config file, and how its keys are spelled."""
+    for path in CONFIG_COMMANDS:
+        command = " ".join(path)
+        _subparser(parser, path).epilog = (
+            f"Config file: spr {command} CONFIG.yaml [key=value ...] [flags]. Keys are the flags' names with _ for - "
+            "(their dest: --images of regions/build is image_root); flags win over key=value, which wins over the file. "
+            "Examples: spr recipes (configs/)."
+        )
+
+
 def expand_config_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
     """``argv`` with a config file and its ``key=value`` overrides turned into the flags they stand for.
 

@@ -164,3 +164,13 @@ def test_shipped_configs_parse_for_their_command_and_are_listed():
         assert a.command == path[0]
     listed = spr("recipes")
     assert listed.returncode == 0 and "configs/build_coco_qwen2vl.yaml" in listed.stdout
+
+
+def test_each_config_command_says_so_in_its_help():
+    parser = build_parser()
+    for path in CONFIG_COMMANDS:
+        sub = parser
+        for name in path:
+            (action,) = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+            sub = action.choices[name]
+        assert f"spr {' '.join(path)} CONFIG.yaml" in sub.format_help()
