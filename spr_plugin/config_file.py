@@ -20,6 +20,7 @@ The file is read with :func:`spr_plugin.core.yaml_safe.load_yaml` (size and alia
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -103,6 +104,19 @@ def _given_flags(tokens: Sequence[str], actions: dict[str, argparse.Action]) -> 
     return given
 
 
+def _unknown_key(key: object, actions: dict[str, argparse.Action], command: str, where: str) -> SPRError:
+    """One line naming the key, with the key the user probably meant (a flag spelled as its dest, or a near name)."""
+    text = short(repr(key), 80)
+    hint = ""
+    if isinstance(key, str):
+        flag = "--" + key.replace("_", "-")
+        meant = [dest for dest, a in actions.items() if flag in a.option_strings] or difflib.get_close_matches(key, actions, 1)
+        hint = f"; did you mean {meant[0]!r}?" if meant else ""
+    return SPRError(
+        f"{where}: unknown key {text}: not a setting of spr {command}{hint} (keys: the flags' dest names, see --help)"
+    )
+
+
 def load_config(path: str | os.PathLike, actions: dict[str, argparse.Action], command: str) -> dict[str, Any]:
     """The settings of a config file, keys checked against the command's settings."""
     doc = load_yaml(path, what="config file")
@@ -112,7 +126,7 @@ def load_config(path: str | os.PathLike, actions: dict[str, argparse.Action], co
         raise SPRError(f"config file {path}: expected a mapping of settings (key: value), got {type(doc).__name__}")
     for key in doc:
         if not isinstance(key, str) or key not in actions:
-            raise SPRError(f"config file {path}: unknown key {short(repr(key))}: not a setting of spr {command} (see --help)")
+            raise _unknown_key(key, actions, command, f"config file {path}")
     return dict(doc)
 
 
@@ -121,7 +135,7 @@ def parse_override(token: str, actions: dict[str, argparse.Action], command: str
     for a switch (``overwrite=true``) and a list (``candidates=[a.jsonl,b.jsonl]``), read as YAML."""
     key, _, text = token.partition("=")
     if key not in actions:
-        raise SPRError(f"unknown key {key!r} in {short(token)}: not a setting of spr {command} (see --help)")
+        raise _unknown_key(key, actions, command, short(token, 80))
     action = actions[key]
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or text.lstrip().startswith("["):
         try:

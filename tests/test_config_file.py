@@ -92,6 +92,9 @@ def test_unknown_key_is_refused_in_one_line_naming_it(tmp_path):
     good = _write(tmp_path / "g.yaml", {"annotations": "a.json", "image_root": "imgs", "out": "o"})
     _one_error_line(spr("regions", good, "lamb=0.5"), "unknown key 'lamb'")
     _one_error_line(spr("regions", good, "lam=0.5"), "unknown key 'lam'", "spr regions")  # a setting of another command
+    # the flag's name where the key is its dest, or a near name: said in the same line
+    _one_error_line(spr("build", _write(tmp_path / "b.yaml", {"images": "imgs"})), "unknown key 'images'", "'image_root'")
+    _one_error_line(spr("regions", good, "regions_per_imag=2"), "did you mean 'regions_per_image'")
     _one_error_line(spr("regions", _write(tmp_path / "l.yaml", "- k\n- 4\n")), "expected a mapping")
     _one_error_line(spr("regions", tmp_path / "missing.yaml"), "not found")
     _one_error_line(spr("build", _write(tmp_path / "s.yaml", {"overwrite": "yes please"})), "overwrite must be true or false")
