@@ -11,6 +11,9 @@ imports no heavy library (``spr --help`` and ``spr register`` parse the whole co
     ScoringConfig      S = lam * S_sem + (1 - lam) * S_loc and what feeds it
     PairingConfig      refinement policy and the minimum margin of a pair
     BuildConfig        a whole build: the stages' configs, the sources, the work dir and the dataset to write
+    WebUIConfig, ShowConfig, DemoConfig    spr webui, spr show, spr demo
+
+A config file (``spr build CONFIG.yaml key=value``, :mod:`spr_plugin.config_file`) is read into these same flags.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def setting(
     default: Any = dataclasses.MISSING,
     help: str = "",
     *,
-    flag: str | tuple[str, ...] | None = None,
+    flag: str | None = None,
     cli: bool = True,
     **argparse_kw: Any,
 ):
@@ -67,14 +70,7 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def _flag(f: dataclasses.Field) -> str:
-    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-    return flag[0] if isinstance(flag, tuple) else flag
-
-
-def _flags(f: dataclasses.Field) -> tuple[str, ...]:
-    """The field's option strings: ``flag`` may name several (``("--name", "-n")``)."""
-    flag = f.metadata.get("flag")
-    return flag if isinstance(flag, tuple) else (_flag(f),)
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def add_flags(
@@ -120,7 +116,7 @@ def add_flags(
             helptext = f"{helptext} (default {shown})" if helptext else f"default {shown}"
         if note:
             helptext = f"{helptext} {note}"
-        action = group.add_argument(*_flags(f), dest=name, default=default, help=helptext, **kw)
+        action = group.add_argument(_flag(f), dest=name, default=default, help=helptext, **kw)
         action.setting, action.default_overridden = (cls, name), name in defaults  # type: ignore[attr-defined]
 
 
