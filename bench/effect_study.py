@@ -333,14 +333,15 @@ def evaluate(
     from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
 
     loaded = load_model(model, adapter)
-    frame = {"image_max_pixels": FRAME.image_max_pixels, "image_min_pixels": FRAME.image_min_pixels}
     prefix.parent.mkdir(parents=True, exist_ok=True)
     # not with_suffix: a name such as "beta0.5_normal" has a "suffix" of its own
     rec_path, reg_path = prefix.with_name(prefix.name + ".rec.jsonl"), prefix.with_name(prefix.name + ".region.jsonl")
-    evaluate_rec(rec, loaded, RecConfig(batch_size=32, max_new_tokens=48, **frame), rec_path, progress=False)
+    evaluate_rec(rec, loaded, RecConfig(batch_size=32, max_new_tokens=48, frame=FRAME), rec_path, progress=False)
     reg_ans: dict[str, str] = {}
     if regions:
-        evaluate_region(regions, loaded, RegionEvalConfig(batch_size=16, max_new_tokens=96, **frame), reg_path, progress=False)
+        evaluate_region(
+            regions, loaded, RegionEvalConfig(batch_size=16, max_new_tokens=96, frame=FRAME), reg_path, progress=False
+        )
         reg_ans = {r["id"]: r["answer"] for r in map(json.loads, reg_path.read_text().splitlines())}
     rec_ans = {r["id"]: r["answer"] for r in map(json.loads, rec_path.read_text().splitlines())}
     rec_rows = [rec_row(rec_ans[it.item_id], it.box, SIDE, SIDE, FMT) for it in rec]

@@ -20,8 +20,18 @@ from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import add_pre_resize_args
-from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
-from spr_plugin.settings import BuildConfig, PairingConfig, RegionConfig, ScoringConfig, add_flags, from_args
+from spr_plugin.core.options import DEFAULT_BOX_FORMAT
+from spr_plugin.settings import (
+    BuildConfig,
+    DemoConfig,
+    PairingConfig,
+    RegionConfig,
+    ScoringConfig,
+    ShowConfig,
+    WebUIConfig,
+    add_flags,
+    from_args,
+)
 
 logger = logging.getLogger("spr")
 
@@ -42,6 +52,16 @@ def add_images_flag(p: argparse.ArgumentParser, what: str, default: str = "none:
     )
 
 
+def add_box_format_flag(g: argparse._ActionsContainer, recorded: str | None = None) -> None:
+    """``--box-format`` (the one flag, :class:`ScoringConfig`'s field). ``recorded``: the input file whose record
+    decides when the flag is not given (the flag then defaults to None and may only agree with the record)."""
+    if recorded is None:
+        add_flags(g, ScoringConfig, only=("box_format",))
+    else:
+        note = f"(default: as {recorded} records it, else {DEFAULT_BOX_FORMAT}; a different value is refused)"
+        add_flags(g, ScoringConfig, only=("box_format",), note=note, box_format=None)
+
+
 def _add_region_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("regions")
     add_flags(g, BuildConfig, only=("annotations", "image_root"))
@@ -54,13 +74,10 @@ def _add_generation_args(p: argparse.ArgumentParser, required: bool, frame_from:
     add_generation_args(p, required, frame_from)
 
 
-def _add_scoring_args(p: argparse.ArgumentParser, box_format: str | None = DEFAULT_BOX_FORMAT) -> None:
-    """``box_format``: the flag's default (None: the candidates' record decides, see :func:`cmd_pair`)."""
+def _add_scoring_args(p: argparse.ArgumentParser, box_format: bool = True) -> None:
+    """``box_format=False``: the flag defaults to None, the candidates' record decides (see :func:`cmd_pair`)."""
     g = p.add_argument_group("scoring and pairing")
-    add_flags(g, ScoringConfig, only=("box_format",), box_format=box_format)
-    if box_format is None:
-        (flag,) = [act for act in g._group_actions if act.dest == "box_format"]
-        flag.help = f"{flag.help} (default: as the --candidates files record it, else {DEFAULT_BOX_FORMAT})"
+    add_box_format_flag(g, None if box_format else "the --candidates files")
     add_flags(g, ScoringConfig, only=("lam", "loc_metric", "iou_threshold"))
     add_flags(g, PairingConfig, only=("min_margin",))
     add_flags(g, BuildConfig, only=("text_model",))
@@ -286,37 +303,26 @@ def cmd_recipes(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from spr_plugin.demo.run import DemoConfig, run_demo
-    from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR, resolve_recipe
+    from spr_plugin.demo.run import run_demo
+    from spr_plugin.llamafactory.shipped_recipes import resolve_recipe
 
-    run_demo(
-        DemoConfig(
-            out_dir=a.out,
-            recipe=RECIPES_DIR / "spr_qwen2vl_cpu_demo.yaml" if a.recipe is None else resolve_recipe(a.recipe),
-            train=not a.no_train,
-            n_images=a.images,
-            seed=a.seed,
-            warmup_scenes=a.warmup_scenes,
-            warmup_steps=a.warmup_steps,
-            num_samples=a.num_samples,
-        )
-    )
+    run_demo(from_args(DemoConfig, a, recipe=None if a.recipe is None else resolve_recipe(a.recipe)))
     return 0
 
 
 def cmd_webui(a: argparse.Namespace) -> int:
-    from spr_plugin.llamafactory.webui import WebUIConfig, run_webui
+    from spr_plugin.llamafactory.webui import run_webui
 
-    run_webui(WebUIConfig(a.dataset_dir, a.workspace, a.port, a.host))
+    run_webui(from_args(WebUIConfig, a))
     return 0
 
 
 def cmd_show(a: argparse.Namespace) -> int:
     from spr_plugin.core.preflight import check_count
-    from spr_plugin.inspect.viewer import ShowConfig, show_pairs
+    from spr_plugin.inspect.viewer import show_pairs
 
     check_count(a.n, "-n")
-    res = show_pairs(ShowConfig(a.pairs, a.dataset_dir, a.name, a.out, a.n, a.box_format, tuple(a.images or ())))
+    res = show_pairs(from_args(ShowConfig, a, box_format=a.box_format, images=tuple(a.images or ())))
     print(f"rendered {res.pairs} pairs: open {res.html}")
     return 0
 
@@ -366,7 +372,7 @@ def _add_frame_args(p: argparse.ArgumentParser, recorded: bool) -> None:
     g = p.add_argument_group(
         "box format and image frame (default: as the build recorded them)" if recorded else "box format and image frame"
     )
-    g.add_argument("--box-format", default=None if recorded else DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    add_box_format_flag(g, "the build" if recorded else None)
     add_pre_resize_args(g)
     if recorded:
         p.set_defaults(image_max_pixels=NOT_GIVEN, image_min_pixels=NOT_GIVEN)
@@ -376,22 +382,15 @@ def _add_viewer_commands(sub) -> None:
     """``webui``, ``show``, ``export-hf`` and ``export-grpo``: look at a built dataset or take it to TRL
     (docs/viewing.md, docs/trl.md)."""
     p = sub.add_parser("webui", help="start LlamaBoard (llamafactory-cli webui) with its Data dir on a dataset folder")
-    p.add_argument("--dataset-dir", type=Path, required=True, help="folder holding dataset_info.json")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    p.add_argument("--workspace", type=Path, default=None, help="LlamaBoard's working folder (default: DIR/../llamaboard)")
+    add_flags(p, WebUIConfig, only=("dataset_dir", "port", "host", "workspace"))
     p.set_defaults(func=cmd_webui)
 
     p = sub.add_parser("show", help="render chosen vs rejected pairs (boxes on the image, scores) as HTML + PNGs")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", type=Path, help="pairs JSONL (work/pairs.jsonl or <dataset_dir>/<name>.pairs.jsonl)")
-    src.add_argument("--dataset-dir", type=Path, help="a built dataset folder (use with --name)")
-    p.add_argument("--name", default="spr_qwen2vl")
-    p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
-    p.add_argument("-n", type=int, default=8, help="number of pairs to render")
-    p.add_argument(
-        "--box-format", default=None, help=" | ".join(BOX_FORMATS) + " (default: as the pairs file records it, else qwen2_vl)"
-    )
+    add_flags(src, ShowConfig, only=("pairs", "dataset_dir"), required=False)
+    add_flags(p, ShowConfig, only=("name",), name=BuildConfig.name)  # the build's default dataset name
+    add_flags(p, ShowConfig, only=("out", "n"))
+    add_box_format_flag(p, "the pairs file")
     add_images_flag(p, "the pairs' original images", default="none: only the copies an export placed in the dataset folder")
     p.set_defaults(func=cmd_show)
 
@@ -431,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample grounded region descriptions with a local model (resumable)")
     p.add_argument("--regions", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="candidates JSONL (appended to; finished keys are skipped)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--box-format", default=DEFAULT_BOX_FORMAT, help=" | ".join(BOX_FORMATS))
+    add_flags(p, RegionConfig, only=("seed",))  # the run seed of region sampling and generation, one setting
+    add_box_format_flag(p)
     add_images_flag(p, "the regions' images")
     _add_generation_args(p, required=True)
     from spr_plugin.generation.cli import add_merge_parser, add_shard_args
@@ -460,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the regions' annotation file: its category vocabulary judges named objects (default: the names the regions record)",
     )
     add_images_flag(p, "the regions' images (read by --semantic clip and --grounder)")
-    _add_scoring_args(p, box_format=None)
+    _add_scoring_args(p, box_format=False)
     add_pre_resize_args(
         p.add_argument_group("image frame the candidates were sampled in (Qwen2.5-VL pixel boxes)"), "the candidates' record"
     )
@@ -469,9 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write pairs as a LLaMA-Factory dataset and register it")
     p.add_argument("--pairs", type=Path, required=True)
     add_images_flag(p, "the pairs' images")
-    p.add_argument(
-        "--box-format", default=None, help=" | ".join(BOX_FORMATS) + " (default: as the pairs file records; must agree with it)"
-    )
+    add_box_format_flag(p, "the pairs file")
     _add_export_args(p)
     add_pre_resize_args(p.add_argument_group("image frame the candidates were sampled in"), "the pairs' record or --recipe")
     p.set_defaults(func=cmd_export)
@@ -503,26 +500,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_region_args(p)
     add_flags(p, BuildConfig, only=("candidates_file", "work_dir", "fresh"), work_dir=Path("spr_work"))
     _add_generation_args(p, required=False, frame_from="--recipe or the --candidates' record")
-    _add_scoring_args(p, box_format=None)
+    _add_scoring_args(p, box_format=False)
     _add_export_args(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("demo", help="the whole chain on rendered scenes and a tiny local Qwen2-VL, on CPU")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument(
-        "--recipe", type=Path, default=None, help="DPO recipe (default: the shipped spr_qwen2vl_cpu_demo, from any folder)"
-    )
-    p.add_argument("--images", type=int, default=24, help="number of synthetic scenes to build pairs from")
-    p.add_argument("--warmup-scenes", type=int, default=300, help="scenes for the tiny model's warm-up SFT")
-    p.add_argument("--warmup-steps", type=int, default=700, help="warm-up SFT steps")
-    p.add_argument("--num-samples", type=int, default=3, help="samples per region and prompt variant")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-train", action="store_true", help="stop after building the dataset")
+    add_flags(p, DemoConfig)
     p.set_defaults(func=cmd_demo)
     _add_viewer_commands(sub)
     from spr_plugin.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)  # spr eval rec / spr eval region
+    from spr_plugin.config_file import add_config_epilogs
+
+    add_config_epilogs(parser)
     return parser
 
 
@@ -535,7 +526,17 @@ _USER_OS_ERRORS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from spr_plugin.config_file import expand_config_argv
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # spr build CONFIG.yaml key=value ...: the file's settings become the flags they stand for
+        argv = expand_config_argv(parser, argv)
+    except SPRError as exc:
+        command = next((t for t in argv if not t.startswith("-")), "")
+        print(f"spr {command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))

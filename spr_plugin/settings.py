@@ -11,6 +11,9 @@ imports no heavy library (``spr --help`` and ``spr register`` parse the whole co
     ScoringConfig      S = lam * S_sem + (1 - lam) * S_loc and what feeds it
     PairingConfig      refinement policy and the minimum margin of a pair
     BuildConfig        a whole build: the stages' configs, the sources, the work dir and the dataset to write
+    WebUIConfig, ShowConfig, DemoConfig    spr webui, spr show, spr demo
+
+A config file (``spr build CONFIG.yaml key=value``, :mod:`spr_plugin.config_file`) is read into these same flags.
 """
 
 from __future__ import annotations
@@ -45,7 +48,14 @@ from spr_plugin.core.options import (
 )
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, cli: bool = True, **argparse_kw: Any):
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    cli: bool = True,
+    **argparse_kw: Any,
+):
     """A dataclass field carrying its command-line form: ``help`` (also the documentation), the ``flag``
     (default ``--field-name``), ``cli=False`` for settings the command line does not offer, and any
     further :meth:`argparse.ArgumentParser.add_argument` keywords (``type``, ``choices``, ``metavar``)."""
@@ -63,22 +73,36 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, ...] | None = None, **defaults: Any) -> None:
+def add_flags(
+    group: argparse._ActionsContainer,
+    cls: type,
+    *,
+    only: tuple[str, ...] | None = None,
+    note: str | None = None,
+    required: bool | None = None,
+    **defaults: Any,
+) -> None:
     """Add a flag per command-line field of ``cls`` (or of the fields named in ``only``, in that order).
 
     The flag's default is the field's (``defaults`` overrides it, e.g. ``model=None`` where the flag is
-    optional); its help is the field's help plus the default. Values are checked by the config itself
-    when :func:`from_args` builds it, so a bad value fails with the config's own message.
+    optional, or ``box_format=None`` where an input file's record decides); its help is the field's help plus
+    the default, then ``note``. ``required`` overrides the field's. Values are checked by the config itself
+    when :func:`from_args` builds it, so a bad value fails with the config's own message. Each flag carries
+    ``setting = (cls, field name)`` and ``default_overridden``, which ``tests/test_settings_flags.py`` reads.
     """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)}
     for name in only or tuple(fields):
         f = fields[name]
         kw = dict(f.metadata["argparse"])
+        if required is not None:
+            kw["required"] = required
         default = defaults.get(name, f.default if f.default is not dataclasses.MISSING else None)
         if kw.get("required"):
             default = None
-        if isinstance(default, bool):
-            group.add_argument(_flag(f), action="store_true", default=default, help=f.metadata["help"])
+        if isinstance(default, bool):  # a switch: --flag turns it on, or --no-flag off (a field defaulting to True)
+            store = "store_false" if default and _flag(f).startswith("--no-") else "store_true"
+            action = group.add_argument(_flag(f), dest=name, action=store, default=default, help=f.metadata["help"])
+            action.setting, action.default_overridden = (cls, name), name in defaults  # type: ignore[attr-defined]
             continue
         if isinstance(default, tuple):
             kw.setdefault("type", _comma_list)
@@ -90,7 +114,10 @@ def add_flags(group: argparse._ActionsContainer, cls: type, *, only: tuple[str, 
                 ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, tuple) else default
             )
             helptext = f"{helptext} (default {shown})" if helptext else f"default {shown}"
-        group.add_argument(_flag(f), dest=name, default=default, help=helptext, **kw)
+        if note:
+            helptext = f"{helptext} {note}"
+        action = group.add_argument(_flag(f), dest=name, default=default, help=helptext, **kw)
+        action.setting, action.default_overridden = (cls, name), name in defaults  # type: ignore[attr-defined]
 
 
 def from_args(cls: type, a: argparse.Namespace, **overrides: Any) -> Any:
@@ -425,3 +452,66 @@ class BuildConfig:
             return []
         files = self.candidates_file
         return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
+
+
+# -- looking at a built dataset ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebUIConfig:
+    """``spr webui``: LlamaBoard with its Data dir on a dataset folder (:mod:`spr_plugin.llamafactory.webui`)."""
+
+    dataset_dir: Path = setting(help="folder holding dataset_info.json", type=Path, required=True)
+    workspace: Path | None = setting(None, "LlamaBoard's working folder (default: DIR/../llamaboard)", type=Path)
+    port: int = setting(7860, "port LlamaBoard listens on")
+    host: str = setting("127.0.0.1", "interface to listen on (default: loopback only)")
+
+    def resolved_workspace(self) -> Path:
+        return (self.workspace or Path(self.dataset_dir).resolve().parent / "llamaboard").resolve()
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    """``spr show``: chosen vs rejected pairs rendered as HTML + PNGs (:mod:`spr_plugin.inspect.viewer`)."""
+
+    pairs: Path | None = setting(help="pairs JSONL (work/pairs.jsonl or <dataset_dir>/<name>.pairs.jsonl)", type=Path)
+    dataset_dir: Path | None = setting(help="a built dataset folder (use with --name)", type=Path)
+    #: Required here; the flag defaults to the build's dataset name (``add_flags(..., name=BuildConfig.name)``).
+    name: str = setting(help="dataset name in --dataset-dir")
+    out: Path = setting(help="folder for index.html and the PNGs", type=Path, required=True)
+    n: int = setting(8, "number of pairs to render", flag="-n")
+    #: None: as the pairs file records it (``spr pair``'s sidecar, a build's work dir, ``<name>.spr.json``), else
+    #: qwen2_vl; a different value than the record is refused (the boxes would be drawn in the wrong place).
+    box_format: str | None = setting(None, "the pairs' box format (flag: ScoringConfig's --box-format)", cli=False)
+    #: The folders original images are read from (``--images``); empty: the pairs file's folder.
+    images: tuple[Path, ...] = setting((), "folders the original images are read from", cli=False)
+
+    def __post_init__(self) -> None:
+        if (self.pairs is None) == (self.dataset_dir is None):
+            raise SPRError("give either --pairs FILE or --dataset-dir DIR (with --name)")
+        if self.n < 1:
+            raise SPRError(f"-n must be at least 1, got {self.n}")
+
+    def pairs_file(self) -> Path:
+        if self.pairs is not None:
+            return Path(self.pairs)
+        assert self.dataset_dir is not None
+        return Path(self.dataset_dir) / f"{self.name}.pairs.jsonl"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``spr demo`` (``spr_plugin/demo/run.py``): the whole chain on rendered scenes and a tiny local Qwen2-VL, on CPU."""
+
+    out_dir: Path = setting(Path("runs/demo"), "folder for everything the demo makes", flag="--out", type=Path)
+    #: None: the shipped ``spr_qwen2vl_cpu_demo`` recipe, so the demo runs from any folder.
+    recipe: Path | None = setting(None, "DPO recipe (default: the shipped spr_qwen2vl_cpu_demo, from any folder)", type=Path)
+    train: bool = setting(True, "stop after building the dataset", flag="--no-train")
+    n_images: int = setting(24, "number of synthetic scenes to build pairs from", flag="--images")
+    seed: int = setting(0, "seed of the scenes, the warm-up and the build")
+    #: More scenes generalise better than more steps on few scenes.
+    warmup_scenes: int = setting(300, "scenes for the tiny model's warm-up SFT")
+    warmup_steps: int = setting(700, "warm-up SFT steps")
+    num_samples: int = setting(3, "samples per region and prompt variant")
+    #: Digits are single tokens: one grounded unit is ~30 tokens.
+    max_new_tokens: int = setting(160, "longest description, in tokens", cli=False)

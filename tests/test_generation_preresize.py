@@ -20,7 +20,7 @@ from PIL import Image
 
 from spr_plugin.cli import build_parser, main
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.frame import lf_image_size, lf_preprocess_image, lf_resize_steps
+from spr_plugin.core.frame import ImageFrame, lf_image_size, lf_preprocess_image, lf_resize_steps
 from spr_plugin.core.records import Box
 from spr_plugin.core.sharegpt import IMAGE_TOKEN
 from spr_plugin.demo.tiny_model import MAX_PIXELS, MIN_PIXELS
@@ -105,9 +105,9 @@ def test_pixel_bounds_are_validated(tiny_qwen2vl):
         with pytest.raises(ConfigError, match="image_m"):
             GenerationConfig(model="m", **bad)
         with pytest.raises(ConfigError, match="image_m"):
-            RecConfig(**bad)
+            RecConfig(frame=ImageFrame(**bad))
         with pytest.raises(ConfigError, match="image_m"):
-            RegionEvalConfig(**bad)
+            RegionEvalConfig(frame=ImageFrame(**bad))
     GenerationConfig(model="m", image_max_pixels=None, image_min_pixels=None)  # None: no pre-resize
 
 
@@ -218,7 +218,7 @@ def test_eval_rec_and_region_show_the_model_the_preresized_image(tiny_qwen2vl, s
     seen, handle = _grids_seen_by(loaded.model)
     try:
         item = RecItem("a", str(big_jpeg), "the cat", Box(10, 10, 100, 100))
-        cfg = RecConfig(max_new_tokens=2, image_max_pixels=SMALL_MAX)
+        cfg = RecConfig(max_new_tokens=2, frame=ImageFrame(SMALL_MAX))
         report = evaluate_rec([item], loaded, cfg, tmp_path / "rec.jsonl", progress=False)
         assert {_grid_size(g) for g in seen} == {(56, 56)}  # every decoding step; original: (112, 84)
         assert report.decoding["image_max_pixels"] == SMALL_MAX and report.decoding["image_min_pixels"] == 32 * 32
@@ -226,7 +226,7 @@ def test_eval_rec_and_region_show_the_model_the_preresized_image(tiny_qwen2vl, s
         seen.clear()
         coco = load_coco(synthetic_scenes)
         regions = list(sample_regions(coco, synthetic_scenes.parent / "images", RegionConfig(k=2, max_regions=1)))
-        rcfg = RegionEvalConfig(max_new_tokens=2, image_max_pixels=SMALL_MAX)
+        rcfg = RegionEvalConfig(max_new_tokens=2, frame=ImageFrame(SMALL_MAX))
         rep = evaluate_region(regions, loaded, rcfg, tmp_path / "region.jsonl", progress=False)
         spec = ResizeSpec(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, pre_max_pixels=SMALL_MAX)
         assert {_grid_size(g) for g in seen} == {spec.input_size(regions[0].width, regions[0].height)}

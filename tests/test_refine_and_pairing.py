@@ -18,7 +18,7 @@ def test_refine_snaps_matched_boxes_and_drops_hallucinated_ones():
         f"{FMT.render('unicorn', Box(500, 10, 600, 100), W, H)} and "
         "<|object_ref_start|>blue square<|object_ref_end|><|box_start|>(1,2),(x<|box_end|>."
     )
-    res = refine_candidate(cand(text), r, FMT)
+    res = refine_candidate(cand(text), r, FMT, policy="strip")
     assert res.snapped == 1 and res.ungrounded == 2
     parse = FMT.parse(res.candidate.text, W, H)
     assert parse.dropped == {}
@@ -31,13 +31,13 @@ def test_refine_snaps_matched_boxes_and_drops_hallucinated_ones():
 def test_refine_never_snaps_two_boxes_to_one_object():
     r = region()
     near = FMT.render("red circle", Box(65, 49, 129, 97), W, H)
-    res = refine_candidate(cand(f"{near} and again {near}"), r, FMT)
+    res = refine_candidate(cand(f"{near} and again {near}"), r, FMT, policy="strip")
     assert len(FMT.parse(res.candidate.text, W, H).boxes) == 1
 
 
 def test_refine_with_low_iou_keeps_nothing():
     r = region()
-    res = refine_candidate(cand(FMT.render("red circle", Box(64, 48, 96, 96), W, H)), r, FMT)  # IoU 0.5
+    res = refine_candidate(cand(FMT.render("red circle", Box(64, 48, 96, 96), W, H)), r, FMT, policy="strip")  # IoU 0.5
     assert FMT.parse(res.candidate.text, W, H).boxes == []
     assert res.candidate.text == "red circle"
 
@@ -92,7 +92,7 @@ def test_refined_text_keeps_no_malformed_box_debris():
         "<|box_start|>(107289),(229,500)<|box_end|>,207,179<|box_end|>."
     )
     assert FMT.parse(text, W, H).dropped == {"garbage": 3}  # the merged corners and two orphan end tokens
-    refined = refine_candidate(cand(text), r, FMT).candidate.text
+    refined = refine_candidate(cand(text), r, FMT, policy="strip").candidate.text
     assert refined == (
         "TheThe region shows orange circle, orange square, "
         "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(100,100),(200,200)<|box_end|> and blue square."
@@ -105,4 +105,7 @@ def test_scrubbed_markers_do_not_glue_words_together():
         "The region shows <|object_ref_start|>green square<|object_ref_end|>(1,2),(3,4)<|box_end|>"
         "<|object_ref_start|>blue triangle<|object_ref_end|> ."
     )
-    assert refine_candidate(cand(text), region(), FMT).candidate.text == "The region shows green square blue triangle."
+    assert (
+        refine_candidate(cand(text), region(), FMT, policy="strip").candidate.text
+        == "The region shows green square blue triangle."
+    )

@@ -171,7 +171,8 @@ def test_show_finds_the_exported_copy_by_its_recorded_path(tmp_path):
     code, err = spr("show", "--dataset-dir", data, "--name", NAME, "--out", tmp_path / "view")
     assert code == 0, err
     from spr_plugin.core.jsonl import read_jsonl
-    from spr_plugin.inspect.viewer import ShowConfig, _pair_and_copy, find_image
+    from spr_plugin.inspect.viewer import _pair_and_copy, find_image
+    from spr_plugin.settings import ShowConfig
 
     config = ShowConfig(None, data, NAME, tmp_path / "view")
     found = [find_image(p, config, copy) for p, copy in read_jsonl(data / f"{NAME}.pairs.jsonl", _pair_and_copy)]

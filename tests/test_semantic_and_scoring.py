@@ -84,7 +84,7 @@ def test_refinement_keeps_the_semantic_score_and_recomputes_localization(text_sc
     scorer = CandidateScorer(ScoringConfig(), text_scorer)
     (assessed,) = scorer.assess([(r, cand(text))])
     initial = assessed.scored
-    refined_cand = refine_candidate(cand(text), r, FMT).candidate
+    refined_cand = refine_candidate(cand(text), r, FMT, policy="strip").candidate
     (refined,) = [a.scored for a in scorer.assess_refined([(assessed, refined_cand, False)])]
     assert refined.refined and not initial.refined
     assert refined.semantic == initial.semantic  # words unchanged: S_sem is the initial text's

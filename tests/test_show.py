@@ -13,7 +13,8 @@ from helpers import run_spr
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import PreferencePair
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.inspect.viewer import CHOSEN_COLOR, PANEL_WIDTH, REJECTED_COLOR, ShowConfig, annotated_text, show_pairs
+from spr_plugin.inspect.viewer import CHOSEN_COLOR, PANEL_WIDTH, REJECTED_COLOR, annotated_text, show_pairs
+from spr_plugin.settings import ShowConfig
 
 NAME = "spr_built"
 

@@ -20,6 +20,7 @@ from spr_plugin.llamafactory.train import run_train
 from spr_plugin.pipeline import BuildConfig, build_dataset
 from spr_plugin.regions.sampling import RegionConfig
 from spr_plugin.scoring.pairing import PairingConfig
+from spr_plugin.settings import DemoConfig
 
 
 def test_jsonl_names_file_and_line(tmp_path):

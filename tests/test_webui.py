@@ -23,7 +23,8 @@ import pytest
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import ImageFrame
-from spr_plugin.llamafactory.webui import WebUIConfig, board_frame, dataset_frames, llamaboard_command, prepare_workspace
+from spr_plugin.llamafactory.webui import board_frame, dataset_frames, llamaboard_command, prepare_workspace
+from spr_plugin.settings import WebUIConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CHROME_FLAGS = [

@@ -15,7 +15,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
@@ -30,25 +30,13 @@ from spr_plugin.llamafactory.train import run_train
 from spr_plugin.pipeline import BuildConfig, BuildSummary, build_dataset
 from spr_plugin.regions.sampling import RegionConfig
 from spr_plugin.scoring.pairing import PairingConfig
+from spr_plugin.settings import DemoConfig
 
 logger = logging.getLogger(__name__)
 
 DEMO_DATASET = "spr_demo"
 #: The demo's one image frame: warm-up SFT, sampling and recipes/spr_qwen2vl_cpu_demo.yaml all use it.
 DEMO_FRAME = ImageFrame(image_max_pixels=12544)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    out_dir: Path = Path("runs/demo")
-    recipe: Path = RECIPES_DIR / "spr_qwen2vl_cpu_demo.yaml"  # the shipped one: the demo runs from any folder
-    train: bool = True
-    n_images: int = 24
-    seed: int = 0
-    warmup_scenes: int = 300  # more scenes generalise better than more steps on few scenes
-    warmup_steps: int = 700
-    num_samples: int = 3
-    max_new_tokens: int = 160  # digits are single tokens: one grounded unit is ~30 tokens
 
 
 @dataclass(frozen=True)
@@ -64,6 +52,8 @@ def _step(i: int, text: str) -> None:
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
+    if config.recipe is None:  # the shipped one: the demo runs from any folder
+        config = replace(config, recipe=RECIPES_DIR / "spr_qwen2vl_cpu_demo.yaml")
     out = config.out_dir.resolve()
     if config.train and not config.recipe.is_file():
         raise SPRError(

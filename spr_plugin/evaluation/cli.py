@@ -12,16 +12,16 @@ from pathlib import Path
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import add_pre_resize_args
 from spr_plugin.evaluation.config import RecConfig, RegionEvalConfig
-from spr_plugin.settings import add_flags, from_args
+from spr_plugin.settings import GenerationConfig, RegionConfig, add_flags, from_args
 
 
 def _model_args(p: argparse.ArgumentParser, config: type) -> None:
     """The model, its decoding and the frame; decoding flags come from ``config``'s fields (defaults per command)."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="local checkpoint folder (the base model when --adapter is given)")
+    add_flags(g, GenerationConfig, only=("model",), required=True, note="(the base model when --adapter is given)")
     g.add_argument("--adapter", default=None, help="LoRA adapter folder from LLaMA-Factory (applied with peft, merged)")
     add_flags(g, config, only=("box_format", "batch_size", "max_new_tokens"))
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto (checked before the model loads)")
+    add_flags(g, GenerationConfig, only=("device",), note="(checked before the model loads)")
     add_pre_resize_args(g, "--recipe or --dataset-dir/--name")
     f = p.add_argument_group("one image frame: refuse to evaluate in another frame than training used")
     f.add_argument("--recipe", type=Path, default=None, help="the training YAML: its image_max/min_pixels must match")
@@ -42,7 +42,7 @@ def _config(cls: type, a: argparse.Namespace):
     from spr_plugin.llamafactory.recipe_check import adopt_frame
 
     frame = adopt_frame(a, [])
-    return from_args(cls, a, image_max_pixels=frame.image_max_pixels, image_min_pixels=frame.image_min_pixels)
+    return from_args(cls, a, frame=frame)
 
 
 def check_eval_frame(a: argparse.Namespace) -> None:
@@ -167,9 +167,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         help="with --annotations: the image folder; with --regions: the only folder images are read from "
         "(default: the regions file's folder)",
     )
-    p.add_argument("--k", type=int, default=4, help="a region holds more than K objects")
-    p.add_argument("--regions-per-image", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    add_flags(p, RegionConfig, only=("k", "regions_per_image", "seed"))  # the regions' own settings, once
     p.add_argument("--limit", type=int, default=None)
     add_flags(p, RegionEvalConfig, only=("iou_threshold",))
     _model_args(p, RegionEvalConfig)

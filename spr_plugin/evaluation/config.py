@@ -11,13 +11,16 @@ import argparse
 from dataclasses import dataclass
 
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, check_pixel_bounds
+from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
 from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
 from spr_plugin.settings import check_numbers, setting
 
 _BOX_FORMAT_HELP = " | ".join(BOX_FORMATS) + " (how the model writes boxes)"
-_FRAME_HELP = "LLaMA-Factory's pre-resize, as in the training YAML (None = none); flags: --image-max/min-pixels"
+#: LLaMA-Factory's pre-resize, as in the training YAML (None = none): Qwen2.5-VL answers in pixels of the resized
+#: input, so evaluation must show the model the frame it was trained in. Flags: --image-max/min-pixels (the frame
+#: is resolved against --recipe / --dataset-dir first, see ``evaluation.cli.check_eval_frame``).
+_FRAME_HELP = "LLaMA-Factory's pre-resize, as in the training YAML; flags: --image-max-pixels / --image-min-pixels"
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
@@ -28,17 +31,28 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
 
 
-def _check_frame_and_format(box_format: str, image_max_pixels: int | None, image_min_pixels: int | None) -> None:
+def _check_format(box_format: str) -> None:
     from spr_plugin.families.profiles import get_box_format  # the model-family stack, only when a config is built
 
-    problem = check_pixel_bounds(image_max_pixels, image_min_pixels)
-    if problem:
-        raise ConfigError(problem)
-    get_box_format(box_format)  # fail early on an unknown format
+    get_box_format(box_format)  # fail early on an unknown format (the frame checked itself: ImageFrame)
+
+
+class _FramedConfig:
+    """The frame's two bounds read as the config's own (what the evaluation modules and reports read)."""
+
+    frame: ImageFrame
+
+    @property
+    def image_max_pixels(self) -> int | None:
+        return self.frame.image_max_pixels
+
+    @property
+    def image_min_pixels(self) -> int | None:
+        return self.frame.image_min_pixels
 
 
 @dataclass(frozen=True)
-class RecConfig:
+class RecConfig(_FramedConfig):
     """How ``spr eval rec`` asks and scores referring expressions."""
 
     box_format: str = setting(DEFAULT_BOX_FORMAT, _BOX_FORMAT_HELP)
@@ -47,17 +61,14 @@ class RecConfig:
     thresholds: tuple[float, ...] = setting(DEFAULT_THRESHOLDS, "comma-separated IoU thresholds", type=parse_thresholds)
     batch_size: int = setting(8, "prompts per generate() call")
     max_new_tokens: int = setting(64, "longest answer generated")
-    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none): Qwen2.5-VL answers in pixels of the
-    #: resized input, so evaluation must show the model the frame it was trained in.
-    image_max_pixels: int | None = setting(DEFAULT_IMAGE_MAX_PIXELS, _FRAME_HELP, cli=False)
-    image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, _FRAME_HELP, cli=False)
+    frame: ImageFrame = setting(ImageFrame(), _FRAME_HELP, cli=False)
 
     def __post_init__(self) -> None:
         from spr_plugin.core.sanitize import remove_tokens
         from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
 
         check_numbers(self)
-        _check_frame_and_format(self.box_format, self.image_max_pixels, self.image_min_pixels)
+        _check_format(self.box_format)
         if self.convention not in CONVENTIONS:
             raise ConfigError(f"unknown threshold convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
         if self.prompt is not None and "{expression}" not in self.prompt:
@@ -79,20 +90,18 @@ class RecConfig:
 
 
 @dataclass(frozen=True)
-class RegionEvalConfig:
+class RegionEvalConfig(_FramedConfig):
     """How ``spr eval region`` asks for and scores grounded region descriptions."""
 
     box_format: str = setting(DEFAULT_BOX_FORMAT, _BOX_FORMAT_HELP)
     iou_threshold: float = setting(0.5, "a box matches an object iff IoU > this")
     batch_size: int = setting(8, "prompts per generate() call")
     max_new_tokens: int = setting(160, "longest answer generated")
-    #: LLaMA-Factory's pre-resize, as in the training YAML (None = none); see :class:`RecConfig`.
-    image_max_pixels: int | None = setting(DEFAULT_IMAGE_MAX_PIXELS, _FRAME_HELP, cli=False)
-    image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, _FRAME_HELP, cli=False)
+    frame: ImageFrame = setting(ImageFrame(), _FRAME_HELP, cli=False)
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        _check_frame_and_format(self.box_format, self.image_max_pixels, self.image_min_pixels)
+        _check_format(self.box_format)
         if not 0.0 <= self.iou_threshold < 1.0:
             raise ConfigError(f"IoU threshold must lie in [0, 1), got {self.iou_threshold}")
         if min(self.batch_size, self.max_new_tokens) < 1:

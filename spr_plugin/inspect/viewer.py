@@ -30,6 +30,7 @@ from spr_plugin.core.records import Box, PreferencePair, Region, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
 from spr_plugin.scoring.mentions import ABSENT, IMAGE, UNJUDGED, Vocabulary, describe
+from spr_plugin.settings import ShowConfig
 
 CHOSEN_COLOR = (0, 170, 60)
 REJECTED_COLOR = (220, 40, 40)
@@ -38,32 +39,6 @@ GT_COLOR = (150, 150, 150)
 PANEL_WIDTH = 560
 MAX_TEXT_LINES = 24  # longer descriptions are cut in the PNG; index.html has the full text
 FONT_SIZE = 15
-
-
-@dataclass(frozen=True)
-class ShowConfig:
-    pairs: Path | None
-    dataset_dir: Path | None
-    name: str
-    out: Path
-    n: int = 8
-    #: None: as the pairs file records it (``spr pair``'s sidecar, a build's work dir, ``<name>.spr.json``), else
-    #: qwen2_vl; a different value than the record is refused (the boxes would be drawn in the wrong place).
-    box_format: str | None = None
-    #: The folders original images are read from (``--images``); empty: the pairs file's folder.
-    images: tuple[Path, ...] = ()
-
-    def __post_init__(self) -> None:
-        if (self.pairs is None) == (self.dataset_dir is None):
-            raise SPRError("give either --pairs FILE or --dataset-dir DIR (with --name)")
-        if self.n < 1:
-            raise SPRError(f"-n must be at least 1, got {self.n}")
-
-    def pairs_file(self) -> Path:
-        if self.pairs is not None:
-            return Path(self.pairs)
-        assert self.dataset_dir is not None
-        return Path(self.dataset_dir) / f"{self.name}.pairs.jsonl"
 
 
 @dataclass(frozen=True)

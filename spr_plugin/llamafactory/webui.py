@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
@@ -31,17 +30,7 @@ from spr_plugin.core.frame import ImageFrame
 from spr_plugin.llamafactory.recipe_check import read_meta
 from spr_plugin.llamafactory.registry import DATASET_INFO, read_dataset_info
 from spr_plugin.llamafactory.train import llamafactory_cli
-
-
-@dataclass(frozen=True)
-class WebUIConfig:
-    dataset_dir: Path
-    workspace: Path | None = None  # default: <dataset_dir>/../llamaboard
-    port: int = 7860
-    host: str = "127.0.0.1"  # loopback unless the user asks for more
-
-    def resolved_workspace(self) -> Path:
-        return (self.workspace or Path(self.dataset_dir).resolve().parent / "llamaboard").resolve()
+from spr_plugin.settings import WebUIConfig
 
 
 def prepare_workspace(config: WebUIConfig) -> Path:

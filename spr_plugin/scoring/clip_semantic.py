@@ -45,7 +45,7 @@ from PIL import Image
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import crop_region
 from spr_plugin.core.records import Box, Region, SemanticScore
-from spr_plugin.settings import check_clip_long_text
+from spr_plugin.settings import ScoringConfig, check_clip_long_text
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class ClipSemanticScorer:
 
     model: object  # SentenceTransformer wrapping a transformers CLIPModel
     batch_size: int = 32
-    long_text: str = "chunk"
+    long_text: str = ScoringConfig.clip_long_text
     name: str = "clip"
     stats: Counter = field(default_factory=Counter)
 
@@ -147,7 +147,9 @@ class ClipSemanticScorer:
         self.model.max_seq_length = limit  # type: ignore[attr-defined] - a safety net: never exceed positions
 
     @classmethod
-    def load(cls, name_or_path: str, device: str | None = None, batch_size: int = 32, long_text: str = "chunk"):
+    def load(
+        cls, name_or_path: str, device: str | None = None, batch_size: int = 32, long_text: str = ScoringConfig.clip_long_text
+    ):
         return cls(load_clip_model(name_or_path, device), batch_size=batch_size, long_text=long_text)
 
     # -- text side -----------------------------------------------------------------------------

@@ -44,16 +44,17 @@ from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.images import crop_rect, crop_region
 from spr_plugin.core.records import Box, Region
 from spr_plugin.scoring.localization import iou_matrix
-from spr_plugin.settings import check_grounder
+from spr_plugin.settings import ScoringConfig, check_grounder
 
 
 @dataclass(frozen=True)
 class GrounderConfig:
-    """How the phrase grounder runs; the fields are mirrored in :class:`~spr_plugin.scoring.scorer.ScoringConfig`."""
+    """How the phrase grounder runs; its settings' defaults are :class:`~spr_plugin.settings.ScoringConfig`'s
+    (``grounder_box_threshold``, ``grounder_phrases``): defined once, there."""
 
     model: str
-    box_threshold: float = 0.35
-    phrases: str = "all"
+    box_threshold: float = ScoringConfig.grounder_box_threshold
+    phrases: str = ScoringConfig.grounder_phrases
     dedupe_iou: float = 0.5
     batch_size: int = 4
     device: str = "cpu"

@@ -44,7 +44,7 @@ from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, phrase_matches
 from spr_plugin.scoring.mentions import ABSENT, REGION, RegionJudge, Vocabulary, find_debris, find_mentions, gaps, unit_spans
 from spr_plugin.scoring.wording import Layout, apply_edits, drop_empty_lead_ins, removal_span
-from spr_plugin.settings import check_policy
+from spr_plugin.settings import PairingConfig, check_policy
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def refine(
     agree: np.ndarray,
     matches: dict[int, int],
     box_format: BoxFormat,
-    policy: str = "correct",
+    policy: str = PairingConfig.refine_policy,
     neutral: frozenset[int] = frozenset(),
     judge: RegionJudge | None = None,
 ) -> RefineResult:
@@ -225,7 +225,7 @@ def refine_candidate(
     region: Region,
     box_format: BoxFormat,
     threshold: float = DEFAULT_IOU_THRESHOLD,
-    policy: str = "strip",
+    policy: str = PairingConfig.refine_policy,
     labels: LabelMatcher | None = None,
     label_match: bool = True,
     vocabulary: Vocabulary | None = None,
