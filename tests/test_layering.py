@@ -32,6 +32,7 @@ RANKS = {
     "pipeline": 6,  # the build: every stage in order
     "demo": 7,  # spr demo: a build on rendered scenes with a tiny local model
     "recipes": 7,  # shipped scripts (TRL examples) run by users, not imported
+    "config_file": 7,  # spr CMD CONFIG.yaml key=value: a config file turned into flags, for the command line
     "cli": 8,  # the command line
     "testing": 9,  # test scaffolding: nothing in the package imports it
 }

@@ -10,7 +10,7 @@ from helpers import region
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import JsonlAppender, read_jsonl
 from spr_plugin.core.records import Candidate
-from spr_plugin.demo.run import DemoConfig, run_demo
+from spr_plugin.demo.run import run_demo
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import build_prompt
 from spr_plugin.generation.candidates import read_candidates
