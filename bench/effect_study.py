@@ -56,7 +56,8 @@ from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes  
 from data_builders.warmup import grounded_answer  # noqa: E402
 from spr_plugin.core.errors import SPRError  # noqa: E402
 from spr_plugin.core.records import Box, Region  # noqa: E402
-from spr_plugin.evaluation.rec import RecConfig, default_prompt, rec_prompt  # noqa: E402
+from spr_plugin.evaluation.config import RecConfig  # noqa: E402
+from spr_plugin.evaluation.rec import default_prompt, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import training_prompt  # noqa: E402
@@ -328,9 +329,10 @@ def evaluate(
     """Greedy REC and region answers through spr_plugin.evaluation (resumable jsonl), scored per item."""
     from study_stats import rec_row, region_row
 
+    from spr_plugin.evaluation.config import RegionEvalConfig
     from spr_plugin.evaluation.model import load_model
     from spr_plugin.evaluation.rec import evaluate_rec
-    from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
+    from spr_plugin.evaluation.region import evaluate_region
 
     loaded = load_model(model, adapter)
     frame = {"image_max_pixels": FRAME.image_max_pixels, "image_min_pixels": FRAME.image_min_pixels}
@@ -414,10 +416,9 @@ PAIR_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 
 def stage_pairs(cfg: StudyConfig, variant: str) -> None:
     """SPR pairs with spr_plugin's build pipeline: sampled once per base, rescored for every other variant."""
-    from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
-    from spr_plugin.pipeline import BuildConfig, build_dataset
-    from spr_plugin.scoring.pairing import PairingConfig
-    from spr_plugin.scoring.scorer import ScoringConfig
+    from spr_plugin.generation.transformers_backend import TransformersGenerator
+    from spr_plugin.pipeline import build_dataset
+    from spr_plugin.settings import BuildConfig, GenerationConfig, PairingConfig, ScoringConfig
 
     world = make_world(cfg)
     kind, scoring, pairing = PAIR_VARIANTS[variant]

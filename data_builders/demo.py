@@ -21,13 +21,13 @@ from pathlib import Path
 from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes
 from data_builders.warmup import warmup_sft
 from spr_plugin.core.errors import SPRError
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.generation.transformers_backend import TransformersGenerator
 from spr_plugin.llamafactory.image import ImageFrame
 from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR
 from spr_plugin.llamafactory.train import run_train
-from spr_plugin.pipeline import BuildConfig, BuildSummary, build_dataset
+from spr_plugin.pipeline import BuildSummary, build_dataset
 from spr_plugin.regions.sampling import RegionConfig
-from spr_plugin.scoring.pairing import PairingConfig
+from spr_plugin.settings import BuildConfig, GenerationConfig, PairingConfig
 from spr_plugin.testing.tiny_model import build_tiny_qwen2vl
 
 logger = logging.getLogger(__name__)

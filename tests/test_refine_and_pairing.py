@@ -5,8 +5,9 @@ import pytest
 from helpers import H, W, cand, region
 from spr_plugin.core.records import Box, LocalizationScore, ScoredCandidate, SemanticScore
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.scoring.pairing import SKIP_IDENTICAL, SKIP_LOW_MARGIN, SKIP_TOO_FEW, PairingConfig, length_stats, make_pair
+from spr_plugin.scoring.pairing import SKIP_IDENTICAL, SKIP_LOW_MARGIN, SKIP_TOO_FEW, length_stats, make_pair
 from spr_plugin.scoring.refine import refine_candidate
+from spr_plugin.settings import PairingConfig
 
 FMT = get_box_format("qwen2_vl")
 

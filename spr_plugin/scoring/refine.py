@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from spr_plugin.core.options import DEFAULT_IOU_THRESHOLD
 from spr_plugin.core.records import Box, Candidate, ParseResult, Region
 from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
-from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, phrase_matches
+from spr_plugin.scoring.localization import iou_matrix, phrase_matches
 from spr_plugin.scoring.mentions import ABSENT, REGION, RegionJudge, Vocabulary, find_debris, find_mentions, gaps, unit_spans
 from spr_plugin.scoring.wording import Layout, apply_edits, drop_empty_lead_ins, removal_span
 from spr_plugin.settings import check_policy

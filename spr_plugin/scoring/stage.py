@@ -25,9 +25,10 @@ from spr_plugin.core.records import Candidate, PreferencePair, Region
 from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.localization import iou_matrix
 from spr_plugin.scoring.mentions import IMAGE, UNJUDGED, TextFacts, Vocabulary, measure
-from spr_plugin.scoring.pairing import PairingConfig, length_stats, pick, select_pair
+from spr_plugin.scoring.pairing import length_stats, pick, select_pair
 from spr_plugin.scoring.refine import RefineResult, refine
 from spr_plugin.scoring.scorer import Assessment, CandidateScorer, mix_scores
+from spr_plugin.settings import PairingConfig
 
 logger = logging.getLogger(__name__)
 
