@@ -46,6 +46,7 @@ from spr_plugin.core.jsonl import atomic_output, loads_strict, read_jsonl
 from spr_plugin.core.paths import ImageRoots
 from spr_plugin.core.records import Box
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_phrase
+from spr_plugin.core.serialize import field_dict
 
 MAX_EXPRESSION_LEN = 1000
 PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
@@ -71,7 +72,7 @@ class RecData:
     sanitized: SanitizeStats = field(default_factory=SanitizeStats)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"formats": self.formats, "skipped": dict(self.skipped), "sanitized": self.sanitized.to_dict()}
+        return field_dict(self, skip=("items",))
 
 
 # -- shared checks ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from spr_plugin.core.images import MISSING, ImageFacts, ImageLocator, inspect_im
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.records import AnnotatedObject, Box, Region
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_phrase
+from spr_plugin.core.serialize import field_dict
 from spr_plugin.regions.annotations import (
     FALLBACK_NAME,
     MAX_NAME_LEN,
@@ -78,15 +79,7 @@ class RegionStats:
         return ", ".join(f"{k}: {v} (e.g. {self.examples[k]})" for k, v in self.skipped.most_common()) or "no images"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "images_seen": self.images_seen,
-            "regions": self.regions,
-            "skipped": dict(self.skipped),
-            "skipped_examples": dict(self.examples),
-            "boxes_clamped_to_image": self.boxes_clamped,
-            "ignored_objects": dict(self.ignored_objects),
-            "loader": dict(self.loader),
-        }
+        return field_dict(self, keys={"examples": "skipped_examples", "boxes_clamped": "boxes_clamped_to_image"})
 
 
 def _flag(value: object) -> bool:
