@@ -115,3 +115,33 @@ def test_field_dict_hooks():
     with pytest.raises(TypeError, match="no default"):
         field_dict(toy, omit_default=("name",))
     assert plain((1, [Box(0, 0, 1, 2)], {"k": (None, "s")})) == [1, [[0, 0, 1, 2]], {"k": [None, "s"]}]
+
+
+@pytest.mark.parametrize(
+    "data, strict, message",
+    [
+        (None, True, "thing not found: "),
+        (b"\xff{}", True, r"x\.json: not valid UTF-8 \(byte 0\); hint$"),
+        (b'{"a": [1,', True, r"x\.json: not valid JSON \(Expecting value at line 1, column 10\); hint$"),
+        (b'{"a": NaN}', True, r"x\.json: not valid JSON \(NaN is not a JSON number\); hint$"),
+        (b"[" * 100_000 + b"]" * 100_000, True, r"x\.json: nested too deeply to be a thing; hint$"),
+    ],
+)
+def test_read_json_names_the_file_and_the_fault_in_one_line(tmp_path, data, strict, message):
+    from spr_plugin.core.errors import SPRError
+    from spr_plugin.core.jsonl import read_json
+
+    path = tmp_path / "x.json"
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(SPRError, match=message):
+        read_json(path, "thing", strict=strict, hint="; hint")
+
+
+def test_read_json_reads_json_and_nan_only_when_not_strict(tmp_path):
+    from spr_plugin.core.jsonl import read_json
+
+    path = tmp_path / "x.json"
+    path.write_text('{"a": [1, 2], "b": NaN}')
+    d = read_json(path, "thing", strict=False)
+    assert d["a"] == [1, 2] and d["b"] != d["b"]

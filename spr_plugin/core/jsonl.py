@@ -31,6 +31,32 @@ def loads_strict(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constant)
 
 
+def read_json(path: str | os.PathLike, what: str, *, strict: bool = True, hint: str = "") -> Any:
+    """The JSON value of the file ``path`` (a ``what``: "annotation file", "dataset_info.json" ...), or one
+    :class:`SPRError` line naming the file and what is wrong: missing, unreadable, not UTF-8, not JSON, nested
+    too deeply for the parser. ``hint`` is appended to each message (``"; rebuild the dataset"``).
+
+    ``strict`` refuses ``NaN``/``Infinity`` (see :func:`loads_strict`); files spr only passes on, as
+    LLaMA-Factory's own ``json.load`` reads them, are read with ``strict=False``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SPRError(f"{what} not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return loads_strict(text) if strict else json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start}){hint}") from None
+    except RecursionError:
+        raise SPRError(f"{path}: nested too deeply to be a {what}{hint}") from None
+    except json.JSONDecodeError as exc:
+        raise SPRError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}){hint}") from None
+    except ValueError as exc:  # NaN / Infinity under strict
+        raise SPRError(f"{path}: not valid JSON ({exc}){hint}") from None
+    except OSError as exc:
+        raise SPRError(f"{path}: cannot be read ({exc.strerror or exc}){hint}") from None
+
+
 def dumps(obj: Any, **kwargs: Any) -> str:
     """``json.dumps`` that never writes ``NaN``/``Infinity`` (not JSON: most readers refuse the file).
 
@@ -128,20 +154,15 @@ def read_dataset_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
     """Records of a LLaMA-Factory data file, numbered for error messages: a ``.json`` list (numbered from 1)
     or a ``.jsonl`` file (numbered by line). Invalid JSON or UTF-8 raises :class:`SPRError` naming file and line."""
     path = Path(path)
+    if path.suffix == ".json":
+        records = read_json(path, "data file")
+        if not isinstance(records, list):
+            raise SPRError(f"{path}: expected a JSON list of records")
+        return list(enumerate(records, start=1))
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if path.suffix == ".json":
-        try:
-            records = loads_strict(data.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
-        except ValueError as exc:
-            raise SPRError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-        if not isinstance(records, list):
-            raise SPRError(f"{path}: expected a JSON list of records")
-        return list(enumerate(records, start=1))
     numbered = []
     for lineno, line in enumerate(data.split(b"\n"), start=1):
         if line.strip():

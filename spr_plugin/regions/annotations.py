@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.jsonl import read_json
 from spr_plugin.core.sanitize import readable_name, sanitize_phrase
 
 #: Name used for a category whose name is empty once sanitised (an empty name would vanish from prompts).
@@ -70,22 +70,6 @@ def _file_name_from_url(url: object) -> str | None:
     if len(parts) < 2 or parts[-1] in (".", "..") or parts[-2] in (".", ".."):
         return None
     return f"{parts[-2]}/{parts[-1]}"
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise SPRError(f"annotation file not found: {path}")
-    try:
-        with path.open("rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise SPRError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    except UnicodeDecodeError as exc:
-        raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start}); a COCO json is UTF-8 text") from None
-    except RecursionError:
-        raise SPRError(f"{path}: nested too deeply to be a COCO annotation file") from None
-    except OSError as exc:
-        raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _clean_name(raw: str) -> tuple[str, int]:
@@ -136,7 +120,7 @@ def _id_list(value: Any, known: dict[int, str]) -> frozenset[int]:
 def load_coco(annotation_file: str | os.PathLike) -> DetectionIndex:
     """Read and validate a COCO / LVIS / Objects365 json; every failure is a clear :class:`SPRError`."""
     path = Path(annotation_file)
-    data = _read_json(path)
+    data = read_json(path, "annotation file", strict=False)
     if not isinstance(data, dict):
         raise SPRError(f"{path}: a COCO annotation file holds a JSON object, found {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
