@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.paths import new_file_mode
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -205,12 +206,6 @@ class JsonlAppender:
         self.close()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _new_file_mode(target: Path) -> int:
     """The mode the replacement of ``target`` gets: the existing file's, or what ``open()`` would give a new file.
 
@@ -220,7 +215,7 @@ def _new_file_mode(target: Path) -> int:
     try:
         return target.stat().st_mode & 0o7777
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return new_file_mode()
 
 
 def replace_target(path: str | os.PathLike) -> Path:

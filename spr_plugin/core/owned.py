@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.paths import check_write_path, contained_path
+from spr_plugin.core.paths import check_write_path, contained_path, new_file_mode
 
 #: Prefix and suffix of every temp file spr writes next to a target (``.spr-<8 random>.tmp``).
 TEMP_PREFIX, TEMP_SUFFIX = ".spr-", ".tmp"
@@ -182,12 +182,6 @@ class OwnedFiles:
         self.exists = True
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def new_temp(folder: Path) -> Path:
     """A new empty temp file in ``folder`` with a short name (:data:`TEMP_PREFIX`), whatever the target's name length."""
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
@@ -210,7 +204,7 @@ def write_bytes(root: str | os.PathLike, relative: str, data: bytes, what: str =
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, new_file_mode())
         check_write_path(root, relative, what)  # a symlink swapped in meanwhile is refused, not replaced
         os.replace(tmp, path)
     except BaseException:
