@@ -166,10 +166,6 @@ class OwnedFiles:
         self.complete = not self.pending
         self.save()
 
-    def forget(self, relative: str) -> None:
-        self.files.pop(relative, None)
-        self.pending.pop(relative, None)
-
     def save(self) -> None:
         data = {
             "spr_files": RECORD_VERSION,

@@ -37,14 +37,6 @@ def contained_path(root: str | os.PathLike, relative: str, what: str = "path") -
     return joined
 
 
-def is_contained(root: str | os.PathLike, relative: str) -> bool:
-    try:
-        contained_path(root, relative)
-    except SPRError:
-        return False
-    return True
-
-
 #: The longest file name (bytes) most file systems allow (``NAME_MAX``).
 NAME_MAX = 255
 

@@ -104,11 +104,6 @@ def check_can_register_entries(
     _clash(read_dataset_info(dataset_dir), entries, overwrite, Path(dataset_dir) / DATASET_INFO)
 
 
-def check_can_register(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> None:
-    """:func:`check_can_register_entries` for one entry."""
-    check_can_register_entries(dataset_dir, {name: entry}, overwrite)
-
-
 def register_datasets(dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False) -> Path:
     """Merge all ``entries`` into ``<dataset_dir>/dataset_info.json`` in one locked, atomic step, keeping every
     other entry; if any name clashes, none is written."""
