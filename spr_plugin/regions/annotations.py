@@ -130,19 +130,34 @@ def load_coco(annotation_file: str | os.PathLike) -> DetectionIndex:
     names, synonyms = _category_names(path, data["categories"], stats)
 
     index = DetectionIndex()
-    seen_images: dict[int, int] = {}
+    images = _images(path, data["images"], names, index, stats)
+    annotations = _indexable_annotations(path, data["annotations"], stats)
+    index.dataset = {**data, "images": images, "annotations": annotations}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        index.createIndex()
+    index.path = path
+    index.names, index.synonyms = names, synonyms
+    index.load_stats = stats
+    index.flavour = _flavour(data, images, annotations)
+    return index
+
+
+def _images(path: Path, raw: list[Any], names: dict[int, str], index: DetectionIndex, stats: Counter) -> list[dict[str, Any]]:
+    """The image entries, each with an id (unique) and a ``file_name`` (LVIS: from ``coco_url``); LVIS's
+    per-image category lists go into ``index``."""
+    seen: dict[int, int] = {}
     images = []
-    for i, img in enumerate(data["images"]):
+    for i, img in enumerate(raw):
         if not isinstance(img, dict) or "id" not in img:
             raise SPRError(f"{path}: images[{i}] needs 'id' and 'file_name' (COCO, Objects365) or 'coco_url' (LVIS)")
         if not _is_id(img["id"]):
             raise SPRError(f"{path}: images[{i}] has id {img['id']!r}; image ids must be non-negative integers")
-        if img["id"] in seen_images:
+        if img["id"] in seen:
             raise SPRError(
-                f"{path}: images[{i}] repeats image id {img['id']} (first at images[{seen_images[img['id']]}]); "
+                f"{path}: images[{i}] repeats image id {img['id']} (first at images[{seen[img['id']]}]); "
                 "ids must be unique, or one image's boxes would be attached to another"
             )
-        seen_images[img["id"]] = i
+        seen[img["id"]] = i
         img = dict(img)
         if "file_name" not in img:
             derived = _file_name_from_url(img.get("coco_url"))
@@ -153,27 +168,23 @@ def load_coco(annotation_file: str | os.PathLike) -> DetectionIndex:
         index.not_exhaustive[img["id"]] = _id_list(img.get("not_exhaustive_category_ids"), names)
         index.absent[img["id"]] = _id_list(img.get("neg_category_ids"), names)
         images.append(img)
+    return images
 
+
+def _indexable_annotations(path: Path, raw: list[Any], stats: Counter) -> list[dict[str, Any]]:
+    """The annotations pycocotools can index; those it cannot (non-integer ids, no category_id) are dropped and
+    counted, a repeated annotation id is refused."""
     annotations = []
-    seen_anns: set[int] = set()
-    for i, a in enumerate(data["annotations"]):
-        # Annotations pycocotools cannot index (non-integer ids, no category_id) are dropped and counted.
+    seen: set[int] = set()
+    for i, a in enumerate(raw):
         if not (isinstance(a, dict) and _is_id(a.get("image_id")) and _is_id(a.get("id")) and _is_id(a.get("category_id"))):
             stats["malformed_annotations"] += 1
             continue
-        if a["id"] in seen_anns:
+        if a["id"] in seen:
             raise SPRError(f"{path}: annotations[{i}] repeats annotation id {a['id']}; annotation ids must be unique")
-        seen_anns.add(a["id"])
+        seen.add(a["id"])
         annotations.append(a)
-
-    index.dataset = {**data, "images": images, "annotations": annotations}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        index.createIndex()
-    index.path = path
-    index.names, index.synonyms = names, synonyms
-    index.load_stats = stats
-    index.flavour = _flavour(data, images, annotations)
-    return index
+    return annotations
 
 
 def _flavour(data: dict[str, Any], images: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> str:
