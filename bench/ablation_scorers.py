@@ -37,9 +37,9 @@ from spr_plugin.core.records import Region  # noqa: E402
 from spr_plugin.families.profiles import get_box_format  # noqa: E402
 from spr_plugin.generation.candidates import read_candidates  # noqa: E402
 from spr_plugin.scoring.factory import load_grounder, load_semantic_scorer  # noqa: E402
-from spr_plugin.scoring.pairing import PairingConfig  # noqa: E402
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig  # noqa: E402
+from spr_plugin.scoring.scorer import CandidateScorer  # noqa: E402
 from spr_plugin.scoring.stage import score_refine_pair  # noqa: E402
+from spr_plugin.settings import PairingConfig, ScoringConfig  # noqa: E402
 
 DEMO = REPO / "runs" / "demo" / "work"
 SEMANTICS = ("text", "clip", "clip+text")

@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spr_plugin.core.errors import SPRError  # noqa: E402
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator  # noqa: E402
-from spr_plugin.pipeline import BuildConfig, build_dataset  # noqa: E402
+from spr_plugin.generation.transformers_backend import TransformersGenerator  # noqa: E402
+from spr_plugin.pipeline import build_dataset  # noqa: E402
 from spr_plugin.regions.sampling import RegionConfig  # noqa: E402
-from spr_plugin.scoring.pairing import PairingConfig  # noqa: E402
+from spr_plugin.settings import BuildConfig, GenerationConfig, PairingConfig  # noqa: E402
 
 WARM = REPO / "runs" / "demo" / "tiny-qwen2vl-warm"
 

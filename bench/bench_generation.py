@@ -28,11 +28,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from spr_plugin.core.options import VARIANTS  # noqa: E402
 from spr_plugin.families.profiles import get_box_format  # noqa: E402
-from spr_plugin.families.prompts import VARIANTS  # noqa: E402
 from spr_plugin.generation.candidates import generate_candidates  # noqa: E402
-from spr_plugin.generation.server_backend import OpenAIServerGenerator, ServerConfig  # noqa: E402
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator  # noqa: E402
+from spr_plugin.generation.server_backend import OpenAIServerGenerator  # noqa: E402
+from spr_plugin.generation.transformers_backend import TransformersGenerator  # noqa: E402
+from spr_plugin.settings import GenerationConfig, ServerConfig  # noqa: E402
 
 
 def _regions(n_images: int, work: Path):

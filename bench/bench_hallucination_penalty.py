@@ -39,8 +39,9 @@ sys.path.insert(0, str(REPO))
 from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region  # noqa: E402
 from spr_plugin.families.profiles import get_box_format  # noqa: E402
 from spr_plugin.scoring.mentions import Vocabulary  # noqa: E402
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig  # noqa: E402
+from spr_plugin.scoring.scorer import CandidateScorer  # noqa: E402
 from spr_plugin.scoring.semantic import TextSemanticScorer  # noqa: E402
+from spr_plugin.settings import ScoringConfig  # noqa: E402
 from spr_plugin.trl.grpo_reward import SPRReward  # noqa: E402
 
 COCO_NAMES = (

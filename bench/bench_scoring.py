@@ -31,8 +31,9 @@ from spr_plugin.core.jsonl import read_jsonl  # noqa: E402
 from spr_plugin.core.records import Box, Candidate, Region  # noqa: E402
 from spr_plugin.families.profiles import get_box_format  # noqa: E402
 from spr_plugin.generation.candidates import read_candidates  # noqa: E402
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig  # noqa: E402
+from spr_plugin.scoring.scorer import CandidateScorer  # noqa: E402
 from spr_plugin.scoring.semantic import TextSemanticScorer, region_reference_text  # noqa: E402
+from spr_plugin.settings import ScoringConfig  # noqa: E402
 
 FILLERS = ("The region shows", "I can see", "In this area there are", "This part of the image contains", "Here we have")
 

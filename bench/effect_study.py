@@ -58,7 +58,8 @@ from spr_plugin.core.records import Box, Region  # noqa: E402
 from spr_plugin.core.sharegpt import ranking_record, sft_record  # noqa: E402
 from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
 from spr_plugin.demo.warmup import grounded_answer  # noqa: E402
-from spr_plugin.evaluation.rec import RecConfig, default_prompt, rec_prompt  # noqa: E402
+from spr_plugin.evaluation.config import RecConfig  # noqa: E402
+from spr_plugin.evaluation.rec import default_prompt, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import training_prompt  # noqa: E402
@@ -328,9 +329,10 @@ def evaluate(
     """Greedy REC and region answers through spr_plugin.evaluation (resumable jsonl), scored per item."""
     from study_stats import rec_row, region_row
 
+    from spr_plugin.evaluation.config import RegionEvalConfig
     from spr_plugin.evaluation.model import load_model
     from spr_plugin.evaluation.rec import evaluate_rec
-    from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
+    from spr_plugin.evaluation.region import evaluate_region
 
     loaded = load_model(model, adapter)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -416,10 +418,8 @@ PAIR_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 def stage_pairs(cfg: StudyConfig, variant: str) -> None:
     """SPR pairs with spr_plugin's build pipeline: sampled once per base, rescored for every other variant."""
     from spr_plugin.generation.backends import make_generator
-    from spr_plugin.generation.transformers_backend import GenerationConfig
-    from spr_plugin.pipeline import BuildConfig, build_dataset
-    from spr_plugin.scoring.pairing import PairingConfig
-    from spr_plugin.scoring.scorer import ScoringConfig
+    from spr_plugin.pipeline import build_dataset
+    from spr_plugin.settings import BuildConfig, GenerationConfig, PairingConfig, ScoringConfig
 
     world = make_world(cfg)
     kind, scoring, pairing = PAIR_VARIANTS[variant]

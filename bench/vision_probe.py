@@ -41,7 +41,8 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from spr_plugin.core.frame import ImageFrame, lf_preprocess_image  # noqa: E402
 from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
 from spr_plugin.demo.tiny_model import build_tiny_qwen2vl, set_image_budget  # noqa: E402
-from spr_plugin.evaluation.rec import RecConfig, default_prompt, evaluate_rec, rec_prompt  # noqa: E402
+from spr_plugin.evaluation.config import RecConfig  # noqa: E402
+from spr_plugin.evaluation.rec import default_prompt, evaluate_rec, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import RecItem, rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
 from spr_plugin.families.prompts import Prompt  # noqa: E402

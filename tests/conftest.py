@@ -121,8 +121,8 @@ def built_dataset(synthetic_scenes: Path, tmp_path_factory: pytest.TempPathFacto
     """One build per session (regions -> scripted candidates -> scores, refinement, pairs -> dataset, card),
     shared by the tests of the dataset's LLaMA-Factory contract, its card, its viewer and its exports."""
     from candidates_factory import write_candidates
-    from spr_plugin.pipeline import BuildConfig, build_dataset, build_regions
-    from spr_plugin.settings import PairingConfig, RegionConfig
+    from spr_plugin.pipeline import build_dataset, build_regions
+    from spr_plugin.settings import BuildConfig, PairingConfig, RegionConfig
 
     root = tmp_path_factory.mktemp("built")
     data = root / "data"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.evaluation.config import RecConfig, RegionEvalConfig
 from spr_plugin.evaluation.model import load_model
-from spr_plugin.evaluation.rec import RecConfig, evaluate_rec
+from spr_plugin.evaluation.rec import evaluate_rec
 from spr_plugin.evaluation.rec_data import rec_items_from_detections
-from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
+from spr_plugin.evaluation.region import evaluate_region
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
 
 

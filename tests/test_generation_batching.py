@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from spr_plugin.core.errors import ConfigError
+from spr_plugin.core.options import VARIANTS
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.families.prompts import VARIANTS, build_prompt
+from spr_plugin.families.prompts import build_prompt
 from spr_plugin.generation.candidates import generate_candidates, prompt_seed, read_candidates
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator, clean_output
+from spr_plugin.generation.transformers_backend import TransformersGenerator, clean_output
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.settings import GenerationConfig
 
 FMT = get_box_format("qwen2_vl")
 

@@ -24,18 +24,20 @@ from spr_plugin.core.frame import ImageFrame, lf_image_size, lf_preprocess_image
 from spr_plugin.core.records import Box
 from spr_plugin.core.sharegpt import IMAGE_TOKEN
 from spr_plugin.demo.tiny_model import MAX_PIXELS, MIN_PIXELS
+from spr_plugin.evaluation.config import RecConfig, RegionEvalConfig
 from spr_plugin.evaluation.model import load_model
-from spr_plugin.evaluation.rec import RecConfig, evaluate_rec
+from spr_plugin.evaluation.rec import evaluate_rec
 from spr_plugin.evaluation.rec_data import RecItem, write_rec_jsonl
-from spr_plugin.evaluation.region import RegionEvalConfig, evaluate_region
+from spr_plugin.evaluation.region import evaluate_region
 from spr_plugin.families.box_formats import ResizeSpec
 from spr_plugin.families.prompts import Prompt
 from spr_plugin.generation.backends import make_generator
 from spr_plugin.generation.cli import generation_config, server_config
 from spr_plugin.generation.server_backend import to_openai_messages
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.generation.transformers_backend import TransformersGenerator
 from spr_plugin.llamafactory.recipe_check import adopt_frame
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.settings import GenerationConfig
 
 LF_DEFAULT = (768 * 768, 32 * 32)
 # Below the tiny processor's max_pixels (28*28*16), so smart_resize keeps the pre-resize's effect visible.

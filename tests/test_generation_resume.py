@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.options import VARIANTS
 from spr_plugin.core.records import Region
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.families.prompts import VARIANTS
 from spr_plugin.generation.candidates import _exclusive, generate_candidates, read_candidates
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.generation.transformers_backend import TransformersGenerator
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.settings import GenerationConfig
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 N_SAMPLES = 2

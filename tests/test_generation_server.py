@@ -21,10 +21,12 @@ from PIL import Image
 
 from spr_plugin.cli import main
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.options import VARIANTS
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.families.prompts import VARIANTS, build_prompt
-from spr_plugin.generation.server_backend import OpenAIServerGenerator, ServerConfig, to_openai_messages
+from spr_plugin.families.prompts import build_prompt
+from spr_plugin.generation.server_backend import OpenAIServerGenerator, to_openai_messages
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
+from spr_plugin.settings import ServerConfig
 
 SERVED = "tiny-spr"
 

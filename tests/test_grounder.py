@@ -23,8 +23,9 @@ from spr_plugin.scoring.grounder import (
     phrase_token_spans,
     select_phrase_boxes,
 )
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.scorer import CandidateScorer
 from spr_plugin.scoring.semantic import TextSemanticScorer
+from spr_plugin.settings import ScoringConfig
 
 FMT = get_box_format("qwen2_vl")
 W, H = 120, 90

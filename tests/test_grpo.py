@@ -17,8 +17,9 @@ from spr_plugin.core.records import Box, Candidate, Region
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import PROMPT_TEMPLATE, training_prompt
 from spr_plugin.regions.sampling import RegionConfig, load_coco, sample_regions
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.scorer import CandidateScorer
 from spr_plugin.scoring.semantic import TextSemanticScorer
+from spr_plugin.settings import ScoringConfig
 from spr_plugin.trl.grpo_reward import MALFORMED_REWARD, SPRReward, malformed_reason
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,9 @@ from helpers import H, W
 from spr_plugin.cli import main
 from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.scorer import CandidateScorer
 from spr_plugin.scoring.semantic import TextSemanticScorer
+from spr_plugin.settings import ScoringConfig
 
 FMT = get_box_format("qwen2_vl")
 OBJECTS = (

@@ -13,11 +13,11 @@ from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Localizatio
 from spr_plugin.families.box_formats import BOX_START, REF_START
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.labels import LabelMatcher
-from spr_plugin.scoring.pairing import PairingConfig
 from spr_plugin.scoring.refine import refine_candidate
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig, mix_scores, normalise
+from spr_plugin.scoring.scorer import CandidateScorer, mix_scores, normalise
 from spr_plugin.scoring.semantic import TextSemanticScorer
 from spr_plugin.scoring.stage import score_refine_pair
+from spr_plugin.settings import PairingConfig, ScoringConfig
 
 FMT = get_box_format("qwen2_vl")
 CATS = ("red circle", "blue square", "green triangle", "yellow star", "purple diamond")

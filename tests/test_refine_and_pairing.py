@@ -3,12 +3,19 @@
 import pytest
 
 from helpers import H, W, cand, region
-from spr_plugin.core.records import Box, LocalizationScore, ScoredCandidate, SemanticScore
+from spr_plugin.core.records import Box, LocalizationScore, PreferencePair, ScoredCandidate, SemanticScore
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.scoring.pairing import SKIP_IDENTICAL, SKIP_LOW_MARGIN, SKIP_TOO_FEW, PairingConfig, length_stats, make_pair
+from spr_plugin.scoring.pairing import SKIP_IDENTICAL, SKIP_LOW_MARGIN, SKIP_TOO_FEW, length_stats, select_pair
 from spr_plugin.scoring.refine import refine_candidate
+from spr_plugin.settings import PairingConfig
 
 FMT = get_box_format("qwen2_vl")
+
+
+def make_pair(region, initial, refined, config=PairingConfig()):
+    """The region's pair (best refined vs worst initial), or the reason it has none."""
+    picked = select_pair(initial, refined, config)
+    return picked if isinstance(picked, str) else PreferencePair(region, refined[picked[0]], initial[picked[1]])
 
 
 def test_refine_snaps_matched_boxes_and_drops_hallucinated_ones():

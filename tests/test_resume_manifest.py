@@ -128,7 +128,8 @@ def test_fresh_starts_over(gen_build):
 
 
 def test_candidates_file_builds_track_the_files_content(synthetic_scenes, tmp_path):
-    from spr_plugin.pipeline import BuildConfig, build_dataset, build_regions
+    from spr_plugin.pipeline import build_dataset, build_regions
+    from spr_plugin.settings import BuildConfig
 
     cfg = BuildConfig(
         annotations=synthetic_scenes, image_root=synthetic_scenes.parent / "images", work_dir=tmp_path / "work",

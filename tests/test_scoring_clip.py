@@ -16,8 +16,8 @@ from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.records import AnnotatedObject, Box, Region, SemanticScore
 from spr_plugin.scoring.clip_semantic import ClipSemanticScorer, chunk_words, pad_to_square, region_patch_mask
 from spr_plugin.scoring.factory import MeanSemanticScorer, load_semantic_scorer
-from spr_plugin.scoring.scorer import ScoringConfig
 from spr_plugin.scoring.semantic import TextSemanticScorer
+from spr_plugin.settings import ScoringConfig
 
 LONG = " ".join(["a red circle next to a blue square above the green star"] * 12)  # about 600 characters
 

@@ -6,8 +6,9 @@ from helpers import H, W, cand, region
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.records import Box
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.scorer import CandidateScorer
 from spr_plugin.scoring.semantic import TextSemanticScorer, region_reference_text
+from spr_plugin.settings import ScoringConfig
 
 FMT = get_box_format("qwen2_vl")
 

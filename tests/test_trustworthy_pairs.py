@@ -20,11 +20,11 @@ from helpers import H, W, cand
 from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.mentions import ABSENT, IMAGE, REGION, UNJUDGED, Vocabulary, describe
-from spr_plugin.scoring.pairing import PairingConfig
 from spr_plugin.scoring.refine import refine_candidate
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
+from spr_plugin.scoring.scorer import CandidateScorer
 from spr_plugin.scoring.semantic import TextSemanticScorer
 from spr_plugin.scoring.stage import LOW_LOCALIZATION_MIN_PAIRS, quality_warnings, score_refine_pair
+from spr_plugin.settings import PairingConfig, ScoringConfig
 
 FORMATS = ("qwen2_vl", "qwen2_5_vl", "qwen2_5_vl_json")
 SHAPES = [f"{c} {s}" for c in ("red", "blue", "green", "yellow", "purple", "orange") for s in ("circle", "square", "triangle")]

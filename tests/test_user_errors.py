@@ -14,13 +14,12 @@ from spr_plugin.demo.run import run_demo
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.families.prompts import build_prompt
 from spr_plugin.generation.candidates import read_candidates
-from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+from spr_plugin.generation.transformers_backend import TransformersGenerator
 from spr_plugin.llamafactory.export import ExportConfig, export_dataset
 from spr_plugin.llamafactory.train import run_train
-from spr_plugin.pipeline import BuildConfig, build_dataset
+from spr_plugin.pipeline import build_dataset
 from spr_plugin.regions.sampling import RegionConfig
-from spr_plugin.scoring.pairing import PairingConfig
-from spr_plugin.settings import DemoConfig
+from spr_plugin.settings import BuildConfig, DemoConfig, GenerationConfig, PairingConfig
 
 
 def test_jsonl_names_file_and_line(tmp_path):

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.paths import ImageRoots, contained_path, new_file_mode
 from spr_plugin.core.records import Box, Region
 
 #: Reasons :func:`check_image` gives for an unusable image (keys of the skip counters in every summary).
@@ -270,7 +270,7 @@ def copy_verified(source: str | os.PathLike, dest: str | os.PathLike, *, link: b
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         if not link:
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, new_file_mode())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -298,12 +298,6 @@ def content_file_name(source: str | os.PathLike, sha256: str, max_bytes: int = 2
     while stem and len((stem + suffix).encode("utf-8", "surrogateescape")) > budget:
         stem = stem[:-1]
     return prefix + stem + suffix
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def crop_rect(box: Box, width: int | None = None, height: int | None = None) -> tuple[int, int, int, int]:

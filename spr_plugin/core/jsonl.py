@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.paths import new_file_mode
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -29,6 +30,32 @@ def _no_constant(name: str) -> Any:
 def loads_strict(text: str | bytes) -> Any:
     """``json.loads`` that refuses ``NaN``/``Infinity`` (Python's json accepts them; no JSON file should hold them)."""
     return json.loads(text, parse_constant=_no_constant)
+
+
+def read_json(path: str | os.PathLike, what: str, *, strict: bool = True, hint: str = "") -> Any:
+    """The JSON value of the file ``path`` (a ``what``: "annotation file", "dataset_info.json" ...), or one
+    :class:`SPRError` line naming the file and what is wrong: missing, unreadable, not UTF-8, not JSON, nested
+    too deeply for the parser. ``hint`` is appended to each message (``"; rebuild the dataset"``).
+
+    ``strict`` refuses ``NaN``/``Infinity`` (see :func:`loads_strict`); files spr only passes on, as
+    LLaMA-Factory's own ``json.load`` reads them, are read with ``strict=False``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SPRError(f"{what} not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return loads_strict(text) if strict else json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start}){hint}") from None
+    except RecursionError:
+        raise SPRError(f"{path}: nested too deeply to be a {what}{hint}") from None
+    except json.JSONDecodeError as exc:
+        raise SPRError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}){hint}") from None
+    except ValueError as exc:  # NaN / Infinity under strict
+        raise SPRError(f"{path}: not valid JSON ({exc}){hint}") from None
+    except OSError as exc:
+        raise SPRError(f"{path}: cannot be read ({exc.strerror or exc}){hint}") from None
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:
@@ -128,20 +155,15 @@ def read_dataset_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
     """Records of a LLaMA-Factory data file, numbered for error messages: a ``.json`` list (numbered from 1)
     or a ``.jsonl`` file (numbered by line). Invalid JSON or UTF-8 raises :class:`SPRError` naming file and line."""
     path = Path(path)
+    if path.suffix == ".json":
+        records = read_json(path, "data file")
+        if not isinstance(records, list):
+            raise SPRError(f"{path}: expected a JSON list of records")
+        return list(enumerate(records, start=1))
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if path.suffix == ".json":
-        try:
-            records = loads_strict(data.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
-        except ValueError as exc:
-            raise SPRError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-        if not isinstance(records, list):
-            raise SPRError(f"{path}: expected a JSON list of records")
-        return list(enumerate(records, start=1))
     numbered = []
     for lineno, line in enumerate(data.split(b"\n"), start=1):
         if line.strip():
@@ -184,12 +206,6 @@ class JsonlAppender:
         self.close()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _new_file_mode(target: Path) -> int:
     """The mode the replacement of ``target`` gets: the existing file's, or what ``open()`` would give a new file.
 
@@ -199,7 +215,7 @@ def _new_file_mode(target: Path) -> int:
     try:
         return target.stat().st_mode & 0o7777
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return new_file_mode()
 
 
 def replace_target(path: str | os.PathLike) -> Path:

@@ -145,10 +145,6 @@ class Manifest:
 
 # -- what an intermediate file's boxes mean ---------------------------------------------------------------
 
-#: The keys every candidates and pairs file records about its boxes: how they are written (a box format's name)
-#: and the image frame they were sampled or scored in (LLaMA-Factory's pre-resize bounds, as a dict).
-FORMAT_KEYS = ("box_format", "frame")
-
 
 def sidecar_path(path: str | os.PathLike) -> Path:
     """``<file>.manifest.json``: where a stage file's record lives (``spr generate`` writes the candidates' one)."""

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.paths import check_write_path, contained_path
+from spr_plugin.core.paths import check_write_path, contained_path, new_file_mode
 
 #: Prefix and suffix of every temp file spr writes next to a target (``.spr-<8 random>.tmp``).
 TEMP_PREFIX, TEMP_SUFFIX = ".spr-", ".tmp"
@@ -166,10 +166,6 @@ class OwnedFiles:
         self.complete = not self.pending
         self.save()
 
-    def forget(self, relative: str) -> None:
-        self.files.pop(relative, None)
-        self.pending.pop(relative, None)
-
     def save(self) -> None:
         data = {
             "spr_files": RECORD_VERSION,
@@ -180,12 +176,6 @@ class OwnedFiles:
         }
         write_bytes(self.root, self.record, (json.dumps(data, indent=1) + "\n").encode(), "file record")
         self.exists = True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def new_temp(folder: Path) -> Path:
@@ -210,7 +200,7 @@ def write_bytes(root: str | os.PathLike, relative: str, data: bytes, what: str =
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, new_file_mode())
         check_write_path(root, relative, what)  # a symlink swapped in meanwhile is refused, not replaced
         os.replace(tmp, path)
     except BaseException:

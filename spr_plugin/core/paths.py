@@ -18,6 +18,14 @@ from pathlib import Path
 from spr_plugin.core.errors import SPRError
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask): temp files (``mkstemp``, 0600) are set to it
+    before they replace their target, so a file spr writes is as readable as one the user's tools write."""
+    mask = os.umask(0)  # the only way to read the umask: set it and put it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def contained_path(root: str | os.PathLike, relative: str, what: str = "path") -> Path:
     """``root / relative`` if it stays inside ``root``, else :class:`SPRError` naming the offending value."""
     if not isinstance(relative, str) or not relative or "\x00" in relative:
@@ -27,14 +35,6 @@ def contained_path(root: str | os.PathLike, relative: str, what: str = "path") -
     if joined != base and base not in joined.parents:
         raise SPRError(f"{what} {relative!r} points outside {base}; refusing to read it")
     return joined
-
-
-def is_contained(root: str | os.PathLike, relative: str) -> bool:
-    try:
-        contained_path(root, relative)
-    except SPRError:
-        return False
-    return True
 
 
 #: The longest file name (bytes) most file systems allow (``NAME_MAX``).

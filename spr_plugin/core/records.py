@@ -2,7 +2,9 @@
 
 Every stage (regions -> candidates -> scores -> pairs -> export) reads and writes these, and each
 one round-trips through a plain JSON dict (``to_dict`` / ``from_dict``) so intermediate results can
-be kept as append-only JSONL files: a crash loses at most the line being written.
+be kept as append-only JSONL files: a crash loses at most the line being written. ``to_dict`` is written
+from the fields (:func:`spr_plugin.core.serialize.field_dict`: declaration order, optional fields left out
+while they hold their default); ``from_dict`` checks every field, since a file may come from elsewhere.
 
 All boxes here are in **original-image pixels** ``(x1, y1, x2, y2)``. Model-specific coordinate
 frames (Qwen2-VL's [0,1000) grid, Qwen2.5-VL's resized-input pixels) exist only inside
@@ -12,8 +14,10 @@ frames (Qwen2-VL's [0,1000) grid, Qwen2.5-VL's resized-input pixels) exist only 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from spr_plugin.core.serialize import field_dict
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,7 @@ class AnnotatedObject:
     crowd: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"ann_id": self.ann_id, "category": self.category, "box": self.box.as_list()}
-        if self.synonyms:
-            d["synonyms"] = list(self.synonyms)
-        if self.crowd:
-            d["crowd"] = True
-        return d
+        return field_dict(self, omit_default=("synonyms", "crowd"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnnotatedObject:
@@ -134,27 +133,7 @@ class Region:
         return list(dict.fromkeys(o.category for o in self.objects))
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "region_id": self.region_id,
-            "image_id": self.image_id,
-            "image_path": self.image_path,
-            "width": self.width,
-            "height": self.height,
-            "box": self.box.as_list(),
-            "objects": [o.to_dict() for o in self.objects],
-            "seed_ann_id": self.seed_ann_id,
-        }
-        if self.image_root:
-            d["image_root"] = self.image_root
-        if self.ignored:
-            d["ignored"] = [o.to_dict() for o in self.ignored]
-        if self.not_exhaustive:
-            d["not_exhaustive"] = list(self.not_exhaustive)
-        if self.absent:
-            d["absent"] = list(self.absent)
-        if self.in_image:
-            d["in_image"] = list(self.in_image)
-        return d
+        return field_dict(self, omit_default=("image_root", "ignored", "not_exhaustive", "absent", "in_image"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Region:
@@ -211,7 +190,7 @@ class Candidate:
         return (self.region_id, self.variant, self.sample_idx)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return field_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
@@ -366,15 +345,7 @@ class LocalizationScore:
         return len(self.matches) / self.n_gt if self.n_gt else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "score": self.score,
-            "metric": self.metric,
-            "n_gt": self.n_gt,
-            "n_pred": self.n_pred,
-            "matches": [[m.gt_index, m.pred_index, round(m.iou, 4)] for m in self.matches],
-            "n_grounded": self.n_grounded,
-            **({"n_neutral": self.n_neutral} if self.n_neutral else {}),
-        }
+        return field_dict(self, omit_default=("n_neutral",), dump={"matches": _match_rows})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LocalizationScore:
@@ -387,6 +358,11 @@ class LocalizationScore:
             _count(d["n_pred"], "n_pred"), matches, _count(d.get("n_grounded", 0), "n_grounded"),
             _count(d.get("n_neutral", 0), "n_neutral"),
         )  # fmt: skip
+
+
+def _match_rows(matches: tuple[Match, ...]) -> list[list[float]]:
+    """Matches as ``[gt_index, box_index, IoU]`` rows (IoU to 4 places: a file to read, not to recompute from)."""
+    return [[m.gt_index, m.pred_index, round(m.iou, 4)] for m in matches]
 
 
 @dataclass(frozen=True)
@@ -439,21 +415,7 @@ class ScoredCandidate:
     penalty: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
-            "candidate": self.candidate.to_dict(),
-            "refined": self.refined,
-            "score": self.score,
-            "semantic": self.semantic.to_dict(),
-            "localization": self.localization.to_dict(),
-            "parse_dropped": dict(self.parse_dropped),
-        }
-        if self.norm_parts:
-            d["norm_parts"] = dict(self.norm_parts)
-        if self.refinement:
-            d["refinement"] = dict(self.refinement)
-        if self.penalty:
-            d["penalty"] = self.penalty
-        return d
+        return field_dict(self, omit_default=("norm_parts", "refinement", "penalty"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoredCandidate:
@@ -483,12 +445,7 @@ class PreferencePair:
         return self.chosen.score - self.rejected.score
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "region": self.region.to_dict(),
-            "chosen": self.chosen.to_dict(),
-            "rejected": self.rejected.to_dict(),
-            "margin": self.margin,
-        }
+        return field_dict(self) | {"margin": self.margin}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreferencePair:

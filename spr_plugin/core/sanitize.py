@@ -33,6 +33,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from spr_plugin.core.serialize import field_dict
+
 #: Tokens that end an answer: whatever a model wrote after one is not part of its answer.
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
 
@@ -176,4 +178,4 @@ class SanitizeStats:
             self.texts_changed[kind] += 1
 
     def to_dict(self) -> dict[str, dict[str, int]]:
-        return {"tokens_removed": dict(self.removed), "texts_changed": dict(self.texts_changed)}
+        return field_dict(self, keys={"removed": "tokens_removed"})

@@ -24,13 +24,11 @@ from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes
 from spr_plugin.demo.tiny_model import build_tiny_qwen2vl
 from spr_plugin.demo.warmup import warmup_sft
 from spr_plugin.generation.backends import make_generator
-from spr_plugin.generation.transformers_backend import GenerationConfig
 from spr_plugin.llamafactory.shipped_recipes import RECIPES_DIR
 from spr_plugin.llamafactory.train import run_train
-from spr_plugin.pipeline import BuildConfig, BuildSummary, build_dataset
+from spr_plugin.pipeline import BuildSummary, build_dataset
 from spr_plugin.regions.sampling import RegionConfig
-from spr_plugin.scoring.pairing import PairingConfig
-from spr_plugin.settings import DemoConfig
+from spr_plugin.settings import BuildConfig, DemoConfig, GenerationConfig, PairingConfig
 
 logger = logging.getLogger(__name__)
 

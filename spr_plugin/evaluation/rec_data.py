@@ -42,10 +42,11 @@ from typing import Any
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import ImageLocator
-from spr_plugin.core.jsonl import atomic_output, loads_strict, read_jsonl
+from spr_plugin.core.jsonl import atomic_output, read_json, read_jsonl
 from spr_plugin.core.paths import ImageRoots
 from spr_plugin.core.records import Box
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_phrase
+from spr_plugin.core.serialize import field_dict
 
 MAX_EXPRESSION_LEN = 1000
 PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
@@ -71,7 +72,7 @@ class RecData:
     sanitized: SanitizeStats = field(default_factory=SanitizeStats)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"formats": self.formats, "skipped": dict(self.skipped), "sanitized": self.sanitized.to_dict()}
+        return field_dict(self, skip=("items",))
 
 
 # -- shared checks ---------------------------------------------------------------------------------
@@ -178,21 +179,6 @@ def read_plain_pickle(path: Path) -> Any:
         raise SPRError(f"{path}: not a readable refs pickle ({type(exc).__name__})") from None
 
 
-def _read_json_object(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise SPRError(f"{what} not found: {path}")
-    try:
-        return loads_strict(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
-    except RecursionError:
-        raise SPRError(f"{path}: nested too deeply") from None
-    except ValueError as exc:
-        raise SPRError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    except OSError as exc:
-        raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-
-
 def _refs_items(path: Path, refs: Any, instances: Any, root: Path, split: str | None, data: RecData) -> None:
     """Items of refer-style refs against COCO instances (shared by the pickle and the merged JSON)."""
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
@@ -226,7 +212,7 @@ def _refer_pickle(path: Path, root: Path, split: str | None, data: RecData) -> N
     if not instances_path.is_file():
         raise SPRError(f"{path}: refer's refs pickle needs the instances.json of its folder, expected at {instances_path}")
     refs = read_plain_pickle(path)
-    _refs_items(path, refs, _read_json_object(instances_path, "instances file"), root, split, data)
+    _refs_items(path, refs, read_json(instances_path, "instances file"), root, split, data)
 
 
 # -- MDETR refexp json --------------------------------------------------------------------------------
@@ -365,7 +351,7 @@ def _load_one(path: Path, root: Path, split: str | None, data: RecData, media_di
     elif suffix == ".parquet":
         _lmms_parquet(path, root if images_given else None, split, data, media_dir)
     elif suffix == ".json":
-        obj = _read_json_object(path, "REC annotation file")
+        obj = read_json(path, "REC annotation file")
         if not isinstance(obj, dict):
             raise SPRError(f"{path}: expected a COCO-style refs object or an MDETR refexp file; use .jsonl for one item per line")
         if isinstance(obj.get("refs"), list):

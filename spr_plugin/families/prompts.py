@@ -16,21 +16,10 @@ from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.images import crop_region
 from spr_plugin.core.options import VARIANTS
 from spr_plugin.core.records import Region
-from spr_plugin.core.sanitize import remove_tokens, sanitize_phrase
+from spr_plugin.core.sanitize import sanitize_phrase
 from spr_plugin.core.sharegpt import IMAGE_TOKEN
 from spr_plugin.families.box_formats import BoxFormat
-from spr_plugin.families.profiles import DESCRIBE_PROMPT, KNOWN_GROUNDING_TOKENS, get_profile, profile_of
-
-
-def strip_media_markers(text: str) -> str:
-    """``text`` without media placeholders, vision, chat or other special tokens (Qwen's grounding tokens stay),
-    removed to a fixed point by :func:`spr_plugin.core.sanitize.remove_tokens`.
-
-    Why: sampled answers of a weak model do contain them (seen: ``<|video_pad|>``), and one in a DPO
-    record breaks LLaMA-Factory: a stray ``<image>`` fails its placeholder count, a stray
-    ``<|video_pad|>`` with no video crashes the Qwen2-VL collator's M-RoPE position computation.
-    """
-    return remove_tokens(text, KNOWN_GROUNDING_TOKENS)[0]
+from spr_plugin.families.profiles import DESCRIBE_PROMPT, get_profile, profile_of
 
 
 def _name(text: str) -> str:

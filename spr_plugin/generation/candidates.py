@@ -32,7 +32,7 @@ from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import profile_of
 from spr_plugin.families.prompts import Prompt, build_prompt
-from spr_plugin.generation.transformers_backend import GenerationConfig
+from spr_plugin.settings import GenerationConfig
 
 logger = logging.getLogger(__name__)
 

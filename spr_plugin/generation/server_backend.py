@@ -121,7 +121,7 @@ def _origin(url: Any) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port)
 
 
-def _capped_transport(cap: int, total_timeout: float):
+def _capped_transport(cap: int, total_timeout: float):  # noqa: C901 (classes defined here to import httpx lazily)
     """An httpx transport that bounds what a server can make spr do, whatever the server does.
 
     * **Size**: response bodies end after ``cap`` bytes (the connection is closed there). A body cut off at the

@@ -44,7 +44,7 @@ def load_rgb(image: Image.Image | str) -> Image.Image:
 def load_model_input(
     image: Image.Image | str, image_max_pixels: int | None, image_min_pixels: int | None, qwen_rules: bool = True
 ) -> Image.Image:
-    """An RGB image as LLaMA-Factory would hand it to the processor (pre-resized, see :mod:`.lf_image`).
+    """An RGB image as LLaMA-Factory would hand it to the processor (pre-resized, see :mod:`spr_plugin.llamafactory.image`).
 
     Generation and evaluation must show the model the frame it was trained in; feeding the original
     image would let the processor's ``smart_resize`` pick a different frame for large images.

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.jsonl import atomic_write_text
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.records import PreferencePair
 from spr_plugin.families.profiles import get_profile
@@ -209,9 +208,3 @@ def _pair_of(q: dict[str, Any], a: str, b: str, fmt: str) -> str:
 
 def card_path(dataset_dir: str | Path, name: str) -> Path:
     return Path(dataset_dir) / f"{name}.README.md"
-
-
-def write_card(dataset_dir: str | Path, name: str, summary: dict[str, Any], pairs: Sequence[PreferencePair]) -> Path:
-    path = card_path(dataset_dir, name)
-    atomic_write_text(path, render_card(name, summary, pairs))
-    return path

@@ -21,7 +21,7 @@ import yaml
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import NOT_GIVEN, ImageFrame
-from spr_plugin.core.jsonl import atomic_write_text, dumps
+from spr_plugin.core.jsonl import atomic_write_text, dumps, read_json
 from spr_plugin.core.options import BOX_FORMATS
 from spr_plugin.core.yaml_safe import load_yaml
 from spr_plugin.families.profiles import get_profile
@@ -50,10 +50,7 @@ def read_meta(dataset_dir: str | Path, name: str) -> dict[str, Any] | None:
     path = meta_path(dataset_dir, name)
     if not path.is_file():
         return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise SPRError(f"{path} is not readable JSON ({exc}); rebuild the dataset or remove the file") from None
+    meta = read_json(path, "dataset metadata file", strict=False, hint="; rebuild the dataset or remove the file")
     if not isinstance(meta, dict) or not isinstance(meta.get("frame"), dict):
         raise SPRError(f"{path} holds no 'frame' object; rebuild the dataset or remove the file")
     return meta

@@ -9,7 +9,6 @@ asked, and leaves a malformed file untouched.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from typing import Any
 from filelock import FileLock
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.jsonl import atomic_write_text, dumps
+from spr_plugin.core.jsonl import atomic_write_text, dumps, read_json
 from spr_plugin.core.paths import check_write_path, contained_path
 from spr_plugin.core.sharegpt import RANKING_COLUMNS, SFT_COLUMNS, check_record_media
 
@@ -72,10 +71,7 @@ def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(dataset_dir) / DATASET_INFO
     if not path.exists():
         return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SPRError(f"{path} is not valid JSON ({exc}); fix or move it, nothing was changed") from None
+    info = read_json(path, DATASET_INFO, strict=False, hint="; fix or move it, nothing was changed")
     if not isinstance(info, dict):
         raise SPRError(f"{path} must hold a JSON object of dataset entries; nothing was changed")
     return info
@@ -106,11 +102,6 @@ def check_can_register_entries(
     for name, entry in entries.items():
         _check_file_name(dataset_dir, name, entry, scan_media=False)
     _clash(read_dataset_info(dataset_dir), entries, overwrite, Path(dataset_dir) / DATASET_INFO)
-
-
-def check_can_register(dataset_dir: str | os.PathLike, name: str, entry: dict[str, Any], overwrite: bool = False) -> None:
-    """:func:`check_can_register_entries` for one entry."""
-    check_can_register_entries(dataset_dir, {name: entry}, overwrite)
 
 
 def register_datasets(dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False) -> Path:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from spr_plugin.core.errors import SPRError
-    from spr_plugin.scoring.scorer import ScoringConfig
+    from spr_plugin.settings import ScoringConfig
     from spr_plugin.trl.dpo import Qwen2VLGRPOTrainer, import_trl
     from spr_plugin.trl.grpo_reward import SPRReward
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.jsonl import read_json
 from spr_plugin.core.sanitize import readable_name, sanitize_phrase
 
 #: Name used for a category whose name is empty once sanitised (an empty name would vanish from prompts).
@@ -70,22 +70,6 @@ def _file_name_from_url(url: object) -> str | None:
     if len(parts) < 2 or parts[-1] in (".", "..") or parts[-2] in (".", ".."):
         return None
     return f"{parts[-2]}/{parts[-1]}"
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise SPRError(f"annotation file not found: {path}")
-    try:
-        with path.open("rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise SPRError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    except UnicodeDecodeError as exc:
-        raise SPRError(f"{path}: not valid UTF-8 (byte {exc.start}); a COCO json is UTF-8 text") from None
-    except RecursionError:
-        raise SPRError(f"{path}: nested too deeply to be a COCO annotation file") from None
-    except OSError as exc:
-        raise SPRError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _clean_name(raw: str) -> tuple[str, int]:
@@ -136,7 +120,7 @@ def _id_list(value: Any, known: dict[int, str]) -> frozenset[int]:
 def load_coco(annotation_file: str | os.PathLike) -> DetectionIndex:
     """Read and validate a COCO / LVIS / Objects365 json; every failure is a clear :class:`SPRError`."""
     path = Path(annotation_file)
-    data = _read_json(path)
+    data = read_json(path, "annotation file", strict=False)
     if not isinstance(data, dict):
         raise SPRError(f"{path}: a COCO annotation file holds a JSON object, found {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
@@ -146,19 +130,34 @@ def load_coco(annotation_file: str | os.PathLike) -> DetectionIndex:
     names, synonyms = _category_names(path, data["categories"], stats)
 
     index = DetectionIndex()
-    seen_images: dict[int, int] = {}
+    images = _images(path, data["images"], names, index, stats)
+    annotations = _indexable_annotations(path, data["annotations"], stats)
+    index.dataset = {**data, "images": images, "annotations": annotations}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        index.createIndex()
+    index.path = path
+    index.names, index.synonyms = names, synonyms
+    index.load_stats = stats
+    index.flavour = _flavour(data, images, annotations)
+    return index
+
+
+def _images(path: Path, raw: list[Any], names: dict[int, str], index: DetectionIndex, stats: Counter) -> list[dict[str, Any]]:
+    """The image entries, each with an id (unique) and a ``file_name`` (LVIS: from ``coco_url``); LVIS's
+    per-image category lists go into ``index``."""
+    seen: dict[int, int] = {}
     images = []
-    for i, img in enumerate(data["images"]):
+    for i, img in enumerate(raw):
         if not isinstance(img, dict) or "id" not in img:
             raise SPRError(f"{path}: images[{i}] needs 'id' and 'file_name' (COCO, Objects365) or 'coco_url' (LVIS)")
         if not _is_id(img["id"]):
             raise SPRError(f"{path}: images[{i}] has id {img['id']!r}; image ids must be non-negative integers")
-        if img["id"] in seen_images:
+        if img["id"] in seen:
             raise SPRError(
-                f"{path}: images[{i}] repeats image id {img['id']} (first at images[{seen_images[img['id']]}]); "
+                f"{path}: images[{i}] repeats image id {img['id']} (first at images[{seen[img['id']]}]); "
                 "ids must be unique, or one image's boxes would be attached to another"
             )
-        seen_images[img["id"]] = i
+        seen[img["id"]] = i
         img = dict(img)
         if "file_name" not in img:
             derived = _file_name_from_url(img.get("coco_url"))
@@ -169,27 +168,23 @@ def load_coco(annotation_file: str | os.PathLike) -> DetectionIndex:
         index.not_exhaustive[img["id"]] = _id_list(img.get("not_exhaustive_category_ids"), names)
         index.absent[img["id"]] = _id_list(img.get("neg_category_ids"), names)
         images.append(img)
+    return images
 
+
+def _indexable_annotations(path: Path, raw: list[Any], stats: Counter) -> list[dict[str, Any]]:
+    """The annotations pycocotools can index; those it cannot (non-integer ids, no category_id) are dropped and
+    counted, a repeated annotation id is refused."""
     annotations = []
-    seen_anns: set[int] = set()
-    for i, a in enumerate(data["annotations"]):
-        # Annotations pycocotools cannot index (non-integer ids, no category_id) are dropped and counted.
+    seen: set[int] = set()
+    for i, a in enumerate(raw):
         if not (isinstance(a, dict) and _is_id(a.get("image_id")) and _is_id(a.get("id")) and _is_id(a.get("category_id"))):
             stats["malformed_annotations"] += 1
             continue
-        if a["id"] in seen_anns:
+        if a["id"] in seen:
             raise SPRError(f"{path}: annotations[{i}] repeats annotation id {a['id']}; annotation ids must be unique")
-        seen_anns.add(a["id"])
+        seen.add(a["id"])
         annotations.append(a)
-
-    index.dataset = {**data, "images": images, "annotations": annotations}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        index.createIndex()
-    index.path = path
-    index.names, index.synonyms = names, synonyms
-    index.load_stats = stats
-    index.flavour = _flavour(data, images, annotations)
-    return index
+    return annotations
 
 
 def _flavour(data: dict[str, Any], images: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> str:

@@ -25,6 +25,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from spr_plugin.core.images import MISSING, ImageFacts, ImageLocator, inspect_im
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.records import AnnotatedObject, Box, Region
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_phrase
+from spr_plugin.core.serialize import field_dict
 from spr_plugin.regions.annotations import (
     FALLBACK_NAME,
     MAX_NAME_LEN,
@@ -78,15 +80,7 @@ class RegionStats:
         return ", ".join(f"{k}: {v} (e.g. {self.examples[k]})" for k, v in self.skipped.most_common()) or "no images"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "images_seen": self.images_seen,
-            "regions": self.regions,
-            "skipped": dict(self.skipped),
-            "skipped_examples": dict(self.examples),
-            "boxes_clamped_to_image": self.boxes_clamped,
-            "ignored_objects": dict(self.ignored_objects),
-            "loader": dict(self.loader),
-        }
+        return field_dict(self, keys={"examples": "skipped_examples", "boxes_clamped": "boxes_clamped_to_image"})
 
 
 def _flag(value: object) -> bool:
@@ -284,27 +278,10 @@ def sample_regions(
         if len(cands.objects) <= config.k:
             stats.skip("too_few_objects", f"image {img_id} has {len(cands.objects)} usable objects")
             continue
-        file_name = info.get("file_name")
-        try:
-            path = locator.locate(file_name) if isinstance(file_name, str) else None
-        except SPRError:  # "../../etc/passwd", "/abs/elsewhere.jpg"
-            stats.skip("path_outside_image_root", f"image {img_id}: {file_name!r}")
+        found = _usable_image(img_id, info, locator, stats)
+        if found is None:
             continue
-        if path is None:
-            stats.skip(
-                MISSING, str(locator.root / str(file_name)) if isinstance(file_name, str) and file_name else f"image {img_id}"
-            )
-            continue
-        facts = inspect_image(path)  # decodes: truncated files, bombs and 16-bit images are skipped here
-        if isinstance(facts, str):
-            stats.skip(facts, str(path))
-            continue
-        width, height = facts.size
-        mismatch = frame_mismatch(info, facts)
-        if mismatch is not None:
-            declared = f"{info.get('width')!r}x{info.get('height')!r}"
-            stats.skip(mismatch, f"image {img_id} ({path}): declared {declared}, stored {width}x{height}")
-            continue
+        path, (width, height) = found
         objects = _objects(coco, cands.objects, width, height, config, stats)
         if objects is None:
             stats.skip("image_smaller_than_box", f"{path} is {width}x{height}")
@@ -312,14 +289,7 @@ def sample_regions(
         if len(objects) <= config.k:
             stats.skip("too_few_objects", f"image {img_id} has {len(objects)} usable objects")
             continue
-        ignored = []
-        for ann_id, cat_id, box, why in cands.ignored:
-            fitted = _fit(box, width, height, config)
-            if fitted is not None and fitted.area > 0:
-                obj = AnnotatedObject(
-                    ann_id, category_name(coco, cat_id), fitted, category_synonyms(coco, cat_id), crowd=why == "crowd"
-                )
-                ignored.append((obj, why))
+        ignored = _ignored_objects(coco, cands, width, height, config)
         not_exhaustive, absent = _lvis_names(coco, img_id)
         in_image = _image_names(coco, img_id)
         rng = np.random.default_rng([config.seed, int(img_id)])
@@ -331,10 +301,7 @@ def sample_regions(
                 continue
             seen.add(member_ids)
             stats.regions += 1
-            region_ignored = tuple(o for o, _ in ignored if _overlaps(o.box, box))
-            for o, why in ignored:
-                if _overlaps(o.box, box):
-                    stats.ignored_objects[why] += 1
+            region_ignored = _ignored_in(ignored, box, stats)
             yield Region(
                 region_id=f"{img_id}_{r}",
                 image_id=int(img_id),
@@ -352,6 +319,53 @@ def sample_regions(
             )
             if config.max_regions is not None and stats.regions >= config.max_regions:
                 return
+
+
+def _usable_image(
+    img_id: int, info: dict[str, Any], locator: ImageLocator, stats: RegionStats
+) -> tuple[Path, tuple[int, int]] | None:
+    """The image's file and its (decoded) size, or None with the reason counted in ``stats``: outside the image
+    root, missing, undecodable (truncated files, bombs and 16-bit images), or not in the declared frame."""
+    file_name = info.get("file_name")
+    try:
+        path = locator.locate(file_name) if isinstance(file_name, str) else None
+    except SPRError:  # "../../etc/passwd", "/abs/elsewhere.jpg"
+        stats.skip("path_outside_image_root", f"image {img_id}: {file_name!r}")
+        return None
+    if path is None:
+        stats.skip(MISSING, str(locator.root / str(file_name)) if isinstance(file_name, str) and file_name else f"image {img_id}")
+        return None
+    facts = inspect_image(path)  # decodes the image
+    if isinstance(facts, str):
+        stats.skip(facts, str(path))
+        return None
+    width, height = facts.size
+    mismatch = frame_mismatch(info, facts)
+    if mismatch is not None:
+        declared = f"{info.get('width')!r}x{info.get('height')!r}"
+        stats.skip(mismatch, f"image {img_id} ({path}): declared {declared}, stored {width}x{height}")
+        return None
+    return path, (width, height)
+
+
+def _ignored_objects(
+    coco: COCO, cands: _Candidates, width: int, height: int, config: RegionConfig
+) -> list[tuple[AnnotatedObject, str]]:
+    """The image's ignored objects fitted to it (those left with no area dropped), each with why it is ignored."""
+    ignored = []
+    for ann_id, cat_id, box, why in cands.ignored:
+        fitted = _fit(box, width, height, config)
+        if fitted is not None and fitted.area > 0:
+            name, synonyms = category_name(coco, cat_id), category_synonyms(coco, cat_id)
+            ignored.append((AnnotatedObject(ann_id, name, fitted, synonyms, crowd=why == "crowd"), why))
+    return ignored
+
+
+def _ignored_in(ignored: list[tuple[AnnotatedObject, str]], box: Box, stats: RegionStats) -> tuple[AnnotatedObject, ...]:
+    """The ignored objects overlapping a region's ``box``, counted by why they are ignored."""
+    inside = [(o, why) for o, why in ignored if _overlaps(o.box, box)]
+    stats.ignored_objects.update(why for _, why in inside)
+    return tuple(o for o, _ in inside)
 
 
 #: Skip reasons of :func:`frame_mismatch`, keys of the run summary's ``skipped`` counts.

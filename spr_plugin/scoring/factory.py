@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from spr_plugin.core.options import DEFAULT_TEXT_MODEL
 from spr_plugin.core.records import Region, SemanticScore
 from spr_plugin.families.profiles import get_box_format
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig, SemanticScorer
-from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
+from spr_plugin.scoring.scorer import CandidateScorer, SemanticScorer
+from spr_plugin.settings import ScoringConfig
 
 
 @dataclass

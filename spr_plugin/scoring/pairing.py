@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from spr_plugin.core.records import PreferencePair, Region, ScoredCandidate
+from spr_plugin.core.records import PreferencePair, ScoredCandidate
 from spr_plugin.settings import PairingConfig
 
 SKIP_TOO_FEW = "too_few_candidates"
@@ -21,19 +21,6 @@ SKIP_LOW_MARGIN = "low_margin"
 
 def _norm(text: str) -> str:
     return " ".join(text.split())
-
-
-def make_pair(
-    region: Region,
-    initial: Sequence[ScoredCandidate],
-    refined: Sequence[ScoredCandidate],
-    config: PairingConfig = PairingConfig(),
-) -> PreferencePair | str:
-    """The region's pair, or the reason (one of the ``SKIP_*`` constants) why it has none."""
-    picked = select_pair(initial, refined, config)
-    if isinstance(picked, str):
-        return picked
-    return PreferencePair(region, refined[picked[0]], initial[picked[1]])
 
 
 def select_pair(

@@ -38,10 +38,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from spr_plugin.core.options import DEFAULT_IOU_THRESHOLD
 from spr_plugin.core.records import Box, Candidate, ParseResult, Region
+from spr_plugin.core.serialize import field_dict
 from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
-from spr_plugin.scoring.localization import DEFAULT_IOU_THRESHOLD, iou_matrix, phrase_matches
+from spr_plugin.scoring.localization import iou_matrix, phrase_matches
 from spr_plugin.scoring.mentions import ABSENT, REGION, RegionJudge, Vocabulary, find_debris, find_mentions, gaps, unit_spans
 from spr_plugin.scoring.wording import Layout, apply_edits, drop_empty_lead_ins, removal_span
 from spr_plugin.settings import PairingConfig, check_policy
@@ -76,19 +78,7 @@ class RefineResult:
         return bool(self.removed or self.hallucinations_removed or self.debris_removed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy,
-            "snapped": self.snapped,
-            "matched": self.matched,
-            "corrected": self.corrected,
-            "ungrounded": self.ungrounded,
-            "removed": self.removed,
-            "labelled_matches": self.labelled_matches,
-            "agreeing_matches": self.agreeing_matches,
-            "hallucinations_removed": self.hallucinations_removed,
-            "plain_grounded": self.plain_grounded,
-            "debris_removed": self.debris_removed,
-        }
+        return field_dict(self, skip=("candidate",))
 
 
 def refine(

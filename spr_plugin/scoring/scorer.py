@@ -17,18 +17,13 @@ import numpy as np
 from scipy.stats import rankdata
 
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.options import SCORE_NORMS
+from spr_plugin.core.options import DEFAULT_IOU_THRESHOLD, SCORE_NORMS
 from spr_plugin.core.records import Box, Candidate, ParseResult, Region, ScoredCandidate, SemanticScore
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.grounder import merge_predictions
 from spr_plugin.scoring.labels import LabelMatcher
-from spr_plugin.scoring.localization import (
-    DEFAULT_IOU_THRESHOLD,
-    ignored_overlap,
-    localization_score,
-    phrase_matches,
-)
+from spr_plugin.scoring.localization import ignored_overlap, localization_score, phrase_matches
 from spr_plugin.scoring.mentions import RegionJudge, TextFacts, Vocabulary, measure
 from spr_plugin.scoring.semantic import TextSemanticScorer
 from spr_plugin.settings import ScoringConfig

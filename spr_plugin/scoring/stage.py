@@ -23,16 +23,33 @@ from tqdm.auto import tqdm
 
 from spr_plugin.core.records import Candidate, PreferencePair, Region
 from spr_plugin.core.sanitize import SanitizeStats, sanitize_answer
+from spr_plugin.core.serialize import field_dict
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import profile_of
 from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.localization import iou_matrix
 from spr_plugin.scoring.mentions import IMAGE, UNJUDGED, TextFacts, Vocabulary, measure
-from spr_plugin.scoring.pairing import PairingConfig, length_stats, pick, select_pair
+from spr_plugin.scoring.pairing import length_stats, pick, select_pair
 from spr_plugin.scoring.refine import RefineResult, refine
-from spr_plugin.scoring.scorer import Assessment, CandidateScorer, ScoringConfig, mix_scores
+from spr_plugin.scoring.scorer import Assessment, CandidateScorer, mix_scores
+from spr_plugin.settings import PairingConfig, ScoringConfig
 
 logger = logging.getLogger(__name__)
+
+
+#: Summary keys of :class:`PairStats` fields that are written under a longer name (the rest keep theirs).
+_PAIR_STATS_KEYS = {
+    "boxes_dropped": "boxes_dropped_by_parser",
+    "boxes_snapped": "boxes_snapped_by_refinement",
+    "boxes_ungrounded": "boxes_ungrounded_by_refinement",
+    "boxes_corrected": "boxes_corrected_by_refinement",
+    "phrases_removed": "phrases_removed_by_refinement",
+    "hallucinations_removed": "hallucinations_removed_by_refinement",
+    "plain_mentions_grounded": "plain_mentions_grounded_by_refinement",
+    "debris_removed": "debris_removed_by_refinement",
+    "skipped": "pairs_skipped",
+    "quality": "pair_quality",
+}
 
 
 @dataclass
@@ -58,26 +75,7 @@ class PairStats:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "regions": self.regions,
-            "candidates": self.candidates,
-            "candidates_without_region": self.candidates_without_region,
-            "candidates_without_boxes": self.candidates_without_boxes,
-            "candidates_over_limit": dict(self.candidates_over_limit),
-            "boxes_dropped_by_parser": dict(self.boxes_dropped),
-            "boxes_snapped_by_refinement": self.boxes_snapped,
-            "boxes_ungrounded_by_refinement": self.boxes_ungrounded,
-            "boxes_corrected_by_refinement": self.boxes_corrected,
-            "phrases_removed_by_refinement": self.phrases_removed,
-            "hallucinations_removed_by_refinement": self.hallucinations_removed,
-            "plain_mentions_grounded_by_refinement": self.plain_mentions_grounded,
-            "debris_removed_by_refinement": self.debris_removed,
-            "pairs": self.pairs,
-            "pairs_skipped": dict(self.skipped),
-            "lengths": self.lengths,
-            "pair_quality": self.quality,
-            "warnings": list(self.warnings),
-        }
+        return field_dict(self, keys=_PAIR_STATS_KEYS)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ class Qwen2VLPreferenceCollator:
         return batch
 
 
-def _dpo_class():
+def _dpo_class():  # noqa: C901 (the subclass is defined here to import trl lazily)
     trl = import_trl()
 
     class Qwen2VLDPOTrainer(trl.DPOTrainer):

@@ -39,11 +39,12 @@ from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS
+from spr_plugin.core.options import DEFAULT_TEXT_MODEL
 from spr_plugin.core.records import Candidate, Region, ScoredCandidate
 from spr_plugin.families.profiles import KNOWN_GROUNDING_TOKENS
 from spr_plugin.scoring.limits import over_limit
-from spr_plugin.scoring.scorer import CandidateScorer, ScoringConfig
-from spr_plugin.scoring.semantic import DEFAULT_TEXT_MODEL
+from spr_plugin.scoring.scorer import CandidateScorer
+from spr_plugin.settings import ScoringConfig
 
 #: The floor: below every well-formed completion's score, which lies in [-hallucination_penalty, 1] (the penalty is below 1).
 MALFORMED_REWARD = -1.0
