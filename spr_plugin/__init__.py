@@ -38,7 +38,7 @@ _IMPORT_STRUCTURE: dict[str, tuple[str, ...]] = {
         "ServerConfig",
     ),
     "spr_plugin.evaluation.config": ("RecConfig", "RegionEvalConfig"),
-    "spr_plugin.llamafactory.image": ("ImageFrame",),
+    "spr_plugin.core.frame": ("ImageFrame",),
     "spr_plugin.llamafactory.export": ("ExportConfig", "ExportResult", "export_dataset"),
     "spr_plugin.families.profiles": ("FamilyProfile", "available_formats", "get_box_format", "get_profile"),
     "spr_plugin.regions.annotations": ("load_coco",),

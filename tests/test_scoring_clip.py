@@ -240,6 +240,7 @@ def test_cli_scorer_mistakes_are_one_line_errors(flags, message, tmp_path, capsy
     region = {"region_id": "r", "image_id": 1, "image_path": str(tmp_path / "x.png"), "width": 20, "height": 10,
               "box": [1, 1, 9, 9], "objects": [obj], "seed_ann_id": 1}  # fmt: skip
     (tmp_path / "r.jsonl").write_text(json.dumps(region) + "\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"region_id": "r", "text": "a cat"}) + "\n")  # inputs are checked first
     argv = ["pair", "--regions", str(tmp_path / "r.jsonl"), "--candidates", str(tmp_path / "c.jsonl"), "--images", str(tmp_path)]
     assert cli.main([*argv, "--out", str(tmp_path / "p.jsonl"), *flags]) == 2
     err = capsys.readouterr().err
