@@ -437,8 +437,7 @@ def stage_pairs(cfg: StudyConfig, variant: str) -> None:
             batch_size=8,
             variants=("box_text",),
             seed=cfg.world_seed,
-            image_max_pixels=FRAME.image_max_pixels,
-            image_min_pixels=FRAME.image_min_pixels,
+            frame=FRAME,
         )
     else:
         cands = cfg.out / "pairs" / sampled / "work" / "candidates.jsonl"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import ConfigError, SPRError
-from spr_plugin.core.frame import DEFAULT_IMAGE_MAX_PIXELS, DEFAULT_IMAGE_MIN_PIXELS, ImageFrame, check_pixel_bounds
+from spr_plugin.core.frame import FramedConfig, ImageFrame
 from spr_plugin.core.options import (
     BOX_FORMATS,
     CLIP_LONG_TEXT,
@@ -142,12 +142,6 @@ def check_numbers(config: Any) -> None:
                 raise ConfigError(f"{flag} must be a finite number, got {v}")
 
 
-def _check_frame(image_max_pixels: int | None, image_min_pixels: int | None) -> None:
-    problem = check_pixel_bounds(image_max_pixels, image_min_pixels)
-    if problem:
-        raise ConfigError(problem)
-
-
 def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
@@ -207,7 +201,7 @@ class RegionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SamplingConfig:
+class SamplingConfig(FramedConfig):
     """What is sampled, the same for both back ends; every candidate records the variant, seed and temperature."""
 
     num_samples: int = setting(4, "samples per prompt variant")
@@ -217,12 +211,10 @@ class SamplingConfig:
     #: LLaMA-Factory's pre-resize (its YAML keys of the same names; None = none). Must equal the training
     #: run's values: Qwen2.5-VL boxes are pixels of the resized input, so the model must see the same frame.
     #: On the command line: ``--image-max-pixels`` / ``--image-min-pixels`` (:func:`add_pre_resize_args`).
-    image_max_pixels: int | None = setting(DEFAULT_IMAGE_MAX_PIXELS, "LLaMA-Factory's image_max_pixels", cli=False)
-    image_min_pixels: int | None = setting(DEFAULT_IMAGE_MIN_PIXELS, "LLaMA-Factory's image_min_pixels", cli=False)
+    frame: ImageFrame = setting(ImageFrame(), "LLaMA-Factory's pre-resize (image_max_pixels, image_min_pixels)", cli=False)
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        _check_frame(self.image_max_pixels, self.image_min_pixels)
         if min(self.num_samples, self.max_new_tokens) < 1:
             raise ConfigError("num_samples and max_new_tokens must be >= 1")
         if self.temperature <= 0:
@@ -233,6 +225,15 @@ class SamplingConfig:
     def sampling(self) -> dict[str, Any]:
         """The sampling fields alone (to hand them from one back end's config to the other's)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingConfig)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, the frame's two bounds flat in its place: the one form candidates manifests, build summaries
+        and cards record the sampling settings in (as they did before the frame was one field, so a resumed run or
+        a rerun compares equal and the files stay the same byte for byte)."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            out.update(value if key == "frame" else {key: value})
+        return out
 
 
 @dataclass(frozen=True)
@@ -437,14 +438,18 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         gen = self.generation
-        if gen is not None and ImageFrame(gen.image_max_pixels, gen.image_min_pixels) != self.frame:
+        if gen is not None and gen.frame != self.frame:
             raise SPRError(
-                f"the generation frame {ImageFrame(gen.image_max_pixels, gen.image_min_pixels).to_dict()} differs from "
+                f"the generation frame {gen.frame.to_dict()} differs from "
                 f"the build frame {self.frame.to_dict()}: one frame for sampling and training"
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        """JSON-ready; the generation settings in their flat form (:meth:`SamplingConfig.to_dict`)."""
+        out = asdict(self)
+        if self.generation is not None:
+            out["generation"] = self.generation.to_dict()
+        return json.loads(json.dumps(out, default=str))
 
     @property
     def candidate_files(self) -> list[Path]:

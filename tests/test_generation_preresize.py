@@ -105,12 +105,12 @@ def test_resize_spec_frame_is_lf_size_then_smart_resize():
 def test_pixel_bounds_are_validated(tiny_qwen2vl):
     for bad in ({"image_max_pixels": 0}, {"image_min_pixels": -1}, {"image_max_pixels": 100, "image_min_pixels": 200}):
         with pytest.raises(ConfigError, match="image_m"):
-            GenerationConfig(model="m", **bad)
+            GenerationConfig(model="m", frame=ImageFrame(**bad))
         with pytest.raises(ConfigError, match="image_m"):
             RecConfig(frame=ImageFrame(**bad))
         with pytest.raises(ConfigError, match="image_m"):
             RegionEvalConfig(frame=ImageFrame(**bad))
-    GenerationConfig(model="m", image_max_pixels=None, image_min_pixels=None)  # None: no pre-resize
+    GenerationConfig(model="m", frame=ImageFrame(None, None))  # None: no pre-resize
 
 
 # -- in-process generation --------------------------------------------------------------------
@@ -119,12 +119,12 @@ def test_pixel_bounds_are_validated(tiny_qwen2vl):
 def test_transformers_generator_feeds_the_processor_the_preresized_image(tiny_qwen2vl, big_jpeg):
     spec = ResizeSpec(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, pre_max_pixels=SMALL_MAX)
     prompt = Prompt("box_text", IMAGE_TOKEN + "Describe.", (str(big_jpeg),))
-    gen = TransformersGenerator(GenerationConfig(model=str(tiny_qwen2vl), max_new_tokens=2, image_max_pixels=SMALL_MAX))
+    gen = TransformersGenerator(GenerationConfig(model=str(tiny_qwen2vl), max_new_tokens=2, frame=ImageFrame(SMALL_MAX)))
     grid = gen.encode([prompt])["image_grid_thw"][0].tolist()
     # The model sees exactly the frame the qwen2_5_vl formats parse in ...
     assert _grid_size(grid) == spec.input_size(1200, 1000) == (56, 56)
     # ... which is not the frame of the original image.
-    raw = TransformersGenerator(GenerationConfig(model=str(tiny_qwen2vl), image_max_pixels=None, image_min_pixels=None))
+    raw = TransformersGenerator(GenerationConfig(model=str(tiny_qwen2vl), frame=ImageFrame(None, None)))
     assert _grid_size(raw.encode([prompt])["image_grid_thw"][0].tolist()) == (112, 84)
 
 

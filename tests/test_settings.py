@@ -4,6 +4,7 @@ model name and batch floor, and the candidates-file fingerprint kept as it was."
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from spr_plugin.cli import build_parser
 from spr_plugin.core.errors import ConfigError
 from spr_plugin.generation.backends import generation_fingerprint
 from spr_plugin.generation.cli import generation_config
-from spr_plugin.settings import GenerationConfig, SamplingConfig, ServerConfig
+from spr_plugin.settings import BuildConfig, GenerationConfig, SamplingConfig, ServerConfig
 
 BASE = ["generate", "--regions", "r.jsonl", "--out", "c.jsonl", "--num-samples", "3", "--temperature", "0.7"]
 
@@ -43,6 +44,30 @@ def test_the_in_process_run_ignores_a_served_model_flag():
     assert (cfg.model, cfg.served_model) == ("ckpt", None)
     fingerprint = generation_fingerprint(cfg, "qwen2_vl")["generation"]
     assert "served_model" not in fingerprint and fingerprint["model"].endswith("ckpt")
+
+
+def test_the_sampling_frame_is_one_field_recorded_flat_as_before():
+    from spr_plugin.core.frame import ImageFrame
+
+    a = build_parser().parse_args([*BASE, "--model", "ckpt", "--image-max-pixels", "12544", "--image-min-pixels", "none"])
+    cfg = generation_config(a, seed=0)
+    assert cfg.frame == ImageFrame(12544, None) and (cfg.image_max_pixels, cfg.image_min_pixels) == (12544, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.image_max_pixels = 1  # type: ignore[misc]  # read-only: the frame is given whole
+    # Candidates manifests, summaries and cards keep the two bounds flat, where the frame field sits.
+    keys = list(cfg.to_dict())
+    assert "frame" not in keys and keys[keys.index("max_new_tokens") + 1 : keys.index("max_new_tokens") + 3] == [
+        "image_max_pixels",
+        "image_min_pixels",
+    ]
+    fingerprint = generation_fingerprint(cfg, "qwen2_vl")["generation"]
+    assert (fingerprint["image_max_pixels"], fingerprint["image_min_pixels"]) == (12544, None) and "frame" not in fingerprint
+    build = BuildConfig(Path("a.json"), Path("i"), Path("w"), Path("d"), generation=cfg, frame=cfg.frame).to_dict()
+    assert build["generation"]["image_max_pixels"] == 12544 and "frame" not in build["generation"]  # summary.json, card
+    server = ServerConfig("http://h/v1", "srv", **cfg.sampling())  # the frame goes from one back end's config to the other's
+    assert server.frame == cfg.frame
+    with pytest.raises(ConfigError, match="image_min_pixels"):
+        ImageFrame(100, 200)
 
 
 def test_a_generation_config_names_exactly_one_model():

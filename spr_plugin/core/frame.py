@@ -137,6 +137,21 @@ class ImageFrame:
         return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
 
 
+class FramedConfig:
+    """Mixin of a config holding ``frame: ImageFrame``: its two bounds read as the config's own (what the generation
+    and evaluation modules and their reports read). Read-only: a config is given its frame whole, as an ImageFrame."""
+
+    frame: ImageFrame
+
+    @property
+    def image_max_pixels(self) -> int | None:
+        return self.frame.image_max_pixels
+
+    @property
+    def image_min_pixels(self) -> int | None:
+        return self.frame.image_min_pixels
+
+
 def frame_from_args(a: argparse.Namespace) -> ImageFrame:
     """The frame given by ``--image-max-pixels`` / ``--image-min-pixels``."""
     return ImageFrame(a.image_max_pixels, a.image_min_pixels)

@@ -91,8 +91,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         max_new_tokens=config.max_new_tokens,
         batch_size=8,
         seed=config.seed,
-        image_max_pixels=DEMO_FRAME.image_max_pixels,
-        image_min_pixels=DEMO_FRAME.image_min_pixels,
+        frame=DEMO_FRAME,
     )
     build = BuildConfig(
         frame=DEMO_FRAME,

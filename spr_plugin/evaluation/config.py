@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass
 
 from spr_plugin.core.errors import ConfigError
-from spr_plugin.core.frame import ImageFrame
+from spr_plugin.core.frame import FramedConfig, ImageFrame
 from spr_plugin.core.options import BOX_FORMATS, DEFAULT_BOX_FORMAT
 from spr_plugin.evaluation.metrics import CONVENTIONS, DEFAULT_THRESHOLDS
 from spr_plugin.settings import check_numbers, setting
@@ -37,22 +37,8 @@ def _check_format(box_format: str) -> None:
     get_box_format(box_format)  # fail early on an unknown format (the frame checked itself: ImageFrame)
 
 
-class _FramedConfig:
-    """The frame's two bounds read as the config's own (what the evaluation modules and reports read)."""
-
-    frame: ImageFrame
-
-    @property
-    def image_max_pixels(self) -> int | None:
-        return self.frame.image_max_pixels
-
-    @property
-    def image_min_pixels(self) -> int | None:
-        return self.frame.image_min_pixels
-
-
 @dataclass(frozen=True)
-class RecConfig(_FramedConfig):
+class RecConfig(FramedConfig):
     """How ``spr eval rec`` asks and scores referring expressions."""
 
     box_format: str = setting(DEFAULT_BOX_FORMAT, _BOX_FORMAT_HELP)
@@ -90,7 +76,7 @@ class RecConfig(_FramedConfig):
 
 
 @dataclass(frozen=True)
-class RegionEvalConfig(_FramedConfig):
+class RegionEvalConfig(FramedConfig):
     """How ``spr eval region`` asks for and scores grounded region descriptions."""
 
     box_format: str = setting(DEFAULT_BOX_FORMAT, _BOX_FORMAT_HELP)

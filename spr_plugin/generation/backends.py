@@ -31,7 +31,7 @@ def generation_fingerprint(cfg, box_format: str) -> dict:
     """
     from spr_plugin.core.manifest import settings
 
-    gen = dict(settings(cfg) or {})
+    gen = settings(cfg.to_dict())  # the frame's bounds flat, as candidates manifests record them
     for key in ("batch_size", "device", "max_batch_sequences"):
         gen.pop(key, None)
     served = gen.pop("served_model", None)

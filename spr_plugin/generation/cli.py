@@ -65,8 +65,7 @@ def generation_config(a: argparse.Namespace, seed: int) -> GenerationConfig:
         check_device(a.device)  # cuda:7 on a one-GPU machine: one line now, not a traceback after loading
     # One model per run: the checkpoint (in process) or the served name (server); the other flag is ignored.
     which = {"served_model": None} if a.backend == "transformers" else {"model": None}
-    frame = {"image_max_pixels": a.image_max_pixels, "image_min_pixels": a.image_min_pixels}
-    return from_args(GenerationConfig, a, seed=seed, **frame, **which)
+    return from_args(GenerationConfig, a, seed=seed, frame=frame_from_args(a), **which)
 
 
 def server_config(a: argparse.Namespace, cfg: GenerationConfig) -> ServerConfig | None:
