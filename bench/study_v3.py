@@ -201,11 +201,16 @@ class V3Config:
     # the strengths each arm may take, chosen on B validation (base 0, seed 0); "none" = no training
     strengths: tuple[str, ...] = ("none", "lr1e-4_ep3", "lr5e-4_ep3")
     arms: tuple[str, ...] = ("gt_sft", "gt_dpo", "chosen_sft", "spr_dpo", "spr_online")
+    #: toy only: skip the selection and train every arm at this strength (a toy base cannot win a selection, and CI
+    #: must exercise the training paths); recorded as a decision
+    force_strength: str | None = None
 
     def __post_init__(self) -> None:
         if self.n_bases > len(self.base_seeds):
             raise SPRError(f"n_bases {self.n_bases} needs at least as many base_seeds, got {self.base_seeds}")
         unknown = [s for s in self.strengths if s not in STRENGTHS] + [a for a in self.arms if a not in ARMS]
+        if self.force_strength is not None and self.force_strength not in STRENGTHS:
+            unknown.append(self.force_strength)
         if unknown or "none" not in self.strengths:
             raise SPRError(f"unknown strengths/arms {unknown} (strengths must include 'none': no training is an option)")
 
@@ -240,13 +245,14 @@ TOY = {
     "val_scenes": 6,
     "test_scenes": 6,
     "base_steps": 40,
-    "base_seeds": (0, 1),
-    "n_bases": 2,
+    "base_seeds": (0,),
+    "n_bases": 1,
     "gate": (0.0, 0.0, 1.0, 0.0),  # a toy base cannot localize; the gate's code path still runs
     "num_samples": 2,
     "train_seeds": (0,),
     "online_rounds": 2,
     "strengths": ("none", "lr1e-3_ep1"),
+    "force_strength": "lr1e-3_ep1",
 }
 
 #: name -> LoRA YAML overrides. "none" is the base itself (no training).
@@ -606,9 +612,9 @@ def stage_arm(cfg: V3Config, arm: str, base: int, seed: int, strength: str, spli
             else:
                 rdir = cfg.out / "pairs" / f"online_b{base}_s{seed}_{strength}_r{rnd}"
                 data = rdir / "data"
+                model = merge_adapter(model, adapter, rdir / "from")  # the previous round's model
                 if not (data / "dataset_info.json").is_file():
-                    stage_pairs(cfg, stage_sample(cfg, model, adapter, rdir), rdir)
-                model = merge_adapter(model, adapter, rdir / "from") if adapter is not None else model
+                    stage_pairs(cfg, stage_sample(cfg, model, None, rdir), rdir)
             out = runs / f"spr_online_b{base}_s{seed}_{strength}_r{rnd}"
             _train(lora_conf(cfg, model, "dpo", "spr_jit", data, strength, seed, out), out)
             adapter = out
@@ -634,6 +640,13 @@ def chosen_strength(cfg: V3Config, arm: str) -> str:
     unless training helps on validation). Recorded as a decision the first time it is made."""
     from study_stats import model_metrics
 
+    marker = cfg.out / "selection" / f"{arm}.json"
+    if cfg.force_strength is not None:
+        if not marker.is_file():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"arm": arm, "chosen": cfg.force_strength, "scores": {}, "forced": True}))
+            decide(cfg, f"strength of {arm}: forced by the configuration (toy)", cfg.force_strength, {})
+        return cfg.force_strength
     scores = {}
     for s in cfg.strengths:
         f = cfg.out / "rows" / "B_val" / f"sel_{arm}_{s}" / f"b{passing_bases(cfg)[0]}_s0.json"
@@ -642,12 +655,19 @@ def chosen_strength(cfg: V3Config, arm: str) -> str:
         r = json.loads(f.read_text())
         scores[s] = round(selection_score(model_metrics(r["rec"], r["region"])), 6)
     best = max(cfg.strengths, key=lambda s: (scores[s], s == "none"))
-    marker = cfg.out / "selection" / f"{arm}.json"
     if not marker.is_file():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"arm": arm, "chosen": best, "scores": scores}))
         decide(cfg, f"strength of {arm} (B validation, base {passing_bases(cfg)[0]}, seed 0)", best, scores)
     return best
+
+
+def selected_strength(cfg: V3Config, arm: str) -> str:
+    """The strength the driver chose for ``arm`` (arm tasks only read it: one process decides, see run_study)."""
+    marker = cfg.out / "selection" / f"{arm}.json"
+    if not marker.is_file():
+        raise SPRError(f"no strength has been chosen for {arm} yet ({marker} is missing)")
+    return json.loads(marker.read_text())["chosen"]
 
 
 # ------------------------------------------------------------------------------------------ orchestration
@@ -678,7 +698,7 @@ def run_task(cfg: V3Config, task: str) -> None:
             stage_arm(cfg, p[1], b0, 0, p[2], ("B_val",), f"sel_{p[1]}_{p[2]}")
     elif p[0] == "arm":
         arm, base, seed = p[1], int(p[2]), int(p[3])
-        strength = chosen_strength(cfg, "spr_dpo" if arm == "control_spr_dpo" else arm)
+        strength = selected_strength(cfg, "spr_dpo" if arm == "control_spr_dpo" else arm)
         stage_arm(cfg, arm, base, seed, strength, ("B_test", "A_test"), arm)
     else:
         raise SPRError(f"unknown task {task!r}")
@@ -714,20 +734,21 @@ def main_arms(cfg: V3Config) -> list[str]:
     return [a for a in cfg.arms if a != "spr_online" or cfg.online_rounds >= 2]
 
 
-def run_study(cfg: V3Config, workers: int = 2) -> dict[str, Any]:
+def run_study(cfg: V3Config, workers: int = 2, base_workers: int | None = None) -> dict[str, Any]:
     """Every stage in waves, resumable: bases (until n_bases pass the gate) + control, pairs, strength selection
     on B validation, then every arm x passing base x training seed, then the control's DPO."""
     cfg.save()
     make_world(cfg)
+    bw = workers if base_workers is None else base_workers  # a base holds ~8 GB (cached images): memory may limit it
     # bases: two at a time in seed order until n_bases passed (every attempt and its gate recorded)
     pending = list(cfg.base_seeds)
     first = [f"base:control:{cfg.base_seeds[0]}"]
     while len(passing_bases(cfg)) < cfg.n_bases and pending:
         need = cfg.n_bases - len(passing_bases(cfg))
-        wave, pending = pending[: max(need, workers - len(first))], pending[max(need, workers - len(first)) :]
-        run_parallel(cfg, [*first, *(f"base:normal:{s}" for s in wave)], workers)
+        wave, pending = pending[: max(need, bw - len(first))], pending[max(need, bw - len(first)) :]
+        run_parallel(cfg, [*first, *(f"base:normal:{s}" for s in wave)], bw)
         first = []
-    run_parallel(cfg, first, workers)
+    run_parallel(cfg, first, bw)
     bases = passing_bases(cfg)
     for s in cfg.base_seeds:
         f = cfg.out / "bases" / f"base_normal_s{s}.json"
@@ -742,7 +763,10 @@ def run_study(cfg: V3Config, workers: int = 2) -> dict[str, Any]:
     failed = run_parallel(cfg, ["pairs:control", *(f"pairs:{b}" for b in bases)], workers)
     if failed:
         raise SPRError(f"stages failed: {failed}; see {cfg.out / 'logs'}")
-    run_parallel(cfg, [f"sel:{a}:{s}" for a in main_arms(cfg) for s in cfg.strengths], workers)
+    if cfg.force_strength is None:
+        run_parallel(cfg, [f"sel:{a}:{s}" for a in main_arms(cfg) for s in cfg.strengths], workers)
+    for a in main_arms(cfg):  # decided here, in one process, before any test run of the arm
+        chosen_strength(cfg, a)
     arms = [f"arm:{a}:{b}:{s}" for s in cfg.train_seeds for b in bases for a in main_arms(cfg)]
     arms += [f"arm:control_spr_dpo:{cfg.base_seeds[0]}:{s}" for s in cfg.train_seeds]
     run_parallel(cfg, arms, workers)
@@ -784,9 +808,12 @@ def load_runs(cfg: V3Config, split: str) -> dict[str, dict[int, dict[int, dict[s
     """split -> arm -> base -> seed -> rows."""
     out: dict[str, dict[int, dict[int, dict[str, list[dict]]]]] = {}
     root = cfg.out / "rows" / split
+    passing = set(passing_bases(cfg))
     for d in sorted(root.glob("*")) if root.is_dir() else []:
         for f in sorted(d.glob("b*_s*.json")):
             b, s = f.stem[1:].split("_s")
+            if not d.name.startswith("control") and int(b) not in passing:
+                continue  # a base that failed its gate is reported (bases, decisions) but never analysed
             out.setdefault(d.name, {}).setdefault(int(b), {})[int(s)] = json.loads(f.read_text())
     return out
 
@@ -861,8 +888,9 @@ def results_md(result: dict[str, Any]) -> str:
     ]
     for c in result["comparisons"]:
         cs = "-" if c["ci95_seeds"] is None else f"[{c['ci95_seeds'][0]:+.3f}, {c['ci95_seeds'][1]:+.3f}]"
+        ci = f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
         md.append(
-            f"| {c['arm']} | {c['vs']} | {c['split']} | {c['metric']} | {c['delta']:+.3f} | [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | "
+            f"| {c['arm']} | {c['vs']} | {c['split']} | {c['metric']} | {c['delta']:+.3f} | {ci} | "
             f"{cs} | {c['seeds_same_sign']}/{c['n_seeds']} | {'yes' if c['effect'] else 'no'} |"
         )
     md += [
@@ -874,9 +902,8 @@ def results_md(result: dict[str, Any]) -> str:
     ]
     for name, info in result["bases"].items():
         v = info["val_A"]
-        md.append(
-            f"| {name} | {'pass' if info['gate'] else 'FAIL'} | {v['rec_acc@0.5']:.3f} | {v['rec_acc@0.9']:.3f} | {v['region_recall@0.5']:.3f} |"
-        )
+        figures = " | ".join(f"{v[k]:.3f}" for k in ("rec_acc@0.5", "rec_acc@0.9", "region_recall@0.5"))
+        md.append(f"| {name} | {'pass' if info['gate'] else 'FAIL'} | {figures} |")
     md += ["", "## Decisions, in the order the run took them", ""]
     md += [
         f"* {d['time']}: {d['what']} -> **{d['choice']}** (saw: `{json.dumps(d['evidence'])[:300]}`)" for d in result["decisions"]
@@ -915,6 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/study_v3"))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--base-workers", type=int, default=None, help="bases trained side by side (default --workers; ~8 GB each)")
     p.add_argument("--toy", action="store_true", help="CI scale: a few scenes and steps, two bases, one strength")
     p.add_argument("--task", default=None, help=argparse.SUPPRESS)
     p.add_argument("--analyse", action="store_true")
@@ -935,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.analyse:
             analyse(cfg)
         else:
-            run_study(cfg, a.workers)
+            run_study(cfg, a.workers, a.base_workers)
     except SPRError as exc:
         print(f"study_v3: error: {exc}", file=sys.stderr)
         return 2

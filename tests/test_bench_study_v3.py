@@ -157,11 +157,14 @@ def test_toy_study_runs_every_stage_and_publishes_results_in_the_schema(tmp_path
     assert {c["arm"] for c in res["comparisons"]} >= {"spr_dpo", "gt_dpo", "spr_dpo@A"}
     assert any("strength of spr_dpo" in d["what"] for d in res["decisions"])
     assert any("gate" in d["what"] for d in res["decisions"])
-    gt_dpo = [json.loads(x) for x in [(tmp_path / "toy" / "pairs" / "b0" / "data" / "gt_dpo.json").read_text()]][0]
+    gt_dpo = json.loads((tmp_path / "toy" / "pairs" / "b0" / "data" / "gt_dpo.json").read_text())
     spr = json.loads((tmp_path / "toy" / "pairs" / "b0" / "data" / "spr_jit.json").read_text())
     assert {r["rejected"]["value"] for r in gt_dpo} == {r["rejected"]["value"] for r in spr}  # the same worst own sample
-    assert (tmp_path / "toy" / "runs" / "spr_online_b0_s0_lr1e-3_ep1_r2" / "adapter_model.safetensors").is_file() or (
-        json.loads((tmp_path / "toy" / "selection" / "spr_online.json").read_text())["chosen"] == "none"
-    )
+    runs = tmp_path / "toy" / "runs"
+    for arm in ("gt_sft", "gt_dpo", "chosen_sft", "spr_dpo", "control_spr_dpo"):
+        assert (runs / f"{arm}_b0_s0_lr1e-3_ep1" / "adapter_model.safetensors").is_file()
+    assert (runs / "spr_online_b0_s0_lr1e-3_ep1_r2" / "adapter_model.safetensors").is_file()  # trained from round 1's merge
+    online = tmp_path / "toy" / "pairs" / "online_b0_s0_lr1e-3_ep1_r2"
+    assert (online / "from" / "model.safetensors").is_file() and (online / "data" / "spr_jit.json").is_file()
     md = (tmp_path / "pub" / "results.md").read_text()
     assert "blind baseline" in md and "Decisions" in md and "Limits" in md
