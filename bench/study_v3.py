@@ -746,9 +746,9 @@ def run_study(cfg: V3Config, workers: int = 2, base_workers: int | None = None) 
     while len(passing_bases(cfg)) < cfg.n_bases and pending:
         need = cfg.n_bases - len(passing_bases(cfg))
         wave, pending = pending[: max(need, bw - len(first))], pending[max(need, bw - len(first)) :]
-        run_parallel(cfg, [*first, *(f"base:normal:{s}" for s in wave)], bw)
+        _record_failures(cfg, run_parallel(cfg, [*first, *(f"base:normal:{s}" for s in wave)], bw))
         first = []
-    run_parallel(cfg, first, bw)
+    _record_failures(cfg, run_parallel(cfg, first, bw))
     bases = passing_bases(cfg)
     for s in cfg.base_seeds:
         f = cfg.out / "bases" / f"base_normal_s{s}.json"
@@ -762,15 +762,26 @@ def run_study(cfg: V3Config, workers: int = 2, base_workers: int | None = None) 
         raise SPRError(f"only {len(bases)} of {cfg.n_bases} bases passed the gate; see {cfg.out / 'decisions.jsonl'}")
     failed = run_parallel(cfg, ["pairs:control", *(f"pairs:{b}" for b in bases)], workers)
     if failed:
-        raise SPRError(f"stages failed: {failed}; see {cfg.out / 'logs'}")
+        _record_failures(cfg, failed)
+        raise SPRError(f"stages failed: {failed}; see {cfg.out / 'logs'} and rerun the same command to resume")
     if cfg.force_strength is None:
-        run_parallel(cfg, [f"sel:{a}:{s}" for a in main_arms(cfg) for s in cfg.strengths], workers)
+        _record_failures(cfg, run_parallel(cfg, [f"sel:{a}:{s}" for a in main_arms(cfg) for s in cfg.strengths], workers))
     for a in main_arms(cfg):  # decided here, in one process, before any test run of the arm
         chosen_strength(cfg, a)
     arms = [f"arm:{a}:{b}:{s}" for s in cfg.train_seeds for b in bases for a in main_arms(cfg)]
     arms += [f"arm:control_spr_dpo:{cfg.base_seeds[0]}:{s}" for s in cfg.train_seeds]
-    run_parallel(cfg, arms, workers)
-    return analyse(cfg)
+    failed = run_parallel(cfg, arms, workers)
+    result = analyse(cfg)
+    if failed:
+        _record_failures(cfg, failed)
+        raise SPRError(f"{len(failed)} arm runs failed ({failed[:3]}...); see {cfg.out / 'logs'} and rerun to resume")
+    return result
+
+
+def _record_failures(cfg: V3Config, failed: list[str]) -> None:
+    """A task that crashed is a fact of the run: logged with the decisions (it reruns on resume)."""
+    for task in failed:
+        decide(cfg, f"task {task} failed (see logs/{task.replace(':', '__')}.log); rerun to resume", "failed", {})
 
 
 # ------------------------------------------------------------------------------------------ analysis

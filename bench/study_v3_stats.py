@@ -49,18 +49,16 @@ def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float
     return (d - half, d + half)
 
 
-def _run_metrics(runs: Runs, weights: np.ndarray, metric: str) -> dict[int, np.ndarray]:
-    """base -> array (n_seeds, n_weights) of ``metric`` under every weight vector."""
-    out = {}
-    for base, seeds in runs.items():
-        vals = []
-        for s in sorted(seeds):
-            m = weighted_metrics(_columns(seeds[s]), weights)
-            if metric not in m:
-                return {}
-            vals.append(m[metric])
-        out[base] = np.vstack(vals)
-    return out
+def _run_metrics(runs: Runs, weights: np.ndarray) -> dict[int, list[dict[str, np.ndarray]]]:
+    """base -> per training seed (sorted), every metric under every weight vector (computed once per run)."""
+    return {base: [weighted_metrics(_columns(seeds[s]), weights) for s in sorted(seeds)] for base, seeds in runs.items()}
+
+
+def _stack(runs: dict[int, list[dict[str, np.ndarray]]], metric: str) -> dict[int, np.ndarray]:
+    """base -> array (n_seeds, n_weights) of ``metric``; empty if a run lacks the columns it needs."""
+    if any(metric not in m for ms in runs.values() for m in ms):
+        return {}
+    return {b: np.vstack([m[metric] for m in ms]) for b, ms in runs.items()}
 
 
 def hierarchical_compare(
@@ -85,9 +83,10 @@ def hierarchical_compare(
     draw_b = rng.integers(0, len(bases), size=(n_boot, len(bases)))
     draws_a = {b: rng.integers(0, len(a_runs[b]), size=(n_boot, len(a_runs[b]))) for b in bases}
     draws_r = {b: rng.integers(0, len(r_runs[b]), size=(n_boot, len(r_runs[b]))) for b in bases}
+    a_all, r_all = _run_metrics(a_runs, weights), _run_metrics(r_runs, weights)
     out = []
     for m in metric_names:
-        am, rm = _run_metrics(a_runs, weights, m), _run_metrics(r_runs, weights, m)
+        am, rm = _stack(a_all, m), _stack(r_all, m)
         if not am or not rm:
             continue
         # point estimate: mean over bases of (arm seed mean - ref seed mean)
