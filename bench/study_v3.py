@@ -411,7 +411,9 @@ def stage_base(cfg: V3Config, seed: int, kind: str = "normal") -> None:
         train_base(samples, init, model, steps=cfg.base_steps, lr=cfg.base_lr, batch=cfg.base_batch, seed=seed)
     val = _evaluate_split(cfg, model, None, "A_val", cfg.out / "eval" / f"{name}.A_val")
     m = model_metrics(val["rec"], val["region"])
-    info = {"seed": seed, "kind": kind, "seconds": round(time.monotonic() - t0), "val_A": m, "gate": gate_ok(cfg, m)}
+    # the control is loose by design (IoU of a x1.15 box is 0.76: Acc@0.9 near 0), so only the other two parts apply
+    ok = gate_ok(cfg, m) if kind == "normal" else (m["rec_acc@0.5"] >= cfg.gate[0] and m["region_recall@0.5"] >= cfg.gate[3])
+    info = {"seed": seed, "kind": kind, "seconds": round(time.monotonic() - t0), "val_A": m, "gate": ok}
     (cfg.out / "bases" / f"{name}.json").write_text(json.dumps(info, indent=1))
     for split in ("A_test", "B_test"):
         rows = _evaluate_split(cfg, model, None, split, cfg.out / "eval" / f"{name}.{split}")
@@ -750,13 +752,15 @@ def run_study(cfg: V3Config, workers: int = 2, base_workers: int | None = None) 
         first = []
     _record_failures(cfg, run_parallel(cfg, first, bw))
     bases = passing_bases(cfg)
-    for s in cfg.base_seeds:
-        f = cfg.out / "bases" / f"base_normal_s{s}.json"
-        if f.is_file():
+    for kind, s in [("normal", s) for s in cfg.base_seeds] + [("control", cfg.base_seeds[0])]:
+        f = cfg.out / "bases" / f"base_{kind}_s{s}.json"
+        if f.is_file() and not (cfg.out / "done" / f"gate_{kind}_s{s}").is_file():
             info = json.loads(f.read_text())
-            if not (cfg.out / "done" / f"gate_s{s}").is_file():
-                decide(cfg, f"base seed {s}: gate on A validation", "pass" if info["gate"] else "FAIL (not used)", info["val_A"])
-                (cfg.out / "done" / f"gate_s{s}").write_text("")
+            verdict = "pass" if info["gate"] else "FAIL (not used)"
+            if kind == "control":  # used either way; a failure is stated next to the control's comparison
+                verdict = "pass (Acc@0.5 and region recall)" if info["gate"] else "FAIL (used; stated with its result)"
+            decide(cfg, f"{kind} base seed {s}: gate on A validation", verdict, info["val_A"])
+            (cfg.out / "done" / f"gate_{kind}_s{s}").write_text("")
     if len(bases) < cfg.n_bases:
         decide(cfg, "bases", f"only {len(bases)} of {cfg.n_bases} bases passed the gate; the study stops", {"passing": bases})
         raise SPRError(f"only {len(bases)} of {cfg.n_bases} bases passed the gate; see {cfg.out / 'decisions.jsonl'}")
@@ -914,7 +918,10 @@ def results_md(result: dict[str, Any]) -> str:
     for name, info in result["bases"].items():
         v = info["val_A"]
         figures = " | ".join(f"{v[k]:.3f}" for k in ("rec_acc@0.5", "rec_acc@0.9", "region_recall@0.5"))
-        md.append(f"| {name} | {'pass' if info['gate'] else 'FAIL'} | {figures} |")
+        verdict = "pass" if info["gate"] else "FAIL"
+        if info["kind"] == "control":
+            verdict += " (control: Acc@0.5 and recall parts only)"
+        md.append(f"| {name} | {verdict} | {figures} |")
     md += ["", "## Decisions, in the order the run took them", ""]
     md += [
         f"* {d['time']}: {d['what']} -> **{d['choice']}** (saw: `{json.dumps(d['evidence'])[:300]}`)" for d in result["decisions"]

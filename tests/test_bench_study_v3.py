@@ -141,8 +141,9 @@ def test_publishing_refuses_to_overwrite_another_studys_results(tmp_path):
 
 @pytest.mark.slow
 def test_toy_study_runs_every_stage_and_publishes_results_in_the_schema(tmp_path):
-    """The whole v3 path at toy scale: bases + gate, pairs with jittered prompts, gt datasets, strength selection,
-    every arm including two online rounds, the control, analysis and publishing."""
+    """The whole v3 path at toy scale: bases + gate, pairs with jittered prompts, gt datasets, the (forced) strength,
+    every arm including two online rounds, the control, analysis and publishing. About 3 min on 2 shared cores
+    (7 llamafactory-cli trainings), hence slow."""
     v3 = load_bench("study_v3")
     cfg = v3.V3Config(out=tmp_path / "toy", **v3.TOY)
     v3.run_study(cfg, workers=2)
@@ -156,7 +157,8 @@ def test_toy_study_runs_every_stage_and_publishes_results_in_the_schema(tmp_path
     assert res["comparisons"] and all(keys <= set(c) for c in res["comparisons"])
     assert {c["arm"] for c in res["comparisons"]} >= {"spr_dpo", "gt_dpo", "spr_dpo@A"}
     assert any("strength of spr_dpo" in d["what"] for d in res["decisions"])
-    assert any("gate" in d["what"] for d in res["decisions"])
+    assert any("normal base seed 0: gate" in d["what"] for d in res["decisions"])
+    assert any("control base seed 0: gate" in d["what"] for d in res["decisions"])
     gt_dpo = json.loads((tmp_path / "toy" / "pairs" / "b0" / "data" / "gt_dpo.json").read_text())
     spr = json.loads((tmp_path / "toy" / "pairs" / "b0" / "data" / "spr_jit.json").read_text())
     assert {r["rejected"]["value"] for r in gt_dpo} == {r["rejected"]["value"] for r in spr}  # the same worst own sample
