@@ -53,14 +53,14 @@ import numpy as np  # noqa: E402
 from effect_study import DATASET, FMT, FRAME, SIDE, enlarge, evaluate, rec_items, save_rows  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from data_builders.synthetic import CATEGORY_NAMES, COLOURS, _draw_shape, _overlap_too_big  # noqa: E402
-from data_builders.warmup import grounded_answer  # noqa: E402
 from spr_plugin.core.errors import SPRError  # noqa: E402
 from spr_plugin.core.records import Box, Region  # noqa: E402
+from spr_plugin.core.sharegpt import DEFAULT_TAGS, ranking_record, sft_record  # noqa: E402
+from spr_plugin.demo.scenes import CATEGORY_NAMES, COLOURS, _draw_shape, _overlap_too_big  # noqa: E402
+from spr_plugin.demo.warmup import grounded_answer  # noqa: E402
 from spr_plugin.evaluation.rec import default_prompt, rec_prompt  # noqa: E402
 from spr_plugin.families.prompts import training_prompt  # noqa: E402
 from spr_plugin.llamafactory.registry import chosen_sft_entry, ranking_entry, register_datasets  # noqa: E402
-from spr_plugin.llamafactory.sharegpt import DEFAULT_TAGS, ranking_record, sft_record  # noqa: E402
 from spr_plugin.llamafactory.train import CPU_RUN_SETTINGS, run_train, write_yaml  # noqa: E402
 from spr_plugin.settings import RegionConfig  # noqa: E402
 
@@ -434,7 +434,8 @@ def passing_bases(cfg: V3Config) -> list[int]:
 def stage_sample(cfg: V3Config, model: Path, adapter: Path | None, out: Path) -> Path:
     """Candidates of ``model`` (+ ``adapter``) on B's SPR regions with their jittered prompt boxes."""
     from spr_plugin.generation.candidates import generate_candidates
-    from spr_plugin.generation.transformers_backend import GenerationConfig, TransformersGenerator
+    from spr_plugin.generation.transformers_backend import TransformersGenerator
+    from spr_plugin.settings import GenerationConfig
 
     world = make_world(cfg)
     path = out / "candidates.jsonl"
@@ -449,8 +450,7 @@ def stage_sample(cfg: V3Config, model: Path, adapter: Path | None, out: Path) ->
         batch_size=8,
         variants=("box_text",),
         seed=cfg.world_seed,
-        image_max_pixels=FRAME.image_max_pixels,
-        image_min_pixels=FRAME.image_min_pixels,
+        frame=FRAME,
     )
     out.mkdir(parents=True, exist_ok=True)
     generator = TransformersGenerator(gen)
@@ -501,9 +501,8 @@ def stage_pairs(cfg: V3Config, candidates: Path, out: Path) -> Path:
     The build re-samples the regions from the annotations (unjittered boxes); the exported prompts are then given
     the jittered box the samples were drawn with, so DPO trains on the prompt it is evaluated with.
     """
-    from spr_plugin.pipeline import BuildConfig, build_dataset
-    from spr_plugin.scoring.pairing import PairingConfig
-    from spr_plugin.scoring.scorer import ScoringConfig
+    from spr_plugin.pipeline import build_dataset
+    from spr_plugin.settings import BuildConfig, PairingConfig, ScoringConfig
 
     world = make_world(cfg)
     data = out / "data"

@@ -26,17 +26,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(REPO), str(REPO / "bench")) if p not in sys.path]
 
-from data_builders.synthetic import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
-from spr_plugin.evaluation.model import LoadedModel  # noqa: E402
-from spr_plugin.evaluation.rec import RecConfig, default_prompt, evaluate_rec, rec_prompt  # noqa: E402
+from spr_plugin.core.frame import ImageFrame  # noqa: E402
+from spr_plugin.demo.scenes import CATEGORY_NAMES, SCENE_WORDS, render_scenes  # noqa: E402
+from spr_plugin.evaluation.config import RecConfig  # noqa: E402
+from spr_plugin.evaluation.rec import default_prompt, evaluate_rec, rec_prompt  # noqa: E402
 from spr_plugin.evaluation.rec_data import rec_items_from_detections  # noqa: E402
 from spr_plugin.families.box_formats import Qwen2VLFormat  # noqa: E402
-from spr_plugin.llamafactory.image import ImageFrame  # noqa: E402
+from spr_plugin.generation.model_runner import ModelRunner  # noqa: E402
 
 
 def build_init(out: Path, seed: int, side: int, hidden: int, layers: int, theta: float) -> Path:
     """The study's random tiny Qwen2-VL with rope_theta ``theta`` and an image budget of exactly side x side."""
-    from spr_plugin.testing.tiny_model import build_tiny_qwen2vl, set_image_budget
+    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl, set_image_budget
 
     init = build_tiny_qwen2vl(out, seed=seed, corpus=[*CATEGORY_NAMES, *SCENE_WORDS], hidden_size=hidden, num_layers=layers)
     conf_path = init / "config.json"
@@ -111,12 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink(missing_ok=True)
             rep = evaluate_rec(
                 sets["test"],
-                LoadedModel(model, proc, str(init), None),
+                ModelRunner(model, proc, str(init), None),
                 RecConfig(
                     batch_size=32,
                     max_new_tokens=48,
-                    image_max_pixels=frame.image_max_pixels,
-                    image_min_pixels=frame.image_min_pixels,
+                    frame=frame,
                 ),
                 path,
                 progress=False,

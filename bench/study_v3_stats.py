@@ -126,8 +126,8 @@ def blind_region_answer(region_box, names: Sequence[str], fmt, width: int, heigh
     Why: v2's prompt box was exactly the union of the two objects, so halving it matched the base's region F1
     without looking at the image. Every region metric is reported next to this baseline.
     """
-    from data_builders.warmup import grounded_answer
     from spr_plugin.core.records import Box
+    from spr_plugin.demo.warmup import grounded_answer
 
     x1, y1, x2, y2 = region_box.x1, region_box.y1, region_box.x2, region_box.y2
     k = max(1, len(names))
