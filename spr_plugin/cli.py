@@ -14,6 +14,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -540,6 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `spr recipes | head`: the reader left; not an error of ours, and no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python would flush stdout again at exit and fail the same way
+        return 0
     except SPRError as exc:
         print(f"spr {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -204,3 +204,13 @@ def test_flags_come_from_the_settings_fields():
             if f.metadata.get("cli") and f.name != "box_format":  # box_format: None = as the candidates record it
                 assert getattr(args, f.name) == f.default, f.name
                 assert f.metadata["help"], f.name
+
+
+def test_output_piped_into_a_reader_that_leaves_is_no_traceback(tmp_path):
+    """`spr recipes | head`: the reader may close the pipe before spr writes (here `true`, which never reads, so
+    every write meets a closed pipe); spr ends quietly, as Unix tools do."""
+    proc = subprocess.run(
+        f"{sys.executable} -m spr_plugin.cli recipes | true; echo ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "0" and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
