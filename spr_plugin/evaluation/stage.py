@@ -54,6 +54,17 @@ def _results_manifest(out: Path, inputs: dict, fresh: bool) -> Manifest:
     return manifest
 
 
+def _load_for_results(run: EvalRun, cfg: RecConfig | RegionEvalConfig, inputs: dict[str, Any]):
+    """The run's model, loaded once its results file is known to match ``inputs`` plus the decoding settings both
+    evaluations share; the record is written only after the model loaded, so a run that dies loading keeps the old one."""
+    inputs = {**inputs, "max_new_tokens": cfg.max_new_tokens, "image_max_pixels": cfg.image_max_pixels,
+              "image_min_pixels": cfg.image_min_pixels}  # fmt: skip
+    manifest = _results_manifest(run.out, inputs, run.fresh)
+    loaded = load_model(run.model, run.adapter, device=run.device)
+    manifest.record({"results": inputs})
+    return loaded
+
+
 def _decoding_inputs(run: EvalRun, box_format: str) -> dict[str, Any]:
     return {"model": _model_id(run.model), "adapter": _model_id(run.adapter), "box_format": box_format}
 
@@ -83,13 +94,8 @@ def rec_stage(
         "images": None if images is None else os.path.abspath(images),
         **_decoding_inputs(run, cfg.box_format),
         "prompt": cfg.template,
-        "max_new_tokens": cfg.max_new_tokens,
-        "image_max_pixels": cfg.image_max_pixels,
-        "image_min_pixels": cfg.image_min_pixels,
     }
-    manifest = _results_manifest(run.out, inputs, run.fresh)
-    loaded = load_model(run.model, run.adapter, device=run.device)
-    manifest.record({"results": inputs})
+    loaded = _load_for_results(run, cfg, inputs)
     source = ", ".join(map(str, annotations))
     report = evaluate_rec(items, loaded, cfg, items_path(run.out), annotations=source, progress=run.progress)
     report.skipped_items = dict(skipped)
@@ -120,13 +126,8 @@ def region_stage(
         **data_inputs,
         **_decoding_inputs(run, cfg.box_format),
         "iou_threshold": cfg.iou_threshold,
-        "max_new_tokens": cfg.max_new_tokens,
-        "image_max_pixels": cfg.image_max_pixels,
-        "image_min_pixels": cfg.image_min_pixels,
     }
-    manifest = _results_manifest(run.out, inputs, run.fresh)
-    loaded = load_model(run.model, run.adapter, device=run.device)
-    manifest.record({"results": inputs})
+    loaded = _load_for_results(run, cfg, inputs)
     report = evaluate_region(regions, loaded, cfg, items_path(run.out), regions_source=source, progress=run.progress)
     write_json(run.out, {**report.to_dict(), "skipped_regions": len(bad)})
     return report, loaded.name, len(bad)
