@@ -1,5 +1,7 @@
 """Small builders of records shared by the unit tests."""
 
+from http.server import BaseHTTPRequestHandler
+
 from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
 
 W, H = 640, 480
@@ -59,3 +61,40 @@ def run_spr(*args, cwd=None):
         root.removeHandler(handler)
         root.setLevel(level)
     return subprocess.CompletedProcess(["spr", *argv], code, out.getvalue(), err.getvalue())
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """A minimal OpenAI-compatible endpoint (no model behind it): one model ``tiny`` and chat replies with ``n``
+    choices cycling through :meth:`texts`. Subclasses override ``texts`` (what it answers) and ``seen`` (what it
+    records of each request); serve it with ``http.server.ThreadingHTTPServer(("127.0.0.1", 0), Subclass)``."""
+
+    def texts(self, body: dict) -> list[str]:
+        return ["a cat"]
+
+    def seen(self, body: dict) -> None:
+        pass
+
+    def _reply(self, body: dict) -> None:
+        import json
+
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._reply({"object": "list", "data": [{"id": "tiny", "object": "model", "created": 0, "owned_by": "t"}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        import json
+
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen(body)
+        texts = self.texts(body)
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": texts[i % len(texts)]}, "finish_reason": "stop"}
+            for i in range(body.get("n", 1))
+        ]
+        self._reply({"id": "x", "object": "chat.completion", "created": 0, "model": "tiny", "choices": choices})

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from helpers import FakeOpenAI
 from helpers import run_spr as spr
 from spr_plugin.core.records import Box
 from spr_plugin.families.profiles import get_box_format
@@ -25,31 +26,11 @@ def _texts() -> list[str]:
     return [f"The region shows {near} and {far}.", f"The region shows {far}.", "The region shows some shapes."]
 
 
-class _Server(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint answering every chat request with the same n texts (no model behind it)."""
+class _Server(FakeOpenAI):
+    """Answers every chat request with the same n texts."""
 
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._reply({"object": "list", "data": [{"id": "tiny", "object": "model", "created": 0, "owned_by": "t"}]})
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        texts = _texts()
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": texts[i % len(texts)]}, "finish_reason": "stop"}
-            for i in range(body.get("n", 1))
-        ]
-        self._reply({"id": "x", "object": "chat.completion", "created": 0, "model": "tiny", "choices": choices})
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def texts(self, body: dict) -> list[str]:
+        return _texts()
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,13 @@ import base64
 import io
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import FakeOpenAI
 from spr_plugin.cli import build_parser, main
 from spr_plugin.core.errors import ConfigError
 from spr_plugin.core.frame import ImageFrame, lf_image_size, lf_preprocess_image, lf_resize_steps
@@ -149,33 +150,13 @@ def test_server_data_url_holds_the_preresized_image(big_jpeg, tmp_path):
     assert _data_url_image(part["image_url"]["url"]).size == (886, 665)
 
 
-class _FakeOpenAI(BaseHTTPRequestHandler):
-    """A minimal OpenAI-compatible endpoint that records chat requests (no model behind it)."""
+class _FakeOpenAI(FakeOpenAI):
+    """Records the chat requests it answers (always "a cat")."""
 
     requests: list[dict] = []
 
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._reply({"object": "list", "data": [{"id": "tiny", "object": "model", "created": 0, "owned_by": "t"}]})
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def seen(self, body: dict) -> None:
         type(self).requests.append(body)
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": "a cat"}, "finish_reason": "stop"}
-            for i in range(body.get("n", 1))
-        ]
-        self._reply({"id": "x", "object": "chat.completion", "created": 0, "model": "tiny", "choices": choices})
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def test_spr_generate_flags_reach_both_back_ends(big_jpeg):
