@@ -4,6 +4,7 @@ rebuilds idempotently and deterministically; the (slow) warm-up SFT teaches it t
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,30 @@ def test_set_image_budget_changes_the_visual_token_count(tiny_qwen2vl, synthetic
     assert merged_tokens() <= 16
     set_image_budget(model_dir, 28 * 28 * 64)
     assert 32 < merged_tokens() <= 64
+
+
+def test_two_builders_of_one_folder_build_it_once(tmp_path):
+    """The effect study starts tasks side by side that ask for the same tiny model: the second waits for the first
+    and reuses its build instead of removing the folder the first is moving into place."""
+    import threading
+
+    from spr_plugin.demo.tiny_model import _REQUIRED_FILES, atomic_build
+
+    out, started, calls = tmp_path / "model", threading.Event(), []
+
+    def write(tmp):
+        calls.append("first")
+        started.set()
+        time.sleep(1.0)  # the second builder arrives while this one is still writing
+        for name in _REQUIRED_FILES:
+            (tmp / name).write_text("{}")
+
+    def second():
+        started.wait()
+        atomic_build(out, "digest", lambda tmp: calls.append("second"))
+
+    other = threading.Thread(target=second)
+    other.start()
+    atomic_build(out, "digest", write)
+    other.join()
+    assert calls == ["first"] and (out / _REQUIRED_FILES[0]).is_file()

@@ -152,28 +152,38 @@ def _train_tokenizer(
     )
 
 
-def atomic_build(out_dir: str | Path, digest: str, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` in a sibling temp dir and move it to ``out_dir`` with a marker holding ``digest``.
+def atomic_build(
+    out_dir: str | Path, digest: str, write: Callable[[Path], None], marker: dict[str, object] | None = None
+) -> Path:
+    """Run ``write(tmp)`` in a sibling temp dir and move it to ``out_dir`` with a marker holding ``digest`` (and
+    ``marker``'s fields).
 
     A finished build with the same digest is reused as it is; a folder that is not a build is never overwritten;
-    an interrupted build never looks complete.
+    an interrupted build never looks complete. Builders of one folder take turns (a lock file beside it), so two
+    processes asking for the same model at once (the effect study's parallel tasks) build it once instead of one
+    removing the folder the other is moving into place.
     """
+    from filelock import FileLock
+
     out = Path(out_dir)
     if is_complete(out, digest):
         return out
-    if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
-        raise FileExistsError(f"{out} is not empty and is not a tiny-model build; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        (tmp / _MARKER).write_text(json.dumps({"hash": digest, "build_version": _BUILD_VERSION}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with FileLock(str(out.parent / f".{out.name}.lock")):
+        if is_complete(out, digest):  # built by another process while this one waited
+            return out
+        if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
+            raise FileExistsError(f"{out} is not empty and is not a tiny-model build; refusing to overwrite it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            write(tmp)
+            (tmp / _MARKER).write_text(json.dumps({"hash": digest, **(marker or {}), "build_version": _BUILD_VERSION}))
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -226,14 +236,8 @@ def build_tiny_qwen2vl(
     out = Path(out_dir)
     extra = list(corpus)
     digest = _args_hash(seed, extra, hidden_size, num_layers)
-    if is_complete(out, digest):
-        return out
-    if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
-        raise FileExistsError(f"{out} is not empty and is not a tiny-model build; refusing to overwrite it")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         tokenizer = _train_tokenizer(_corpus_lines(extra), vocab_size=1024)
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
         heads = 4
@@ -290,14 +294,8 @@ def build_tiny_qwen2vl(
         )
         processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / _MARKER).write_text(json.dumps({"hash": digest, "seed": seed, "build_version": _BUILD_VERSION}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return atomic_build(out, digest, write, marker={"seed": seed})
 
 
 def set_image_budget(model_dir: str | Path, max_pixels: int) -> None:
