@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from spr_plugin.core.errors import PartialBatchError, SPRError
+from spr_plugin.core.errors import ConfigError, PartialBatchError, SPRError
 from spr_plugin.core.images import check_image_cached
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.manifest import recorded_format
@@ -249,6 +249,12 @@ def generate_candidates(
     finished (a torn last line is repaired on the next open) and the rerun only generates missing
     ``(region, variant, sample)`` keys: nothing is lost, nothing is written twice.
     """
+    served = getattr(getattr(generator, "config", None), "box_format", None)
+    if served is not None and served != box_format.name:  # the server pre-resizes images by its family's plugin
+        raise ConfigError(
+            f"the server generator was set up for box format {served!r} but candidates are parsed as "
+            f"{box_format.name!r}; give both the same --box-format"
+        )
     out = Path(out_path)
     started = time.monotonic()
     stats = GenerationStats(out_file=str(out))
