@@ -263,10 +263,13 @@ def find_mentions(text: str, parse: ParseResult, judge: RegionJudge) -> list[Men
 
 
 #: Debris between units: stray markers, coordinate or number runs (two or more numbers joined by commas or
-#: brackets), and a JSON object or key cut off before its end. Possessive quantifiers keep it linear.
+#: brackets, with every bracket around them: ``[[1, 2, 3, 4]]`` leaves no ``[ ]``), brackets holding nothing but
+#: commas (what a removed list leaves), and a JSON object or key cut off before its end. Possessive quantifiers
+#: keep it linear.
 _DEBRIS_RE = re.compile(
     r"<\|[a-z_]+\|>"
-    r"|(?:,\s*+)?(?<![\w.])[(\[]?\s*+-?\d++(?:\.\d++)?(?:\s*+[,)\]]\s*+[(\[]?\s*+-?\d++(?:\.\d++)?)++\s*+[)\]]?"
+    r"|(?:,\s*+)?(?<![\w.])(?:[(\[]\s*+)*+-?\d++(?:\.\d++)?(?:\s*+[,)\]]\s*+[(\[]?\s*+-?\d++(?:\.\d++)?)++(?:\s*+[)\]])*+"
+    r"|\[(?:[\s,]|\[[\s,]*+\])*+\]"
     r'|\[?\s*+\{\s*+"[A-Za-z_0-9]++"\s*+:[^{}]*+$'
     r'|"(?:bbox_2d|point_2d|bbox|label)"\s*+:?'
 )
@@ -288,17 +291,33 @@ def _is_debris(piece: str) -> bool:
     return numbers >= 3 or (numbers == 2 and not any(c.isspace() for c in piece.strip(", ")))
 
 
-def find_debris(text: str, parse: ParseResult) -> list[tuple[int, int]]:
-    """Spans of box debris: malformed units (cut off, garbage, out of range) and debris in the plain text."""
+def find_debris(text: str, parse: ParseResult, stray: re.Pattern[str] | None = None) -> list[tuple[int, int]]:
+    """Spans of box debris: malformed units (cut off, garbage, out of range) and debris in the plain text.
+
+    ``stray`` is the box format's pattern of marker tokens (:attr:`~spr_plugin.families.box_formats.BoxFormat.stray_re`):
+    a family whose markers are not ``<|...|>`` tokens (InternVL's ``</ref>``, ``<box>``) has them counted too
+    when they stand outside a unit."""
     bad: dict[tuple[int, int], bool] = {}
     for p in parse.phrases:
         bad[p.span] = bad.get(p.span, False) or p.malformed
     out = [s for s, b in bad.items() if b]
     for start, end in gaps(text, parse):
+        found = {(m.start(), m.end()) for m in stray.finditer(text, start, end)} if stray is not None else set()
         for m in _DEBRIS_RE.finditer(text, start, end):
             if not m.group()[:1].isdigit() and m.group()[:1] not in ",-" or _is_debris(m.group()):
-                out.append((m.start(), m.end()))
+                found.add((m.start(), m.end()))
+        out += _outermost(found)
     return sorted(out)
+
+
+def _outermost(spans: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` without those lying inside another one (a marker counted by both patterns counts once)."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(spans, key=lambda x: (x[0], -x[1])):
+        if out and s[1] <= out[-1][1]:
+            continue
+        out.append(s)
+    return out
 
 
 @dataclass(frozen=True)
@@ -353,14 +372,14 @@ def describe(
 ) -> TextFacts:
     """Parse ``text`` in ``box_format`` and measure it: boxes, debris, and every mention with its status."""
     parse = parse if parse is not None else box_format.parse(text, region.width, region.height)
-    return measure(text, parse, RegionJudge.of(region, vocabulary))
+    return measure(text, parse, RegionJudge.of(region, vocabulary), box_format.stray_re)
 
 
-def measure(text: str, parse: ParseResult, judge: RegionJudge) -> TextFacts:
-    """:func:`describe` for a text already parsed and a judge already built."""
+def measure(text: str, parse: ParseResult, judge: RegionJudge, stray: re.Pattern[str] | None = None) -> TextFacts:
+    """:func:`describe` for a text already parsed and a judge already built (``stray``: the format's markers)."""
     return TextFacts(
         boxes=len(parse.boxes),
-        debris=len(find_debris(text, parse)),
+        debris=len(find_debris(text, parse, stray)),
         mentions=tuple(find_mentions(text, parse, judge)),
         dropped=tuple(sorted(parse.dropped.items())),
     )

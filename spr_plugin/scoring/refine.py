@@ -20,8 +20,9 @@ Whatever the policy (``off`` aside), two things never reach a refined text:
 
 * **Hallucinated mentions**: every mention, tagged or in plain words, of a category the annotations say is
   not in the image (:mod:`spr_plugin.scoring.mentions`) is removed with its separating comma or conjunction
-  (:func:`spr_plugin.scoring.wording.removal_span`). Mentions of categories elsewhere in the image, and names
-  the vocabulary does not know, keep their words (the annotations cannot call them wrong).
+  (:func:`spr_plugin.scoring.wording.removal_span`); a reference naming one goes even when its box matched (label
+  matching off) or lies on an ignored object. Mentions of categories elsewhere in the image, and names the
+  vocabulary does not know, keep their words (the annotations cannot call them wrong).
 * **Box debris**: malformed units, stray markers, coordinate and number runs, cut-off JSON objects
   (:func:`spr_plugin.scoring.mentions.find_debris`), removed until none is left.
 
@@ -104,10 +105,15 @@ def refine(
     judge = judge or RegionJudge.of(region)
     phrases = parse.phrases
     gt = [o.box for o in region.objects]
-    edits: dict[int, Edit] = {i: gt[g] for i, g in matches.items()}
-    corrected = _correct(parse, agree, matches, gt, neutral) if policy == "correct" else {}
-    edits.update({i: gt[g] for i, g in corrected.items()})
     absent_units = {m.span for m in find_mentions(candidate.text, parse, judge) if m.tagged and m.status == ABSENT}
+    # A reference naming an absent category goes whatever its box: matched without label matching
+    # (--label-match off) or lying on an ignored object, it would still teach the absent name.
+    absent = frozenset(i for i, p in enumerate(phrases) if p.span in absent_units)
+    matches = {i: g for i, g in matches.items() if i not in absent}
+    neutral = neutral - absent
+    edits: dict[int, Edit] = {i: gt[g] for i, g in matches.items()}
+    corrected = _correct(parse, agree, matches, gt, neutral | absent) if policy == "correct" else {}
+    edits.update({i: gt[g] for i, g in corrected.items()})
     for i, phrase in enumerate(phrases):
         if i in edits or i in neutral:
             continue
@@ -116,7 +122,9 @@ def refine(
         elif phrase.box is not None or phrase.malformed:
             edits[i] = None  # bare boxes vanish entirely (they have no words), others keep their words
     w, h = region.width, region.height
-    text = box_format.rewrite(candidate.text, parse, edits, w, h)
+    # Cleaned before the words are edited: removing a plain mention inside an object cut off at the end ("{"label":
+    # "dog", "bbox_2d") must not take the evidence of the cut with it, or the JSON would be left open.
+    text = box_format.clean(box_format.rewrite(candidate.text, parse, edits, w, h), w, h)
     claimed = {*matches.values(), *corrected.values()}
     text, plain_removed, plain_grounded = _edit_plain_mentions(text, box_format, w, h, judge, claimed, policy, gt)
     text, debris = _strip_debris(box_format.clean(text, w, h), box_format, w, h)
@@ -175,7 +183,7 @@ def _strip_debris(text: str, fmt: BoxFormat, w: int, h: int, rounds: int = 3) ->
     """``text`` without box debris (removing a piece can expose another, hence the rounds) and how many pieces went."""
     removed = 0
     for _ in range(rounds):
-        spans = find_debris(text, fmt.parse(text, w, h))
+        spans = find_debris(text, fmt.parse(text, w, h), fmt.stray_re)
         if not spans:
             break
         removed += len(spans)

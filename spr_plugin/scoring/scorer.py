@@ -190,7 +190,7 @@ class CandidateScorer:
                 loc = _without(gt, parse.boxes, [b for _, b in extra], neutral, cfg, allowed)
             matches = phrase_matches(gt, parse, agree if cfg.label_match == "on" else None, cfg.iou_threshold)
             judge = judges.get(id(region)) or judges.setdefault(id(region), self.judge(region))
-            facts = measure(cand.text, parse, judge)
+            facts = measure(cand.text, parse, judge, self.box_format.stray_re)
             penalty = cfg.hallucination_penalty * facts.hallucination_rate
             total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score - penalty
             scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped), penalty=float(penalty))

@@ -1,0 +1,243 @@
+"""Audit of trustworthy pairs for every box format: hand-made, realistic but nasty model outputs of each family go
+through refinement (and the real ``spr pair`` / ``spr export`` route), and every emitted chosen string is read with
+the family's parser and :func:`spr_plugin.scoring.mentions.describe`: no absent category named, no box debris of any
+shape, every box an annotated box of the region with a label naming it; statistics equal what the strings hold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
+from spr_plugin.core.sanitize import sanitize_answer
+from spr_plugin.families.profiles import get_box_format, get_profile
+from spr_plugin.scoring.labels import category_names, names_agree, normalize_label
+from spr_plugin.scoring.mentions import ABSENT, Vocabulary, describe, find_debris, gaps
+from spr_plugin.scoring.refine import refine_candidate
+
+W, H = 640, 480
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen2_5_vl_json", "qwen3_vl", "internvl", "glm4v")
+JSON_FAMILIES = ("qwen2_5_vl_json", "qwen3_vl")
+LABELLED = tuple(f for f in FAMILIES if f != "glm4v")  # GLM writes bare boxes after the words they ground
+POLICIES = ("correct", "strip", "drop")
+VOCAB = Vocabulary.of(
+    ["red circle", "blue square", "green triangle", "purple square", "dog", "person", "Cabinet/shelf", "baseball_bat",
+     "bat_(animal)", "sofa", "couch", "Boat/Ship"]
+)  # fmt: skip
+OBJS = (
+    AnnotatedObject(1, "red circle", Box(64, 48, 192, 144)),
+    AnnotatedObject(2, "blue square", Box(256, 96, 384, 240)),
+    AnnotatedObject(3, "Cabinet/shelf", Box(100, 260, 300, 400)),
+)
+#: A person stands elsewhere in the image; every other category of the vocabulary is absent from it.
+IN_IMAGE = ("red circle", "blue square", "Cabinet/shelf", "person")
+REGION = Region("r", 1, "/nonexistent.jpg", W, H, Box(64, 48, 384, 400), OBJS, 1, in_image=IN_IMAGE)
+PERSON, FAR = Box(500, 300, 620, 470), Box(420, 40, 600, 200)
+
+
+def _fmt(name: str):
+    return get_box_format(name)
+
+
+def _raw_box(fmt, values) -> str:
+    """A box written in the family's syntax with the given frame numbers (reversed, out of range, ...)."""
+    a, b, c, d = values
+    if fmt.name in ("qwen2_vl", "qwen2_5_vl"):
+        return f"<|box_start|>({a},{b}),({c},{d})<|box_end|>"
+    if fmt.name in JSON_FAMILIES:
+        return f'{{"bbox_2d": [{a}, {b}, {c}, {d}], "label": "red circle"}}'
+    return f"{fmt.box_start}[[{a}, {b}, {c}, {d}]]{fmt.box_end}"
+
+
+def _ref(fmt, label: str) -> str:
+    return f"{fmt.ref_start}{label}{fmt.ref_end}" if getattr(fmt, "ref_start", "") else f"{label} "
+
+
+def token_cases(fmt) -> dict[str, str]:
+    unit = lambda label, box: fmt.render(label, box, W, H)  # noqa: E731
+    good = ", ".join(unit(o.category, o.box) for o in OBJS)
+    r0 = fmt.to_frame(OBJS[0].box, W, H)
+    bs, be, rs, re_ = fmt.box_start, fmt.box_end, fmt.ref_start, fmt.ref_end
+    return {
+        "tagged_absent_far": f"The region shows {good} and {unit('dog', FAR)}.",
+        "tagged_absent_on_object": f"The region shows {unit('dog', OBJS[0].box)}, {unit('blue square', OBJS[1].box)}.",
+        "plain_absent": f"The region shows {good}, two Dogs, a DOG, a couch and some baseball bats next to a Ship.",
+        "plain_absent_first": f"A dog sits near {good}.",
+        "duplicate": f"The region shows {good}, {unit(OBJS[0].category, OBJS[0].box)}.",
+        "reversed": f"The region shows {good} and {_ref(fmt, 'a red circle')}{_raw_box(fmt, (r0[2], r0[1], r0[0], r0[3]))}.",
+        "out_of_range": f"The region shows {good} and {_ref(fmt, 'blue square')}{_raw_box(fmt, (1500, 20, 1800, 90))}.",
+        "cut_corners": f"The region shows {good} and {_ref(fmt, 'red circle')}{bs}(12,40),(5",
+        "cut_list": f"The region shows {good} and {_ref(fmt, 'red circle')}{bs}[[12, 40, 3",
+        "half_reference": f"The region shows {good} and {rs}red circle",
+        "stray_box_start": f"The region shows {good}{bs} near it.",
+        "stray_box_end": f"The region shows {good}{be} near it.",
+        "stray_ref_end": f"The region shows {good}{re_} near it.",
+        "elsewhere_in_image": f"The region shows {good} and {unit('person', PERSON)}.",
+        "unknown_word": f"The region shows {good} and a unicorn {unit('unicorn', FAR)}.",
+        "body_not_coordinates": f"The region shows {good}. {bs}B. Yes.{be}",
+        "other_families_markup": f"The region shows {good} <|box_start|>(1,2),(3,4)<|box_end|> "
+        "<ref>dog</ref> <box>[[1, 2, 3, 4]]</box>.",
+        "coordinates_in_prose": f"The region shows {good} at [[12, 40, 300, 200]] and (5, 6), (7, 8).",
+    }
+
+
+def json_cases(fmt) -> dict[str, str]:
+    obj = lambda label, box: fmt.render(label, box, W, H)  # noqa: E731
+    goods = [obj(o.category, o.box) for o in OBJS]
+    listed = lambda objs: "[\n  " + ",\n  ".join(objs) + "\n]"  # noqa: E731
+    fence = lambda objs: f"```json\n{listed(objs)}\n```"  # noqa: E731
+    names = "a red circle, a blue square and a cabinet"
+    r0 = fmt.to_frame(OBJS[0].box, W, H)
+    opened = "```json\n[\n  " + ",\n  ".join(goods) + ",\n  "
+    return {
+        "tagged_absent_far": f"The region shows {names}.\n" + fence([*goods, obj("dog", FAR)]),
+        "tagged_absent_on_object": "The region shows things.\n" + fence([obj("dog", OBJS[0].box), goods[1]]),
+        "plain_absent": f"The region shows {names}, two Dogs, a DOG, a couch and some baseball bats next to a Ship.\n"
+        + fence(goods),
+        "duplicate": fence([*goods, goods[0]]),
+        "reversed": fence([*goods, _raw_box(fmt, (r0[2], r0[1], r0[0], r0[3]))]),
+        "out_of_range": fence([*goods, _raw_box(fmt, (1500, 20, 1800, 90))]),
+        "cut_mid_box": f"The region shows {names}.\n{opened}" + '{"bbox_2d": [12, 40, 3',
+        "cut_mid_key": f"The region shows {names}.\n{opened}" + '{"bbox_2d": [12, 40, 300, 200], "lab',
+        "cut_before_box_key_closes": opened + '{"label": "dog", "bbox_2d',
+        "prose_after_unfenced_list": listed(goods) + "\nThese are a red circle and a dog.",
+        "label_first": "```json\n["
+        + ", ".join(f'{{"label": "{o.category}", "bbox_2d": {list(fmt.to_frame(o.box, W, H))}}}' for o in OBJS)
+        + "]\n```",
+        "three_numbers": fence([*goods, '{"bbox_2d": [1, 2, 3], "label": "red circle"}']),
+        "strings_for_numbers": fence([*goods, '{"bbox_2d": ["a", "b", "c", "d"], "label": "red circle"}']),
+        "elsewhere_in_image": fence([*goods, obj("person", PERSON)]),
+        "unknown_word": "A unicorn.\n" + fence([*goods, obj("unicorn", FAR)]),
+        "stray_tokens": f"The region shows {names} <|box_start|>(1,2),(3,4)<|box_end|>.\n" + fence(goods),
+        "second_block_all_absent": fence(goods[:1]) + "\nand\n" + fence([obj("dog", FAR)]),
+        "point_object": fence([*goods, '{"point_2d": [100, 100], "label": "dog"}']),
+        "point_object_of_a_region_object": fence([*goods, '{"point_2d": [100, 100], "label": "red circle"}']),
+        "nested_object": fence([*goods, '{"bbox_2d": [10, 10, 50, 50], "label": "dog", "attrs": {"color": "brown"}}']),
+        "labels_plural_synonym_slash": fence([*goods, obj("Dogs", FAR), obj("Couch", FAR), obj("Ship", FAR)]),
+        "all_boxes_mislabelled": fence([obj("blue square", OBJS[0].box), obj("red circle", OBJS[1].box)]),
+    }
+
+
+def cases(name: str) -> dict[str, str]:
+    fmt = _fmt(name)
+    raw = json_cases(fmt) if name in JSON_FAMILIES else token_cases(fmt)
+    # candidates enter scoring through the sanitiser, as in `spr pair` (another family's markup goes there)
+    return {k: sanitize_answer(t, get_profile(name).kept_tokens)[0] for k, t in raw.items()}
+
+
+def chosen_problems(fmt, text: str) -> list[str]:
+    """What a chosen answer must not hold, read with the family's parser and the mention finder."""
+    problems = []
+    parse = fmt.parse(text, W, H)
+    facts = describe(text, REGION, fmt, VOCAB)
+    if facts.hallucinated:
+        problems.append(f"names absent {[m.name for m in facts.mentions if m.status == ABSENT]}")
+    if facts.debris:
+        problems.append(f"debris {[text[a:b] for a, b in find_debris(text, parse, fmt.stray_re)]}")
+    if parse.dropped:
+        problems.append(f"parser dropped {parse.dropped}")
+    snapped = {fmt.parse(fmt.render("x", o.box, W, H), W, H).boxes[0]: o for o in OBJS}
+    seen = []
+    for p in parse.phrases:
+        obj = snapped.get(p.box) if p.box is not None else None
+        if obj is None:
+            problems.append(f"box of {p.label!r} is no annotated box of the region: {p.box}")
+            continue
+        seen.append(obj.ann_id)
+        if p.label and not names_agree(normalize_label(p.label), category_names(obj)):
+            problems.append(f"label {p.label!r} on the {obj.category}")
+    if len(seen) != len(set(seen)):
+        problems.append("one object boxed twice")
+    outside = "".join(text[a:b] for a, b in gaps(text, parse))
+    problems += [f"stray {t!r}" for t in ("<|", "|>", "<ref", "</ref", "<box", "</box", "bbox_2d", "point_2d") if t in outside]
+    if text.count("```") % 2:
+        problems.append("a fence left open")
+    for block in re.findall(r"```json\s*(.*?)```", text, re.S):
+        try:
+            json.loads(block)
+        except ValueError:
+            problems.append(f"fenced JSON does not load: {block!r}")
+    if sanitize_answer(text, get_profile(fmt.name).kept_tokens)[0] != text.strip():
+        problems.append("the export's sanitiser would still change it")
+    return problems
+
+
+# -- every family, every nasty case, every policy: the refined (chosen-side) text is clean ---------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_refined_texts_of_nasty_candidates_hold_nothing_a_chosen_answer_must_not(name, policy):
+    fmt = _fmt(name)
+    failures = {}
+    for case, text in cases(name).items():
+        out = refine_candidate(Candidate("r", "audit", 0, text), REGION, fmt, policy=policy, vocabulary=VOCAB).candidate.text
+        if problems := chosen_problems(fmt, out):
+            failures[case] = (problems, out)
+    assert not failures, json.dumps(failures, indent=1)
+
+
+# -- bugs found by the audit ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", LABELLED)
+def test_a_reference_naming_an_absent_category_goes_even_when_label_matching_is_off(name, policy):
+    """With --label-match off, "dog" written on the red circle's exact box matched the circle and was snapped and
+    kept: the chosen answer named an absent category."""
+    fmt = _fmt(name)
+    units = [fmt.render(label, o.box, W, H) for label, o in zip(("dog", "blue square", "Cabinet/shelf"), OBJS)]
+    text = f"The region shows {', '.join(units)}." if name not in JSON_FAMILIES else f"[{', '.join(units)}]"
+    res = refine_candidate(Candidate("r", "audit", 0, text), REGION, fmt, policy=policy, vocabulary=VOCAB, label_match=False)
+    assert chosen_problems(fmt, res.candidate.text) == [], res.candidate.text
+    assert res.hallucinations_removed == 1 and res.matched == 2
+    assert [p.label for p in fmt.parse(res.candidate.text, W, H).phrases] == ["blue square", "Cabinet/shelf"]
+
+
+@pytest.mark.parametrize("name", ("qwen2_vl", "qwen2_5_vl", "glm4v"))
+def test_a_doubly_bracketed_coordinate_list_leaves_no_brackets_behind(name):
+    """``[[1, 2, 3, 4]]`` outside any unit (another family's box, its tags removed by the sanitiser) lost its numbers
+    and left ``[ ]`` (or ``]``) in the chosen text, debris the measurement did not see."""
+    fmt = _fmt(name)
+    good = ", ".join(fmt.render(o.category, o.box, W, H) for o in OBJS)
+    text = f"The region shows {good} and a unicorn [[1, 2, 3, 4]]."
+    assert describe(text, REGION, fmt, VOCAB).debris == 1
+    out = refine_candidate(Candidate("r", "audit", 0, text), REGION, fmt, policy="strip", vocabulary=VOCAB).candidate.text
+    assert "[ ]" not in out and not out.rstrip(".").endswith("]") and chosen_problems(fmt, out) == [], out
+    assert out.endswith("and a unicorn.")
+    assert describe("between [ ] and [[ ], [ ]]", REGION, fmt, VOCAB).debris == 2  # emptied lists are debris
+    assert describe("a list [sic] and [3]", REGION, fmt, VOCAB).debris == 0  # brackets of prose are not
+
+
+def test_internvl_tags_outside_a_unit_are_counted_as_debris():
+    """InternVL's markers are not ``<|...|>`` tokens: a stray ``</ref>`` or ``<box>`` in the plain text was box debris
+    the statistics (rejected_with_debris_share, spr show) did not count."""
+    fmt = _fmt("internvl")
+    good = fmt.render("red circle", OBJS[0].box, W, H)
+    assert describe(f"{good} </ref> here", REGION, fmt, VOCAB).debris == 1
+    assert describe(f"{good} and <box> here", REGION, fmt, VOCAB).debris == 1
+    assert describe(f"{good} here", REGION, fmt, VOCAB).debris == 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", JSON_FAMILIES)
+def test_json_answers_cut_off_or_emptied_stay_valid_json(name, policy):
+    """Qwen2.5-VL's JSON form had no clean(): a cut-off object left the fence open; an object cut before its
+    ``"bbox_2d`` key closed was not seen as cut (the list stayed open in both JSON families); a block whose objects
+    all went stayed as an empty fence; a ``point_2d`` object lost its key and numbers but left its braces."""
+    fmt = _fmt(name)
+    c = cases(name)
+    every = [o.category for o in OBJS]
+    expected = {"cut_mid_box": every, "cut_before_box_key_closes": every, "second_block_all_absent": every[:1],
+                "point_object": every, "nested_object": every}  # fmt: skip
+    for case, labels in expected.items():
+        out = refine_candidate(Candidate("r", "audit", 0, c[case]), REGION, fmt, policy=policy, vocabulary=VOCAB).candidate.text
+        assert chosen_problems(fmt, out) == [], (case, out)
+        (block,) = re.findall(r"```json\s*(.*?)```", out, re.S)
+        assert [o["label"] for o in json.loads(block)] == labels, (case, out)
+    # the parser sees a point object as a phrase without a box (so it is counted and removed whole)
+    parse = fmt.parse(c["point_object"], W, H)
+    assert [p.label for p in parse.phrases if p.box is None] == ["dog"] and parse.dropped == {"garbage": 1}
