@@ -15,7 +15,7 @@ from spr_plugin.core.records import AnnotatedObject, Box, Candidate, Region
 from spr_plugin.core.sanitize import sanitize_answer
 from spr_plugin.families.profiles import get_box_format, get_profile
 from spr_plugin.scoring.labels import category_names, names_agree, normalize_label
-from spr_plugin.scoring.mentions import ABSENT, Vocabulary, describe, find_debris, gaps
+from spr_plugin.scoring.mentions import ABSENT, Vocabulary, describe, find_debris, gaps, reading_labels
 from spr_plugin.scoring.refine import refine_candidate
 
 W, H = 640, 480
@@ -52,6 +52,10 @@ def _raw_box(fmt, values) -> str:
     return f"{fmt.box_start}[[{a}, {b}, {c}, {d}]]{fmt.box_end}"
 
 
+def _bare(fmt, box: Box) -> str:
+    return _raw_box(fmt, fmt.to_frame(box, W, H))
+
+
 def _ref(fmt, label: str) -> str:
     return f"{fmt.ref_start}{label}{fmt.ref_end}" if getattr(fmt, "ref_start", "") else f"{label} "
 
@@ -81,6 +85,10 @@ def token_cases(fmt) -> dict[str, str]:
         "other_families_markup": f"The region shows {good} <|box_start|>(1,2),(3,4)<|box_end|> "
         "<ref>dog</ref> <box>[[1, 2, 3, 4]]</box>.",
         "coordinates_in_prose": f"The region shows {good} at [[12, 40, 300, 200]] and (5, 6), (7, 8).",
+        # bare boxes right after plain words (GLM's only way; Qwen and InternVL models write them too)
+        "words_then_swapped_boxes": f"A blue square {_bare(fmt, OBJS[0].box)} and a red circle {_bare(fmt, OBJS[1].box)}.",
+        "words_elsewhere_then_box": f"There is a person {_bare(fmt, OBJS[0].box)} here.",
+        "absent_words_then_box": f"There is a dog {_bare(fmt, OBJS[0].box)} and {good}.",
     }
 
 
@@ -141,14 +149,15 @@ def chosen_problems(fmt, text: str) -> list[str]:
         problems.append(f"parser dropped {parse.dropped}")
     snapped = {fmt.parse(fmt.render("x", o.box, W, H), W, H).boxes[0]: o for o in OBJS}
     seen = []
-    for p in parse.phrases:
+    # a bare box reads as the words right before it ("a blue square [box]"): GLM's labels
+    for p, label in zip(parse.phrases, reading_labels(parse, facts.mentions)):
         obj = snapped.get(p.box) if p.box is not None else None
         if obj is None:
-            problems.append(f"box of {p.label!r} is no annotated box of the region: {p.box}")
+            problems.append(f"box of {label!r} is no annotated box of the region: {p.box}")
             continue
         seen.append(obj.ann_id)
-        if p.label and not names_agree(normalize_label(p.label), category_names(obj)):
-            problems.append(f"label {p.label!r} on the {obj.category}")
+        if label and not names_agree(normalize_label(label), category_names(obj)):
+            problems.append(f"label {label!r} on the {obj.category}")
     if len(seen) != len(set(seen)):
         problems.append("one object boxed twice")
     outside = "".join(text[a:b] for a, b in gaps(text, parse))
@@ -241,3 +250,54 @@ def test_json_answers_cut_off_or_emptied_stay_valid_json(name, policy):
     # the parser sees a point object as a phrase without a box (so it is counted and removed whole)
     parse = fmt.parse(c["point_object"], W, H)
     assert [p.label for p in parse.phrases if p.box is None] == ["dog"] and parse.dropped == {"garbage": 1}
+
+
+# -- bare boxes read as the words right before them (GLM-4.xV's syntax) ---------------------------------------------
+
+TOKEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "glm4v")
+
+
+def test_glm_answers_ground_the_words_before_their_boxes_in_the_statistics():
+    """Every GLM box follows the words it grounds, but those words were counted as ungrounded mentions: a fully
+    grounded answer had 4 "ungrounded" mentions (the card, spr show and the --refine-policy warning said so)."""
+    fmt = _fmt("glm4v")
+    text = "The region shows " + ", ".join(fmt.render(o.category, o.box, W, H) for o in OBJS) + "."
+    facts = describe(text, REGION, fmt, VOCAB)
+    assert facts.ungrounded == 0 and facts.count("region") == 3 and all(m.boxed for m in facts.mentions)
+    # an Objects365 "a/b" name written in plain words is one mention, not two
+    assert [m.name for m in describe("a Cabinet/shelf here", REGION, fmt, VOCAB).mentions] == ["cabinet shelf"]
+    unboxed = describe("The region shows a red circle and a blue square.", REGION, fmt, VOCAB)
+    assert unboxed.ungrounded == 2  # words without a box still count
+
+
+@pytest.mark.parametrize("name", TOKEN_FAMILIES)
+def test_a_bare_box_binds_only_to_an_object_its_words_name(name):
+    """A bare box matched by IoU alone: "a blue square [the red circle's box]" was snapped and kept, so the chosen
+    answer bound a blue square to the red circle (and "a person [box on the circle]" bound a person to it)."""
+    fmt = _fmt(name)
+    swapped = f"A blue square {_bare(fmt, OBJS[0].box)} and a red circle {_bare(fmt, OBJS[1].box)}."
+    fixed = refine_candidate(Candidate("r", "a", 0, swapped), REGION, fmt, policy="correct", vocabulary=VOCAB)
+    assert fixed.candidate.text == (f"A blue square {_bare(fmt, OBJS[1].box)} and a red circle {_bare(fmt, OBJS[0].box)}."), (
+        fixed.candidate.text
+    )
+    assert fixed.corrected == 2 and fixed.matched == 0
+    stripped = refine_candidate(Candidate("r", "a", 0, swapped), REGION, fmt, policy="strip", vocabulary=VOCAB)
+    assert stripped.candidate.text == "A blue square and a red circle."
+    elsewhere = f"There is a person {_bare(fmt, OBJS[0].box)} here."
+    for policy in POLICIES:
+        out = refine_candidate(Candidate("r", "a", 0, elsewhere), REGION, fmt, policy=policy, vocabulary=VOCAB).candidate.text
+        assert out == "There is a person here.", (policy, out)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", TOKEN_FAMILIES)
+def test_a_bare_box_after_words_naming_an_absent_category_goes_with_them(name, policy):
+    """ "a dog [box]": the words went as a hallucinated mention and the box stayed, as a box of nothing (or, on a
+    region object's box, matched by IoU and snapped)."""
+    fmt = _fmt(name)
+    good = ", ".join(fmt.render(o.category, o.box, W, H) for o in OBJS[1:])
+    for box in (FAR, OBJS[0].box):  # nowhere, or on the (unclaimed) red circle
+        text = f"The region shows {good}. There is a dog {_bare(fmt, box)} too."
+        res = refine_candidate(Candidate("r", "a", 0, text), REGION, fmt, policy=policy, vocabulary=VOCAB)
+        assert res.candidate.text == f"The region shows {good}.", res.candidate.text
+        assert res.hallucinations_removed == 1

@@ -679,8 +679,9 @@ class GLM4VFormat(_TokenFormat):
     """GLM-4.1V / 4.5V: ``<|begin_of_box|>[[x1, y1, x2, y2]]<|end_of_box|>`` after the words it grounds, on a
     relative [0,1000] grid (x = round(x_px / W * 1000)); several boxes may share one marker pair.
 
-    The family has no reference markers: every box is a bare box (label ``""``, which agrees with every annotated
-    object in the scorer), and :meth:`render` writes the words before the box as GLM does. GLM also uses the same
+    The family has no reference markers: every box is a bare box (label ``""``; the scorer reads it as the words right
+    before it, :func:`spr_plugin.scoring.mentions.reading_labels`), and :meth:`render` writes the words before the box
+    as GLM does. GLM also uses the same
     markers around a final answer that is not a box (``<|begin_of_box|>B. Yes.<|end_of_box|>``): in a grounded
     description such a body is counted as garbage, like any body that is not coordinates.
     """

@@ -44,7 +44,7 @@ NOT_PLAIN_MENTIONS = frozenset(
 )
 
 _WORD_RE = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
-_JOIN_RE = re.compile(r"[ \t]*-?[ \t]*")  # what may stand between the words of one name
+_JOIN_RE = re.compile(r"[ \t]*[-/]?[ \t]*")  # what may stand between the words of one name ("Cabinet/shelf": one)
 _JSON_KEY_RE = re.compile(r'"\s*:')
 _STOP = frozenset("a an the some this these those its his her their".split())
 
@@ -187,9 +187,9 @@ class Mention:
     span: tuple[int, int]
     status: str
     tagged: bool
-    #: Index of the unit's first phrase in the parse (tagged mentions).
+    #: Index of the unit's first phrase in the parse (tagged mentions, and plain words a bare box grounds).
     phrase: int | None = None
-    #: A tagged mention that carries a usable box.
+    #: A mention that carries a usable box (a tagged one's own, or the bare box right after plain words).
     boxed: bool = False
 
 
@@ -238,12 +238,30 @@ def plain_mentions(text: str, start: int, end: int, vocab: Vocabulary) -> list[t
     return out
 
 
+def bare_units(text: str, parse: ParseResult) -> dict[int, int]:
+    """Bare units (boxes without a reference label) by where the words they ground end: the end of the text before
+    the unit with white space stripped -> index of the unit's first phrase.
+
+    Why: a box written right after plain words grounds them. GLM-4.xV writes every box so ("a red circle
+    <|begin_of_box|>...<|end_of_box|>"), and Qwen or InternVL models write bare boxes after words too. What the box is
+    of is what those words say: "a dog [box]" boxes a dog, "a blue square [the red circle's box]" binds a blue square
+    to the red circle."""
+    out: dict[int, int] = {}
+    for i, p in enumerate(parse.phrases):
+        if not p.label and not p.malformed:
+            end = len(text[: p.span[0]].rstrip())
+            out.setdefault(end, i)
+    return out
+
+
 def find_mentions(text: str, parse: ParseResult, judge: RegionJudge) -> list[Mention]:
-    """Every object ``text`` names, tagged (one per labelled unit) or in plain words, in text order."""
+    """Every object ``text`` names, tagged (one per labelled unit) or in plain words, in text order. Plain words
+    right before a bare unit are grounded by its boxes (:func:`bare_units`): ``phrase`` points at the unit."""
     out: list[Mention] = []
     boxed: dict[tuple[int, int], bool] = {}
     for p in parse.phrases:
         boxed[p.span] = boxed.get(p.span, False) or p.box is not None
+    bare = bare_units(text, parse)
     seen: set[tuple[int, int]] = set()
     statuses: dict[str, str] = {}
     for i, p in enumerate(parse.phrases):
@@ -258,8 +276,18 @@ def find_mentions(text: str, parse: ParseResult, judge: RegionJudge) -> list[Men
         for name, span in plain_mentions(text, start, end, judge.vocabulary):
             if name not in statuses:
                 statuses[name] = judge.status(name)
-            out.append(Mention(name, span, statuses[name], False))
+            unit = bare.get(span[1])
+            grounded = unit is not None and boxed[parse.phrases[unit].span]
+            out.append(Mention(name, span, statuses[name], False, unit, grounded))
     return sorted(out, key=lambda m: m.span)
+
+
+def reading_labels(parse: ParseResult, mentions: Sequence[Mention]) -> list[str]:
+    """Each phrase's label as the text reads it: its reference label, or for a bare box the name of the plain words it
+    grounds (:func:`bare_units`; ``""`` when no name of the vocabulary stands right before it). Label matching uses
+    these, so a bare box binds to an object only if those words name it."""
+    bound = {parse.phrases[m.phrase].span: m.name for m in mentions if not m.tagged and m.phrase is not None}
+    return [p.label or bound.get(p.span, "") for p in parse.phrases]
 
 
 #: Debris between units: stray markers, coordinate or number runs (two or more numbers joined by commas or

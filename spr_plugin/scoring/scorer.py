@@ -24,7 +24,7 @@ from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.grounder import merge_predictions
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import ignored_overlap, localization_score, phrase_matches
-from spr_plugin.scoring.mentions import RegionJudge, TextFacts, Vocabulary, measure
+from spr_plugin.scoring.mentions import RegionJudge, TextFacts, Vocabulary, measure, reading_labels
 from spr_plugin.scoring.semantic import TextSemanticScorer
 from spr_plugin.settings import ScoringConfig
 
@@ -90,6 +90,9 @@ class Assessment:
     #: statistics' one measurement.
     facts: TextFacts | None = None
     judge: RegionJudge | None = None
+    #: Each phrase's label as the text reads it (:func:`spr_plugin.scoring.mentions.reading_labels`: a bare box takes
+    #: the name of the words it grounds); ``agree`` was computed on these.
+    labels: tuple[str, ...] = ()
 
 
 class CandidateScorer:
@@ -168,14 +171,21 @@ class CandidateScorer:
         cfg = self.config
         judges: dict[int, RegionJudge] = {}
         extras = [self._merge_detected(parse, found) for parse, found in zip(parses, detected)]
+        facts_all = []
+        for (region, cand), parse in zip(items, parses):
+            judge = judges.get(id(region)) or judges.setdefault(id(region), self.judge(region))
+            facts_all.append((judge, measure(cand.text, parse, judge, self.box_format.stray_re)))
+        labels_all = [tuple(reading_labels(parse, facts.mentions)) for parse, (_, facts) in zip(parses, facts_all)]
         # Ignored objects (crowds, Objects365 objects in pictures / reflections) share the label check of the
         # real ones: their rows follow the objects' rows and are split off below.
         agreements = self.labels.agreement(
-            [((*r.objects, *r.ignored), [p.label for p in parse.phrases] + [lab for lab, _ in extra]) for (r, _), parse, extra in
-             zip(items, parses, extras)]
+            [((*r.objects, *r.ignored), [*labels, *(lab for lab, _ in extra)]) for (r, _), labels, extra in
+             zip(items, labels_all, extras)]
         )  # fmt: skip
         out = []
-        for (region, cand), parse, sem, extra, agree_both in zip(items, parses, semantics, extras, agreements):
+        for (region, cand), parse, sem, extra, agree_both, (judge, facts), labels in zip(
+            items, parses, semantics, extras, agreements, facts_all, labels_all
+        ):
             n_phrases = len(parse.phrases)
             agree_all, agree_ignored = agree_both[: len(region.objects)], agree_both[len(region.objects) :, :n_phrases]
             agree = agree_all[:, :n_phrases]
@@ -189,13 +199,13 @@ class CandidateScorer:
             if neutral:
                 loc = _without(gt, parse.boxes, [b for _, b in extra], neutral, cfg, allowed)
             matches = phrase_matches(gt, parse, agree if cfg.label_match == "on" else None, cfg.iou_threshold)
-            judge = judges.get(id(region)) or judges.setdefault(id(region), self.judge(region))
-            facts = measure(cand.text, parse, judge, self.box_format.stray_re)
             penalty = cfg.hallucination_penalty * facts.hallucination_rate
             total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score - penalty
             scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped), penalty=float(penalty))
             neutral_phrases = frozenset(boxed[j] for j in neutral)
-            out.append(Assessment(region, cand, parse, agree, matches, scored, tuple(extra), neutral_phrases, facts, judge))
+            out.append(
+                Assessment(region, cand, parse, agree, matches, scored, tuple(extra), neutral_phrases, facts, judge, labels)
+            )
         return out
 
     def _merge_detected(self, parse: ParseResult, found: Sequence[tuple[str, Box]]) -> list[tuple[str, Box]]:
