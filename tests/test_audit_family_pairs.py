@@ -301,3 +301,124 @@ def test_a_bare_box_after_words_naming_an_absent_category_goes_with_them(name, p
         res = refine_candidate(Candidate("r", "a", 0, text), REGION, fmt, policy=policy, vocabulary=VOCAB)
         assert res.candidate.text == f"The region shows {good}.", res.candidate.text
         assert res.hallucinations_removed == 1
+
+
+# -- the real route: spr pair -> spr export -> spr show, per family ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def route(tmp_path_factory):
+    """Rendered scenes whose annotation file also names a category no image holds ("unicorn": only the annotation
+    file's vocabulary knows it), and their regions."""
+    from helpers import run_spr
+    from spr_plugin.demo.scenes import render_scenes
+
+    root = tmp_path_factory.mktemp("audit_route")
+    scenes = render_scenes(root / "scenes", n_images=2, seed=5)
+    data = json.loads(scenes.read_text())
+    data["categories"].append({"id": 999, "name": "unicorn"})
+    scenes.write_text(json.dumps(data))
+    regions = root / "regions.jsonl"
+    proc = run_spr("regions", "--annotations", scenes, "--images", scenes.parent / "images", "--out", regions, "--k", "3")
+    assert proc.returncode == 0, proc.stderr
+    return root, scenes, regions
+
+
+def _route_texts(fmt, r) -> list[str]:
+    """Hand-made candidates of one region: grounded but naming absent categories (plain, plural, capitalised) and
+    ending in debris, one with swapped bare boxes and a tagged absent object, one poor answer."""
+    from spr_plugin.demo.scenes import CATEGORY_NAMES
+
+    w, h = r.width, r.height
+    absent = [c for c in CATEGORY_NAMES if c not in r.in_image][:2] + ["unicorn"]
+    objs = r.objects
+    if fmt.name in JSON_FAMILIES:
+        goods = [fmt.render(o.category, o.box, w, h) for o in objs]
+        names = ", ".join(o.category for o in objs)
+        return [
+            f"The region shows {names}, two {absent[0]}s and a {absent[1].upper()}.\n```json\n[\n  "
+            + ",\n  ".join(goods)
+            + "\n]\n```",
+            f"The region shows {names}.\n```json\n[\n  " + ",\n  ".join(goods) + f',\n  {{"label": "{absent[2]}", "bbox_2d',
+            "```json\n["
+            + ", ".join([*goods, fmt.render(absent[0], objs[0].box, w, h), '{"point_2d": [5, 5], "label": "x"}'])
+            + "]",
+            f"Some shapes and a {absent[2]}.",
+        ]
+    good = ", ".join(fmt.render(o.category, o.box, w, h) for o in objs)
+    bare = lambda box: fmt.render_box(box, w, h)  # noqa: E731
+    swapped = f"a {objs[1].category} {bare(objs[0].box)} and a {objs[0].category} {bare(objs[1].box)}" if len(objs) > 1 else good
+    return [
+        f"The region shows {good}, two {absent[0]}s and a {absent[1].upper()}.",
+        f"The region shows {good} and a {absent[2]} {bare(objs[0].box)}.<|box_end|>,174,495 [[1, 2, 3, 4]]",
+        f"There is {swapped}, {fmt.render(absent[0], objs[-1].box, w, h)}",
+        f"Some shapes and a {absent[2]}.",
+    ]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_spr_pair_export_and_show_emit_clean_chosen_answers_and_true_statistics(route, name, tmp_path):
+    import statistics
+
+    from helpers import run_spr
+    from spr_plugin.core.frame import ImageFrame
+    from spr_plugin.core.manifest import record_format
+    from spr_plugin.core.records import PreferencePair
+    from spr_plugin.regions.annotations import category_vocabulary, load_coco
+    from spr_plugin.regions.sampling import read_regions
+
+    root, scenes, regions_file = route
+    fmt = _fmt(name)
+    regions = read_regions(regions_file)
+    rows = [
+        {"region_id": r.region_id, "variant": "t", "sample_idx": i, "text": t}
+        for r in regions
+        for i, t in enumerate(_route_texts(fmt, r))
+    ]
+    cands, pairs_file, data = tmp_path / "cands.jsonl", tmp_path / "pairs.jsonl", tmp_path / "data"
+    cands.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    record_format(cands, "candidates", name, ImageFrame().to_dict())
+    proc = run_spr("pair", "--regions", regions_file, "--candidates", cands, "--out", pairs_file, "--annotations", scenes,
+                   "--min-margin", "0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = json.loads(proc.stdout)
+    proc = run_spr("export", "--pairs", pairs_file, "--images", scenes.parent / "images", "--dataset-dir", data, "--name", "a")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(x) for x in (data / "a.jsonl").read_text().splitlines()]
+    pairs = [PreferencePair.from_dict(json.loads(x)) for x in (data / "a.pairs.jsonl").read_text().splitlines()]
+    assert len(records) == len(pairs) == stats["pairs"] == len(regions)
+    vocab = Vocabulary.of(category_vocabulary(load_coco(scenes))).union(Vocabulary.of_regions(regions))
+    written = {r.region_id: _route_texts(fmt, r) for r in regions}
+    chosen, rejected = [], []
+    for rec, pair in zip(records, pairs):
+        text, region = rec["chosen"]["value"], pair.region
+        facts = describe(text, region, fmt, vocab)
+        assert facts.hallucinated == 0 and facts.debris == 0 and not facts.dropped and text.strip(), text
+        gt = {fmt.parse(fmt.render("x", o.box, region.width, region.height), region.width, region.height).boxes[0]: o
+              for o in region.objects}  # fmt: skip
+        parse = fmt.parse(text, region.width, region.height)
+        for p, label in zip(parse.phrases, reading_labels(parse, facts.mentions)):
+            assert p.box in gt, text  # every box is an annotated box of the region, snapped
+            assert not label or names_agree(normalize_label(label), category_names(gt[p.box])), text
+        assert rec["rejected"]["value"] == pair.rejected.candidate.text and pair.rejected.candidate.text in [
+            sanitize_answer(t, get_profile(name).kept_tokens)[0] for t in written[region.region_id]
+        ]  # the rejected side stays as the model wrote it (sanitised only)
+        chosen.append(facts)
+        rejected.append(describe(rec["rejected"]["value"], region, fmt, vocab))
+    q = stats["pair_quality"]
+    assert q["chosen_boxes_mean"] == pytest.approx(statistics.fmean(f.boxes for f in chosen))
+    assert q["rejected_boxes_mean"] == pytest.approx(statistics.fmean(f.boxes for f in rejected))
+    assert q["chosen_hallucinated_mentions_mean"] == 0 and q["chosen_with_debris_share"] == 0
+    assert q["rejected_hallucinated_mentions_mean"] == pytest.approx(statistics.fmean(f.hallucinated for f in rejected))
+    assert q["rejected_hallucinated_mentions_mean"] > 0
+    assert q["chosen_ungrounded_mentions_mean"] == pytest.approx(statistics.fmean(f.ungrounded for f in chosen))
+    assert q["rejected_with_debris_share"] == pytest.approx(sum(f.debris > 0 for f in rejected) / len(pairs))
+    assert q["rejected_malformed_share"] == pytest.approx(sum(bool(f.dropped) for f in rejected) / len(pairs))
+    assert not any("absent" in w or "debris" in w or "without a box" in w for w in stats["warnings"]), stats["warnings"]
+    # spr show measures with the names that judged the pairs (here the annotation file's "unicorn", in no region)
+    proc = run_spr("show", "--dataset-dir", data, "--name", "a", "--out", tmp_path / "view", "-n", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    totals = re.search(r"class='totals'>(.*?)</p>", (tmp_path / "view" / "index.html").read_text()).group(1)
+    first = rejected[0]
+    assert f"naming an object absent from the image: 0 / {int(first.hallucinated > 0)};" in totals, totals
+    assert f"with box debris: 0 / {int(first.debris > 0)};" in totals, totals

@@ -92,6 +92,10 @@ class Vocabulary:
     def union(self, other: Vocabulary) -> Vocabulary:
         return Vocabulary(self.names | other.names)
 
+    def to_list(self) -> list[str]:
+        """The names, sorted, as strings (what a pairs record keeps: :meth:`of` reads them back to the same vocabulary)."""
+        return sorted(" ".join(n) for n in self.names)
+
     @cached_property
     def max_len(self) -> int:
         return max((len(n) for n in self.names), default=0)

@@ -73,9 +73,12 @@ class PairStats:
     lengths: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: The names that judged the mentions (the dataset's vocabulary and every name the regions record): recorded
+    #: next to the pairs so ``spr show`` measures with the same vocabulary. Not part of the summary.
+    vocabulary: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return field_dict(self, keys=_PAIR_STATS_KEYS)
+        return field_dict(self, keys=_PAIR_STATS_KEYS, skip=("vocabulary",))
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ def score_refine_pair(
         bar.update(len(chunk))
     bar.close()
     stats.pairs = len(pairs)
+    stats.vocabulary = tuple(scorer.vocabulary.to_list())
     stats.lengths = length_stats(pairs)
     stats.quality = pair_quality(evidence, scorer.config.iou_threshold)
     stats.warnings = quality_warnings(stats.quality, pairing.refine_policy, scorer.config.label_match, scorer.config.lam)
