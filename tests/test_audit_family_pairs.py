@@ -126,6 +126,11 @@ def json_cases(fmt) -> dict[str, str]:
         "nested_object": fence([*goods, '{"bbox_2d": [10, 10, 50, 50], "label": "dog", "attrs": {"color": "brown"}}']),
         "labels_plural_synonym_slash": fence([*goods, obj("Dogs", FAR), obj("Couch", FAR), obj("Ship", FAR)]),
         "all_boxes_mislabelled": fence([obj("blue square", OBJS[0].box), obj("red circle", OBJS[1].box)]),
+        "other_box_keys": fence(
+            [*goods, f'{{"bbox": {list(r0)}, "label": "red circle"}}', '{"box_2d": [1, 2, 30, 40], "label": "x"}']
+        ),
+        "label_only_object": fence([*goods, '{"label": "dog"}', '{"label": "person", "score": 0.9}']),
+        "extra_keys": fence([*goods[1:], f'{{"bbox_2d": {list(r0)}, "label": "red circle", "score": 0.9, "ids": [1, 2, 3]}}']),
     }
 
 

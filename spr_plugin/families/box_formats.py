@@ -456,10 +456,11 @@ class Qwen25VLFormat(_TokenFormat):
         return (float(w), float(h))
 
 
-#: Keys that make a JSON object one of the answer's grounding objects. A ``point_2d`` object (Qwen's pointing answer)
-#: grounds no box: it is parsed as a phrase without one (counted as garbage), so refinement removes it whole
-#: instead of leaving its braces and label behind as debris.
-_OBJECT_KEYS = ('"bbox_2d"', '"point_2d"')
+#: Keys that make a JSON object one of the answer's grounding objects. An object without a ``bbox_2d`` box (Qwen's
+#: pointing answer ``point_2d``, a ``bbox`` or ``box_2d`` key, a bare ``label``) grounds no box: it is parsed as a
+#: phrase without one (counted as garbage), so refinement removes it whole instead of leaving its braces, keys and
+#: label behind as debris.
+_OBJECT_KEYS = ('"bbox_2d"', '"point_2d"', '"bbox"', '"box_2d"', '"label"')
 
 
 class _JsonBoxes(BoxFormat):
