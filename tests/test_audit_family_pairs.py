@@ -427,3 +427,20 @@ def test_spr_pair_export_and_show_emit_clean_chosen_answers_and_true_statistics(
     first = rejected[0]
     assert f"naming an object absent from the image: 0 / {int(first.hallucinated > 0)};" in totals, totals
     assert f"with box debris: 0 / {int(first.debris > 0)};" in totals, totals
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_hostile_texts_for_the_new_rules_stay_linear(name):
+    """A generous bound, as tests/test_hardening_sizes.py has (measured: well under a second): the comma repair of
+    JSON lists once looped one comma per pass, and reading bare boxes' words once copied the text before each box."""
+    import time
+
+    fmt = _fmt(name)
+    bare = fmt.render_box(FAR, W, H)
+    texts = ["[" + ", " * 100_000 + "]", "```json\n[" + "{}, , " * 30_000 + "]\n```", f"a dog {bare} " * 2_000]
+    start = time.perf_counter()
+    for text in texts:
+        describe(text, REGION, fmt, VOCAB)
+        refine_candidate(Candidate("r", "a", 0, text), REGION, fmt, policy="correct", vocabulary=VOCAB)
+    describe("x" * 1_000_000 + f" {bare}" * 20_000, REGION, fmt, VOCAB)  # many boxes after a long text
+    assert time.perf_counter() - start < 10.0

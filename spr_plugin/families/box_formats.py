@@ -575,8 +575,13 @@ def _truncated_object_start(text: str) -> int | None:
     return key if key >= 0 else None
 
 
-#: Commas a removed object leaves standing in a list: before its end, after its start, or doubled.
-_LIST_COMMA_RES = ((re.compile(r",(\s*+)\]"), r"\1]"), (re.compile(r"\[(\s*+),"), r"[\1"), (re.compile(r",(\s*+),"), r",\1"))
+#: Commas a removed object leaves standing in a list: before its end, after its start, or doubled. Each pattern
+#: takes a whole run at once (possessive), so one pass of each is linear however many objects went.
+_LIST_COMMA_RES = (
+    (re.compile(r",[\s,]*+(?=\])"), ""),
+    (re.compile(r"\[\s*+,[\s,]*+"), "["),
+    (re.compile(r",(?:\s*+,)++"), ","),
+)
 
 
 _EMPTY_BLOCK_RE = re.compile(r"(?:json)?[\s,\[\]]*+")
@@ -603,11 +608,7 @@ def _drop_empty_fences(text: str) -> str:
 def _repair_lists(text: str) -> str:
     """``text`` without the commas a removed object left standing in its list (``[{...},\n]`` is not JSON)."""
     for pattern, repl in _LIST_COMMA_RES:
-        while True:
-            fixed = pattern.sub(repl, text)
-            if fixed == text:
-                break
-            text = fixed
+        text = pattern.sub(repl, text)
     return text
 
 

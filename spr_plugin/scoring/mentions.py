@@ -253,7 +253,9 @@ def bare_units(text: str, parse: ParseResult) -> dict[int, int]:
     out: dict[int, int] = {}
     for i, p in enumerate(parse.phrases):
         if not p.label and not p.malformed:
-            end = len(text[: p.span[0]].rstrip())
+            end = p.span[0]
+            while end > 0 and text[end - 1].isspace():  # no copy of the text before it: linear in hostile texts
+                end -= 1
             out.setdefault(end, i)
     return out
 
