@@ -444,3 +444,36 @@ def test_hostile_texts_for_the_new_rules_stay_linear(name):
         refine_candidate(Candidate("r", "a", 0, text), REGION, fmt, policy="correct", vocabulary=VOCAB)
     describe("x" * 1_000_000 + f" {bare}" * 20_000, REGION, fmt, VOCAB)  # many boxes after a long text
     assert time.perf_counter() - start < 10.0
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from spr_plugin.scoring.semantic import TextSemanticScorer
+
+    return TextSemanticScorer.load()
+
+
+@pytest.mark.parametrize("name", ("qwen2_vl", "qwen3_vl", "glm4v"))
+def test_no_pair_has_an_empty_chosen_answer(minilm, name):
+    """When refinement removed all a candidate said ("A dog." in an image without dogs), the empty text was still
+    chosen (best S_loc of nothing) and exported: DPO taught the model to answer nothing."""
+    from spr_plugin.scoring.scorer import CandidateScorer
+    from spr_plugin.scoring.stage import score_refine_pair
+    from spr_plugin.settings import PairingConfig, ScoringConfig
+
+    fmt = _fmt(name)
+    scorer = CandidateScorer(ScoringConfig(box_format=name), minilm, fmt, vocabulary=VOCAB)
+    second = Region("r2", 1, "/nonexistent.jpg", W, H, REGION.box, OBJS, 1, in_image=IN_IMAGE)
+    honest = (
+        "A " + fmt.render("red circle", OBJS[0].box, W, H) + "."
+        if name not in JSON_FAMILIES
+        else f"[{fmt.render('red circle', OBJS[0].box, W, H)}]"
+    )
+    texts = {"r": ["A dog.", "A dog and a couch " + fmt.render("dog", FAR, W, H), "Boats."],
+             "r2": ["A dog.", "Boats.", honest]}  # fmt: skip
+    cands = [Candidate(rid, "t", i, t) for rid, ts in texts.items() for i, t in enumerate(ts)]
+    pairs, stats = score_refine_pair([REGION, second], cands, scorer, PairingConfig(min_margin=0.0), progress=False)
+    assert stats.skipped == {"nothing_left_to_choose": 1}
+    (pair,) = pairs
+    assert pair.region.region_id == "r2" and pair.chosen.candidate.text.strip()
+    assert describe(pair.chosen.candidate.text, pair.region, fmt, VOCAB).boxes == 1
