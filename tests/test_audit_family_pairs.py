@@ -479,3 +479,23 @@ def test_no_pair_has_an_empty_chosen_answer(minilm, name):
     (pair,) = pairs
     assert pair.region.region_id == "r2" and pair.chosen.candidate.text.strip()
     assert describe(pair.chosen.candidate.text, pair.region, fmt, VOCAB).boxes == 1
+
+
+@pytest.mark.parametrize("name", ("glm4v", "qwen2_vl"))
+def test_a_bare_box_after_words_naming_a_not_exhaustive_category_stays_neutral(minilm, name):
+    """A right box on an object LVIS did not label is kept as written and left out of S_loc; for a bare box the
+    category is named by the words before it (GLM's syntax), which the check did not read."""
+    from spr_plugin.scoring.scorer import CandidateScorer
+    from spr_plugin.scoring.stage import score_refine_pair
+    from spr_plugin.settings import PairingConfig, ScoringConfig
+
+    fmt = _fmt(name)
+    region = Region("r", 1, "/nonexistent.jpg", W, H, REGION.box, OBJS, 1, in_image=IN_IMAGE, not_exhaustive=("dog",))
+    scorer = CandidateScorer(ScoringConfig(box_format=name), minilm, fmt, vocabulary=VOCAB)
+    good = ", ".join(fmt.render(o.category, o.box, W, H) for o in OBJS)
+    text = f"The region shows {good} and a dog {fmt.render_box(FAR, W, H)}."
+    (scored,) = scorer.score([(region, Candidate("r", "t", 0, text))])
+    assert scored.localization.n_neutral == 1 and scored.localization.n_pred == 3
+    cands = [Candidate("r", "t", 0, text), Candidate("r", "t", 1, "Some shapes.")]
+    (pair,), _ = score_refine_pair([region], cands, scorer, PairingConfig(min_margin=0.0), progress=False)
+    assert f"a dog {fmt.render_box(FAR, W, H)}" in pair.chosen.candidate.text  # kept as written

@@ -195,7 +195,7 @@ class CandidateScorer:
             if cfg.label_match == "on":
                 allowed = np.concatenate([agree[:, boxed], agree_all[:, n_phrases:]], axis=1)
             loc = localization_with_detections(gt, parse.boxes, [b for _, b in extra], cfg, allowed)
-            neutral = neutral_boxes(region, parse, boxed, loc, agree_ignored[:, boxed], cfg)
+            neutral = neutral_boxes(region, parse, boxed, loc, agree_ignored[:, boxed], cfg, labels)
             if neutral:
                 loc = _without(gt, parse.boxes, [b for _, b in extra], neutral, cfg, allowed)
             matches = phrase_matches(gt, parse, agree if cfg.label_match == "on" else None, cfg.iou_threshold)
@@ -228,7 +228,13 @@ class CandidateScorer:
 
 
 def neutral_boxes(
-    region: Region, parse: ParseResult, boxed: Sequence[int], loc, agree_ignored: np.ndarray, cfg: ScoringConfig
+    region: Region,
+    parse: ParseResult,
+    boxed: Sequence[int],
+    loc,
+    agree_ignored: np.ndarray,
+    cfg: ScoringConfig,
+    labels: Sequence[str] = (),
 ) -> list[int]:
     """Indices (into ``parse.boxes``) of unmatched boxes the annotations cannot judge.
 
@@ -239,6 +245,8 @@ def neutral_boxes(
     area, :func:`~spr_plugin.scoring.localization.crowd_iou_matrix`; IoU otherwise; and its phrase names that
     object's category or it is a bare box). Such boxes are left out of S_loc altogether: a right box on an
     object LVIS did not label must not count against the description, and it cannot count for it either.
+    ``labels`` are the phrases' labels as the text reads them (default: their own), so a bare box after "a cat" names
+    a cat.
     """
     from spr_plugin.scoring.labels import names_agree, normalize_label
 
@@ -253,7 +261,7 @@ def neutral_boxes(
     ignored_iou = ignored_overlap(region.ignored, parse.boxes) if region.ignored else None
     out = []
     for j in unmatched:
-        label = normalize_label(parse.phrases[boxed[j]].label)
+        label = normalize_label(labels[boxed[j]] if labels else parse.phrases[boxed[j]].label)  # as the text reads it
         if absent and label and names_agree(label, absent):
             continue
         if excused and label and names_agree(label, excused):
