@@ -267,6 +267,11 @@ def show_pairs(config: ShowConfig) -> ShowResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     vocabulary = Vocabulary.of_regions(p.region for p in pairs)
+    from spr_plugin.llamafactory.recipe_check import recorded_vocabulary
+
+    recorded = recorded_vocabulary(config.pairs_file())  # the names that judged the pairs: the same counts as the summary
+    if recorded is not None:
+        vocabulary = vocabulary.union(Vocabulary.of(recorded))
     pngs, sections = [], []
     for i, pair in enumerate(pairs):
         png = out / f"pair_{i:03d}.png"

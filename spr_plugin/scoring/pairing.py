@@ -1,7 +1,9 @@
 """Pair construction: the best-scored refined description against the lowest-scored initial one.
 
 A pair is skipped, with a reason that ends up in the run summary, when it would teach nothing:
-fewer than two candidates, chosen text equal to rejected text, or a score margin below ``min_margin``.
+fewer than two candidates, no refined text left with anything in it (refinement removed all that every candidate
+said: an empty chosen answer would teach the model to answer nothing), chosen text equal to rejected text, or a
+score margin below ``min_margin``. An empty refined text is never chosen while another one says something.
 Length statistics are reported because SPR's chosen side tends to be the longer, more detailed text
 and DPO readily learns length instead of localization (RLAIF-V balances lengths for that reason).
 """
@@ -16,6 +18,7 @@ from spr_plugin.settings import PairingConfig
 
 SKIP_TOO_FEW = "too_few_candidates"
 SKIP_IDENTICAL = "identical_texts"
+SKIP_EMPTY = "nothing_left_to_choose"
 SKIP_LOW_MARGIN = "low_margin"
 
 
@@ -30,6 +33,8 @@ def select_pair(
     if len(initial) < 2 or not refined:
         return SKIP_TOO_FEW
     chosen, rejected = pick(initial, refined)
+    if not refined[chosen].candidate.text.strip():
+        return SKIP_EMPTY
     if _norm(refined[chosen].candidate.text) == _norm(initial[rejected].candidate.text):
         return SKIP_IDENTICAL
     if refined[chosen].score - initial[rejected].score < config.min_margin:
@@ -38,8 +43,10 @@ def select_pair(
 
 
 def pick(initial: Sequence[ScoredCandidate], refined: Sequence[ScoredCandidate]) -> tuple[int, int]:
-    """Indices of the best refined and the worst initial candidate; ties go to the earlier one (reproducible)."""
-    chosen = max(range(len(refined)), key=lambda i: (refined[i].score, -i))
+    """Indices of the best refined and the worst initial candidate; ties go to the earlier one (reproducible). A refined
+    text that is empty (refinement removed all it said) is chosen only when every one is."""
+    said = [i for i in range(len(refined)) if refined[i].candidate.text.strip()] or range(len(refined))
+    chosen = max(said, key=lambda i: (refined[i].score, -i))
     rejected = min(range(len(initial)), key=lambda i: (initial[i].score, i))
     return chosen, rejected
 
