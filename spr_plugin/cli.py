@@ -85,7 +85,7 @@ def _add_scoring_args(p: argparse.ArgumentParser, box_format: bool = True) -> No
     add_flags(g, ScoringConfig, only=("semantic", "clip_model", "clip_long_text", "grounder", "grounder_box_threshold"))
     add_flags(g, ScoringConfig, only=("grounder_phrases", "label_match", "label_threshold", "score_norm"))
     add_flags(g, ScoringConfig, only=("hallucination_penalty",))
-    add_flags(g, PairingConfig, only=("refine_policy",))
+    add_flags(g, PairingConfig, only=("refine_policy", "require_region_object"))
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:

@@ -402,6 +402,15 @@ class PairingConfig:
         choices=REFINE_POLICIES,
     )
 
+    #: A chosen answer must name (tagged or in plain words) or box at least one object of the region; a region whose
+    #: refined texts all fail it has no pair (``chosen_names_no_region_object``). Without it, a weak model's best
+    #: sample could be stray words or coordinate debris (the effect study v3 found 26% of its first pairs so).
+    require_region_object: bool = setting(
+        True,
+        "allow a chosen answer that names and boxes no object of the region (default: such regions have no pair)",
+        flag="--no-require-region-object",
+    )
+
     def __post_init__(self) -> None:
         check_numbers(self)
         if self.min_margin < 0:

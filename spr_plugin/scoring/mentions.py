@@ -307,6 +307,14 @@ _DEBRIS_RE = re.compile(
     r'|\[?\s*+\{\s*+"[A-Za-z_0-9]++"\s*+:[^{}]*+$'
     r'|"(?:bbox_2d|point_2d|bbox|label)"\s*+:?'
 )
+#: Number debris no prose writes, whatever stands around it: half a coordinate pair (``8,)``, ``green9,425)``), brackets
+#: of nothing but a comma and numbers (``(,27)``, ``()``), a pair separator (``),(``), digits glued to a word
+#: (``green6225``: four or more, so ``A380`` stays), runs of seven digits or more (coordinates run together) and a
+#: pair cut off where the text (or the gap before a unit) ends (``(582``).
+_NOT_PROSE_RE = re.compile(
+    r"(?<=[^\W\d_])\d{4,}+|\d{7,}+|\d++\s*+,\s*+\d*+\s*+\)|,\s*+\d++\s*+\)|\(\s*+(?:\d++\s*+)?,[\d\s,]*+\)|\(\s*+\)"
+    r"|\)\s*+,\s*+\(|\(\s*+\d++(?:\s*+,\s*+\d*+)?\s*+$"
+)
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CHUNK_RE = re.compile(r"[-\d.,]*\d[-\d.,]*")
 
@@ -340,15 +348,18 @@ def find_debris(text: str, parse: ParseResult, stray: re.Pattern[str] | None = N
         for m in _DEBRIS_RE.finditer(text, start, end):
             if not m.group()[:1].isdigit() and m.group()[:1] not in ",-" or _is_debris(m.group()):
                 found.add((m.start(), m.end()))
+        found.update((m.start(), m.end()) for m in _NOT_PROSE_RE.finditer(text, start, end))
         out += _outermost(found)
     return sorted(out)
 
 
 def _outermost(spans: set[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``spans`` without those lying inside another one (a marker counted by both patterns counts once)."""
+    """``spans`` without those lying inside another one (a marker counted by both patterns counts once); spans that
+    overlap (``8,819),(785``: a half pair and a separator) become one piece, so removing them never cuts twice."""
     out: list[tuple[int, int]] = []
     for s in sorted(spans, key=lambda x: (x[0], -x[1])):
-        if out and s[1] <= out[-1][1]:
+        if out and s[0] < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], s[1]))
             continue
         out.append(s)
     return out

@@ -28,7 +28,7 @@ from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import profile_of
 from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.localization import iou_matrix
-from spr_plugin.scoring.mentions import IMAGE, UNJUDGED, TextFacts, Vocabulary, measure
+from spr_plugin.scoring.mentions import IMAGE, REGION, UNJUDGED, TextFacts, Vocabulary, measure
 from spr_plugin.scoring.pairing import length_stats, pick, select_pair
 from spr_plugin.scoring.refine import RefineResult, refine
 from spr_plugin.scoring.scorer import Assessment, CandidateScorer, mix_scores
@@ -221,14 +221,22 @@ def _pair_region(
     pool = [a.scored for a in initial] + ([a.scored for a in refined] if separate else [])
     mixed = mix_scores(pool, cfg.lam, cfg.score_norm)
     init_scores, ref_scores = mixed[:k], (mixed[k:] if separate else mixed[:k])
-    picked = select_pair(init_scores, ref_scores, pairing)
+    names_region = [names_region_object(a) for a in (refined if separate else initial)]
+    picked = select_pair(init_scores, ref_scores, pairing, names_region)
     if isinstance(picked, str):
         return picked
     c, r = picked
     semantic_only = mix_scores(pool, 1.0, cfg.score_norm)
-    decided = pick(semantic_only[:k], semantic_only[k:] if separate else semantic_only[:k]) != (c, r)
+    eligible = names_region if pairing.require_region_object else None
+    decided = pick(semantic_only[:k], semantic_only[k:] if separate else semantic_only[:k], eligible) != (c, r)
     pair = PreferencePair(region, ref_scores[c], init_scores[r])
     return pair, _PairEvidence(refined[c], initial[r], decided)
+
+
+def names_region_object(a: Assessment) -> bool:
+    """Whether a text says something true about its region: a box matched to one of the region's objects, or a
+    mention (tagged or in plain words) of a region object's category, read with the statistics' measurement."""
+    return bool(a.scored.localization.matches) or _facts(a).count(REGION) > 0
 
 
 def _labelled_box_agreement(a: Assessment, threshold: float) -> tuple[int, int]:
