@@ -176,6 +176,83 @@ def symlinked_file_record(tmp: Path) -> None:
     assert outside.read_bytes() == PRECIOUS
 
 
+def symlinked_dataset_info(overwrite: bool):
+    """A ``dataset_info.json`` that is a symlink (to a file shared by other data folders, or anything else): its
+    target is the user's; spr refuses before the first write instead of writing through it."""
+
+    def run(tmp: Path) -> None:
+        pairs, data, _ = scene(tmp)
+        outside = tmp / "elsewhere" / "dataset_info.json"
+        outside.parent.mkdir()
+        outside.write_bytes(b'{"users": {"file_name": "u.json"}}')
+        data.mkdir()
+        (data / "dataset_info.json").symlink_to(outside)
+        one_line(export(pairs, data, *(["--overwrite"] if overwrite else [])), "dataset_info.json", "symlink")
+        assert outside.read_bytes() == b'{"users": {"file_name": "u.json"}}' and (data / "dataset_info.json").is_symlink()
+        assert not (data / f"{NAME}.jsonl").exists() and not (data / NAME).exists()
+
+    return run
+
+
+def users_dataset_info_text_kept(tmp: Path) -> None:
+    """The user's ``dataset_info.json`` (their own entries, their formatting, a repeated key, a NaN their LLaMA-Factory
+    reads) keeps its bytes; spr's entries are inserted, and replaced in place by ``--overwrite``."""
+    pairs, data, root = scene(tmp)
+    data.mkdir()
+    users = '{"mine": {"file_name": "m.json", "x": NaN}, "mine": {"file_name": "m2.json"}}'
+    (data / "dataset_info.json").write_text(users)
+    ok(export(pairs, data))
+    first = (data / "dataset_info.json").read_text()
+    assert first.startswith(users[:-1] + ", ") and NAME in json.loads(first), first
+    other = pairs_file(tmp, [pair("9_0", 9, picture(root / "other.png", (1, 2, 3)), root)], "other.jsonl")
+    ok(export(other, data, "--overwrite"))
+    assert (data / "dataset_info.json").read_text() == first  # the same entries: not even rewritten
+
+
+def forged_file_record(tmp: Path) -> None:
+    """A ``<name>.spr-files.json`` (received with the folder, or forged) listing the user's own picture and companion
+    file with their exact sizes and SHA-256s: ``--overwrite`` neither replaces nor removes them."""
+    from spr_plugin.core.owned import Stamp
+
+    pairs, data, _ = scene(tmp)
+    mine = picture(data / NAME / "images" / "holiday.png", (5, 6, 7))
+    (data / f"{NAME}.pairs.jsonl").write_bytes(PRECIOUS)
+    claims = {rel: Stamp.of_file(data / rel).to_dict() for rel in (f"{NAME}/images/holiday.png", f"{NAME}.pairs.jsonl")}
+    for key in ("files", "pending"):
+        record = {"spr_files": 1, "complete": key == "files", "files": {}, "pending": {}, key: claims}
+        (data / f"{NAME}.spr-files.json").write_text(json.dumps(record))
+        one_line(export(pairs, data, "--overwrite"), "spr did not write it", f"{NAME}.pairs.jsonl")
+        assert (data / f"{NAME}.pairs.jsonl").read_bytes() == PRECIOUS and mine.is_file()
+    (data / f"{NAME}.pairs.jsonl").unlink()  # the user moves their companion away: the export runs, their picture stays
+    ok(export(pairs, data, "--overwrite"))
+    assert mine.is_file() and len(records(data)) == 3
+
+
+def fifo_where_a_file_is_read(rel: str):
+    """A FIFO where the export reads a file (its record, ``dataset_info.json``): one line, never a read that blocks."""
+
+    def run(tmp: Path) -> None:
+        pairs, data, _ = scene(tmp)
+        data.mkdir()
+        os.mkfifo(data / rel)
+        one_line(export(pairs, data, "--overwrite"), "not a regular file")
+        assert not (data / f"{NAME}.jsonl").exists()
+
+    return run
+
+
+def hard_linked_images_overwritten(tmp: Path) -> None:
+    """``--image-mode link`` hard-links the user's photos into the dataset; ``--overwrite`` with fewer pairs removes
+    only the dataset's stale links, never the user's photos (nor their content)."""
+    pairs, data, root = scene(tmp)
+    before = tree(root)
+    ok(export(pairs, data, "--image-mode", "link"))
+    assert all(p.stat().st_nlink == 2 for p in root.iterdir())
+    one = pairs_file(tmp, [pair("0_0", 0, root / "img0.png", root)], "one.jsonl")
+    ok(export(one, data, "--image-mode", "link", "--overwrite"))
+    assert tree(root) == before and len(list((data / NAME / "images").iterdir())) == 1
+
+
 # ---------------------------------------------------------------- files of the user's in the dataset dir
 
 
@@ -371,6 +448,13 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "symlinked export lock file", symlinked_lock_file(f".{NAME}.export.lock")),
     HostileCase(CLS, "symlinked dataset_info lock file", symlinked_lock_file(".dataset_info.json.lock")),
     HostileCase(CLS, "symlinked file record", symlinked_file_record),
+    HostileCase(CLS, "symlinked dataset_info.json", symlinked_dataset_info(False)),
+    HostileCase(CLS, "symlinked dataset_info.json, --overwrite", symlinked_dataset_info(True)),
+    HostileCase(CLS, "user's dataset_info.json text kept", users_dataset_info_text_kept),
+    HostileCase(CLS, "file record forged to claim the user's files, --overwrite", forged_file_record),
+    HostileCase(CLS, "FIFO as the file record", fifo_where_a_file_is_read(f"{NAME}.spr-files.json")),
+    HostileCase(CLS, "FIFO as dataset_info.json", fifo_where_a_file_is_read("dataset_info.json")),
+    HostileCase(CLS, "hard-linked images (--image-mode link), --overwrite", hard_linked_images_overwritten),
     HostileCase(CLS, "user's files in <name>/images, --overwrite", users_image_survives_overwrite),
     HostileCase(CLS, "--overwrite with fewer pairs removes only stale spr files", overwrite_removes_only_stale_spr_files),
     HostileCase(CLS, "copied image changed by the user, --overwrite", changed_spr_image_is_not_replaced),

@@ -38,7 +38,7 @@ from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.images import check_image_cached, content_file_name, copy_verified, region_image
 from spr_plugin.core.jsonl import dumps
-from spr_plugin.core.owned import OwnedFiles, Stamp, file_matches, is_temp_name, stamp_of, write_bytes
+from spr_plugin.core.owned import OwnedFiles, Stamp, file_is_ours, file_matches, is_temp_name, stamp_of, write_bytes
 from spr_plugin.core.paths import ImageRoots, check_write_path, image_roots, make_real_dirs
 from spr_plugin.core.preflight import check_dataset_name
 from spr_plugin.core.records import PreferencePair
@@ -59,6 +59,8 @@ from spr_plugin.llamafactory.registry import (
 IMAGE_MODES = ("copy", "link", "absolute")
 #: The record of the files an export of ``<name>`` wrote (:class:`spr_plugin.core.owned.OwnedFiles`).
 RECORD_SUFFIX = ".spr-files.json"
+#: The record is saved after this many copied images (and after the last): a killed export forgets at most these.
+RECORD_EVERY = 200
 #: How many skipped pairs a summary names (all are counted).
 SKIP_EXAMPLES = 5
 
@@ -287,8 +289,8 @@ def _remove_leftovers(dataset_dir: Path, name: str) -> None:
 
 
 def _remove_stale(dataset_dir: Path, record: OwnedFiles, keep: set[str]) -> int:
-    """Files an earlier export of the name wrote that this one does not: removed while their content is spr's;
-    a file the user changed since is kept (and no longer spr's)."""
+    """Files an earlier export of the name wrote that this one does not: removed while they are spr's (identity and
+    content as recorded); a file the user changed since, or one the record merely names, is kept."""
     removed = 0
     for rel, stamp in list(record.files.items()):
         if rel in keep:
@@ -297,7 +299,7 @@ def _remove_stale(dataset_dir: Path, record: OwnedFiles, keep: set[str]) -> int:
             path = check_write_path(dataset_dir, rel, "stale file")
         except SPRError:
             continue  # a symlink now sits on the way: nothing is removed through it
-        if file_matches(path, stamp):
+        if file_is_ours(path, stamp):  # the very file spr wrote, unchanged: a forged record proves nothing
             path.unlink()
             removed += 1
     return removed
@@ -345,9 +347,12 @@ def export_dataset(
             dest = check_write_path(dataset_dir, rel, "image")
             if not file_matches(dest, stamp):  # a rerun keeps the copies it already made
                 copied += copy_verified(source, dest, link=config.image_mode == "link")
+                record.wrote(rel, stamp, save=copied % RECORD_EVERY == 0)  # its identity: spr's after an interruption
+        record.save()
         for rel, data in plan.texts.items():
             if not file_matches(dataset_dir / rel, stamps[rel]):
                 write_bytes(dataset_dir, rel, data, "output file")
+                record.wrote(rel, stamps[rel])
         stale = _remove_stale(dataset_dir, record, set(stamps) | set(later))
         info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
         record.finish(stamps, later)
