@@ -143,6 +143,69 @@ def symlink_escape(tmp: Path) -> None:
     _nothing_in(tmp / "data")
 
 
+def _private_meta(tmp: Path) -> Path:
+    """A ``<name>.spr.json`` outside every folder named on the command line (its template is a secret to leak)."""
+    private = tmp / "private"
+    private.mkdir()
+    meta = {"frame": {"image_max_pixels": 1024, "image_min_pixels": 32}, "template": "SECRET", "box_format": "qwen2_vl"}
+    (private / "x.spr.json").write_text(json.dumps(meta))
+    return private
+
+
+def check_recipe_outside(tmp: Path) -> None:
+    """``spr check-recipe``: a recipe's ``dataset_dir`` outside the working directory, a ``dataset`` name with ``..``,
+    and a ``<name>.spr.json`` linking out of ``--dataset-dir`` are refused, nothing of them read (quoted)."""
+    import os
+
+    private = _private_meta(tmp)
+    data = tmp / "work" / "data"
+    data.mkdir(parents=True)
+    (data / "y.spr.json").symlink_to(private / "x.spr.json")
+    head = "model_name_or_path: m\nstage: dpo\ntemplate: qwen2_vl\nimage_max_pixels: 1024\nimage_min_pixels: 32\n"
+    cwd = os.getcwd()
+    os.chdir(tmp / "work")
+    try:
+        cases = [
+            (f"dataset: x\ndataset_dir: {private}\n", [], "outside the working directory"),
+            ("dataset: x\ndataset_dir: ../private\n", [], "outside the working directory"),
+            ("dataset: ../../private/x\n", ["--dataset-dir", data], "points outside"),
+            ("dataset: y\n", ["--dataset-dir", data], "is a link to"),
+        ]
+        for i, (body, extra, fragment) in enumerate(cases):
+            recipe = tmp / "work" / f"r{i}.yaml"
+            recipe.write_text(head + body)
+            line = spr("check-recipe", recipe, *extra).one_line_error(fragment)
+            assert "SECRET" not in line, line
+        trusted = spr("check-recipe", tmp / "work" / "r0.yaml", "--dataset-dir", private)  # the user names it: read
+        assert "SECRET" in trusted.one_line_error("template mismatch")
+    finally:
+        os.chdir(cwd)
+
+
+def webui_outside(tmp: Path) -> None:
+    """``spr webui`` on a received data folder: an entry's ``file_name`` outside it (absolute, ``..``, a link out),
+    an entry name with ``..`` or a linked ``<name>.spr.json`` refuse before the workspace is made or LlamaBoard
+    starts (it would preview and train on the file)."""
+    private = _private_meta(tmp)
+    (private / "notes.jsonl").write_text("{}\n")
+    data = tmp / "data"
+    data.mkdir()
+    (data / "ok.jsonl").write_text("{}\n")
+    (data / "link.jsonl").symlink_to(private / "notes.jsonl")
+    (data / "y.spr.json").symlink_to(private / "x.spr.json")
+    cases = [
+        ({"a": {"file_name": str(private / "notes.jsonl")}}, "points outside"),
+        ({"a": {"file_name": "../private/notes.jsonl"}}, "points outside"),
+        ({"a": {"file_name": "link.jsonl"}}, "is a link to"),
+        ({"../private/x": {"file_name": "ok.jsonl"}}, "points outside"),
+        ({"y": {"file_name": "ok.jsonl"}}, "is a link to"),
+    ]
+    for info, fragment in cases:
+        (data / "dataset_info.json").write_text(json.dumps(info))
+        spr("webui", "--dataset-dir", data, "--workspace", tmp / "ws", "--port", "9").one_line_error(fragment)
+        assert not (tmp / "ws").exists()
+
+
 BAD_VALUES = {
     "infinite box": ("box", [0, 0, 1e999, 50]),
     "zero-size box": ("box", [10, 10, 10, 50]),
@@ -243,6 +306,8 @@ CASES = [
     HostileCase(CLS, "eval region: image outside", eval_region_outside),
     HostileCase(CLS, "export-hf: outside and symlink", export_hf_outside),
     HostileCase(CLS, "symlink escapes", symlink_escape),
+    HostileCase(CLS, "check-recipe: dataset_dir, names and links outside", check_recipe_outside),
+    HostileCase(CLS, "webui: entries and links outside the data folder", webui_outside),
     HostileCase(CLS, "hand-edited values", hand_edited_values),
     HostileCase(CLS, "Infinity never written", infinity_never_written),
     HostileCase(CLS, "--out is the input", out_is_input),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import ImageFrame
+from spr_plugin.core.paths import ImageRoots, contained_path
 from spr_plugin.llamafactory.recipe_check import read_meta
 from spr_plugin.llamafactory.registry import DATASET_INFO, read_dataset_info
 from spr_plugin.llamafactory.train import llamafactory_cli
@@ -45,6 +46,7 @@ def prepare_workspace(config: WebUIConfig) -> Path:
     info = read_dataset_info(dataset_dir)  # fails early on a malformed file, as LlamaBoard would silently list nothing
     if not info:
         raise SPRError(f"{dataset_dir / DATASET_INFO} holds no dataset entry")
+    check_entries_inside(dataset_dir, info)
     workspace = config.resolved_workspace()
     if workspace == dataset_dir:
         raise SPRError(f"the workspace must differ from the dataset folder ({dataset_dir}); pass another --workspace")
@@ -59,6 +61,25 @@ def prepare_workspace(config: WebUIConfig) -> Path:
     else:
         link.symlink_to(dataset_dir, target_is_directory=True)
     return workspace
+
+
+def check_entries_inside(dataset_dir: Path, info: dict) -> None:
+    """Every ``file_name`` the folder's ``dataset_info.json`` names lies inside the folder (symlinks resolved).
+
+    Why: the folder may come from elsewhere, and LlamaBoard reads an entry's file to preview it and train on it;
+    ``"file_name": "/home/me/notes.json"`` or a link out of the folder would show (or train on) a file the user never
+    named. Refused in one line before LlamaBoard starts.
+    """
+    roots = ImageRoots([dataset_dir], "--dataset-dir")
+    for name, entry in info.items():
+        if not isinstance(entry, dict) or "file_name" not in entry:
+            continue
+        path = contained_path(dataset_dir, str(entry["file_name"]), f"file_name of dataset {name!r:.80}")
+        if not roots.contains_real(path):
+            raise SPRError(
+                f"file_name of dataset {name!r:.80}: {path} is a link to {os.path.realpath(path)}, outside {dataset_dir}; "
+                "refusing to start LlamaBoard on it"
+            )
 
 
 def webui_env(config: WebUIConfig) -> dict[str, str]:
@@ -136,8 +157,9 @@ def stage_hint(info: dict) -> str:
 
 def run_webui(config: WebUIConfig) -> None:
     """Replace this process by LlamaBoard started in the workspace (Ctrl-C stops it)."""
+    frames = dataset_frames(config.dataset_dir)  # a malformed or escaping <name>.spr.json: refused before any write
     workspace = prepare_workspace(config)
-    frame, frame_line = board_frame(dataset_frames(config.dataset_dir))
+    frame, frame_line = board_frame(frames)
     print(
         f"LlamaBoard on http://{config.host}:{config.port} (workspace {workspace}; "
         f"Data dir 'data' -> {Path(config.dataset_dir).resolve()})\n"
