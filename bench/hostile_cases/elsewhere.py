@@ -206,6 +206,45 @@ def webui_outside(tmp: Path) -> None:
         assert not (tmp / "ws").exists()
 
 
+def odd_names(tmp: Path) -> None:
+    """Image names a received file can hold: URLs, ``~``, backslashes, NUL, a 300-byte name and a 5,000-byte one, in
+    a regions, pairs and REC file. Each is one line (before any model loads), names the file's value, and reads
+    nothing outside ``--images`` (a URL or ``~`` is a missing file under the root, never fetched or expanded)."""
+    root, _, region = sampled(tmp)
+    secret = _secret(tmp)
+    names = {
+        "file url": f"file://{secret}",
+        "http url": "http://127.0.0.1:9/secret.jpg",
+        "tilde": "~/secret.jpg",
+        "backslashes": "..\\outside\\secret.jpg",
+        "NUL": "ok.jpg\x00.png",
+        "300-byte name": f"{root}/{'y' * 300}.jpg",
+        "5000-byte name": "x" * 5000 + ".jpg",
+    }
+    for label, name in names.items():
+        bad = {**region, "image_path": name}
+        regions = write_jsonl(tmp / "odd.jsonl", [bad])
+        pairs = write_pairs(tmp / "odd_pairs.jsonl", [_pair(bad)])
+        rec = write_jsonl(tmp / "odd_rec.jsonl", [{"id": 1, "image": name, "expression": "a block", "box": [1, 1, 9, 9]}])
+        runs = {
+            "export": spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--images", root),
+            "export-grpo": spr("export-grpo", "--regions", regions, "--out", tmp / "g.parquet", "--images", root),
+            "show": spr("show", "--pairs", pairs, "--out", tmp / "view", "--images", root),
+            "eval rec": spr(
+                "eval", "rec", "--annotations", rec, "--model", tmp / "no-model", "--out", tmp / "e.json", "--images", root
+            ),
+        }
+        for command, res in runs.items():
+            try:
+                line = res.one_line_error()
+            except AssertionError as exc:
+                raise AssertionError(f"{label}, {command}: {exc}") from None
+            assert "no-model" not in line and len(line) < 1100, f"{label}, {command}: {line[:300]}"
+        assert not (tmp / "g.parquet").exists() and not (tmp / "e.json").exists()
+        _nothing_in(tmp / "data")
+        assert not list((tmp / "view").glob("*.png")) if (tmp / "view").exists() else True
+
+
 BAD_VALUES = {
     "infinite box": ("box", [0, 0, 1e999, 50]),
     "zero-size box": ("box", [10, 10, 10, 50]),
@@ -306,6 +345,7 @@ CASES = [
     HostileCase(CLS, "eval region: image outside", eval_region_outside),
     HostileCase(CLS, "export-hf: outside and symlink", export_hf_outside),
     HostileCase(CLS, "symlink escapes", symlink_escape),
+    HostileCase(CLS, "URLs, ~, backslashes, NUL, very long names", odd_names),
     HostileCase(CLS, "check-recipe: dataset_dir, names and links outside", check_recipe_outside),
     HostileCase(CLS, "webui: entries and links outside the data folder", webui_outside),
     HostileCase(CLS, "hand-edited values", hand_edited_values),
