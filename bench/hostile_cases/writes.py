@@ -253,6 +253,26 @@ def hard_linked_images_overwritten(tmp: Path) -> None:
     assert tree(root) == before and len(list((data / NAME / "images").iterdir())) == 1
 
 
+def show_out_folder_of_the_users(tmp: Path) -> None:
+    """``spr show --out`` into a folder holding the user's ``index.html`` (or a symlink named so, or their own
+    ``pair_000.png``): refused before anything is written, never replaced or written through; a second ``spr show``
+    into its own folder replaces its own files."""
+    pairs, _, root = scene(tmp)
+    outside = tmp / "keep.html"
+    outside.write_bytes(PRECIOUS)
+    view = tmp / "view"
+    view.mkdir()
+    show = ("show", "--pairs", pairs, "--out", view, "--images", root)
+    for name, make in (("index.html", lambda p: p.symlink_to(outside)), ("pair_000.png", lambda p: p.write_bytes(PRECIOUS))):
+        make(view / name)
+        assert "symlink" in one_line(spr(*show), name) or name != "index.html"
+        assert outside.read_bytes() == PRECIOUS and tree(view) == ({"pair_000.png": PRECIOUS} if name != "index.html" else {})
+        (view / name).unlink()
+    ok(spr(*show))
+    ok(spr(*show))
+    assert outside.read_bytes() == PRECIOUS and (view / "index.html").read_bytes().startswith(b"<!doctype html>")
+
+
 # ---------------------------------------------------------------- files of the user's in the dataset dir
 
 
@@ -455,6 +475,7 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "FIFO as the file record", fifo_where_a_file_is_read(f"{NAME}.spr-files.json")),
     HostileCase(CLS, "FIFO as dataset_info.json", fifo_where_a_file_is_read("dataset_info.json")),
     HostileCase(CLS, "hard-linked images (--image-mode link), --overwrite", hard_linked_images_overwritten),
+    HostileCase(CLS, "spr show --out holding the user's files or a symlink", show_out_folder_of_the_users),
     HostileCase(CLS, "user's files in <name>/images, --overwrite", users_image_survives_overwrite),
     HostileCase(CLS, "--overwrite with fewer pairs removes only stale spr files", overwrite_removes_only_stale_spr_files),
     HostileCase(CLS, "copied image changed by the user, --overwrite", changed_spr_image_is_not_replaced),

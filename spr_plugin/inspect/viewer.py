@@ -14,7 +14,9 @@ embedding them with the full texts.
 from __future__ import annotations
 
 import html
+import io
 import itertools
+import os
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +27,8 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import region_image, require_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
-from spr_plugin.core.paths import ImageRoots
+from spr_plugin.core.owned import OwnedFiles, write_bytes
+from spr_plugin.core.paths import ImageRoots, check_write_path, make_real_dirs
 from spr_plugin.core.records import Box, PreferencePair, Region, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -265,14 +268,23 @@ def show_pairs(config: ShowConfig) -> ShowResult:
     if not pairs:
         raise SPRError(f"{config.pairs_file()} holds no pairs")
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    vocabulary = Vocabulary.of_regions(p.region for p in pairs)
-    pngs, sections = [], []
-    for i, pair in enumerate(pairs):
-        png = out / f"pair_{i:03d}.png"
-        image = find_image(pair, config, rows[i][1])
+    images = []
+    for pair, copy in rows:  # every image checked before anything is written
+        image = find_image(pair, config, copy)
         require_image(image, f"image of region {pair.region.region_id}")  # a bomb or a non-image is one line
-        render_pair(pair, image, fmt, vocabulary).save(png)
+        images.append(image)
+    names = [f"pair_{i:03d}.png" for i in range(len(pairs))]
+    record = _check_view_files(out, [*names, "index.html"])
+    make_real_dirs(out, ".", "--out folder")
+    record.begin(dict.fromkeys([*names, "index.html"]))
+    vocabulary = Vocabulary.of_regions(p.region for p in pairs)
+    pngs, sections, written = [], [], {}
+    for i, (pair, image) in enumerate(zip(pairs, images)):
+        png = out / names[i]
+        buffer = io.BytesIO()
+        render_pair(pair, image, fmt, vocabulary).save(buffer, format="PNG")
+        written[names[i]] = write_bytes(out, names[i], buffer.getvalue(), "view file")
+        record.wrote(names[i], written[names[i]], save=False)
         pngs.append(png)
         sections.append(
             f"<section><h2>{i}: region {html.escape(pair.region.region_id)} (margin {pair.margin:.3f})</h2>"
@@ -290,7 +302,7 @@ def show_pairs(config: ShowConfig) -> ShowResult:
         f"{sum(f.boxes for f in chosen) / len(pairs):.2f} / {sum(f.boxes for f in rejected) / len(pairs):.2f}."
     )
     page = out / "index.html"
-    page.write_text(
+    text = (
         "<!doctype html><html><head><meta charset='utf-8'><title>SPR pairs</title><style>"
         "body{font-family:sans-serif;margin:1em}img{max-width:100%}.sides{display:flex;gap:1em}"
         ".side{flex:1}pre{white-space:pre-wrap;word-break:break-all;background:#f4f4f4;padding:.5em}"
@@ -298,7 +310,25 @@ def show_pairs(config: ShowConfig) -> ShowResult:
         f"<h1>SPR preference pairs ({len(pairs)} from {html.escape(str(config.pairs_file()))})</h1>"
         "<p>Green: boxes of the chosen description; red: the rejected one; yellow: the query region; "
         "grey: annotated objects (gtN). [k] numbers a description's parsed boxes in text order.</p>"
-        f"<p class='totals'>{html.escape(totals)}</p>" + "".join(sections) + "</body></html>\n",
-        encoding="utf-8",
+        f"<p class='totals'>{html.escape(totals)}</p>" + "".join(sections) + "</body></html>\n"
     )
+    written["index.html"] = write_bytes(out, "index.html", text.encode("utf-8"), "view file")
+    record.wrote("index.html", written["index.html"], save=False)
+    record.finish(written, {})
     return ShowResult(page, pngs, len(pairs))
+
+
+#: The record of the files ``spr show`` wrote in its ``--out`` folder (:class:`spr_plugin.core.owned.OwnedFiles`).
+VIEW_RECORD = ".spr-show.spr-files.json"
+
+
+def _check_view_files(out: Path, names: list[str]) -> OwnedFiles:
+    """The ``--out`` folder's record, once every file the view writes is known to be replaceable: absent, or the very
+    file an earlier ``spr show`` wrote there. A user's ``index.html`` (or a symlink: its target is the user's file) is
+    refused in one line before anything is written, never replaced or written through."""
+    record = OwnedFiles.load(out, VIEW_RECORD)
+    for name in names:
+        path = check_write_path(out, name, "view file")
+        if os.path.lexists(path) and not record.owns(name):
+            raise SPRError(f"{path} already exists and spr did not write it (or it changed since); choose another --out")
+    return record
