@@ -245,3 +245,16 @@ def test_a_build_records_its_card_and_refuses_a_symlinked_one_before_any_work(tm
     (data / NAME / "images" / "mine.jpg").write_bytes(PRECIOUS)
     assert run_spr(*cmd, "--overwrite").returncode == 0
     assert (data / NAME / "images" / "mine.jpg").read_bytes() == PRECIOUS
+
+
+def test_a_parquet_gets_the_mode_a_new_file_gets(tmp_path):
+    """``write_parquet`` (export-hf, export-grpo) renames a temp file into place: not with mkstemp's 0600."""
+    import stat
+
+    import datasets
+
+    from spr_plugin.core.paths import new_file_mode
+    from spr_plugin.inspect.hf_export import write_parquet
+
+    write_parquet(datasets.Dataset.from_list([{"a": 1}]), tmp_path / "x.parquet")
+    assert stat.S_IMODE((tmp_path / "x.parquet").stat().st_mode) == new_file_mode()

@@ -38,7 +38,7 @@ from spr_plugin.core.images import raw_frame_bytes, require_image
 from spr_plugin.core.jsonl import read_dataset_records
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.owned import new_temp
-from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.paths import ImageRoots, contained_path, new_file_mode
 from spr_plugin.core.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS, content_parts
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -119,6 +119,7 @@ def write_parquet(ds, path: Path) -> None:
     tmp = new_temp(path.parent)
     try:
         ds.to_parquet(str(tmp))
+        os.chmod(tmp, new_file_mode())  # not mkstemp's 0600: as readable as a file the user's tools write
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
