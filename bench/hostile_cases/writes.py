@@ -273,6 +273,36 @@ def show_out_folder_of_the_users(tmp: Path) -> None:
     assert outside.read_bytes() == PRECIOUS and (view / "index.html").read_bytes().startswith(b"<!doctype html>")
 
 
+def webui_workspace_link_of_the_users(tmp: Path) -> None:
+    """``spr webui --workspace`` whose ``data`` is the user's own link (a LLaMA-Factory checkout's ``data`` pointing at
+    their data): refused in one line, the link kept; a link spr made itself is re-pointed at the next dataset folder."""
+    from spr_plugin.llamafactory.webui import prepare_workspace
+    from spr_plugin.settings import WebUIConfig
+
+    folders = []
+    for name in ("data1", "data2"):
+        folder = tmp / name
+        folder.mkdir()
+        (folder / "a.jsonl").write_text("{}\n")
+        (folder / "dataset_info.json").write_text('{"a": {"file_name": "a.jsonl"}}')
+        folders.append(folder)
+    mine = tmp / "my_llamafactory_data"
+    mine.mkdir()
+    ws = tmp / "ws"
+    ws.mkdir()
+    (ws / "data").symlink_to(mine, target_is_directory=True)
+    one_line(spr("webui", "--dataset-dir", folders[0], "--workspace", ws, "--port", "9"), "spr did not make")
+    assert os.readlink(ws / "data") == str(mine)
+    ours = tmp / "ws2"
+    prepare_workspace(WebUIConfig(folders[0], workspace=ours))
+    prepare_workspace(WebUIConfig(folders[1], workspace=ours))  # its own link: re-pointed
+    assert (ours / "data").resolve() == folders[1].resolve()
+    (ours / "data").unlink()
+    (ours / "data").symlink_to(mine, target_is_directory=True)  # the user's now
+    one_line(spr("webui", "--dataset-dir", folders[0], "--workspace", ours, "--port", "9"), "spr did not make")
+    assert os.readlink(ours / "data") == str(mine)
+
+
 # ---------------------------------------------------------------- files of the user's in the dataset dir
 
 
@@ -476,6 +506,7 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "FIFO as dataset_info.json", fifo_where_a_file_is_read("dataset_info.json")),
     HostileCase(CLS, "hard-linked images (--image-mode link), --overwrite", hard_linked_images_overwritten),
     HostileCase(CLS, "spr show --out holding the user's files or a symlink", show_out_folder_of_the_users),
+    HostileCase(CLS, "spr webui --workspace whose data is the user's link", webui_workspace_link_of_the_users),
     HostileCase(CLS, "user's files in <name>/images, --overwrite", users_image_survives_overwrite),
     HostileCase(CLS, "--overwrite with fewer pairs removes only stale spr files", overwrite_removes_only_stale_spr_files),
     HostileCase(CLS, "copied image changed by the user, --overwrite", changed_spr_image_is_not_replaced),
