@@ -166,7 +166,10 @@ def test_overwrite_replaces_and_removes_only_what_spr_wrote(cli, pairs_file, tmp
     assert p.returncode == 0, p.stderr
     assert mine.read_bytes() == b"the user's own file" and users_tmp.exists() and not spr_tmp.exists()
     named = {json.loads(line)["images"][0] for line in (data / "ds.jsonl").read_text().splitlines()}
-    assert {f"ds/images/{f.name}" for f in folder.iterdir()} - {f"ds/images/{mine.name}", f"ds/images/{users_tmp.name}"} == named
+    left = {f"ds/images/{f.name}" for f in folder.iterdir()} - {f"ds/images/{mine.name}", f"ds/images/{users_tmp.name}"}
+    # the victim was written back by the user (spr's bytes, but no longer the file spr wrote): kept, not removed
+    rewritten = f"ds/images/{victim.name}"
+    assert left - {rewritten} == named - {rewritten} and rewritten in left
     assert len(named) == 1
 
 
