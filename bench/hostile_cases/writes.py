@@ -303,6 +303,31 @@ def webui_workspace_link_of_the_users(tmp: Path) -> None:
     assert os.readlink(ours / "data") == str(mine)
 
 
+def symlinked_outputs_of_other_commands(tmp: Path) -> None:
+    """Every other file spr writes atomically or appends to (``spr regions --out``, ``spr pair --out``, a manifest, a
+    summary) refuses a symlink in one line: writing its target would write a file spr did not write (a dangling link
+    would even create one wherever it points), and replacing it would remove the user's link."""
+    from hostile_cases._inputs import sampled, write_jsonl
+
+    (tmp / "s").mkdir()
+    _, regions, region = sampled(tmp / "s")
+    root = regions.parent / "images"
+    outside = tmp / "keep.jsonl"
+    outside.write_bytes(PRECIOUS)
+    cands = write_jsonl(tmp / "c.jsonl", [{"region_id": region["region_id"], "text": "a block", "sample_idx": 0}])
+    ann = regions.parent / "ann.json"
+    for target in (outside, tmp / "nowhere" / "x.jsonl"):
+        for out, argv in (
+            ("r.jsonl", ("regions", "--annotations", ann, "--images", root, "--k", "2")),
+            ("p.jsonl", ("pair", "--regions", regions, "--candidates", cands)),
+        ):
+            link = tmp / out
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+            one_line(spr(*argv, "--out", link), "symlink")
+            assert outside.read_bytes() == PRECIOUS and not (tmp / "nowhere").exists() and link.is_symlink()
+
+
 # ---------------------------------------------------------------- files of the user's in the dataset dir
 
 
@@ -506,6 +531,7 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "FIFO as dataset_info.json", fifo_where_a_file_is_read("dataset_info.json")),
     HostileCase(CLS, "hard-linked images (--image-mode link), --overwrite", hard_linked_images_overwritten),
     HostileCase(CLS, "spr show --out holding the user's files or a symlink", show_out_folder_of_the_users),
+    HostileCase(CLS, "symlinked --out of spr regions and spr pair (also dangling)", symlinked_outputs_of_other_commands),
     HostileCase(CLS, "spr webui --workspace whose data is the user's link", webui_workspace_link_of_the_users),
     HostileCase(CLS, "user's files in <name>/images, --overwrite", users_image_survives_overwrite),
     HostileCase(CLS, "--overwrite with fewer pairs removes only stale spr files", overwrite_removes_only_stale_spr_files),

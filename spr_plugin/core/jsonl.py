@@ -180,7 +180,7 @@ class JsonlAppender:
     """Appends records to a JSONL file, one flushed line each; repairs a torn last line on open."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = replace_target(path)  # appending through a symlink would write (and repair) the user's file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open("rb+") as f:
@@ -219,17 +219,23 @@ def _new_file_mode(target: Path) -> int:
 
 
 def replace_target(path: str | os.PathLike) -> Path:
-    """The file an atomic replace of ``path`` must write: the symlink's target if ``path`` is a symlink
-    (replacing the link itself would cut the user's shared file loose), else ``path``."""
+    """The file an atomic replace of ``path`` writes: ``path`` itself, which must not be a symlink. Writing the link's
+    target would write a file spr did not write (anywhere the link points: a dangling link would even create it), and
+    replacing the link by a file would remove the user's link: either is refused in one line, nothing changed."""
     path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    if path.is_symlink():
+        raise SPRError(
+            f"{path} is a symlink (to {os.path.realpath(path)}); spr never writes through a symlink nor replaces one: "
+            "write to another path or remove the link"
+        )
+    return path
 
 
 @contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """A temp file next to ``path`` that replaces it on success: readers see the old or the new file,
     never a half-written one, and a crash or a full disk leaves only the old one (the temp file is removed).
-    The replacement keeps the old file's mode and, for a symlink, writes its target."""
+    The replacement keeps the old file's mode; a symlink at ``path`` is refused (:func:`replace_target`)."""
     target = replace_target(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     file_mode = _new_file_mode(target)
