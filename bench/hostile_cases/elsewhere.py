@@ -112,7 +112,8 @@ def eval_region_outside(tmp: Path) -> None:
 
 def export_hf_outside(tmp: Path) -> None:
     """``spr export-hf`` on a received dataset folder: an absolute path outside, or a symlink inside the folder
-    that leads out of it, is refused (the parquet would carry the user's picture)."""
+    that leads out of it, is refused (the parquet would carry the user's picture); so is a data file that is a link
+    out of the folder (it would carry the user's texts)."""
     secret = _secret(tmp)
     data = tmp / "data"
     (data / "images").mkdir(parents=True)
@@ -126,6 +127,12 @@ def export_hf_outside(tmp: Path) -> None:
         write_jsonl(data / "d.jsonl", [{**record, "images": [image]}])
         argv = ["export-hf", "--dataset-dir", data, "--name", "d", "--out", tmp / "hf", "--box-format", "qwen2_vl"]
         spr(*argv, "--image-max-pixels", "589824", "--image-min-pixels", "1024").one_line_error(fragment)
+    assert not (tmp / "hf" / "d.parquet").exists()
+    private = write_jsonl(tmp / "private.jsonl", [{**record, "chosen": {"from": "gpt", "value": "my diary"}, "images": []}])
+    (data / "d.jsonl").unlink()
+    (data / "d.jsonl").symlink_to(private)  # the data file itself a link out: its texts would be published
+    argv = ["export-hf", "--dataset-dir", data, "--name", "d", "--out", tmp / "hf", "--box-format", "qwen2_vl"]
+    spr(*argv, "--image-max-pixels", "589824", "--image-min-pixels", "1024").one_line_error("is a link to")
     assert not (tmp / "hf" / "d.parquet").exists()
 
 

@@ -226,6 +226,11 @@ def export_hf(
     ):
         raise SPRError(f"dataset {name!r} is not a local ShareGPT ranking dataset; only those can be exported")
     data_file = contained_path(dataset_dir, str(entry["file_name"]), f"dataset {name!r} file_name")
+    if not ImageRoots([dataset_dir], "--dataset-dir").contains_real(data_file):  # a link out: its texts would be exported
+        raise SPRError(
+            f"dataset {name!r} file_name {data_file} is a link to {os.path.realpath(data_file)}, outside {dataset_dir}; "
+            "refusing to read it"
+        )
     records = _read_records(data_file)
     if not records:
         raise SPRError(f"{data_file} holds no records")
