@@ -250,7 +250,7 @@ def check_can_export(config: ExportConfig) -> OwnedFiles:
     """Raise before any work if the export would be refused (name registered differently, a dataset of the name
     exists, a file of the user's or a symlink where the export writes); returns the name's file record."""
     dataset_dir = Path(config.dataset_dir)
-    check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite)
+    check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite, same_file_only=True)
     for lock in (f".{config.name}.export.lock", f".{DATASET_INFO}.lock"):  # opening a lock file truncates it
         check_write_path(dataset_dir, lock, "lock file")
     if config.image_mode != "absolute":
@@ -354,7 +354,7 @@ def export_dataset(
                 write_bytes(dataset_dir, rel, data, "output file")
                 record.wrote(rel, stamps[rel])
         stale = _remove_stale(dataset_dir, record, set(stamps) | set(later))
-        info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
+        info = register_datasets(dataset_dir, entries, overwrite=config.overwrite, same_file_only=True)
         record.finish(stamps, later)
     return ExportResult(
         dataset_dir / f"{config.name}.jsonl",

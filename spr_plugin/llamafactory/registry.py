@@ -98,9 +98,23 @@ def _check_file_name(dataset_dir: str | os.PathLike, name: str, entry: dict[str,
             check_record_media(dataset_dir, data_file, entry.get("columns", {}))
 
 
-def _clash(info: dict[str, Any], entries: dict[str, dict[str, Any]], overwrite: bool, path: Path) -> None:
+def _clash(
+    info: dict[str, Any], entries: dict[str, dict[str, Any]], overwrite: bool, path: Path, same_file_only: bool = False
+) -> None:
+    """Refuse a name registered with another entry, unless ``overwrite``. ``same_file_only`` (an export): only an entry
+    naming the very data file the export writes (and owns) can be replaced; an entry of the user's under that name
+    for another file is theirs, and is never replaced, not even with ``overwrite``."""
     for name, entry in entries.items():
-        if name in info and info[name] != entry and not overwrite:
+        if name not in info or info[name] == entry:
+            continue
+        old = info[name]
+        if same_file_only and not (isinstance(old, dict) and old.get("file_name") == entry.get("file_name")):
+            shown = old.get("file_name") if isinstance(old, dict) else old
+            raise SPRError(
+                f"dataset {name!r} is already registered in {path} for {shown!r:.80}, not for spr's {entry.get('file_name')}; "
+                "spr never replaces an entry it did not write (not even with --overwrite): choose another --name"
+            )
+        if not overwrite:
             raise SPRError(
                 f"dataset {name!r} is already registered in {path} with a different entry; "
                 "choose another --name or pass --overwrite"
@@ -108,13 +122,13 @@ def _clash(info: dict[str, Any], entries: dict[str, dict[str, Any]], overwrite: 
 
 
 def check_can_register_entries(
-    dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False
+    dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False, same_file_only: bool = False
 ) -> None:
     """Raise before any data is written if registering ``entries`` would fail, so a refused run changes nothing."""
     for name, entry in entries.items():
         _check_file_name(dataset_dir, name, entry, scan_media=False)
     check_info_path(dataset_dir)
-    _clash(read_dataset_info(dataset_dir), entries, overwrite, Path(dataset_dir) / DATASET_INFO)
+    _clash(read_dataset_info(dataset_dir), entries, overwrite, Path(dataset_dir) / DATASET_INFO, same_file_only)
 
 
 def check_info_path(dataset_dir: str | os.PathLike) -> Path:
@@ -205,7 +219,9 @@ def merge_entries_text(text: str, entries: dict[str, dict[str, Any]]) -> str:
     return text
 
 
-def register_datasets(dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False) -> Path:
+def register_datasets(
+    dataset_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], overwrite: bool = False, same_file_only: bool = False
+) -> Path:
     """Merge all ``entries`` into ``<dataset_dir>/dataset_info.json`` in one locked, atomic step, keeping every
     other entry byte for byte (:func:`merge_entries_text`); if any name clashes, none is written."""
     for name, entry in entries.items():
@@ -218,7 +234,7 @@ def register_datasets(dataset_dir: str | os.PathLike, entries: dict[str, dict[st
         info = read_dataset_info(directory)
         if all(info.get(name) == entry for name, entry in entries.items()):
             return path
-        _clash(info, entries, overwrite, path)
+        _clash(info, entries, overwrite, path, same_file_only)
         if path.exists():
             old = path.read_bytes().decode("utf-8")
             try:
