@@ -346,8 +346,9 @@ def export_dataset(
         for rel, (source, stamp) in bar:
             dest = check_write_path(dataset_dir, rel, "image")
             if not file_matches(dest, stamp):  # a rerun keeps the copies it already made
-                copied += copy_verified(source, dest, link=config.image_mode == "link")
-                record.wrote(rel, stamp, save=copied % RECORD_EVERY == 0)  # its identity: spr's after an interruption
+                if copy_verified(source, dest, link=config.image_mode == "link"):
+                    copied += 1
+                    record.wrote(rel, stamp, save=copied % RECORD_EVERY == 0)  # its identity: spr's after an interruption
         record.save()
         for rel, data in plan.texts.items():
             if not file_matches(dataset_dir / rel, stamps[rel]):
