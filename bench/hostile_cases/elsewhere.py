@@ -101,6 +101,24 @@ def show_outside(tmp: Path) -> None:
     assert not list((tmp / "view").glob("*.png")) if (tmp / "view").exists() else True
 
 
+def show_copy_outside(tmp: Path) -> None:
+    """``spr show`` looks for an export's copy only where an export puts it (``<name>/images/`` beside
+    ``<name>.pairs.jsonl``): a received pairs file whose ``dataset_image`` names a picture beside it, or another
+    folder, renders nothing (no ``--images`` given)."""
+    _, _, region = sampled(tmp)
+    received = tmp / "downloads"
+    received.mkdir()
+    picture().save(received / "secret.jpg")
+    (received / "other" / "images").mkdir(parents=True)
+    picture().save(received / "other" / "images" / "secret.jpg")
+    gone = {**region, "image_path": str(tmp / "gone.jpg"), "image_root": ""}
+    cases = (("p.jsonl", "secret.jpg"), ("ds.pairs.jsonl", "secret.jpg"), ("ds.pairs.jsonl", "other/images/secret.jpg"))
+    for name, copy in cases:
+        pairs = write_pairs(received / name, [{**_pair(gone), "dataset_image": copy}])
+        spr("show", "--pairs", pairs, "--out", tmp / "view").one_line_error("no --images given")
+        assert not (tmp / "view").exists()
+
+
 def eval_region_outside(tmp: Path) -> None:
     """``spr eval region --regions`` refuses before loading the model."""
     root, evil, _ = _evil_region(tmp)
@@ -349,6 +367,7 @@ CASES = [
     HostileCase(CLS, "export: image outside", export_outside),
     HostileCase(CLS, "export-grpo: image outside", export_grpo_outside),
     HostileCase(CLS, "show: image outside", show_outside),
+    HostileCase(CLS, "show: a copy named beside a received pairs file", show_copy_outside),
     HostileCase(CLS, "eval region: image outside", eval_region_outside),
     HostileCase(CLS, "export-hf: outside and symlink", export_hf_outside),
     HostileCase(CLS, "symlink escapes", symlink_escape),

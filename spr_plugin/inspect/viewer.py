@@ -75,7 +75,7 @@ def find_image(pair: PreferencePair, config: ShowConfig, copy: str | None = None
         refused = exc
     folders = [Path(config.dataset_dir)] if config.dataset_dir else []
     folders.append(config.pairs_file().parent)
-    for folder in folders if isinstance(copy, str) and copy else []:
+    for folder in folders if _is_export_copy(copy, config.pairs_file()) else []:
         try:
             found = region_image(replace(region, image_path=copy), ImageRoots([folder], "the dataset folder"))
         except SPRError:
@@ -85,6 +85,17 @@ def find_image(pair: PreferencePair, config: ShowConfig, copy: str | None = None
     if refused is not None:
         raise refused
     raise SPRError(f"image of region {region.region_id} not found: {region.image_path} (nor an exported copy)")
+
+
+def _is_export_copy(copy: str | None, pairs_file: Path) -> bool:
+    """``copy`` is where an export of the pairs file's dataset places its images (``<name>/images/<file>`` next to
+    ``<name>.pairs.jsonl``): only there does the viewer look. Any other value (a pairs file from elsewhere naming
+    ``secret.jpg`` beside it) is not a copy, and nothing but ``--images`` names where originals are read."""
+    if not isinstance(copy, str) or not pairs_file.name.endswith(".pairs.jsonl"):
+        return False
+    name = pairs_file.name.removesuffix(".pairs.jsonl")
+    parts = copy.split("/")
+    return len(parts) == 3 and parts[0] == name and parts[1] == "images" and parts[2] not in ("", ".", "..")
 
 
 def _pair_and_copy(d: dict) -> tuple[PreferencePair, str | None]:
