@@ -243,7 +243,7 @@ def _check_replaceable(dataset_dir: Path, record: OwnedFiles, rel: str, overwrit
     if not path.exists() or file_matches(path, stamp) or record.owns(rel):
         return
     hint = "move it away or choose another --name" if overwrite else "choose another --name or move it away"
-    raise SPRError(f"{path} already exists and spr did not write it (or it changed since); {hint}")
+    raise SPRError(f"{path} already exists and spr did not write it (or it changed since, or was copied here); {hint}")
 
 
 def check_can_export(config: ExportConfig) -> OwnedFiles:
@@ -275,7 +275,8 @@ def _check_plan(plan: ExportPlan, config: ExportConfig, record: OwnedFiles) -> N
         path = check_write_path(dataset_dir, rel, "image")
         if path.exists() and not file_matches(path, stamp) and not record.owns(rel):
             raise SPRError(
-                f"{path} already exists (spr did not write it, or it changed since); move it away or choose another --name"
+                f"{path} already exists (spr did not write it, or it changed since, or was copied here); "
+                "move it away or choose another --name"
             )
 
 
