@@ -104,7 +104,7 @@ def show_outside(tmp: Path) -> None:
 def show_copy_outside(tmp: Path) -> None:
     """``spr show`` looks for an export's copy only where an export puts it (``<name>/images/`` beside
     ``<name>.pairs.jsonl``): a received pairs file whose ``dataset_image`` names a picture beside it, or another
-    folder, renders nothing (no ``--images`` given)."""
+    folder, renders nothing (no ``--images`` given); nor does a dataset folder whose ``<name>.pairs.jsonl`` links out."""
     _, _, region = sampled(tmp)
     received = tmp / "downloads"
     received.mkdir()
@@ -117,6 +117,11 @@ def show_copy_outside(tmp: Path) -> None:
         pairs = write_pairs(received / name, [{**_pair(gone), "dataset_image": copy}])
         spr("show", "--pairs", pairs, "--out", tmp / "view").one_line_error("no --images given")
         assert not (tmp / "view").exists()
+    data = tmp / "data"  # a dataset folder whose pairs file links out of it: its texts are not rendered
+    data.mkdir()
+    (data / "ds.pairs.jsonl").symlink_to(received / "ds.pairs.jsonl")
+    spr("show", "--dataset-dir", data, "--name", "ds", "--out", tmp / "view").one_line_error("is a link to")
+    assert not (tmp / "view").exists()
 
 
 def eval_region_outside(tmp: Path) -> None:

@@ -273,6 +273,11 @@ def _recorded_box_format(config: ShowConfig) -> BoxFormat:
 
 def show_pairs(config: ShowConfig) -> ShowResult:
     """Render the first ``config.n`` pairs of the pairs file into ``config.out``."""
+    if config.pairs is None and not ImageRoots([config.dataset_dir], "--dataset-dir").contains_real(config.pairs_file()):
+        raise SPRError(  # a received dataset folder whose pairs file links out: its texts would be rendered and shared
+            f"{config.pairs_file()} is a link to {os.path.realpath(config.pairs_file())}, outside --dataset-dir "
+            f"{config.dataset_dir}; refusing to read it"
+        )
     fmt = _recorded_box_format(config)
     rows = list(itertools.islice(read_jsonl(config.pairs_file(), _pair_and_copy, what="pair"), config.n))
     pairs = [pair for pair, _ in rows]
