@@ -42,7 +42,7 @@ def read_json(path: str | os.PathLike, what: str, *, strict: bool = True, hint: 
     """
     path = Path(path)
     if not path.is_file():
-        raise SPRError(f"{what} not found: {path}")
+        raise SPRError(_not_a_file(path, what))
     try:
         text = path.read_bytes().decode("utf-8")
         return loads_strict(text) if strict else json.loads(text)
@@ -56,6 +56,15 @@ def read_json(path: str | os.PathLike, what: str, *, strict: bool = True, hint: 
         raise SPRError(f"{path}: not valid JSON ({exc}){hint}") from None
     except OSError as exc:
         raise SPRError(f"{path}: cannot be read ({exc.strerror or exc}){hint}") from None
+
+
+def _not_a_file(path: Path, what: str) -> str:
+    """Why ``path`` cannot be read as a file: missing, or there but not a regular file (a folder, a FIFO that would
+    block the read, a device); said as it is, not as "not found"."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        kind = "a folder" if path.is_dir() else "a link to nothing" if not path.exists() else "a FIFO or device"
+        return f"{what} {path} is {kind}, not a regular file"
+    return f"{what} not found: {path}"
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:
@@ -111,7 +120,7 @@ def read_jsonl(
     """
     path = Path(path)
     if not path.is_file():
-        raise SPRError(f"{what} file not found: {path}")
+        raise SPRError(_not_a_file(path, f"{what} file"))
     try:
         data = path.read_bytes()
     except OSError as exc:
