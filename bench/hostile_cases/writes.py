@@ -328,6 +328,27 @@ def symlinked_outputs_of_other_commands(tmp: Path) -> None:
             assert outside.read_bytes() == PRECIOUS and not (tmp / "nowhere").exists() and link.is_symlink()
 
 
+def export_hf_over_the_users_parquet(tmp: Path) -> None:
+    """``spr export-hf --out`` where ``<name>.parquet`` is the user's (or a symlink): one line, never replaced; its own
+    parquet is replaced by a rerun."""
+    pairs, data, _ = scene(tmp)
+    ok(export(pairs, data))
+    hf = tmp / "hf"
+    hf.mkdir()
+    argv = ("export-hf", "--dataset-dir", data, "--name", NAME, "--out", hf)
+    (hf / f"{NAME}.parquet").write_bytes(PRECIOUS)
+    one_line(spr(*argv), "spr did not write it")
+    assert (hf / f"{NAME}.parquet").read_bytes() == PRECIOUS
+    (hf / f"{NAME}.parquet").unlink()
+    (hf / f"{NAME}.parquet").symlink_to(tmp / "keep.parquet")
+    one_line(spr(*argv), "symlink")
+    assert not (tmp / "keep.parquet").exists()
+    (hf / f"{NAME}.parquet").unlink()
+    ok(spr(*argv))
+    ok(spr(*argv))
+    assert (hf / f"{NAME}.parquet").read_bytes()[:4] == b"PAR1"
+
+
 # ---------------------------------------------------------------- files of the user's in the dataset dir
 
 
@@ -531,6 +552,7 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "FIFO as dataset_info.json", fifo_where_a_file_is_read("dataset_info.json")),
     HostileCase(CLS, "hard-linked images (--image-mode link), --overwrite", hard_linked_images_overwritten),
     HostileCase(CLS, "spr show --out holding the user's files or a symlink", show_out_folder_of_the_users),
+    HostileCase(CLS, "spr export-hf --out holding the user's parquet or a symlink", export_hf_over_the_users_parquet),
     HostileCase(CLS, "symlinked --out of spr regions and spr pair (also dangling)", symlinked_outputs_of_other_commands),
     HostileCase(CLS, "spr webui --workspace whose data is the user's link", webui_workspace_link_of_the_users),
     HostileCase(CLS, "user's files in <name>/images, --overwrite", users_image_survives_overwrite),
