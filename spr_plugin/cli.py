@@ -85,7 +85,7 @@ def _add_scoring_args(p: argparse.ArgumentParser, box_format: bool = True) -> No
     add_flags(g, ScoringConfig, only=("semantic", "clip_model", "clip_long_text", "grounder", "grounder_box_threshold"))
     add_flags(g, ScoringConfig, only=("grounder_phrases", "label_match", "label_threshold", "score_norm"))
     add_flags(g, ScoringConfig, only=("hallucination_penalty",))
-    add_flags(g, PairingConfig, only=("refine_policy",))
+    add_flags(g, PairingConfig, only=("refine_policy", "require_region_object"))
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -194,7 +194,12 @@ def cmd_pair(a: argparse.Namespace) -> int:
     forget_format(a.out)  # a crash between the two writes leaves no record rather than a stale one
     atomic_write_jsonl(a.out, [p.to_dict() for p in pairs])
     record_format(
-        a.out, "pairs", scoring.box_format, frame.to_dict(), candidates_record=sources[0][0] if sources else "none (command line)"
+        a.out,
+        "pairs",
+        scoring.box_format,
+        frame.to_dict(),
+        candidates_record=sources[0][0] if sources else "none (command line)",
+        vocabulary=list(stats.vocabulary),  # what judged the mentions: spr show and the export's record measure with it
     )
     print(
         dumps(finite_or_null({**stats.to_dict(), "candidate_files": read.to_dict(), "sanitized": sanitized.to_dict()}), indent=2)
@@ -209,7 +214,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from spr_plugin.core.records import PreferencePair
     from spr_plugin.families.profiles import get_box_format
     from spr_plugin.llamafactory.export import ExportConfig, export_dataset
-    from spr_plugin.llamafactory.recipe_check import pairs_format
+    from spr_plugin.llamafactory.recipe_check import pairs_format, recorded_vocabulary
 
     check_dataset_name(a.name)
     box_name, frame = pairs_format(a)  # the pairs' recorded format and frame; flags and --recipe must agree
@@ -218,7 +223,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     require_writable_dir(a.dataset_dir, "--dataset-dir")
     torn: list[str] = []
     pairs = list(read_jsonl(a.pairs, PreferencePair.from_dict, what="pair", skipped=torn))
-    res = export_dataset(pairs, config, box_format)
+    vocabulary = recorded_vocabulary(a.pairs)
+    res = export_dataset(pairs, config, box_format, None if vocabulary is None else {"vocabulary": list(vocabulary)})
     print(f"wrote {res.records} pairs to {res.dataset_file} (box format {box_name}, frame {frame.to_dict()}); "
           f"registered {a.name!r} in {res.dataset_info}")  # fmt: skip
     for note in torn:

@@ -300,7 +300,8 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
     )
     if pairs:
         export_cfg = _export_config(config)
-        meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions)}
+        meta = {"scoring": asdict(config.scoring), "pairing": asdict(config.pairing), "regions": asdict(config.regions),
+                "vocabulary": list(pair_stats.vocabulary)}  # fmt: skip
         summary.export = export_dataset(pairs, export_cfg, box_format, meta, progress=config.progress)
         from spr_plugin.inspect.card import card_path, render_card  # the dataset card (README next to the dataset)
 

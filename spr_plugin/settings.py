@@ -283,6 +283,10 @@ class ServerConfig(SamplingConfig):
     timeout: float = setting(300.0, "seconds per request (connect timeout is min(10, timeout))", flag="--request-timeout")
     max_retries: int = setting(5, "retries per request on connection errors, timeouts, 408/409/429 and 5xx")
     extra_body: dict[str, Any] = setting({}, "extra fields of every request", cli=False)
+    #: The served model's family (``--box-format``): LLaMA-Factory pre-resizes InternVL's images with its base plugin's
+    #: steps only and every other family's with the Qwen2-VL plugin's extra ones, and the server must get the frame the
+    #: training will see. The command line passes ``--box-format`` here.
+    box_format: str = setting(DEFAULT_BOX_FORMAT, "family of the served model (its --box-format)", cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -292,6 +296,8 @@ class ServerConfig(SamplingConfig):
             raise ConfigError("--served-model is required with --backend openai (the name the server lists in /v1/models)")
         if self.concurrency < 1 or self.timeout <= 0 or self.max_retries < 0:
             raise ConfigError("num_samples, max_new_tokens and concurrency must be >= 1, timeout > 0, max_retries >= 0")
+        if self.box_format not in BOX_FORMATS:
+            raise ConfigError(f"unknown box format {self.box_format!r}; choose one of {', '.join(sorted(BOX_FORMATS))}")
 
     @property
     def min_batch_size(self) -> int:
@@ -394,6 +400,15 @@ class PairingConfig:
         "phrases that match no object: correct (default: give a phrase the box of the object it names), "
         "strip (remove the box, keep the words), drop (remove the phrase), off (no refinement)",
         choices=REFINE_POLICIES,
+    )
+
+    #: A chosen answer must name (tagged or in plain words) or box at least one object of the region; a region whose
+    #: refined texts all fail it has no pair (``chosen_names_no_region_object``). Without it, a weak model's best
+    #: sample could be stray words or coordinate debris (the effect study v3 found 26% of its first pairs so).
+    require_region_object: bool = setting(
+        True,
+        "allow a chosen answer that names and boxes no object of the region (default: such regions have no pair)",
+        flag="--no-require-region-object",
     )
 
     def __post_init__(self) -> None:

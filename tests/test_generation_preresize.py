@@ -182,6 +182,53 @@ def test_spr_generate_flags_reach_both_back_ends(big_jpeg):
     assert (defaults.image_max_pixels, defaults.image_min_pixels) == LF_DEFAULT
 
 
+def test_server_preresizes_with_the_served_familys_plugin(tmp_path):
+    """A 20x600 image: the Qwen2-VL plugin (every family but InternVL) widens it to 28 pixels, InternVL's plugin does
+    not. The server gets the frame LLaMA-Factory's plugin of --box-format would train in."""
+    thin = tmp_path / "thin.png"
+    _noise(20, 600).save(thin)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        sizes = {}
+        for fmt in ("qwen2_vl", "internvl", "glm4v"):
+            argv = ["generate", "--regions", "r.jsonl", "--out", "c.jsonl", "--backend", "openai", "--base-url", url]
+            a = build_parser().parse_args([*argv, "--served-model", "tiny", "--box-format", fmt])
+            cfg = generation_config(a, 0)
+            _FakeOpenAI.requests.clear()
+            with make_generator(cfg, server_config(a, cfg)) as gen:
+                gen.generate([Prompt("box_text", IMAGE_TOKEN + "Describe.", (str(thin),))], [0])
+            (req,) = _FakeOpenAI.requests
+            part = next(p for p in req["messages"][0]["content"] if p["type"] == "image_url")
+            sizes[fmt] = _data_url_image(part["image_url"]["url"]).size
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert sizes == {"qwen2_vl": (28, 600), "internvl": (20, 600), "glm4v": (28, 600)}
+    assert lf_image_size(20, 600, *LF_DEFAULT, qwen_rules=False) == (20, 600)
+
+
+def test_server_family_and_parse_family_must_agree(tmp_path):
+    """Candidates parsed as one family from a server set up (pre-resizing) for another: refused before any request."""
+    from spr_plugin.families.profiles import get_box_format
+    from spr_plugin.generation.candidates import generate_candidates
+    from spr_plugin.settings import ServerConfig
+
+    with pytest.raises(ConfigError, match="unknown box format"):
+        ServerConfig(base_url="http://127.0.0.1:9/v1", served_model="m", box_format="qwen9")
+
+    class _Unused:  # never asked: the check comes first
+        config = ServerConfig(base_url="http://127.0.0.1:9/v1", served_model="m", box_format="internvl")
+
+    with pytest.raises(ConfigError, match="set up for box format 'internvl'.*parsed as 'qwen2_vl'"):
+        generate_candidates(
+            [], _Unused(), get_box_format("qwen2_vl"), tmp_path / "c.jsonl", variants=("box_text",), num_samples=1,
+            batch_size=1, temperature=0.7, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "c.jsonl").exists()
+
+
 # -- evaluation -------------------------------------------------------------------------------
 
 

@@ -46,8 +46,8 @@ _BRACES_RE = re.compile(r"[{}]")
 _COMMA_AFTER_RE = re.compile(r"\s*,")
 
 
-def _innermost_objects(text: str, marker: str) -> list[tuple[int, int]]:
-    """``(start, end)`` of every brace pair with no brace inside that contains ``marker``, left to right.
+def _innermost_objects(text: str, markers: tuple[str, ...]) -> list[tuple[int, int]]:
+    """``(start, end)`` of every brace pair with no brace inside that contains one of ``markers``, left to right.
 
     The same spans as the regex ``\\{[^{}]*MARKER[^{}]*\\}``, found in one pass: that regex backtracks over
     every occurrence of the marker in an unclosed object, which makes a reply like ``{"bbox_2d" "bbox_2d" ...``
@@ -59,7 +59,7 @@ def _innermost_objects(text: str, marker: str) -> list[tuple[int, int]]:
         if m.group() == "{":
             opened = m.start()
         elif opened >= 0:
-            if text.find(marker, opened, m.end()) >= 0:
+            if any(text.find(marker, opened, m.end()) >= 0 for marker in markers):
                 spans.append((opened, m.end()))
             opened = -1
     return spans
@@ -456,9 +456,18 @@ class Qwen25VLFormat(_TokenFormat):
         return (float(w), float(h))
 
 
+#: Keys that make a JSON object one of the answer's grounding objects. An object without a ``bbox_2d`` box (Qwen's
+#: pointing answer ``point_2d``, a ``bbox`` or ``box_2d`` key, a bare ``label``) grounds no box: it is parsed as a
+#: phrase without one (counted as garbage), so refinement removes it whole instead of leaving its braces, keys and
+#: label behind as debris.
+_OBJECT_KEYS = ('"bbox_2d"', '"point_2d"', '"bbox"', '"box_2d"', '"label"')
+
+
 class _JsonBoxes(BoxFormat):
     """The JSON answer of the Qwen family: ``{"bbox_2d": [x1,y1,x2,y2], "label": "..."}`` objects, wherever they
-    stand in the text (a JSON list, a fenced ``json`` block, prose around them). Each object is one phrase."""
+    stand in the text (a JSON list, a fenced ``json`` block, prose around them). Each object is one phrase.
+
+    :meth:`clean` keeps the JSON a chosen answer teaches valid (for Qwen2.5-VL's JSON form and Qwen3-VL alike)."""
 
     grounds_words = False  # objects listed apart from the prose: no box can stand in running text
 
@@ -470,7 +479,7 @@ class _JsonBoxes(BoxFormat):
 
     def parse(self, text: str, width: int, height: int) -> ParseResult:
         result = ParseResult()
-        for start, end in _innermost_objects(text, '"bbox_2d"'):
+        for start, end in _innermost_objects(text, _OBJECT_KEYS):
             label, box = "", None
             try:
                 obj = json.loads(text[start:end])
@@ -519,6 +528,29 @@ class _JsonBoxes(BoxFormat):
         out.append(text[cursor:])
         return "".join(out)
 
+    def clean(self, text: str, width: int, height: int) -> str:
+        """Remove objects whose box is unusable and an object cut off at the end, closing what the cut left open
+        (the list, the fence), so the JSON a chosen answer teaches stays valid. Prose is left as it is."""
+        parse = self.parse(text, width, height)
+        bad = {i: None for i, p in enumerate(parse.phrases) if p.box is None}
+        cut = _truncated_object_start(text)
+        if not bad and cut is None:
+            return _drop_empty_fences(_repair_lists(text))
+        out = self.rewrite(text, parse, bad, width, height) if bad else text
+        cut = _truncated_object_start(out)
+        if cut is not None:
+            out = out[:cut].rstrip()
+            if out.endswith(","):
+                out = out[:-1].rstrip()
+            fence = out.rfind("```")
+            block = out[fence + 3 :] if fence >= 0 else out
+            out += "]" * max(block.count("[") - block.count("]"), 0)
+            if out.count("```") % 2:
+                out += "\n```"
+        if not any(p.box is not None for p in parse.phrases):  # nothing grounded is left: no empty JSON block either
+            out = _EMPTY_JSON_RE.sub("", out)
+        return _drop_empty_fences(_repair_lists(out)).strip()
+
     def plain_text(self, text: str, width: int, height: int, parse: ParseResult | None = None) -> str:
         parse = parse if parse is not None else self.parse(text, width, height)
         labels = [p.label for p in parse.phrases if p.label]
@@ -527,14 +559,57 @@ class _JsonBoxes(BoxFormat):
         return super().plain_text(text, width, height, parse)
 
 
+#: A JSON object opening (a brace, then a key's quote).
+_OPEN_OBJECT_RE = re.compile(r'\{\s*+"')
+
+
 def _truncated_object_start(text: str) -> int | None:
-    """Where a ``bbox_2d`` object that never closed (generation was cut off) starts, or None."""
+    """Where a JSON object that never closed (generation was cut off) starts, or None: an object opened after the last
+    closing brace (``{"label": "dog", "bbox_2d`` is cut before its box key even closes), or a ``bbox_2d`` key
+    standing there without its brace."""
     tail_from = text.rfind("}") + 1
-    key = text.find('"bbox_2d"', tail_from)
-    if key < 0:
-        return None
-    brace = text.rfind("{", tail_from, key)
-    return brace if brace >= 0 else key
+    opened = _OPEN_OBJECT_RE.search(text, tail_from)
+    if opened is not None:
+        return opened.start()
+    key = text.find('"bbox_2d', tail_from)
+    return key if key >= 0 else None
+
+
+#: Commas a removed object leaves standing in a list: before its end, after its start, or doubled. Each pattern
+#: takes a whole run at once (possessive), so one pass of each is linear however many objects went.
+_LIST_COMMA_RES = (
+    (re.compile(r",[\s,]*+(?=\])"), ""),
+    (re.compile(r"\[\s*+,[\s,]*+"), "["),
+    (re.compile(r",(?:\s*+,)++"), ","),
+)
+
+
+_EMPTY_BLOCK_RE = re.compile(r"(?:json)?[\s,\[\]]*+")
+
+
+def _drop_empty_fences(text: str) -> str:
+    """``text`` without fenced blocks that hold no object any more (all of theirs were removed): an empty
+    ```` ```json [ ] ``` ```` teaches nothing but syntax. Fences are read in pairs, so another block stays whole."""
+    parts = text.split("```")
+    if len(parts) < 3:
+        return text
+    out = [parts[0]]
+    for i in range(1, len(parts) - 1, 2):  # parts[i] lies inside a block, parts[i + 1] after it
+        if _EMPTY_BLOCK_RE.fullmatch(parts[i]):
+            out[-1] = out[-1].rstrip(" \t")
+            out.append(parts[i + 1])
+        else:
+            out += ["```", parts[i], "```", parts[i + 1]]
+    if len(parts) % 2 == 0:  # an unterminated last block stays as it is
+        out += ["```", parts[-1]]
+    return "".join(out)
+
+
+def _repair_lists(text: str) -> str:
+    """``text`` without the commas a removed object left standing in its list (``[{...},\n]`` is not JSON)."""
+    for pattern, repl in _LIST_COMMA_RES:
+        text = pattern.sub(repl, text)
+    return text
 
 
 #: What is left of a JSON block once its objects are gone: ``[ , ]``, in a ```json fence or not.
@@ -552,36 +627,13 @@ class Qwen3VLFormat(_JsonBoxes):
 
     Qwen3-VL answers grounding requests with a JSON list, usually in a fenced ``json`` block, and writes prose
     around it when asked to describe; the prose is part of what the answer *says*, so :meth:`plain_text` keeps
-    it (with the labels it does not already name), and :meth:`clean` keeps the JSON valid.
+    it (with the labels it does not already name).
     """
 
     name = "qwen3_vl"
 
     def frame_size(self, width: int, height: int) -> tuple[float, float]:
         return (1000.0, 1000.0)
-
-    def clean(self, text: str, width: int, height: int) -> str:
-        """Remove objects whose box is unusable and an object cut off at the end, closing what the cut left open
-        (the list, the fence), so the JSON a chosen answer teaches stays valid. Prose is left as it is."""
-        parse = self.parse(text, width, height)
-        bad = {i: None for i, p in enumerate(parse.phrases) if p.box is None}
-        cut = _truncated_object_start(text)
-        if not bad and cut is None:
-            return text
-        out = self.rewrite(text, parse, bad, width, height) if bad else text
-        cut = _truncated_object_start(out)
-        if cut is not None:
-            out = out[:cut].rstrip()
-            if out.endswith(","):
-                out = out[:-1].rstrip()
-            fence = out.rfind("```")
-            block = out[fence + 3 :] if fence >= 0 else out
-            out += "]" * max(block.count("[") - block.count("]"), 0)
-            if out.count("```") % 2:
-                out += "\n```"
-        if not any(p.box is not None for p in parse.phrases):  # nothing grounded is left: no empty JSON block either
-            out = _EMPTY_JSON_RE.sub("", out)
-        return out.strip()
 
     def plain_text(self, text: str, width: int, height: int, parse: ParseResult | None = None) -> str:
         """The prose around the JSON, then the labels it does not already name."""
@@ -629,8 +681,9 @@ class GLM4VFormat(_TokenFormat):
     """GLM-4.1V / 4.5V: ``<|begin_of_box|>[[x1, y1, x2, y2]]<|end_of_box|>`` after the words it grounds, on a
     relative [0,1000] grid (x = round(x_px / W * 1000)); several boxes may share one marker pair.
 
-    The family has no reference markers: every box is a bare box (label ``""``, which agrees with every annotated
-    object in the scorer), and :meth:`render` writes the words before the box as GLM does. GLM also uses the same
+    The family has no reference markers: every box is a bare box (label ``""``; the scorer reads it as the words right
+    before it, :func:`spr_plugin.scoring.mentions.reading_labels`), and :meth:`render` writes the words before the box
+    as GLM does. GLM also uses the same
     markers around a final answer that is not a box (``<|begin_of_box|>B. Yes.<|end_of_box|>``): in a grounded
     description such a body is counted as garbage, like any body that is not coordinates.
     """

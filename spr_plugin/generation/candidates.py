@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from spr_plugin.core.errors import PartialBatchError, SPRError
+from spr_plugin.core.errors import ConfigError, PartialBatchError, SPRError
 from spr_plugin.core.images import check_image_cached
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.manifest import recorded_format
@@ -230,6 +230,17 @@ def _work_items(
     return todo
 
 
+def _check_family(generator: Generator, box_format: BoxFormat) -> None:
+    """A server generator pre-resizes images with its family's LLaMA-Factory plugin: that family must be the one the
+    candidates are parsed as (the in-process back end learns its family from the checkpoint and has none set)."""
+    served = getattr(getattr(generator, "config", None), "box_format", None)
+    if served is not None and served != box_format.name:
+        raise ConfigError(
+            f"the server generator was set up for box format {served!r} but candidates are parsed as "
+            f"{box_format.name!r}; give both the same --box-format"
+        )
+
+
 def generate_candidates(
     regions: Iterable[Region],
     generator: Generator,
@@ -249,6 +260,7 @@ def generate_candidates(
     finished (a torn last line is repaired on the next open) and the rerun only generates missing
     ``(region, variant, sample)`` keys: nothing is lost, nothing is written twice.
     """
+    _check_family(generator, box_format)
     out = Path(out_path)
     started = time.monotonic()
     stats = GenerationStats(out_file=str(out))

@@ -73,7 +73,7 @@ def server_config(a: argparse.Namespace, cfg: GenerationConfig) -> ServerConfig 
     if a.backend == "transformers":
         return None
     api_key = a.api_key or os.environ.get("SPR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-    return from_args(ServerConfig, a, api_key=api_key, **cfg.sampling())
+    return from_args(ServerConfig, a, api_key=api_key, box_format=a.box_format, **cfg.sampling())
 
 
 def cmd_generate(a: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ What it cannot know is which failures are the user's (wrong URL, wrong model nam
 asks the server before the long run starts and turns those into one-line :class:`SPRError` messages.
 
 Images go inline as base64 data URLs, so the server needs no access to the image files; they are
-pre-resized first exactly as LLaMA-Factory does at training time (``image_max_pixels``), because
+pre-resized first exactly as LLaMA-Factory's plugin of the served family (``ServerConfig.box_format``) does at
+training time (``image_max_pixels``), because
 vLLM and SGLang hand the image straight to the processor and Qwen2.5-VL boxes depend on the frame. Every
 request asks for ``num_samples`` choices (``n``) with a per-prompt ``seed`` and, through
 ``extra_body``, ``skip_special_tokens: false`` (vLLM/SGLang sampling parameter) so Qwen's box tokens
@@ -58,7 +59,7 @@ _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "BMP": "i
 
 
 @lru_cache(maxsize=64)
-def _file_data_url(path: str, image_max_pixels: int | None, image_min_pixels: int | None) -> str:
+def _file_data_url(path: str, image_max_pixels: int | None, image_min_pixels: int | None, qwen_rules: bool = True) -> str:
     """A data URL of an image file as the model must see it, in the same frame for every image.
 
     Its own bytes only when they leave the server nothing to interpret: LLaMA-Factory's pre-resize keeps
@@ -75,10 +76,10 @@ def _file_data_url(path: str, image_max_pixels: int | None, image_min_pixels: in
                 mime is not None
                 and im.mode == "RGB"
                 and not has_orientation_tag(im)
-                and not lf_resize_steps(im.width, im.height, image_max_pixels, image_min_pixels)
+                and not lf_resize_steps(im.width, im.height, image_max_pixels, image_min_pixels, qwen_rules)
             )
             if not passthrough:
-                return _pil_data_url(lf_preprocess_image(im, image_max_pixels, image_min_pixels))
+                return _pil_data_url(lf_preprocess_image(im, image_max_pixels, image_min_pixels, qwen_rules))
     except OSError as exc:
         raise SPRError(f"cannot read image {path}: {exc}") from None
     with open(path, "rb") as f:
@@ -95,18 +96,20 @@ def to_openai_messages(
     prompt: Prompt,
     image_max_pixels: int | None = DEFAULT_IMAGE_MAX_PIXELS,
     image_min_pixels: int | None = DEFAULT_IMAGE_MIN_PIXELS,
+    qwen_rules: bool = True,
 ) -> list[dict[str, Any]]:
     """The prompt as one user message; ``<image>`` placeholders become ``image_url`` parts in place.
 
-    Images are pre-resized like LLaMA-Factory does at training time (:mod:`spr_plugin.core.frame`).
+    Images are pre-resized like LLaMA-Factory does at training time (:mod:`spr_plugin.core.frame`), with the
+    steps of the served family's plugin (``qwen_rules``: every family but InternVL).
     """
 
     def image_part(i: int) -> dict[str, Any]:
         image = prompt.images[i]
         if isinstance(image, Image.Image):
-            url = _pil_data_url(lf_preprocess_image(image, image_max_pixels, image_min_pixels))
+            url = _pil_data_url(lf_preprocess_image(image, image_max_pixels, image_min_pixels, qwen_rules))
         else:
-            url = _file_data_url(str(image), image_max_pixels, image_min_pixels)
+            url = _file_data_url(str(image), image_max_pixels, image_min_pixels, qwen_rules)
         return {"type": "image_url", "image_url": {"url": url}}
 
     return [{"role": "user", "content": content_parts(prompt.text, image_part, len(prompt.images))}]
@@ -243,7 +246,11 @@ class OpenAIServerGenerator:
         import httpx
         from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
+        from spr_plugin.families.profiles import get_profile
+
         self.config = config
+        #: LLaMA-Factory's pre-resize steps of the served family (InternVL's plugin skips the Qwen2-VL plugin's).
+        self.qwen_rules = get_profile(config.box_format).qwen_resize_rules
         #: Prompts per batch that keep every request slot busy: a smaller --batch-size is raised to it.
         self.min_batch_size = config.min_batch_size
         self.requests = 0
@@ -353,7 +360,7 @@ class OpenAIServerGenerator:
 
         cfg = self.config
         try:
-            messages = to_openai_messages(prompt, cfg.image_max_pixels, cfg.image_min_pixels)
+            messages = to_openai_messages(prompt, cfg.image_max_pixels, cfg.image_min_pixels, self.qwen_rules)
         except SPRError as exc:
             self.failures["unreadable_image"] += 1
             logger.warning("skipping a %s prompt: %s", prompt.variant, exc)

@@ -294,6 +294,11 @@ def show_pairs(config: ShowConfig) -> ShowResult:
     make_real_dirs(out, ".", "--out folder")
     record.begin(dict.fromkeys([*names, "index.html"]))
     vocabulary = Vocabulary.of_regions(p.region for p in pairs)
+    from spr_plugin.llamafactory.recipe_check import recorded_vocabulary
+
+    recorded = recorded_vocabulary(config.pairs_file())  # the names that judged the pairs: the same counts as the summary
+    if recorded is not None:
+        vocabulary = vocabulary.union(Vocabulary.of(recorded))
     pngs, sections, written = [], [], {}
     for i, (pair, image) in enumerate(zip(pairs, images)):
         png = out / names[i]

@@ -266,6 +266,29 @@ def recorded_pairs_format(path: str | Path) -> tuple[str, ImageFrame, str] | Non
     return None
 
 
+def recorded_vocabulary(path: str | Path) -> tuple[str, ...] | None:
+    """The names that judged a pairs file's mentions (``spr pair``'s sidecar, or for a dataset's
+    ``<name>.pairs.jsonl`` its ``<name>.spr.json``), or None when no record holds them (an older spr, a build's work
+    dir): ``spr show`` then judges with the names its pairs' regions record."""
+    from spr_plugin.core.manifest import Manifest, sidecar_path
+
+    p = Path(path)
+    names = None
+    side = sidecar_path(p)
+    if side.is_file():
+        entry = ((Manifest(side, {}).read() or {}).get("stages") or {}).get("pairs")
+        names = entry.get("vocabulary") if isinstance(entry, dict) else None
+    elif p.name.endswith(".pairs.jsonl"):
+        try:
+            meta = read_meta(p.parent, p.name.removesuffix(".pairs.jsonl"))
+        except SPRError:
+            meta = None
+        names = meta.get("vocabulary") if meta is not None else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return tuple(names)
+
+
 def pairs_format(a: argparse.Namespace) -> tuple[str, ImageFrame]:
     """The box format and frame ``spr export`` writes ``a.pairs`` in: the ones the pairs were scored in.
 

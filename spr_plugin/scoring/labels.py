@@ -3,7 +3,8 @@
 Why: matching boxes by IoU alone lets a description write "blue triangle" with the red circle's exact
 box and be rewarded for it; refinement would then *snap* that box and the chosen answer would teach the
 model to bind "blue triangle" to the red circle. A predicted box may therefore match an annotated object
-only when its phrase agrees with the object's category. A bare box (no phrase) matches by IoU alone.
+only when its phrase agrees with the object's category. A bare box takes the name of the words right before it
+(:func:`spr_plugin.scoring.mentions.reading_labels`); after no such name it matches by IoU alone.
 
 Agreement is decided in order, cheapest and surest first:
 

@@ -44,7 +44,7 @@ NOT_PLAIN_MENTIONS = frozenset(
 )
 
 _WORD_RE = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
-_JOIN_RE = re.compile(r"[ \t]*-?[ \t]*")  # what may stand between the words of one name
+_JOIN_RE = re.compile(r"[ \t]*[-/]?[ \t]*")  # what may stand between the words of one name ("Cabinet/shelf": one)
 _JSON_KEY_RE = re.compile(r'"\s*:')
 _STOP = frozenset("a an the some this these those its his her their".split())
 
@@ -91,6 +91,10 @@ class Vocabulary:
 
     def union(self, other: Vocabulary) -> Vocabulary:
         return Vocabulary(self.names | other.names)
+
+    def to_list(self) -> list[str]:
+        """The names, sorted, as strings (what a pairs record keeps: :meth:`of` reads them back to the same vocabulary)."""
+        return sorted(" ".join(n) for n in self.names)
 
     @cached_property
     def max_len(self) -> int:
@@ -187,9 +191,9 @@ class Mention:
     span: tuple[int, int]
     status: str
     tagged: bool
-    #: Index of the unit's first phrase in the parse (tagged mentions).
+    #: Index of the unit's first phrase in the parse (tagged mentions, and plain words a bare box grounds).
     phrase: int | None = None
-    #: A tagged mention that carries a usable box.
+    #: A mention that carries a usable box (a tagged one's own, or the bare box right after plain words).
     boxed: bool = False
 
 
@@ -238,12 +242,32 @@ def plain_mentions(text: str, start: int, end: int, vocab: Vocabulary) -> list[t
     return out
 
 
+def bare_units(text: str, parse: ParseResult) -> dict[int, int]:
+    """Bare units (boxes without a reference label) by where the words they ground end: the end of the text before
+    the unit with white space stripped -> index of the unit's first phrase.
+
+    Why: a box written right after plain words grounds them. GLM-4.xV writes every box so ("a red circle
+    <|begin_of_box|>...<|end_of_box|>"), and Qwen or InternVL models write bare boxes after words too. What the box is
+    of is what those words say: "a dog [box]" boxes a dog, "a blue square [the red circle's box]" binds a blue square
+    to the red circle."""
+    out: dict[int, int] = {}
+    for i, p in enumerate(parse.phrases):
+        if not p.label and not p.malformed:
+            end = p.span[0]
+            while end > 0 and text[end - 1].isspace():  # no copy of the text before it: linear in hostile texts
+                end -= 1
+            out.setdefault(end, i)
+    return out
+
+
 def find_mentions(text: str, parse: ParseResult, judge: RegionJudge) -> list[Mention]:
-    """Every object ``text`` names, tagged (one per labelled unit) or in plain words, in text order."""
+    """Every object ``text`` names, tagged (one per labelled unit) or in plain words, in text order. Plain words
+    right before a bare unit are grounded by its boxes (:func:`bare_units`): ``phrase`` points at the unit."""
     out: list[Mention] = []
     boxed: dict[tuple[int, int], bool] = {}
     for p in parse.phrases:
         boxed[p.span] = boxed.get(p.span, False) or p.box is not None
+    bare = bare_units(text, parse)
     seen: set[tuple[int, int]] = set()
     statuses: dict[str, str] = {}
     for i, p in enumerate(parse.phrases):
@@ -258,17 +282,38 @@ def find_mentions(text: str, parse: ParseResult, judge: RegionJudge) -> list[Men
         for name, span in plain_mentions(text, start, end, judge.vocabulary):
             if name not in statuses:
                 statuses[name] = judge.status(name)
-            out.append(Mention(name, span, statuses[name], False))
+            unit = bare.get(span[1])
+            grounded = unit is not None and boxed[parse.phrases[unit].span]
+            out.append(Mention(name, span, statuses[name], False, unit, grounded))
     return sorted(out, key=lambda m: m.span)
 
 
+def reading_labels(parse: ParseResult, mentions: Sequence[Mention]) -> list[str]:
+    """Each phrase's label as the text reads it: its reference label, or for a bare box the name of the plain words it
+    grounds (:func:`bare_units`; ``""`` when no name of the vocabulary stands right before it). Label matching uses
+    these, so a bare box binds to an object only if those words name it."""
+    bound = {parse.phrases[m.phrase].span: m.name for m in mentions if not m.tagged and m.phrase is not None}
+    return [p.label or bound.get(p.span, "") for p in parse.phrases]
+
+
 #: Debris between units: stray markers, coordinate or number runs (two or more numbers joined by commas or
-#: brackets), and a JSON object or key cut off before its end. Possessive quantifiers keep it linear.
+#: brackets, with every bracket around them: ``[[1, 2, 3, 4]]`` leaves no ``[ ]``), brackets holding nothing but
+#: commas (what a removed list leaves), and a JSON object or key cut off before its end. Possessive quantifiers
+#: keep it linear.
 _DEBRIS_RE = re.compile(
     r"<\|[a-z_]+\|>"
-    r"|(?:,\s*+)?(?<![\w.])[(\[]?\s*+-?\d++(?:\.\d++)?(?:\s*+[,)\]]\s*+[(\[]?\s*+-?\d++(?:\.\d++)?)++\s*+[)\]]?"
+    r"|(?:,\s*+)?(?<![\w.])(?:[(\[]\s*+)*+-?\d++(?:\.\d++)?(?:\s*+[,)\]]\s*+[(\[]?\s*+-?\d++(?:\.\d++)?)++(?:\s*+[)\]])*+"
+    r"|\[(?:[\s,]|\[[\s,]*+\])*+\]"
     r'|\[?\s*+\{\s*+"[A-Za-z_0-9]++"\s*+:[^{}]*+$'
     r'|"(?:bbox_2d|point_2d|bbox|label)"\s*+:?'
+)
+#: Number debris no prose writes, whatever stands around it: half a coordinate pair (``8,)``, ``green9,425)``), brackets
+#: of nothing but a comma and numbers (``(,27)``, ``()``), a pair separator (``),(``), digits glued to a word
+#: (``green6225``: four or more, so ``A380`` stays), runs of seven digits or more (coordinates run together) and a
+#: pair cut off where the text (or the gap before a unit) ends (``(582``).
+_NOT_PROSE_RE = re.compile(
+    r"(?<=[^\W\d_])\d{4,}+|\d{7,}+|\d++\s*+,\s*+\d*+\s*+\)|,\s*+\d++\s*+\)|\(\s*+(?:\d++\s*+)?,[\d\s,]*+\)|\(\s*+\)"
+    r"|\)\s*+,\s*+\(|\(\s*+\d++(?:\s*+,\s*+\d*+)?\s*+$"
 )
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CHUNK_RE = re.compile(r"[-\d.,]*\d[-\d.,]*")
@@ -288,17 +333,36 @@ def _is_debris(piece: str) -> bool:
     return numbers >= 3 or (numbers == 2 and not any(c.isspace() for c in piece.strip(", ")))
 
 
-def find_debris(text: str, parse: ParseResult) -> list[tuple[int, int]]:
-    """Spans of box debris: malformed units (cut off, garbage, out of range) and debris in the plain text."""
+def find_debris(text: str, parse: ParseResult, stray: re.Pattern[str] | None = None) -> list[tuple[int, int]]:
+    """Spans of box debris: malformed units (cut off, garbage, out of range) and debris in the plain text.
+
+    ``stray`` is the box format's pattern of marker tokens (:attr:`~spr_plugin.families.box_formats.BoxFormat.stray_re`):
+    a family whose markers are not ``<|...|>`` tokens (InternVL's ``</ref>``, ``<box>``) has them counted too
+    when they stand outside a unit."""
     bad: dict[tuple[int, int], bool] = {}
     for p in parse.phrases:
         bad[p.span] = bad.get(p.span, False) or p.malformed
     out = [s for s, b in bad.items() if b]
     for start, end in gaps(text, parse):
+        found = {(m.start(), m.end()) for m in stray.finditer(text, start, end)} if stray is not None else set()
         for m in _DEBRIS_RE.finditer(text, start, end):
             if not m.group()[:1].isdigit() and m.group()[:1] not in ",-" or _is_debris(m.group()):
-                out.append((m.start(), m.end()))
+                found.add((m.start(), m.end()))
+        found.update((m.start(), m.end()) for m in _NOT_PROSE_RE.finditer(text, start, end))
+        out += _outermost(found)
     return sorted(out)
+
+
+def _outermost(spans: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` without those lying inside another one (a marker counted by both patterns counts once); spans that
+    overlap (``8,819),(785``: a half pair and a separator) become one piece, so removing them never cuts twice."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(spans, key=lambda x: (x[0], -x[1])):
+        if out and s[0] < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], s[1]))
+            continue
+        out.append(s)
+    return out
 
 
 @dataclass(frozen=True)
@@ -353,14 +417,14 @@ def describe(
 ) -> TextFacts:
     """Parse ``text`` in ``box_format`` and measure it: boxes, debris, and every mention with its status."""
     parse = parse if parse is not None else box_format.parse(text, region.width, region.height)
-    return measure(text, parse, RegionJudge.of(region, vocabulary))
+    return measure(text, parse, RegionJudge.of(region, vocabulary), box_format.stray_re)
 
 
-def measure(text: str, parse: ParseResult, judge: RegionJudge) -> TextFacts:
-    """:func:`describe` for a text already parsed and a judge already built."""
+def measure(text: str, parse: ParseResult, judge: RegionJudge, stray: re.Pattern[str] | None = None) -> TextFacts:
+    """:func:`describe` for a text already parsed and a judge already built (``stray``: the format's markers)."""
     return TextFacts(
         boxes=len(parse.boxes),
-        debris=len(find_debris(text, parse)),
+        debris=len(find_debris(text, parse, stray)),
         mentions=tuple(find_mentions(text, parse, judge)),
         dropped=tuple(sorted(parse.dropped.items())),
     )

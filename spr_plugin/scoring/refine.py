@@ -20,8 +20,9 @@ Whatever the policy (``off`` aside), two things never reach a refined text:
 
 * **Hallucinated mentions**: every mention, tagged or in plain words, of a category the annotations say is
   not in the image (:mod:`spr_plugin.scoring.mentions`) is removed with its separating comma or conjunction
-  (:func:`spr_plugin.scoring.wording.removal_span`). Mentions of categories elsewhere in the image, and names
-  the vocabulary does not know, keep their words (the annotations cannot call them wrong).
+  (:func:`spr_plugin.scoring.wording.removal_span`); a reference naming one goes even when its box matched (label
+  matching off) or lies on an ignored object. Mentions of categories elsewhere in the image, and names the
+  vocabulary does not know, keep their words (the annotations cannot call them wrong).
 * **Box debris**: malformed units, stray markers, coordinate and number runs, cut-off JSON objects
   (:func:`spr_plugin.scoring.mentions.find_debris`), removed until none is left.
 
@@ -32,6 +33,7 @@ match two duplicate boxes would both snap to the same object and the chosen text
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,7 +46,17 @@ from spr_plugin.core.serialize import field_dict
 from spr_plugin.families.box_formats import DROP, BoxFormat, Edit
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import iou_matrix, phrase_matches
-from spr_plugin.scoring.mentions import ABSENT, REGION, RegionJudge, Vocabulary, find_debris, find_mentions, gaps, unit_spans
+from spr_plugin.scoring.mentions import (
+    ABSENT,
+    REGION,
+    RegionJudge,
+    Vocabulary,
+    find_debris,
+    find_mentions,
+    gaps,
+    reading_labels,
+    unit_spans,
+)
 from spr_plugin.scoring.wording import Layout, apply_edits, drop_empty_lead_ins, removal_span
 from spr_plugin.settings import PairingConfig, check_policy
 
@@ -91,38 +103,59 @@ def refine(
     policy: str = PairingConfig.refine_policy,
     neutral: frozenset[int] = frozenset(),
     judge: RegionJudge | None = None,
+    labels: Sequence[str] | None = None,
 ) -> RefineResult:
-    """Refine one parsed candidate; ``agree``, ``matches`` and ``neutral`` as in :class:`spr_plugin.scoring.scorer.Assessment`.
+    """Refine one parsed candidate; ``agree``, ``matches``, ``neutral`` and ``labels`` as in
+    :class:`spr_plugin.scoring.scorer.Assessment`.
 
     ``neutral`` phrases (boxes on objects the annotations are silent about, e.g. LVIS not-exhaustive categories)
     stay as written: a right box on an unlabelled object must not be taken out of the chosen answer. ``judge``
-    says which named categories are absent (default: what the region itself records).
+    says which named categories are absent (default: what the region itself records). ``labels`` are the phrases'
+    labels as the text reads them (default: their reference labels); a bare box right after plain words takes
+    their name (:func:`spr_plugin.scoring.mentions.reading_labels`), so ``correct`` gives "a blue square [the red
+    circle's box]" the blue square's box, and a box after words naming an absent category goes with those words.
     """
     check_policy(policy)
     if policy == "off":
         return RefineResult(candidate, policy)
     judge = judge or RegionJudge.of(region)
     phrases = parse.phrases
+    labels = list(labels) if labels is not None else [p.label for p in phrases]
     gt = [o.box for o in region.objects]
+    mentions = find_mentions(candidate.text, parse, judge)
+    absent_units = {m.span for m in mentions if m.tagged and m.status == ABSENT}
+    # Bare boxes grounding words that name an absent category: the words go as plain mentions, the boxes with them.
+    absent_bare = {phrases[m.phrase].span for m in mentions if not m.tagged and m.phrase is not None and m.status == ABSENT}
+    # Words a bare box grounds stay when the box goes (under ``drop`` too: removing the box with a separator after
+    # it would leave the words glued to the next phrase); absent ones are removed as plain mentions below.
+    bound = {phrases[m.phrase].span for m in mentions if not m.tagged and m.phrase is not None}
+    # A reference naming an absent category goes whatever its box: matched without label matching
+    # (--label-match off) or lying on an ignored object, it would still teach the absent name.
+    absent = frozenset(i for i, p in enumerate(phrases) if p.span in absent_units or p.span in absent_bare)
+    matches = {i: g for i, g in matches.items() if i not in absent}
+    neutral = neutral - absent
     edits: dict[int, Edit] = {i: gt[g] for i, g in matches.items()}
-    corrected = _correct(parse, agree, matches, gt, neutral) if policy == "correct" else {}
+    corrected = _correct(parse, agree, matches, gt, neutral | absent, labels) if policy == "correct" else {}
     edits.update({i: gt[g] for i, g in corrected.items()})
-    absent_units = {m.span for m in find_mentions(candidate.text, parse, judge) if m.tagged and m.status == ABSENT}
     for i, phrase in enumerate(phrases):
         if i in edits or i in neutral:
             continue
-        if policy == "drop" or phrase.span in absent_units:
+        if phrase.span in bound:
+            edits[i] = None
+        elif policy == "drop" or phrase.span in absent_units:
             edits[i] = DROP
         elif phrase.box is not None or phrase.malformed:
             edits[i] = None  # bare boxes vanish entirely (they have no words), others keep their words
     w, h = region.width, region.height
-    text = box_format.rewrite(candidate.text, parse, edits, w, h)
+    # Cleaned before the words are edited: removing a plain mention inside an object cut off at the end ("{"label":
+    # "dog", "bbox_2d") must not take the evidence of the cut with it, or the JSON would be left open.
+    text = box_format.clean(box_format.rewrite(candidate.text, parse, edits, w, h), w, h)
     claimed = {*matches.values(), *corrected.values()}
     text, plain_removed, plain_grounded = _edit_plain_mentions(text, box_format, w, h, judge, claimed, policy, gt)
     text, debris = _strip_debris(box_format.clean(text, w, h), box_format, w, h)
     if absent_units or plain_removed or debris:
         text = drop_empty_lead_ins(text, unit_spans(box_format.parse(text, w, h)))
-    labelled = [i for i in matches if phrases[i].label]
+    labelled = [i for i in matches if labels[i]]
     tagged_removed = {phrases[i].span for i, e in edits.items() if e == DROP and phrases[i].span in absent_units}
     return RefineResult(
         replace(candidate, text=text),
@@ -130,7 +163,7 @@ def refine(
         snapped=sum(1 for i, g in matches.items() if phrases[i].box != gt[g]),
         matched=len(matches),
         corrected=len(corrected),
-        ungrounded=sum(1 for e in edits.values() if e is None),
+        ungrounded=sum(1 for i, e in edits.items() if e is None and phrases[i].span not in absent_bare),
         removed=len({phrases[i].span for i, e in edits.items() if e == DROP} - tagged_removed),
         labelled_matches=len(labelled),
         agreeing_matches=sum(1 for i in labelled if agree[matches[i], i]),
@@ -159,7 +192,7 @@ def _edit_plain_mentions(
     if policy == "correct" and fmt.grounds_words:
         taken = set(claimed)
         for m in mentions:
-            if m.tagged or m.status != REGION:
+            if m.tagged or m.boxed or m.status != REGION:  # words a kept bare box grounds are grounded already
                 continue
             free = [g for g in judge.objects_named(m.name) if g not in taken]
             if free:
@@ -175,7 +208,7 @@ def _strip_debris(text: str, fmt: BoxFormat, w: int, h: int, rounds: int = 3) ->
     """``text`` without box debris (removing a piece can expose another, hence the rounds) and how many pieces went."""
     removed = 0
     for _ in range(rounds):
-        spans = find_debris(text, fmt.parse(text, w, h))
+        spans = find_debris(text, fmt.parse(text, w, h), fmt.stray_re)
         if not spans:
             break
         removed += len(spans)
@@ -187,7 +220,12 @@ def _strip_debris(text: str, fmt: BoxFormat, w: int, h: int, rounds: int = 3) ->
 
 
 def _correct(
-    parse: ParseResult, agree: np.ndarray, matches: dict[int, int], gt: list[Box], neutral: frozenset[int] = frozenset()
+    parse: ParseResult,
+    agree: np.ndarray,
+    matches: dict[int, int],
+    gt: list[Box],
+    neutral: frozenset[int] = frozenset(),
+    labels: Sequence[str] | None = None,
 ) -> dict[int, int]:
     """Unmatched labelled phrases -> the box of an unclaimed object their label names, one to one.
 
@@ -196,7 +234,8 @@ def _correct(
     """
     claimed = set(matches.values())
     free_objects = [g for g in range(len(gt)) if g not in claimed]
-    open_phrases = [i for i, p in enumerate(parse.phrases) if i not in matches and i not in neutral and p.label]
+    labels = labels if labels is not None else [p.label for p in parse.phrases]
+    open_phrases = [i for i in range(len(parse.phrases)) if i not in matches and i not in neutral and labels[i]]
     if not free_objects or not open_phrases:
         return {}
     boxes = [parse.phrases[i].box for i in open_phrases]
@@ -228,7 +267,9 @@ def refine_candidate(
     """
     w, h = region.width, region.height
     parse = box_format.parse(candidate.text, w, h)
+    judge = RegionJudge.of(region, vocabulary)
+    read = reading_labels(parse, find_mentions(candidate.text, parse, judge))
     matcher = labels or LabelMatcher()
-    (agree,) = matcher.agreement([(region.objects, [p.label for p in parse.phrases])])
+    (agree,) = matcher.agreement([(region.objects, read)])
     matches = phrase_matches([o.box for o in region.objects], parse, agree if label_match else None, threshold)
-    return refine(candidate, region, parse, agree, matches, box_format, policy, judge=RegionJudge.of(region, vocabulary))
+    return refine(candidate, region, parse, agree, matches, box_format, policy, judge=judge, labels=read)

@@ -24,7 +24,7 @@ from spr_plugin.families.profiles import get_box_format
 from spr_plugin.scoring.grounder import merge_predictions
 from spr_plugin.scoring.labels import LabelMatcher
 from spr_plugin.scoring.localization import ignored_overlap, localization_score, phrase_matches
-from spr_plugin.scoring.mentions import RegionJudge, TextFacts, Vocabulary, measure
+from spr_plugin.scoring.mentions import RegionJudge, TextFacts, Vocabulary, measure, reading_labels
 from spr_plugin.scoring.semantic import TextSemanticScorer
 from spr_plugin.settings import ScoringConfig
 
@@ -90,6 +90,9 @@ class Assessment:
     #: statistics' one measurement.
     facts: TextFacts | None = None
     judge: RegionJudge | None = None
+    #: Each phrase's label as the text reads it (:func:`spr_plugin.scoring.mentions.reading_labels`: a bare box takes
+    #: the name of the words it grounds); ``agree`` was computed on these.
+    labels: tuple[str, ...] = ()
 
 
 class CandidateScorer:
@@ -168,14 +171,21 @@ class CandidateScorer:
         cfg = self.config
         judges: dict[int, RegionJudge] = {}
         extras = [self._merge_detected(parse, found) for parse, found in zip(parses, detected)]
+        facts_all = []
+        for (region, cand), parse in zip(items, parses):
+            judge = judges.get(id(region)) or judges.setdefault(id(region), self.judge(region))
+            facts_all.append((judge, measure(cand.text, parse, judge, self.box_format.stray_re)))
+        labels_all = [tuple(reading_labels(parse, facts.mentions)) for parse, (_, facts) in zip(parses, facts_all)]
         # Ignored objects (crowds, Objects365 objects in pictures / reflections) share the label check of the
         # real ones: their rows follow the objects' rows and are split off below.
         agreements = self.labels.agreement(
-            [((*r.objects, *r.ignored), [p.label for p in parse.phrases] + [lab for lab, _ in extra]) for (r, _), parse, extra in
-             zip(items, parses, extras)]
+            [((*r.objects, *r.ignored), [*labels, *(lab for lab, _ in extra)]) for (r, _), labels, extra in
+             zip(items, labels_all, extras)]
         )  # fmt: skip
         out = []
-        for (region, cand), parse, sem, extra, agree_both in zip(items, parses, semantics, extras, agreements):
+        for (region, cand), parse, sem, extra, agree_both, (judge, facts), labels in zip(
+            items, parses, semantics, extras, agreements, facts_all, labels_all
+        ):
             n_phrases = len(parse.phrases)
             agree_all, agree_ignored = agree_both[: len(region.objects)], agree_both[len(region.objects) :, :n_phrases]
             agree = agree_all[:, :n_phrases]
@@ -185,17 +195,17 @@ class CandidateScorer:
             if cfg.label_match == "on":
                 allowed = np.concatenate([agree[:, boxed], agree_all[:, n_phrases:]], axis=1)
             loc = localization_with_detections(gt, parse.boxes, [b for _, b in extra], cfg, allowed)
-            neutral = neutral_boxes(region, parse, boxed, loc, agree_ignored[:, boxed], cfg)
+            neutral = neutral_boxes(region, parse, boxed, loc, agree_ignored[:, boxed], cfg, labels)
             if neutral:
                 loc = _without(gt, parse.boxes, [b for _, b in extra], neutral, cfg, allowed)
             matches = phrase_matches(gt, parse, agree if cfg.label_match == "on" else None, cfg.iou_threshold)
-            judge = judges.get(id(region)) or judges.setdefault(id(region), self.judge(region))
-            facts = measure(cand.text, parse, judge)
             penalty = cfg.hallucination_penalty * facts.hallucination_rate
             total = cfg.lam * sem.score + (1.0 - cfg.lam) * loc.score - penalty
             scored = ScoredCandidate(cand, refined, float(total), sem, loc, dict(parse.dropped), penalty=float(penalty))
             neutral_phrases = frozenset(boxed[j] for j in neutral)
-            out.append(Assessment(region, cand, parse, agree, matches, scored, tuple(extra), neutral_phrases, facts, judge))
+            out.append(
+                Assessment(region, cand, parse, agree, matches, scored, tuple(extra), neutral_phrases, facts, judge, labels)
+            )
         return out
 
     def _merge_detected(self, parse: ParseResult, found: Sequence[tuple[str, Box]]) -> list[tuple[str, Box]]:
@@ -218,7 +228,13 @@ class CandidateScorer:
 
 
 def neutral_boxes(
-    region: Region, parse: ParseResult, boxed: Sequence[int], loc, agree_ignored: np.ndarray, cfg: ScoringConfig
+    region: Region,
+    parse: ParseResult,
+    boxed: Sequence[int],
+    loc,
+    agree_ignored: np.ndarray,
+    cfg: ScoringConfig,
+    labels: Sequence[str] = (),
 ) -> list[int]:
     """Indices (into ``parse.boxes``) of unmatched boxes the annotations cannot judge.
 
@@ -229,6 +245,8 @@ def neutral_boxes(
     area, :func:`~spr_plugin.scoring.localization.crowd_iou_matrix`; IoU otherwise; and its phrase names that
     object's category or it is a bare box). Such boxes are left out of S_loc altogether: a right box on an
     object LVIS did not label must not count against the description, and it cannot count for it either.
+    ``labels`` are the phrases' labels as the text reads them (default: their own), so a bare box after "a cat" names
+    a cat.
     """
     from spr_plugin.scoring.labels import names_agree, normalize_label
 
@@ -243,7 +261,7 @@ def neutral_boxes(
     ignored_iou = ignored_overlap(region.ignored, parse.boxes) if region.ignored else None
     out = []
     for j in unmatched:
-        label = normalize_label(parse.phrases[boxed[j]].label)
+        label = normalize_label(labels[boxed[j]] if labels else parse.phrases[boxed[j]].label)  # as the text reads it
         if absent and label and names_agree(label, absent):
             continue
         if excused and label and names_agree(label, excused):

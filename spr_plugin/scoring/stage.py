@@ -28,7 +28,7 @@ from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import profile_of
 from spr_plugin.scoring.limits import over_limit
 from spr_plugin.scoring.localization import iou_matrix
-from spr_plugin.scoring.mentions import IMAGE, UNJUDGED, TextFacts, Vocabulary, measure
+from spr_plugin.scoring.mentions import IMAGE, REGION, UNJUDGED, TextFacts, Vocabulary, measure
 from spr_plugin.scoring.pairing import length_stats, pick, select_pair
 from spr_plugin.scoring.refine import RefineResult, refine
 from spr_plugin.scoring.scorer import Assessment, CandidateScorer, mix_scores
@@ -73,9 +73,12 @@ class PairStats:
     lengths: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: The names that judged the mentions (the dataset's vocabulary and every name the regions record): recorded
+    #: next to the pairs so ``spr show`` measures with the same vocabulary. Not part of the summary.
+    vocabulary: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return field_dict(self, keys=_PAIR_STATS_KEYS)
+        return field_dict(self, keys=_PAIR_STATS_KEYS, skip=("vocabulary",))
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ def score_refine_pair(
         bar.update(len(chunk))
     bar.close()
     stats.pairs = len(pairs)
+    stats.vocabulary = tuple(scorer.vocabulary.to_list())
     stats.lengths = length_stats(pairs)
     stats.quality = pair_quality(evidence, scorer.config.iou_threshold)
     stats.warnings = quality_warnings(stats.quality, pairing.refine_policy, scorer.config.label_match, scorer.config.lam)
@@ -198,7 +202,10 @@ def _refine_all(
     if policy == "off":
         return initial, [None] * len(initial)
     fmt = scorer.box_format
-    results = [refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy, a.neutral, a.judge) for a in initial]
+    results = [
+        refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy, a.neutral, a.judge, a.labels or None)
+        for a in initial
+    ]
     refined = scorer.assess_refined([(a, res.candidate, res.words_changed) for a, res in zip(initial, results)])
     refined = [replace(a, scored=replace(a.scored, refinement=res.to_dict())) for a, res in zip(refined, results)]
     return refined, list(results)
@@ -214,19 +221,28 @@ def _pair_region(
     pool = [a.scored for a in initial] + ([a.scored for a in refined] if separate else [])
     mixed = mix_scores(pool, cfg.lam, cfg.score_norm)
     init_scores, ref_scores = mixed[:k], (mixed[k:] if separate else mixed[:k])
-    picked = select_pair(init_scores, ref_scores, pairing)
+    names_region = [names_region_object(a) for a in (refined if separate else initial)]
+    picked = select_pair(init_scores, ref_scores, pairing, names_region)
     if isinstance(picked, str):
         return picked
     c, r = picked
     semantic_only = mix_scores(pool, 1.0, cfg.score_norm)
-    decided = pick(semantic_only[:k], semantic_only[k:] if separate else semantic_only[:k]) != (c, r)
+    eligible = names_region if pairing.require_region_object else None
+    decided = pick(semantic_only[:k], semantic_only[k:] if separate else semantic_only[:k], eligible) != (c, r)
     pair = PreferencePair(region, ref_scores[c], init_scores[r])
     return pair, _PairEvidence(refined[c], initial[r], decided)
 
 
+def names_region_object(a: Assessment) -> bool:
+    """Whether a text says something true about its region: a box matched to one of the region's objects, or a
+    mention (tagged or in plain words) of a region object's category, read with the statistics' measurement."""
+    return bool(a.scored.localization.matches) or _facts(a).count(REGION) > 0
+
+
 def _labelled_box_agreement(a: Assessment, threshold: float) -> tuple[int, int]:
     """(labelled boxes of the text lying on an annotated object, of those the ones whose phrase names it)."""
-    boxed = [i for i, p in enumerate(a.parse.phrases) if p.box is not None and p.label]
+    labels = a.labels or tuple(p.label for p in a.parse.phrases)  # as the text reads them: a bare box's words count
+    boxed = [i for i, p in enumerate(a.parse.phrases) if p.box is not None and labels[i]]
     if not boxed or not a.region.objects:
         return 0, 0
     iou = iou_matrix([o.box for o in a.region.objects], [a.parse.phrases[i].box for i in boxed])  # type: ignore[misc]
