@@ -113,8 +113,8 @@ def cmd_regions(a: argparse.Namespace) -> int:
     from spr_plugin.regions.sampling import sample_regions_stage
 
     config = _region_config(a)
+    require_not_input(a.out, [a.annotations], "--out")  # first: a link to the input is named as such
     require_writable_file(a.out, "--out")
-    require_not_input(a.out, [a.annotations], "--out")
     regions, stats = sample_regions_stage(config, a.annotations, a.image_root, progress=True)
     atomic_write_jsonl(a.out, [r.to_dict() for r in regions])
     print(json.dumps(stats.to_dict()))
@@ -163,9 +163,9 @@ def cmd_pair(a: argparse.Namespace) -> int:
     sources = _adopt_candidates_format(a, a.candidates)
     frame = adopt_frame(a, sources)
     scoring, pairing = _scoring(a)
+    require_not_input(a.out, [a.regions, *a.candidates], "--out")  # first: a link to an input is named as such
     require_writable_file(a.out, "--out")
     check_text_model(a.text_model)
-    require_not_input(a.out, [a.regions, *a.candidates], "--out")
     check_recordable(a.out)  # before the scoring: its record must be writable too
     sanitized = SanitizeStats()
     regions = read_regions(a.regions, sanitized)  # every value validated, before any model loads

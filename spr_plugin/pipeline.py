@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.images import confine_regions
 from spr_plugin.core.jsonl import atomic_write_jsonl, atomic_write_text, dumps, finite_or_null
 from spr_plugin.core.manifest import Manifest, file_digest, settings
 from spr_plugin.core.paths import ImageRoots
@@ -268,6 +269,9 @@ def build_dataset(config: BuildConfig, generator: Generator | None = None, prepa
         _write_regions(config.work_dir, regions, region_stats)
     else:
         regions, region_stats = reused
+        # A work dir's regions.jsonl is a file on disk like any other (edited, or a work dir received): its images
+        # are read only under this build's own --images, checked as for `spr generate`.
+        regions = confine_regions(regions, ImageRoots([config.image_root], "--images"), progress=config.progress)
     gen_stats = None
     if candidates is None:
         gcfg = config.generation

@@ -433,7 +433,7 @@ def test_spr_pair_export_and_show_emit_clean_chosen_answers_and_true_statistics(
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_hostile_texts_for_the_new_rules_stay_linear(name):
-    """A generous bound, as tests/test_hardening_sizes.py has (measured: well under a second): the comma repair of
+    """A generous bound against a hang, as tests/test_hardening_sizes.py has (measured: about 1.5 s): the comma repair of
     JSON lists once looped one comma per pass, and reading bare boxes' words once copied the text before each box."""
     import time
 
@@ -445,7 +445,7 @@ def test_hostile_texts_for_the_new_rules_stay_linear(name):
         describe(text, REGION, fmt, VOCAB)
         refine_candidate(Candidate("r", "a", 0, text), REGION, fmt, policy="correct", vocabulary=VOCAB)
     describe("x" * 1_000_000 + f" {bare}" * 20_000, REGION, fmt, VOCAB)  # many boxes after a long text
-    assert time.perf_counter() - start < 10.0
+    assert time.perf_counter() - start < 60.0  # about 1.5 s measured; the bug it guards took minutes
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,10 @@ def test_export_hf_refuses_flags_that_contradict_the_recorded_build(built, tmp_p
             ["--box-format", "yolo"],
             "unknown box format 'yolo'; choose one of glm4v, internvl, qwen2_5_vl, qwen2_5_vl_json, qwen2_vl, qwen3_vl",
         ),
-        (["--image-max-pixels", "0"], "image_max_pixels must be a positive integer or None (no pre-resize), got 0"),
+        (
+            ["--image-max-pixels", "0"],
+            "image_max_pixels must be a positive integer of at most 10^12 or None (no pre-resize), got 0",
+        ),
         (
             ["--image-max-pixels", "1000", "--image-min-pixels", "2000"],
             "image_min_pixels (2000) must not exceed image_max_pixels (1000)",

@@ -92,8 +92,9 @@ def test_a_clashing_chosen_entry_refuses_the_build_before_anything_is_written(tm
     proc = _build(tmp_path, data)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"spr build: error: dataset '{NAME}_chosen' is already registered in {data / 'dataset_info.json'} "
-        "with a different entry; choose another --name or pass --overwrite"
+        f"spr build: error: dataset '{NAME}_chosen' is already registered in {data / 'dataset_info.json'} for "
+        f"'mine.json', not for spr's {NAME}_chosen.jsonl; spr never replaces an entry it did not write (not even with "
+        "--overwrite): choose another --name"
     ]
     assert json.loads((data / "dataset_info.json").read_text()) == mine
     assert not (data / f"{NAME}.jsonl").exists() and not (data / f"{NAME}_chosen.jsonl").exists()

@@ -142,8 +142,11 @@ def test_name_clash_leaves_existing_dataset_untouched(staged, tmp_path):
     info = {"spr_cli": {"file_name": "users_own.json"}, "other": {"file_name": "o.json"}}
     (data / "dataset_info.json").write_text(json.dumps(info))
     before = {p.name: p.read_bytes() for p in data.iterdir()}
-    p = spr("export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli", "--images", _root(staged))
-    assert_user_error(p, "already registered", "--overwrite")
+    argv = ["export", "--pairs", staged / "pairs.jsonl", "--dataset-dir", data, "--name", "spr_cli", "--images", _root(staged)]
+    assert_user_error(spr(*argv), "already registered", "never replaces an entry it did not write")
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+    p = spr(*argv, "--overwrite")
+    assert_user_error(p, "already registered", "not even with --overwrite")  # the user's entry, for their own file
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
 
 

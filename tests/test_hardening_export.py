@@ -16,6 +16,7 @@ from PIL import Image
 
 from candidates_factory import write_candidates
 from spr_plugin.cli import main
+from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.jsonl import atomic_write_text
 from spr_plugin.core.manifest import record_format
@@ -165,7 +166,10 @@ def test_overwrite_replaces_and_removes_only_what_spr_wrote(cli, pairs_file, tmp
     assert p.returncode == 0, p.stderr
     assert mine.read_bytes() == b"the user's own file" and users_tmp.exists() and not spr_tmp.exists()
     named = {json.loads(line)["images"][0] for line in (data / "ds.jsonl").read_text().splitlines()}
-    assert {f"ds/images/{f.name}" for f in folder.iterdir()} - {f"ds/images/{mine.name}", f"ds/images/{users_tmp.name}"} == named
+    left = {f"ds/images/{f.name}" for f in folder.iterdir()} - {f"ds/images/{mine.name}", f"ds/images/{users_tmp.name}"}
+    # the victim was written back by the user (spr's bytes, but no longer the file spr wrote): kept, not removed
+    rewritten = f"ds/images/{victim.name}"
+    assert left - {rewritten} == named - {rewritten} and rewritten in left
     assert len(named) == 1
 
 
@@ -189,24 +193,58 @@ def test_concurrent_exports_of_one_name_never_both_succeed(pairs_file, tmp_path)
     assert len((data / "race.jsonl").read_text().splitlines()) == len(_pairs(pairs_file))
 
 
-def test_dataset_info_keeps_its_mode_and_symlink_target(tmp_path):
+def test_dataset_info_keeps_its_mode_and_a_symlinked_one_is_refused(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     real = shared / "dataset_info.json"
-    real.write_text(json.dumps({"users_own": {"file_name": "mine.json"}}))
+    users = json.dumps({"users_own": {"file_name": "mine.json"}})
+    real.write_text(users)
     os.chmod(real, 0o664)
     data = tmp_path / "data"
     data.mkdir()
     (data / "dataset_info.json").symlink_to(real)
     (data / "a.jsonl").write_text("")
-    register_dataset(data, "a", ranking_entry("a.jsonl"))
-    assert (data / "dataset_info.json").is_symlink()  # the link stays a link ...
-    assert set(json.loads(real.read_text())) == {"users_own", "a"}  # ... and its target got the entry
+    with pytest.raises(SPRError, match="is a symlink"):  # its target is the user's file: never written through
+        register_dataset(data, "a", ranking_entry("a.jsonl"))
+    assert (data / "dataset_info.json").is_symlink() and real.read_text() == users
+    (shared / "a.jsonl").write_text("")
+    register_dataset(shared, "a", ranking_entry("a.jsonl"))  # the folder holding the real file works
+    assert set(json.loads(real.read_text())) == {"users_own", "a"}
     assert stat.S_IMODE(real.stat().st_mode) == 0o664
     atomic_write_text(tmp_path / "new.json", "{}")
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+USERS_INFO = {
+    "one line": '{"mine": {"file_name": "m.json"}, "other": {"file_name": "o.json", "columns": {"prompt": "q"}}}',
+    "four spaces, NaN, repeated key": (
+        '{\n    "mine": {"file_name": "m.json", "x": NaN},\n    "mine": {"file_name": "m2.json"}\n}\n'
+    ),
+    "tabs, non-ASCII": '{\n\t"donn\u00e9es": {\n\t\t"file_name": "d.json"\n\t}\n}',
+    "empty": "{}",
+}
+
+
+@pytest.mark.parametrize("text", USERS_INFO.values(), ids=USERS_INFO.keys())
+def test_registering_keeps_the_users_dataset_info_text(tmp_path, text):
+    """The user's entries keep their bytes (formatting, a repeated key, a NaN LLaMA-Factory reads); spr's entry is
+    inserted, and replaced in place with --overwrite."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(text)
+    (data / "a.jsonl").write_text("")
+    register_dataset(data, "a", ranking_entry("a.jsonl"))
+    after = (data / "dataset_info.json").read_text()
+    body = text.rstrip().removesuffix("}").rstrip()
+    assert after.startswith(body), after
+    users = json.loads(text)
+    assert json.loads(after) == {**users, "a": ranking_entry("a.jsonl")} or "NaN" in text
+    (data / "b.jsonl").write_text("")
+    register_dataset(data, "a", ranking_entry("b.jsonl"), overwrite=True)
+    again = (data / "dataset_info.json").read_text()
+    assert again == after.replace('"a.jsonl"', '"b.jsonl"'), again
 
 
 def _dataset(tmp_path: Path, image: str) -> Path:

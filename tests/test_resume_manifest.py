@@ -55,6 +55,11 @@ def test_outputs_without_a_record_are_refused_and_fresh_removes_only_covered_fil
     with pytest.raises(SPRError, match=r"changed: candidates.seed 0 -> 1"):
         m.check({"candidates": {"seed": 1}}, what="work dir")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    out.unlink()
+    out.symlink_to(tmp_path / "notes.txt")  # a link of the user's where an output goes: --fresh removes nothing
+    with pytest.raises(SPRError, match="is a symlink"):
+        m.reset()
+    assert out.is_symlink() and (tmp_path / "manifest.json").is_file() and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 @pytest.fixture(scope="module")

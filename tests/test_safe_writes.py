@@ -4,6 +4,7 @@ temp names, and export states the hostile suite (bench/hostile_cases/writes.py) 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -66,23 +67,47 @@ def test_temp_names_are_short_for_the_longest_legal_names(tmp_path):
     assert is_temp_name(".spr-abcd_123.tmp") and not is_temp_name(".spr-abcd.tmp") and not is_temp_name("x.spr-abcd1234.tmp")
 
 
-def test_the_record_owns_a_file_only_while_its_content_matches(tmp_path):
+def test_the_record_owns_a_file_only_while_it_is_the_file_spr_wrote(tmp_path):
     record = OwnedFiles.load(tmp_path, "r.json")
     assert not record.exists
-    stamp = write_bytes(tmp_path, "a.txt", b"spr's")
-    record.begin({"a.txt": stamp, "b.txt": Stamp.of_bytes(b"later"), "card.md": None})
+    record.begin({"a.txt": Stamp.of_bytes(b"spr's"), "b.txt": Stamp.of_bytes(b"later"), "card.md": None})
+    record.wrote("a.txt", write_bytes(tmp_path, "a.txt", b"spr's"))  # written, and its identity recorded
+    (tmp_path / "b.txt").write_bytes(b"later")  # the planned bytes, put there by someone else
     assert record.owns("a.txt") and not record.owns("b.txt") and not record.owns("card.md")
-    (tmp_path / "b.txt").write_bytes(b"later")  # written by the unfinished run: recognised
-    again = OwnedFiles.load(tmp_path, "r.json")
-    assert again.owns("b.txt") and not again.complete
-    again.begin({"c.txt": Stamp.of_bytes(b"c")})  # a second interruption forgets nothing already on disk
-    assert again.owns("a.txt") and again.owns("b.txt")
+    again = OwnedFiles.load(tmp_path, "r.json")  # as an interrupted run left it
+    assert again.owns("a.txt") and not again.owns("b.txt") and not again.complete
+    again.begin({"c.txt": Stamp.of_bytes(b"c")})  # a second interruption forgets nothing spr wrote
+    assert again.owns("a.txt") and OwnedFiles.load(tmp_path, "r.json").owns("a.txt")
     (tmp_path / "a.txt").write_bytes(b"the user changed it")
     assert not OwnedFiles.load(tmp_path, "r.json").owns("a.txt")
     (tmp_path / "r.json").write_text(
         '{"spr_files": 1, "files": {"a": {"size": -1, "sha256": "x"}}, "pending": {}, "complete": true}'
     )
     with pytest.raises(SPRError, match="not a file record"):
+        OwnedFiles.load(tmp_path, "r.json")
+
+
+def test_a_forged_record_naming_the_users_file_by_its_content_does_not_make_it_sprs(tmp_path):
+    """A record received with a folder (or written by hand) can list a user's file with its exact size and SHA-256,
+    and even an identity: only the identity of the very file spr wrote (inode, ctime) makes it spr's."""
+    (tmp_path / "mine.txt").write_bytes(PRECIOUS)
+    spr_file = write_bytes(tmp_path, "spr.txt", b"x")
+    stamp = Stamp.of_bytes(PRECIOUS).to_dict()
+    other = OwnedFiles(tmp_path, "other.json")
+    other.begin({"spr.txt": spr_file})
+    other.wrote("spr.txt", spr_file)
+    borrowed = other.pending["spr.txt"].to_dict()  # the identity of another file
+    for forged in (stamp, {**stamp, "inode": borrowed["inode"], "ctime_ns": borrowed["ctime_ns"]}):
+        for key in ("files", "pending"):
+            record = {"spr_files": 1, "files": {}, "pending": {}, "complete": key == "files", key: {"mine.txt": forged}}
+            (tmp_path / "r.json").write_text(json.dumps(record))
+            loaded = OwnedFiles.load(tmp_path, "r.json")
+            assert not loaded.owns("mine.txt")
+            loaded.begin({})
+            assert not loaded.owns("mine.txt")  # an unproven pending entry is not taken over either
+    (tmp_path / "r.json").unlink()
+    os.mkfifo(tmp_path / "r.json")  # would block a read forever
+    with pytest.raises(SPRError, match="not a regular file"):
         OwnedFiles.load(tmp_path, "r.json")
 
 
@@ -96,9 +121,13 @@ def test_a_hand_edited_record_cannot_point_outside_and_companions_stay_owned_unt
     with pytest.raises(SPRError, match="names a file outside"):
         OwnedFiles.load(folder, "r.json")
     record = OwnedFiles(folder, "r.json")
-    record.finish({"card.md": write_bytes(folder, "card.md", b"old card")}, {})
+    card = Stamp.of_bytes(b"old card")
+    record.begin({"card.md": card})
+    record.wrote("card.md", write_bytes(folder, "card.md", b"old card"))
+    record.finish({"card.md": card}, {})
     record.begin({"data.jsonl": Stamp.of_bytes(b"d"), "card.md": None})
-    record.finish({"data.jsonl": write_bytes(folder, "data.jsonl", b"d")}, {"card.md": None})
+    record.wrote("data.jsonl", write_bytes(folder, "data.jsonl", b"d"))
+    record.finish({"data.jsonl": Stamp.of_bytes(b"d")}, {"card.md": None})
     assert OwnedFiles.load(folder, "r.json").owns("card.md")  # killed before the new card: the old one is still spr's
 
 
@@ -115,7 +144,8 @@ def test_export_records_every_file_it_wrote_with_its_content(tmp_path):
     }
     assert set(record["files"]) == written
     for rel, stamp in record["files"].items():
-        assert Stamp.of_file(data / rel) == Stamp.from_dict(stamp)
+        recorded = Stamp.from_dict(stamp)
+        assert Stamp.of_file(data / rel).same_content(recorded) and recorded.ident is not None  # the file spr wrote
     assert all(
         line["dataset_image"].startswith(f"{NAME}/images/") for line in map(json.loads, (data / f"{NAME}.pairs.jsonl").open())
     )
@@ -215,3 +245,16 @@ def test_a_build_records_its_card_and_refuses_a_symlinked_one_before_any_work(tm
     (data / NAME / "images" / "mine.jpg").write_bytes(PRECIOUS)
     assert run_spr(*cmd, "--overwrite").returncode == 0
     assert (data / NAME / "images" / "mine.jpg").read_bytes() == PRECIOUS
+
+
+def test_a_parquet_gets_the_mode_a_new_file_gets(tmp_path):
+    """``write_parquet`` (export-hf, export-grpo) renames a temp file into place: not with mkstemp's 0600."""
+    import stat
+
+    import datasets
+
+    from spr_plugin.core.paths import new_file_mode
+    from spr_plugin.inspect.hf_export import write_parquet
+
+    write_parquet(datasets.Dataset.from_list([{"a": 1}]), tmp_path / "x.parquet")
+    assert stat.S_IMODE((tmp_path / "x.parquet").stat().st_mode) == new_file_mode()

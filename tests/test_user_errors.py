@@ -114,3 +114,21 @@ def test_existing_dataset_file_is_not_overwritten(tmp_path, synthetic_scenes):
     with pytest.raises(SPRError, match="already exists and spr did not write it"):  # --overwrite replaces only spr's files
         build_dataset(replace(cfg, overwrite=True))
     assert (data / "spr_err.jsonl").read_text() == "precious\n"
+
+
+def test_an_input_that_is_a_folder_fifo_or_dangling_link_is_said_as_it_is(tmp_path):
+    """Not "not found" (it is there), and never a read that blocks on a FIFO."""
+    import os
+
+    from spr_plugin.core.jsonl import read_json
+
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name, kind in (("folder", "a folder"), ("fifo", "a FIFO or device"), ("dangling", "a link to nothing")):
+        with pytest.raises(SPRError, match=f"annotation file .*{name} is {kind}, not a regular file"):
+            read_json(tmp_path / name, "annotation file")
+        with pytest.raises(SPRError, match=f"pair file .*{name} is {kind}, not a regular file"):
+            list(read_jsonl(tmp_path / name, dict, what="pair"))
+    with pytest.raises(SPRError, match="pair file not found"):
+        list(read_jsonl(tmp_path / "missing.jsonl", dict, what="pair"))

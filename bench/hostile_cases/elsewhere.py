@@ -101,6 +101,29 @@ def show_outside(tmp: Path) -> None:
     assert not list((tmp / "view").glob("*.png")) if (tmp / "view").exists() else True
 
 
+def show_copy_outside(tmp: Path) -> None:
+    """``spr show`` looks for an export's copy only where an export puts it (``<name>/images/`` beside
+    ``<name>.pairs.jsonl``): a received pairs file whose ``dataset_image`` names a picture beside it, or another
+    folder, renders nothing (no ``--images`` given); nor does a dataset folder whose ``<name>.pairs.jsonl`` links out."""
+    _, _, region = sampled(tmp)
+    received = tmp / "downloads"
+    received.mkdir()
+    picture().save(received / "secret.jpg")
+    (received / "other" / "images").mkdir(parents=True)
+    picture().save(received / "other" / "images" / "secret.jpg")
+    gone = {**region, "image_path": str(tmp / "gone.jpg"), "image_root": ""}
+    cases = (("p.jsonl", "secret.jpg"), ("ds.pairs.jsonl", "secret.jpg"), ("ds.pairs.jsonl", "other/images/secret.jpg"))
+    for name, copy in cases:
+        pairs = write_pairs(received / name, [{**_pair(gone), "dataset_image": copy}])
+        spr("show", "--pairs", pairs, "--out", tmp / "view").one_line_error("no --images given")
+        assert not (tmp / "view").exists()
+    data = tmp / "data"  # a dataset folder whose pairs file links out of it: its texts are not rendered
+    data.mkdir()
+    (data / "ds.pairs.jsonl").symlink_to(received / "ds.pairs.jsonl")
+    spr("show", "--dataset-dir", data, "--name", "ds", "--out", tmp / "view").one_line_error("is a link to")
+    assert not (tmp / "view").exists()
+
+
 def eval_region_outside(tmp: Path) -> None:
     """``spr eval region --regions`` refuses before loading the model."""
     root, evil, _ = _evil_region(tmp)
@@ -112,7 +135,8 @@ def eval_region_outside(tmp: Path) -> None:
 
 def export_hf_outside(tmp: Path) -> None:
     """``spr export-hf`` on a received dataset folder: an absolute path outside, or a symlink inside the folder
-    that leads out of it, is refused (the parquet would carry the user's picture)."""
+    that leads out of it, is refused (the parquet would carry the user's picture); so is a data file that is a link
+    out of the folder (it would carry the user's texts)."""
     secret = _secret(tmp)
     data = tmp / "data"
     (data / "images").mkdir(parents=True)
@@ -126,6 +150,12 @@ def export_hf_outside(tmp: Path) -> None:
         write_jsonl(data / "d.jsonl", [{**record, "images": [image]}])
         argv = ["export-hf", "--dataset-dir", data, "--name", "d", "--out", tmp / "hf", "--box-format", "qwen2_vl"]
         spr(*argv, "--image-max-pixels", "589824", "--image-min-pixels", "1024").one_line_error(fragment)
+    assert not (tmp / "hf" / "d.parquet").exists()
+    private = write_jsonl(tmp / "private.jsonl", [{**record, "chosen": {"from": "gpt", "value": "my diary"}, "images": []}])
+    (data / "d.jsonl").unlink()
+    (data / "d.jsonl").symlink_to(private)  # the data file itself a link out: its texts would be published
+    argv = ["export-hf", "--dataset-dir", data, "--name", "d", "--out", tmp / "hf", "--box-format", "qwen2_vl"]
+    spr(*argv, "--image-max-pixels", "589824", "--image-min-pixels", "1024").one_line_error("is a link to")
     assert not (tmp / "hf" / "d.parquet").exists()
 
 
@@ -141,6 +171,108 @@ def symlink_escape(tmp: Path) -> None:
         pairs = write_pairs(tmp / "evil.jsonl", [_pair({**region, "image_path": str(path)})])
         spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--images", root).one_line_error(fragment)
     _nothing_in(tmp / "data")
+
+
+def _private_meta(tmp: Path) -> Path:
+    """A ``<name>.spr.json`` outside every folder named on the command line (its template is a secret to leak)."""
+    private = tmp / "private"
+    private.mkdir()
+    meta = {"frame": {"image_max_pixels": 1024, "image_min_pixels": 32}, "template": "SECRET", "box_format": "qwen2_vl"}
+    (private / "x.spr.json").write_text(json.dumps(meta))
+    return private
+
+
+def check_recipe_outside(tmp: Path) -> None:
+    """``spr check-recipe``: a recipe's ``dataset_dir`` outside the working directory, a ``dataset`` name with ``..``,
+    and a ``<name>.spr.json`` linking out of ``--dataset-dir`` are refused, nothing of them read (quoted)."""
+    import os
+
+    private = _private_meta(tmp)
+    data = tmp / "work" / "data"
+    data.mkdir(parents=True)
+    (data / "y.spr.json").symlink_to(private / "x.spr.json")
+    head = "model_name_or_path: m\nstage: dpo\ntemplate: qwen2_vl\nimage_max_pixels: 1024\nimage_min_pixels: 32\n"
+    cwd = os.getcwd()
+    os.chdir(tmp / "work")
+    try:
+        cases = [
+            (f"dataset: x\ndataset_dir: {private}\n", [], "outside the working directory"),
+            ("dataset: x\ndataset_dir: ../private\n", [], "outside the working directory"),
+            ("dataset: ../../private/x\n", ["--dataset-dir", data], "points outside"),
+            ("dataset: y\n", ["--dataset-dir", data], "is a link to"),
+        ]
+        for i, (body, extra, fragment) in enumerate(cases):
+            recipe = tmp / "work" / f"r{i}.yaml"
+            recipe.write_text(head + body)
+            line = spr("check-recipe", recipe, *extra).one_line_error(fragment)
+            assert "SECRET" not in line, line
+        trusted = spr("check-recipe", tmp / "work" / "r0.yaml", "--dataset-dir", private)  # the user names it: read
+        assert "SECRET" in trusted.one_line_error("template mismatch")
+    finally:
+        os.chdir(cwd)
+
+
+def webui_outside(tmp: Path) -> None:
+    """``spr webui`` on a received data folder: an entry's ``file_name`` outside it (absolute, ``..``, a link out),
+    an entry name with ``..`` or a linked ``<name>.spr.json`` refuse before the workspace is made or LlamaBoard
+    starts (it would preview and train on the file)."""
+    private = _private_meta(tmp)
+    (private / "notes.jsonl").write_text("{}\n")
+    data = tmp / "data"
+    data.mkdir()
+    (data / "ok.jsonl").write_text("{}\n")
+    (data / "link.jsonl").symlink_to(private / "notes.jsonl")
+    (data / "y.spr.json").symlink_to(private / "x.spr.json")
+    cases = [
+        ({"a": {"file_name": str(private / "notes.jsonl")}}, "points outside"),
+        ({"a": {"file_name": "../private/notes.jsonl"}}, "points outside"),
+        ({"a": {"file_name": "link.jsonl"}}, "is a link to"),
+        ({"../private/x": {"file_name": "ok.jsonl"}}, "points outside"),
+        ({"y": {"file_name": "ok.jsonl"}}, "is a link to"),
+    ]
+    for info, fragment in cases:
+        (data / "dataset_info.json").write_text(json.dumps(info))
+        spr("webui", "--dataset-dir", data, "--workspace", tmp / "ws", "--port", "9").one_line_error(fragment)
+        assert not (tmp / "ws").exists()
+
+
+def odd_names(tmp: Path) -> None:
+    """Image names a received file can hold: URLs, ``~``, backslashes, NUL, a 300-byte name and a 5,000-byte one, in
+    a regions, pairs and REC file. Each is one line (before any model loads), names the file's value, and reads
+    nothing outside ``--images`` (a URL or ``~`` is a missing file under the root, never fetched or expanded)."""
+    root, _, region = sampled(tmp)
+    secret = _secret(tmp)
+    names = {
+        "file url": f"file://{secret}",
+        "http url": "http://127.0.0.1:9/secret.jpg",
+        "tilde": "~/secret.jpg",
+        "backslashes": "..\\outside\\secret.jpg",
+        "NUL": "ok.jpg\x00.png",
+        "300-byte name": f"{root}/{'y' * 300}.jpg",
+        "5000-byte name": "x" * 5000 + ".jpg",
+    }
+    for label, name in names.items():
+        bad = {**region, "image_path": name}
+        regions = write_jsonl(tmp / "odd.jsonl", [bad])
+        pairs = write_pairs(tmp / "odd_pairs.jsonl", [_pair(bad)])
+        rec = write_jsonl(tmp / "odd_rec.jsonl", [{"id": 1, "image": name, "expression": "a block", "box": [1, 1, 9, 9]}])
+        runs = {
+            "export": spr("export", "--pairs", pairs, "--dataset-dir", tmp / "data", "--images", root),
+            "export-grpo": spr("export-grpo", "--regions", regions, "--out", tmp / "g.parquet", "--images", root),
+            "show": spr("show", "--pairs", pairs, "--out", tmp / "view", "--images", root),
+            "eval rec": spr(
+                "eval", "rec", "--annotations", rec, "--model", tmp / "no-model", "--out", tmp / "e.json", "--images", root
+            ),
+        }
+        for command, res in runs.items():
+            try:
+                line = res.one_line_error()
+            except AssertionError as exc:
+                raise AssertionError(f"{label}, {command}: {exc}") from None
+            assert "no-model" not in line and len(line) < 1100, f"{label}, {command}: {line[:300]}"
+        assert not (tmp / "g.parquet").exists() and not (tmp / "e.json").exists()
+        _nothing_in(tmp / "data")
+        assert not list((tmp / "view").glob("*.png")) if (tmp / "view").exists() else True
 
 
 BAD_VALUES = {
@@ -240,9 +372,13 @@ CASES = [
     HostileCase(CLS, "export: image outside", export_outside),
     HostileCase(CLS, "export-grpo: image outside", export_grpo_outside),
     HostileCase(CLS, "show: image outside", show_outside),
+    HostileCase(CLS, "show: a copy named beside a received pairs file", show_copy_outside),
     HostileCase(CLS, "eval region: image outside", eval_region_outside),
     HostileCase(CLS, "export-hf: outside and symlink", export_hf_outside),
     HostileCase(CLS, "symlink escapes", symlink_escape),
+    HostileCase(CLS, "URLs, ~, backslashes, NUL, very long names", odd_names),
+    HostileCase(CLS, "check-recipe: dataset_dir, names and links outside", check_recipe_outside),
+    HostileCase(CLS, "webui: entries and links outside the data folder", webui_outside),
     HostileCase(CLS, "hand-edited values", hand_edited_values),
     HostileCase(CLS, "Infinity never written", infinity_never_written),
     HostileCase(CLS, "--out is the input", out_is_input),

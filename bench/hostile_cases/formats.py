@@ -168,7 +168,10 @@ def a_hand_edited_record(tmp: Path) -> None:
     _stage(tmp)
     side = tmp / "p.jsonl.manifest.json"
     record = json.loads(side.read_text())
-    for key, value, fragment in (("box_format", "qwen9", "unknown box format"), ("frame", {"image_max_pixels": -5}, "image_max")):
+    edits = [("box_format", "qwen9", "unknown box format"), ("frame", {"image_max_pixels": -5}, "image_max")]
+    for forged in (10**29, float("nan"), float("inf"), "12544", True, 1.5):  # huge, non-finite, wrong types
+        edits.append(("frame", {"image_max_pixels": forged, "image_min_pixels": 1024}, "image_max_pixels must be"))
+    for key, value, fragment in edits:
         edited = json.loads(json.dumps(record))
         edited["stages"]["pairs"][key] = value
         side.write_text(json.dumps(edited))

@@ -176,6 +176,179 @@ def symlinked_file_record(tmp: Path) -> None:
     assert outside.read_bytes() == PRECIOUS
 
 
+def symlinked_dataset_info(overwrite: bool):
+    """A ``dataset_info.json`` that is a symlink (to a file shared by other data folders, or anything else): its
+    target is the user's; spr refuses before the first write instead of writing through it."""
+
+    def run(tmp: Path) -> None:
+        pairs, data, _ = scene(tmp)
+        outside = tmp / "elsewhere" / "dataset_info.json"
+        outside.parent.mkdir()
+        outside.write_bytes(b'{"users": {"file_name": "u.json"}}')
+        data.mkdir()
+        (data / "dataset_info.json").symlink_to(outside)
+        one_line(export(pairs, data, *(["--overwrite"] if overwrite else [])), "dataset_info.json", "symlink")
+        assert outside.read_bytes() == b'{"users": {"file_name": "u.json"}}' and (data / "dataset_info.json").is_symlink()
+        assert not (data / f"{NAME}.jsonl").exists() and not (data / NAME).exists()
+
+    return run
+
+
+def users_dataset_info_text_kept(tmp: Path) -> None:
+    """The user's ``dataset_info.json`` (their own entries, their formatting, a repeated key, a NaN their LLaMA-Factory
+    reads) keeps its bytes; spr's entries are inserted, and replaced in place by ``--overwrite``."""
+    pairs, data, root = scene(tmp)
+    data.mkdir()
+    users = '{"mine": {"file_name": "m.json", "x": NaN}, "mine": {"file_name": "m2.json"}}'
+    (data / "dataset_info.json").write_text(users)
+    ok(export(pairs, data))
+    first = (data / "dataset_info.json").read_text()
+    assert first.startswith(users[:-1] + ", ") and NAME in json.loads(first), first
+    other = pairs_file(tmp, [pair("9_0", 9, picture(root / "other.png", (1, 2, 3)), root)], "other.jsonl")
+    ok(export(other, data, "--overwrite"))
+    assert (data / "dataset_info.json").read_text() == first  # the same entries: not even rewritten
+
+
+def forged_file_record(tmp: Path) -> None:
+    """A ``<name>.spr-files.json`` (received with the folder, or forged) listing the user's own picture and companion
+    file with their exact sizes and SHA-256s: ``--overwrite`` neither replaces nor removes them."""
+    from spr_plugin.core.owned import Stamp
+
+    pairs, data, _ = scene(tmp)
+    mine = picture(data / NAME / "images" / "holiday.png", (5, 6, 7))
+    (data / f"{NAME}.pairs.jsonl").write_bytes(PRECIOUS)
+    claims = {rel: Stamp.of_file(data / rel).to_dict() for rel in (f"{NAME}/images/holiday.png", f"{NAME}.pairs.jsonl")}
+    for key in ("files", "pending"):
+        record = {"spr_files": 1, "complete": key == "files", "files": {}, "pending": {}, key: claims}
+        (data / f"{NAME}.spr-files.json").write_text(json.dumps(record))
+        one_line(export(pairs, data, "--overwrite"), "spr did not write it", f"{NAME}.pairs.jsonl")
+        assert (data / f"{NAME}.pairs.jsonl").read_bytes() == PRECIOUS and mine.is_file()
+    (data / f"{NAME}.pairs.jsonl").unlink()  # the user moves their companion away: the export runs, their picture stays
+    ok(export(pairs, data, "--overwrite"))
+    assert mine.is_file() and len(records(data)) == 3
+
+
+def fifo_where_a_file_is_read(rel: str):
+    """A FIFO where the export reads a file (its record, ``dataset_info.json``): one line, never a read that blocks."""
+
+    def run(tmp: Path) -> None:
+        pairs, data, _ = scene(tmp)
+        data.mkdir()
+        os.mkfifo(data / rel)
+        one_line(export(pairs, data, "--overwrite"), "not a regular file")
+        assert not (data / f"{NAME}.jsonl").exists()
+
+    return run
+
+
+def hard_linked_images_overwritten(tmp: Path) -> None:
+    """``--image-mode link`` hard-links the user's photos into the dataset; ``--overwrite`` with fewer pairs removes
+    only the dataset's stale links, never the user's photos (nor their content)."""
+    pairs, data, root = scene(tmp)
+    before = tree(root)
+    ok(export(pairs, data, "--image-mode", "link"))
+    assert all(p.stat().st_nlink == 2 for p in root.iterdir())
+    one = pairs_file(tmp, [pair("0_0", 0, root / "img0.png", root)], "one.jsonl")
+    ok(export(one, data, "--image-mode", "link", "--overwrite"))
+    assert tree(root) == before and len(list((data / NAME / "images").iterdir())) == 1
+
+
+def show_out_folder_of_the_users(tmp: Path) -> None:
+    """``spr show --out`` into a folder holding the user's ``index.html`` (or a symlink named so, or their own
+    ``pair_000.png``): refused before anything is written, never replaced or written through; a second ``spr show``
+    into its own folder replaces its own files."""
+    pairs, _, root = scene(tmp)
+    outside = tmp / "keep.html"
+    outside.write_bytes(PRECIOUS)
+    view = tmp / "view"
+    view.mkdir()
+    show = ("show", "--pairs", pairs, "--out", view, "--images", root)
+    for name, make in (("index.html", lambda p: p.symlink_to(outside)), ("pair_000.png", lambda p: p.write_bytes(PRECIOUS))):
+        make(view / name)
+        assert "symlink" in one_line(spr(*show), name) or name != "index.html"
+        assert outside.read_bytes() == PRECIOUS and tree(view) == ({"pair_000.png": PRECIOUS} if name != "index.html" else {})
+        (view / name).unlink()
+    ok(spr(*show))
+    ok(spr(*show))
+    assert outside.read_bytes() == PRECIOUS and (view / "index.html").read_bytes().startswith(b"<!doctype html>")
+
+
+def webui_workspace_link_of_the_users(tmp: Path) -> None:
+    """``spr webui --workspace`` whose ``data`` is the user's own link (a LLaMA-Factory checkout's ``data`` pointing at
+    their data): refused in one line, the link kept; a link spr made itself is re-pointed at the next dataset folder."""
+    from spr_plugin.llamafactory.webui import prepare_workspace
+    from spr_plugin.settings import WebUIConfig
+
+    folders = []
+    for name in ("data1", "data2"):
+        folder = tmp / name
+        folder.mkdir()
+        (folder / "a.jsonl").write_text("{}\n")
+        (folder / "dataset_info.json").write_text('{"a": {"file_name": "a.jsonl"}}')
+        folders.append(folder)
+    mine = tmp / "my_llamafactory_data"
+    mine.mkdir()
+    ws = tmp / "ws"
+    ws.mkdir()
+    (ws / "data").symlink_to(mine, target_is_directory=True)
+    one_line(spr("webui", "--dataset-dir", folders[0], "--workspace", ws, "--port", "9"), "spr did not make")
+    assert os.readlink(ws / "data") == str(mine)
+    ours = tmp / "ws2"
+    prepare_workspace(WebUIConfig(folders[0], workspace=ours))
+    prepare_workspace(WebUIConfig(folders[1], workspace=ours))  # its own link: re-pointed
+    assert (ours / "data").resolve() == folders[1].resolve()
+    (ours / "data").unlink()
+    (ours / "data").symlink_to(mine, target_is_directory=True)  # the user's now
+    one_line(spr("webui", "--dataset-dir", folders[0], "--workspace", ours, "--port", "9"), "spr did not make")
+    assert os.readlink(ours / "data") == str(mine)
+
+
+def symlinked_outputs_of_other_commands(tmp: Path) -> None:
+    """Every other file spr writes atomically or appends to (``spr regions --out``, ``spr pair --out``, a manifest, a
+    summary) refuses a symlink in one line: writing its target would write a file spr did not write (a dangling link
+    would even create one wherever it points), and replacing it would remove the user's link."""
+    from hostile_cases._inputs import sampled, write_jsonl
+
+    (tmp / "s").mkdir()
+    _, regions, region = sampled(tmp / "s")
+    root = regions.parent / "images"
+    outside = tmp / "keep.jsonl"
+    outside.write_bytes(PRECIOUS)
+    cands = write_jsonl(tmp / "c.jsonl", [{"region_id": region["region_id"], "text": "a block", "sample_idx": 0}])
+    ann = regions.parent / "ann.json"
+    for target in (outside, tmp / "nowhere" / "x.jsonl"):
+        for out, argv in (
+            ("r.jsonl", ("regions", "--annotations", ann, "--images", root, "--k", "2")),
+            ("p.jsonl", ("pair", "--regions", regions, "--candidates", cands)),
+        ):
+            link = tmp / out
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+            one_line(spr(*argv, "--out", link), "symlink")
+            assert outside.read_bytes() == PRECIOUS and not (tmp / "nowhere").exists() and link.is_symlink()
+
+
+def export_hf_over_the_users_parquet(tmp: Path) -> None:
+    """``spr export-hf --out`` where ``<name>.parquet`` is the user's (or a symlink): one line, never replaced; its own
+    parquet is replaced by a rerun."""
+    pairs, data, _ = scene(tmp)
+    ok(export(pairs, data))
+    hf = tmp / "hf"
+    hf.mkdir()
+    argv = ("export-hf", "--dataset-dir", data, "--name", NAME, "--out", hf)
+    (hf / f"{NAME}.parquet").write_bytes(PRECIOUS)
+    one_line(spr(*argv), "spr did not write it")
+    assert (hf / f"{NAME}.parquet").read_bytes() == PRECIOUS
+    (hf / f"{NAME}.parquet").unlink()
+    (hf / f"{NAME}.parquet").symlink_to(tmp / "keep.parquet")
+    one_line(spr(*argv), "symlink")
+    assert not (tmp / "keep.parquet").exists()
+    (hf / f"{NAME}.parquet").unlink()
+    ok(spr(*argv))
+    ok(spr(*argv))
+    assert (hf / f"{NAME}.parquet").read_bytes()[:4] == b"PAR1"
+
+
 # ---------------------------------------------------------------- files of the user's in the dataset dir
 
 
@@ -371,6 +544,17 @@ CASES: list[HostileCase] = [
     HostileCase(CLS, "symlinked export lock file", symlinked_lock_file(f".{NAME}.export.lock")),
     HostileCase(CLS, "symlinked dataset_info lock file", symlinked_lock_file(".dataset_info.json.lock")),
     HostileCase(CLS, "symlinked file record", symlinked_file_record),
+    HostileCase(CLS, "symlinked dataset_info.json", symlinked_dataset_info(False)),
+    HostileCase(CLS, "symlinked dataset_info.json, --overwrite", symlinked_dataset_info(True)),
+    HostileCase(CLS, "user's dataset_info.json text kept", users_dataset_info_text_kept),
+    HostileCase(CLS, "file record forged to claim the user's files, --overwrite", forged_file_record),
+    HostileCase(CLS, "FIFO as the file record", fifo_where_a_file_is_read(f"{NAME}.spr-files.json")),
+    HostileCase(CLS, "FIFO as dataset_info.json", fifo_where_a_file_is_read("dataset_info.json")),
+    HostileCase(CLS, "hard-linked images (--image-mode link), --overwrite", hard_linked_images_overwritten),
+    HostileCase(CLS, "spr show --out holding the user's files or a symlink", show_out_folder_of_the_users),
+    HostileCase(CLS, "spr export-hf --out holding the user's parquet or a symlink", export_hf_over_the_users_parquet),
+    HostileCase(CLS, "symlinked --out of spr regions and spr pair (also dangling)", symlinked_outputs_of_other_commands),
+    HostileCase(CLS, "spr webui --workspace whose data is the user's link", webui_workspace_link_of_the_users),
     HostileCase(CLS, "user's files in <name>/images, --overwrite", users_image_survives_overwrite),
     HostileCase(CLS, "--overwrite with fewer pairs removes only stale spr files", overwrite_removes_only_stale_spr_files),
     HostileCase(CLS, "copied image changed by the user, --overwrite", changed_spr_image_is_not_replaced),

@@ -94,11 +94,16 @@ def lf_preprocess_image(
     return image
 
 
+#: The largest pixel bound: the area of the largest image a region may declare (1,000,000 pixels a side). A record
+#: holding more (``1e29`` in a hand-edited sidecar) is refused: no image has it, and it overflows int64 downstream.
+MAX_PIXELS = 10**12
+
+
 def check_pixel_bounds(image_max_pixels: int | None, image_min_pixels: int | None) -> str | None:
     """Why the two bounds are unusable (for a ConfigError), or None if they are fine."""
     for name, value in (("image_max_pixels", image_max_pixels), ("image_min_pixels", image_min_pixels)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            return f"{name} must be a positive integer or None (no pre-resize), got {value!r}"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PIXELS):
+            return f"{name} must be a positive integer of at most 10^12 or None (no pre-resize), got {value!r:.40}"
     if image_max_pixels is not None and image_min_pixels is not None and image_min_pixels > image_max_pixels:
         return f"image_min_pixels ({image_min_pixels}) must not exceed image_max_pixels ({image_max_pixels})"
     return None

@@ -149,6 +149,14 @@ def require_image(path: str | os.PathLike, what: str = "image") -> tuple[int, in
     return result
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the OS refuses (longer than NAME_MAX: a name from a received file)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 class ImageLocator:
     """Finds images under ``root`` by the ``file_name`` a json gives them.
 
@@ -205,7 +213,7 @@ class ImageLocator:
             mapped = [self._at(layout, n) if not os.path.isabs(n) else Path(os.path.normpath(n)) for n in names]
             if len({p for p in mapped if p is not None}) < distinct:
                 continue  # lossy: two different names would land on one file (seq1/0001.jpg, seq2/0001.jpg)
-            hits = sum(p is not None and p.is_file() for p in mapped)
+            hits = sum(p is not None and _is_file(p) for p in mapped)
             if hits > best_hits:
                 best, best_hits = layout, hits
             if best_hits == len(names):
@@ -229,7 +237,7 @@ class ImageLocator:
     def locate(self, file_name: str) -> Path | None:
         """The image file for ``file_name``, or None. Raises :class:`SPRError` for a name that leaves the root."""
         for path in self.candidates(file_name):
-            if path.is_file():
+            if _is_file(path):
                 return path
         return None
 

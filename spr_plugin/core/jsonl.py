@@ -42,7 +42,7 @@ def read_json(path: str | os.PathLike, what: str, *, strict: bool = True, hint: 
     """
     path = Path(path)
     if not path.is_file():
-        raise SPRError(f"{what} not found: {path}")
+        raise SPRError(_not_a_file(path, what))
     try:
         text = path.read_bytes().decode("utf-8")
         return loads_strict(text) if strict else json.loads(text)
@@ -56,6 +56,15 @@ def read_json(path: str | os.PathLike, what: str, *, strict: bool = True, hint: 
         raise SPRError(f"{path}: not valid JSON ({exc}){hint}") from None
     except OSError as exc:
         raise SPRError(f"{path}: cannot be read ({exc.strerror or exc}){hint}") from None
+
+
+def _not_a_file(path: Path, what: str) -> str:
+    """Why ``path`` cannot be read as a file: missing, or there but not a regular file (a folder, a FIFO that would
+    block the read, a device); said as it is, not as "not found"."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        kind = "a folder" if path.is_dir() else "a link to nothing" if not path.exists() else "a FIFO or device"
+        return f"{what} {path} is {kind}, not a regular file"
+    return f"{what} not found: {path}"
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:
@@ -111,7 +120,7 @@ def read_jsonl(
     """
     path = Path(path)
     if not path.is_file():
-        raise SPRError(f"{what} file not found: {path}")
+        raise SPRError(_not_a_file(path, f"{what} file"))
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -180,7 +189,7 @@ class JsonlAppender:
     """Appends records to a JSONL file, one flushed line each; repairs a torn last line on open."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = replace_target(path)  # appending through a symlink would write (and repair) the user's file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open("rb+") as f:
@@ -219,17 +228,23 @@ def _new_file_mode(target: Path) -> int:
 
 
 def replace_target(path: str | os.PathLike) -> Path:
-    """The file an atomic replace of ``path`` must write: the symlink's target if ``path`` is a symlink
-    (replacing the link itself would cut the user's shared file loose), else ``path``."""
+    """The file an atomic replace of ``path`` writes: ``path`` itself, which must not be a symlink. Writing the link's
+    target would write a file spr did not write (anywhere the link points: a dangling link would even create it), and
+    replacing the link by a file would remove the user's link: either is refused in one line, nothing changed."""
     path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    if path.is_symlink():
+        raise SPRError(
+            f"{path} is a symlink (to {os.path.realpath(path)}); spr never writes through a symlink nor replaces one: "
+            "write to another path or remove the link"
+        )
+    return path
 
 
 @contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """A temp file next to ``path`` that replaces it on success: readers see the old or the new file,
     never a half-written one, and a crash or a full disk leaves only the old one (the temp file is removed).
-    The replacement keeps the old file's mode and, for a symlink, writes its target."""
+    The replacement keeps the old file's mode; a symlink at ``path`` is refused (:func:`replace_target`)."""
     target = replace_target(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     file_mode = _new_file_mode(target)

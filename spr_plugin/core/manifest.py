@@ -130,11 +130,20 @@ class Manifest:
         atomic_write_text(self.path, dumps({"version": VERSION, "stages": recorded}, indent=2, sort_keys=True) + "\n")
 
     def reset(self) -> list[Path]:
-        """``--fresh``: remove every output the manifest covers, and the manifest; returns what was removed."""
+        """``--fresh``: remove every output the manifest covers, and the manifest; returns what was removed.
+
+        A symlink (at an output or the manifest) is refused before anything is removed: spr writes no links there, so
+        it is the user's, and removing it (or what it points at) would delete what spr did not write."""
+        links = [p for paths in (*self.outputs.values(), [self.path]) for p in paths if p.is_symlink()]
+        if links:
+            raise SPRError(
+                f"{links[0]} is a symlink (to {os.path.realpath(links[0])}); --fresh removes only files spr wrote, never a "
+                "link: remove it yourself or use another output folder; nothing was removed"
+            )
         removed = []
         for paths in self.outputs.values():
             for p in paths:
-                if p.is_file() or p.is_symlink():
+                if p.is_file():
                     p.unlink()
                     removed.append(p)
         if self.path.is_file():

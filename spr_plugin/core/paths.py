@@ -37,8 +37,9 @@ def contained_path(root: str | os.PathLike, relative: str, what: str = "path") -
     return joined
 
 
-#: The longest file name (bytes) most file systems allow (``NAME_MAX``).
+#: The longest file name (bytes) most file systems allow (``NAME_MAX``), and the longest path Linux takes (``PATH_MAX``).
 NAME_MAX = 255
+PATH_MAX = 4096
 
 
 def check_write_path(root: str | os.PathLike, relative: str, what: str = "path", *, folder: bool = False) -> Path:
@@ -121,6 +122,9 @@ class ImageRoots:
         """
         if not isinstance(image_path, str) or not image_path or "\x00" in image_path:
             raise SPRError(f"{what} {image_path!r:.80} is not a usable file path")
+        if len(os.fsencode(image_path)) > PATH_MAX or any(len(os.fsencode(part)) > NAME_MAX for part in Path(image_path).parts):
+            # the OS would fail on it (ENAMETOOLONG) wherever it is first touched; said here, naming the file's value
+            raise SPRError(f"{what} {image_path!r:.80}... is not a usable file path (a name longer than {NAME_MAX} bytes)")
         if os.path.isabs(image_path):
             candidates = [Path(os.path.normpath(image_path))]
         else:

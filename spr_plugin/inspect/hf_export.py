@@ -37,8 +37,8 @@ from spr_plugin.core.frame import NOT_GIVEN, ImageFrame
 from spr_plugin.core.images import raw_frame_bytes, require_image
 from spr_plugin.core.jsonl import read_dataset_records
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
-from spr_plugin.core.owned import new_temp
-from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.owned import OwnedFiles, Stamp, new_temp
+from spr_plugin.core.paths import ImageRoots, check_write_path, contained_path, new_file_mode
 from spr_plugin.core.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS, content_parts
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -119,6 +119,7 @@ def write_parquet(ds, path: Path) -> None:
     tmp = new_temp(path.parent)
     try:
         ds.to_parquet(str(tmp))
+        os.chmod(tmp, new_file_mode())  # not mkstemp's 0600: as readable as a file the user's tools write
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -225,6 +226,12 @@ def export_hf(
     ):
         raise SPRError(f"dataset {name!r} is not a local ShareGPT ranking dataset; only those can be exported")
     data_file = contained_path(dataset_dir, str(entry["file_name"]), f"dataset {name!r} file_name")
+    if not ImageRoots([dataset_dir], "--dataset-dir").contains_real(data_file):  # a link out: its texts would be exported
+        raise SPRError(
+            f"dataset {name!r} file_name {data_file} is a link to {os.path.realpath(data_file)}, outside {dataset_dir}; "
+            "refusing to read it"
+        )
+    owned = _parquet_record(Path(out), name)  # before the work: a parquet of the user's is never replaced
     records = _read_records(data_file)
     if not records:
         raise SPRError(f"{data_file} holds no records")
@@ -246,5 +253,21 @@ def export_hf(
         }
     )
     parquet = Path(out) / f"{name}.parquet"
+    _parquet_record(Path(out), name)  # again, right before the write
+    owned.begin({parquet.name: None})
     write_parquet(datasets.Dataset.from_list(rows, features=features), parquet)
+    stamp = Stamp.of_file(parquet)
+    owned.wrote(parquet.name, stamp, save=False)
+    owned.finish({parquet.name: stamp}, {})
     return HFExportResult(parquet, len(rows))
+
+
+def _parquet_record(out: Path, name: str) -> OwnedFiles:
+    """The record of the parquet ``export-hf`` writes in ``out`` (``.<name>.parquet.spr-files.json``), once
+    ``<out>/<name>.parquet`` is known to be absent or the very file an earlier ``export-hf`` wrote: a parquet of the
+    user's (or a symlink) at that path is one line, never replaced."""
+    record = OwnedFiles.load(out, f".{name}.parquet.spr-files.json")
+    path = check_write_path(out, f"{name}.parquet", "parquet")
+    if os.path.lexists(path) and not record.owns(path.name):
+        raise SPRError(f"{path} already exists and spr did not write it (or it changed since); choose another --out")
+    return record

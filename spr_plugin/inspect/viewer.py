@@ -14,7 +14,9 @@ embedding them with the full texts.
 from __future__ import annotations
 
 import html
+import io
 import itertools
+import os
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +27,8 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.core.images import region_image, require_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
-from spr_plugin.core.paths import ImageRoots
+from spr_plugin.core.owned import OwnedFiles, write_bytes
+from spr_plugin.core.paths import ImageRoots, check_write_path, make_real_dirs
 from spr_plugin.core.records import Box, PreferencePair, Region, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -72,7 +75,7 @@ def find_image(pair: PreferencePair, config: ShowConfig, copy: str | None = None
         refused = exc
     folders = [Path(config.dataset_dir)] if config.dataset_dir else []
     folders.append(config.pairs_file().parent)
-    for folder in folders if isinstance(copy, str) and copy else []:
+    for folder in folders if _is_export_copy(copy, config.pairs_file()) else []:
         try:
             found = region_image(replace(region, image_path=copy), ImageRoots([folder], "the dataset folder"))
         except SPRError:
@@ -82,6 +85,17 @@ def find_image(pair: PreferencePair, config: ShowConfig, copy: str | None = None
     if refused is not None:
         raise refused
     raise SPRError(f"image of region {region.region_id} not found: {region.image_path} (nor an exported copy)")
+
+
+def _is_export_copy(copy: str | None, pairs_file: Path) -> bool:
+    """``copy`` is where an export of the pairs file's dataset places its images (``<name>/images/<file>`` next to
+    ``<name>.pairs.jsonl``): only there does the viewer look. Any other value (a pairs file from elsewhere naming
+    ``secret.jpg`` beside it) is not a copy, and nothing but ``--images`` names where originals are read."""
+    if not isinstance(copy, str) or not pairs_file.name.endswith(".pairs.jsonl"):
+        return False
+    name = pairs_file.name.removesuffix(".pairs.jsonl")
+    parts = copy.split("/")
+    return len(parts) == 3 and parts[0] == name and parts[1] == "images" and parts[2] not in ("", ".", "..")
 
 
 def _pair_and_copy(d: dict) -> tuple[PreferencePair, str | None]:
@@ -259,25 +273,39 @@ def _recorded_box_format(config: ShowConfig) -> BoxFormat:
 
 def show_pairs(config: ShowConfig) -> ShowResult:
     """Render the first ``config.n`` pairs of the pairs file into ``config.out``."""
+    if config.pairs is None and not ImageRoots([config.dataset_dir], "--dataset-dir").contains_real(config.pairs_file()):
+        raise SPRError(  # a received dataset folder whose pairs file links out: its texts would be rendered and shared
+            f"{config.pairs_file()} is a link to {os.path.realpath(config.pairs_file())}, outside --dataset-dir "
+            f"{config.dataset_dir}; refusing to read it"
+        )
     fmt = _recorded_box_format(config)
     rows = list(itertools.islice(read_jsonl(config.pairs_file(), _pair_and_copy, what="pair"), config.n))
     pairs = [pair for pair, _ in rows]
     if not pairs:
         raise SPRError(f"{config.pairs_file()} holds no pairs")
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    images = []
+    for pair, copy in rows:  # every image checked before anything is written
+        image = find_image(pair, config, copy)
+        require_image(image, f"image of region {pair.region.region_id}")  # a bomb or a non-image is one line
+        images.append(image)
+    names = [f"pair_{i:03d}.png" for i in range(len(pairs))]
+    record = _check_view_files(out, [*names, "index.html"])
+    make_real_dirs(out, ".", "--out folder")
+    record.begin(dict.fromkeys([*names, "index.html"]))
     vocabulary = Vocabulary.of_regions(p.region for p in pairs)
     from spr_plugin.llamafactory.recipe_check import recorded_vocabulary
 
     recorded = recorded_vocabulary(config.pairs_file())  # the names that judged the pairs: the same counts as the summary
     if recorded is not None:
         vocabulary = vocabulary.union(Vocabulary.of(recorded))
-    pngs, sections = [], []
-    for i, pair in enumerate(pairs):
-        png = out / f"pair_{i:03d}.png"
-        image = find_image(pair, config, rows[i][1])
-        require_image(image, f"image of region {pair.region.region_id}")  # a bomb or a non-image is one line
-        render_pair(pair, image, fmt, vocabulary).save(png)
+    pngs, sections, written = [], [], {}
+    for i, (pair, image) in enumerate(zip(pairs, images)):
+        png = out / names[i]
+        buffer = io.BytesIO()
+        render_pair(pair, image, fmt, vocabulary).save(buffer, format="PNG")
+        written[names[i]] = write_bytes(out, names[i], buffer.getvalue(), "view file")
+        record.wrote(names[i], written[names[i]], save=False)
         pngs.append(png)
         sections.append(
             f"<section><h2>{i}: region {html.escape(pair.region.region_id)} (margin {pair.margin:.3f})</h2>"
@@ -295,7 +323,7 @@ def show_pairs(config: ShowConfig) -> ShowResult:
         f"{sum(f.boxes for f in chosen) / len(pairs):.2f} / {sum(f.boxes for f in rejected) / len(pairs):.2f}."
     )
     page = out / "index.html"
-    page.write_text(
+    text = (
         "<!doctype html><html><head><meta charset='utf-8'><title>SPR pairs</title><style>"
         "body{font-family:sans-serif;margin:1em}img{max-width:100%}.sides{display:flex;gap:1em}"
         ".side{flex:1}pre{white-space:pre-wrap;word-break:break-all;background:#f4f4f4;padding:.5em}"
@@ -303,7 +331,25 @@ def show_pairs(config: ShowConfig) -> ShowResult:
         f"<h1>SPR preference pairs ({len(pairs)} from {html.escape(str(config.pairs_file()))})</h1>"
         "<p>Green: boxes of the chosen description; red: the rejected one; yellow: the query region; "
         "grey: annotated objects (gtN). [k] numbers a description's parsed boxes in text order.</p>"
-        f"<p class='totals'>{html.escape(totals)}</p>" + "".join(sections) + "</body></html>\n",
-        encoding="utf-8",
+        f"<p class='totals'>{html.escape(totals)}</p>" + "".join(sections) + "</body></html>\n"
     )
+    written["index.html"] = write_bytes(out, "index.html", text.encode("utf-8"), "view file")
+    record.wrote("index.html", written["index.html"], save=False)
+    record.finish(written, {})
     return ShowResult(page, pngs, len(pairs))
+
+
+#: The record of the files ``spr show`` wrote in its ``--out`` folder (:class:`spr_plugin.core.owned.OwnedFiles`).
+VIEW_RECORD = ".spr-show.spr-files.json"
+
+
+def _check_view_files(out: Path, names: list[str]) -> OwnedFiles:
+    """The ``--out`` folder's record, once every file the view writes is known to be replaceable: absent, or the very
+    file an earlier ``spr show`` wrote there. A user's ``index.html`` (or a symlink: its target is the user's file) is
+    refused in one line before anything is written, never replaced or written through."""
+    record = OwnedFiles.load(out, VIEW_RECORD)
+    for name in names:
+        path = check_write_path(out, name, "view file")
+        if os.path.lexists(path) and not record.owns(name):
+            raise SPRError(f"{path} already exists and spr did not write it (or it changed since); choose another --out")
+    return record

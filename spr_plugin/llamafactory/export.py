@@ -38,7 +38,7 @@ from spr_plugin.core.errors import ConfigError, SPRError
 from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.images import check_image_cached, content_file_name, copy_verified, region_image
 from spr_plugin.core.jsonl import dumps
-from spr_plugin.core.owned import OwnedFiles, Stamp, file_matches, is_temp_name, stamp_of, write_bytes
+from spr_plugin.core.owned import OwnedFiles, Stamp, file_is_ours, file_matches, is_temp_name, stamp_of, write_bytes
 from spr_plugin.core.paths import ImageRoots, check_write_path, image_roots, make_real_dirs
 from spr_plugin.core.preflight import check_dataset_name
 from spr_plugin.core.records import PreferencePair
@@ -59,6 +59,8 @@ from spr_plugin.llamafactory.registry import (
 IMAGE_MODES = ("copy", "link", "absolute")
 #: The record of the files an export of ``<name>`` wrote (:class:`spr_plugin.core.owned.OwnedFiles`).
 RECORD_SUFFIX = ".spr-files.json"
+#: The record is saved after this many copied images (and after the last): a killed export forgets at most these.
+RECORD_EVERY = 200
 #: How many skipped pairs a summary names (all are counted).
 SKIP_EXAMPLES = 5
 
@@ -241,14 +243,14 @@ def _check_replaceable(dataset_dir: Path, record: OwnedFiles, rel: str, overwrit
     if not path.exists() or file_matches(path, stamp) or record.owns(rel):
         return
     hint = "move it away or choose another --name" if overwrite else "choose another --name or move it away"
-    raise SPRError(f"{path} already exists and spr did not write it (or it changed since); {hint}")
+    raise SPRError(f"{path} already exists and spr did not write it (or it changed since, or was copied here); {hint}")
 
 
 def check_can_export(config: ExportConfig) -> OwnedFiles:
     """Raise before any work if the export would be refused (name registered differently, a dataset of the name
     exists, a file of the user's or a symlink where the export writes); returns the name's file record."""
     dataset_dir = Path(config.dataset_dir)
-    check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite)
+    check_can_register_entries(dataset_dir, build_entries(config.name), config.overwrite, same_file_only=True)
     for lock in (f".{config.name}.export.lock", f".{DATASET_INFO}.lock"):  # opening a lock file truncates it
         check_write_path(dataset_dir, lock, "lock file")
     if config.image_mode != "absolute":
@@ -273,7 +275,8 @@ def _check_plan(plan: ExportPlan, config: ExportConfig, record: OwnedFiles) -> N
         path = check_write_path(dataset_dir, rel, "image")
         if path.exists() and not file_matches(path, stamp) and not record.owns(rel):
             raise SPRError(
-                f"{path} already exists (spr did not write it, or it changed since); move it away or choose another --name"
+                f"{path} already exists (spr did not write it, or it changed since, or was copied here); "
+                "move it away or choose another --name"
             )
 
 
@@ -287,8 +290,8 @@ def _remove_leftovers(dataset_dir: Path, name: str) -> None:
 
 
 def _remove_stale(dataset_dir: Path, record: OwnedFiles, keep: set[str]) -> int:
-    """Files an earlier export of the name wrote that this one does not: removed while their content is spr's;
-    a file the user changed since is kept (and no longer spr's)."""
+    """Files an earlier export of the name wrote that this one does not: removed while they are spr's (identity and
+    content as recorded); a file the user changed since, or one the record merely names, is kept."""
     removed = 0
     for rel, stamp in list(record.files.items()):
         if rel in keep:
@@ -297,7 +300,7 @@ def _remove_stale(dataset_dir: Path, record: OwnedFiles, keep: set[str]) -> int:
             path = check_write_path(dataset_dir, rel, "stale file")
         except SPRError:
             continue  # a symlink now sits on the way: nothing is removed through it
-        if file_matches(path, stamp):
+        if file_is_ours(path, stamp):  # the very file spr wrote, unchanged: a forged record proves nothing
             path.unlink()
             removed += 1
     return removed
@@ -344,12 +347,16 @@ def export_dataset(
         for rel, (source, stamp) in bar:
             dest = check_write_path(dataset_dir, rel, "image")
             if not file_matches(dest, stamp):  # a rerun keeps the copies it already made
-                copied += copy_verified(source, dest, link=config.image_mode == "link")
+                if copy_verified(source, dest, link=config.image_mode == "link"):
+                    copied += 1
+                    record.wrote(rel, stamp, save=copied % RECORD_EVERY == 0)  # its identity: spr's after an interruption
+        record.save()
         for rel, data in plan.texts.items():
             if not file_matches(dataset_dir / rel, stamps[rel]):
                 write_bytes(dataset_dir, rel, data, "output file")
+                record.wrote(rel, stamps[rel])
         stale = _remove_stale(dataset_dir, record, set(stamps) | set(later))
-        info = register_datasets(dataset_dir, entries, overwrite=config.overwrite)
+        info = register_datasets(dataset_dir, entries, overwrite=config.overwrite, same_file_only=True)
         record.finish(stamps, later)
     return ExportResult(
         dataset_dir / f"{config.name}.jsonl",

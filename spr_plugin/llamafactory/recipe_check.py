@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import NOT_GIVEN, ImageFrame
 from spr_plugin.core.jsonl import atomic_write_text, dumps, read_json
 from spr_plugin.core.options import BOX_FORMATS
+from spr_plugin.core.paths import ImageRoots, contained_path
 from spr_plugin.core.yaml_safe import load_yaml
 from spr_plugin.families.profiles import get_profile
 from spr_plugin.llamafactory.shipped_recipes import resolve_recipe, shipped_recipe_names
@@ -46,10 +48,18 @@ def write_meta(dataset_dir: str | Path, name: str, meta: dict[str, Any]) -> Path
 
 
 def read_meta(dataset_dir: str | Path, name: str) -> dict[str, Any] | None:
-    """The dataset's build metadata, or None for a dataset spr did not build."""
-    path = meta_path(dataset_dir, name)
+    """The dataset's build metadata, or None for a dataset spr did not build.
+
+    ``name`` comes from a file (a ``dataset_info.json`` key, a recipe's ``dataset``): a name such as ``../../x`` or a
+    ``<name>.spr.json`` that is a symlink leading out of ``dataset_dir`` is refused in one line, never read.
+    """
+    path = contained_path(dataset_dir, f"{name}{META_SUFFIX}", f"dataset name {name!r}:")
     if not path.is_file():
         return None
+    if not ImageRoots([dataset_dir], "--dataset-dir").contains_real(path):
+        raise SPRError(
+            f"{path} is a link to {os.path.realpath(path)}, outside the dataset folder {dataset_dir}; refusing to read it"
+        )
     meta = read_json(path, "dataset metadata file", strict=False, hint="; rebuild the dataset or remove the file")
     if not isinstance(meta, dict) or not isinstance(meta.get("frame"), dict):
         raise SPRError(f"{path} holds no 'frame' object; rebuild the dataset or remove the file")
@@ -179,6 +189,23 @@ def recipe_settings(recipe_path: str | Path, overrides: Sequence[str] = ()) -> d
     return merged
 
 
+def _recipe_dataset_dir(recipe: dict[str, Any], source: str, overrides: Sequence[str]) -> Path:
+    """The recipe's ``dataset_dir`` (relative to the working directory, as LLaMA-Factory reads it). A recipe is a file
+    from elsewhere: its ``dataset_dir`` is read only inside the working directory, unless the command line names the
+    folder (``--dataset-dir``, or a ``dataset_dir=`` override)."""
+    given = str(recipe.get("dataset_dir", "data"))
+    if any(o.split("=", 1)[0].strip() == "dataset_dir" for o in overrides):
+        return Path(given)
+    try:
+        contained_path(os.getcwd(), given)
+    except SPRError:
+        raise SPRError(
+            f"{source} names dataset_dir {given!r:.200}, outside the working directory; refusing to read it "
+            f"(pass --dataset-dir {given:.200} if you trust this recipe)"
+        ) from None
+    return Path(given)
+
+
 def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> list[str]:
     """Check a training YAML against every dataset it names that spr built; returns one line per dataset.
 
@@ -188,7 +215,7 @@ def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None,
     recipe = recipe_settings(recipe_path, overrides)
     source = f"recipe {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "")
     frame = recipe_frame(recipe, source)
-    directory = Path(dataset_dir) if dataset_dir is not None else Path(str(recipe.get("dataset_dir", "data")))
+    directory = Path(dataset_dir) if dataset_dir is not None else _recipe_dataset_dir(recipe, source, overrides)
     names = [n.strip() for n in str(recipe.get("dataset") or "").split(",") if n.strip()]
     if not names:
         raise SPRError(f"{source} names no dataset (its 'dataset' key is empty)")

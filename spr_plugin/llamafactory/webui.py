@@ -21,12 +21,16 @@ dataset's frame.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import ImageFrame
+from spr_plugin.core.jsonl import dumps
+from spr_plugin.core.owned import write_bytes
+from spr_plugin.core.paths import ImageRoots, contained_path
 from spr_plugin.llamafactory.recipe_check import read_meta
 from spr_plugin.llamafactory.registry import DATASET_INFO, read_dataset_info
 from spr_plugin.llamafactory.train import llamafactory_cli
@@ -45,20 +49,68 @@ def prepare_workspace(config: WebUIConfig) -> Path:
     info = read_dataset_info(dataset_dir)  # fails early on a malformed file, as LlamaBoard would silently list nothing
     if not info:
         raise SPRError(f"{dataset_dir / DATASET_INFO} holds no dataset entry")
+    check_entries_inside(dataset_dir, info)
     workspace = config.resolved_workspace()
     if workspace == dataset_dir:
         raise SPRError(f"the workspace must differ from the dataset folder ({dataset_dir}); pass another --workspace")
-    workspace.mkdir(parents=True, exist_ok=True)
     link = workspace / "data"
     if link.is_symlink():
         if link.resolve() != dataset_dir:
+            if os.readlink(link) != _made_link(workspace):  # a link of the user's (a LLaMA-Factory checkout's data)
+                raise SPRError(
+                    f"{link} is a link to {os.readlink(link)} that spr did not make; pass another --workspace "
+                    "(spr never removes a link it did not make)"
+                )
             link.unlink()  # our own link from an earlier run, pointing elsewhere
             link.symlink_to(dataset_dir, target_is_directory=True)
-    elif link.exists():
+            _record_link(workspace, dataset_dir)
+    elif os.path.lexists(link):
         raise SPRError(f"{link} exists and is not a link to {dataset_dir}; pass another --workspace")
     else:
+        workspace.mkdir(parents=True, exist_ok=True)
         link.symlink_to(dataset_dir, target_is_directory=True)
+        _record_link(workspace, dataset_dir)
     return workspace
+
+
+#: What ``spr webui`` made in a workspace: the target of the ``data`` link it created (a link to anything else is
+#: the user's, and is never removed).
+LINK_RECORD = ".spr-webui.json"
+
+
+def _made_link(workspace: Path) -> str | None:
+    """The target of the ``data`` link spr made in ``workspace`` (its record), or None."""
+    record = workspace / LINK_RECORD
+    if record.is_symlink() or not record.is_file():
+        return None
+    try:
+        made = json.loads(record.read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return made if isinstance(made, str) else None
+
+
+def _record_link(workspace: Path, target: Path) -> None:
+    write_bytes(workspace, LINK_RECORD, (dumps({"data": str(target)}) + "\n").encode(), "workspace record")
+
+
+def check_entries_inside(dataset_dir: Path, info: dict) -> None:
+    """Every ``file_name`` the folder's ``dataset_info.json`` names lies inside the folder (symlinks resolved).
+
+    Why: the folder may come from elsewhere, and LlamaBoard reads an entry's file to preview it and train on it;
+    ``"file_name": "/home/me/notes.json"`` or a link out of the folder would show (or train on) a file the user never
+    named. Refused in one line before LlamaBoard starts.
+    """
+    roots = ImageRoots([dataset_dir], "--dataset-dir")
+    for name, entry in info.items():
+        if not isinstance(entry, dict) or "file_name" not in entry:
+            continue
+        path = contained_path(dataset_dir, str(entry["file_name"]), f"file_name of dataset {name!r:.80}")
+        if not roots.contains_real(path):
+            raise SPRError(
+                f"file_name of dataset {name!r:.80}: {path} is a link to {os.path.realpath(path)}, outside {dataset_dir}; "
+                "refusing to start LlamaBoard on it"
+            )
 
 
 def webui_env(config: WebUIConfig) -> dict[str, str]:
@@ -136,8 +188,9 @@ def stage_hint(info: dict) -> str:
 
 def run_webui(config: WebUIConfig) -> None:
     """Replace this process by LlamaBoard started in the workspace (Ctrl-C stops it)."""
+    frames = dataset_frames(config.dataset_dir)  # a malformed or escaping <name>.spr.json: refused before any write
     workspace = prepare_workspace(config)
-    frame, frame_line = board_frame(dataset_frames(config.dataset_dir))
+    frame, frame_line = board_frame(frames)
     print(
         f"LlamaBoard on http://{config.host}:{config.port} (workspace {workspace}; "
         f"Data dir 'data' -> {Path(config.dataset_dir).resolve()})\n"
