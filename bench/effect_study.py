@@ -935,6 +935,11 @@ def sweep_table(results: dict[str, Any]) -> str:
 
 
 def publish(cfg: StudyConfig, dest: Path) -> None:
+    """Write results.json, results.md and the plots into ``dest``; refused over a later study's results (v3 lives in
+    docs/effect_study now, v2's published files are its history_v2_* copies)."""
+    old = dest / "results.json"
+    if old.is_file() and json.loads(old.read_text()).get("study") not in (None, "v2"):
+        raise SPRError(f"{old} holds another study's results; publish v2 into another folder")
     results = analyse(cfg)
     dest.mkdir(parents=True, exist_ok=True)
     main_names = [

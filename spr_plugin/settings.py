@@ -313,10 +313,11 @@ class ScoringConfig:
     """How candidates are scored; recorded in the dataset card of every built dataset."""
 
     box_format: str = setting(DEFAULT_BOX_FORMAT, " | ".join(BOX_FORMATS))
-    #: Default per evidence (docs/effect_study/README.md, "The builder's defaults"): lambda 0 was not distinguishable
-    #: at the validation-chosen DPO strength, and the synthetic world cannot test what S_sem adds; the paper's 0.8.
+    #: Default per evidence (docs/effect_study/README.md, "The builder's defaults"): in study v2 lambda 0 was not
+    #: distinguishable at the validation-chosen DPO strength, and the synthetic world cannot test what S_sem adds;
+    #: the paper's 0.8.
     lam: float = setting(0.8, "weight of the semantic score (paper: 0.8)")
-    #: Default per evidence: no difference from ``paper`` in the effect study; Hungarian cannot be gamed by
+    #: Default per evidence: no difference from ``paper`` in effect study v2; Hungarian cannot be gamed by
     #: duplicate or hallucinated boxes.
     loc_metric: str = setting("hungarian", "hungarian (one-to-one soft F1) or paper (recall-only)", choices=LOC_METRICS)
     iou_threshold: float = setting(DEFAULT_IOU_THRESHOLD, "a box matches an object above this IoU")
@@ -393,8 +394,9 @@ class PairingConfig:
     #: ``correct`` (default: give a phrase, or a plain-word mention, the box of the unclaimed region object it
     #: names), ``strip`` (remove the box, keep the words), ``drop`` (remove the phrase) or ``off``. Mentions of
     #: absent objects and box debris are removed under every policy but ``off``.
-    #: Default per evidence (effect study): refinement is what repaired the positive control (Acc@0.9 +0.013 over
-    #: ``off``, 5/5 seeds); ``strip`` (REC Acc@0.5 -0.51) and ``drop`` (region F1 -0.12) were clearly harmful.
+    #: Default per evidence (docs/effect_study/README.md): in study v2 refinement is what repaired the positive control
+    #: (Acc@0.9 +0.013 over ``off``, 5/5 seeds), ``strip`` (REC Acc@0.5 -0.51) and ``drop`` (region F1 -0.12) were
+    #: clearly harmful; in v3 the control's refined pairs tightened its boxes on a new domain (area -0.146).
     refine_policy: str = setting(
         "correct",
         "phrases that match no object: correct (default: give a phrase the box of the object it names), "
@@ -404,7 +406,7 @@ class PairingConfig:
 
     #: A chosen answer must name (tagged or in plain words) or box at least one object of the region; a region whose
     #: refined texts all fail it has no pair (``chosen_names_no_region_object``). Without it, a weak model's best
-    #: sample could be stray words or coordinate debris (the effect study v3 found 26% of its first pairs so).
+    #: sample could be stray words or coordinate debris (effect study v3, amendment 1: 26% of its first pairs so).
     require_region_object: bool = setting(
         True,
         "allow a chosen answer that names and boxes no object of the region (default: such regions have no pair)",

@@ -137,6 +137,10 @@ def test_publishing_refuses_to_overwrite_another_studys_results(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"study": "v3"}))
     v3.check_publish_dest(tmp_path)
     v3.check_publish_dest(tmp_path / "empty")
+    # and v2's publisher does not overwrite v3's results (v2's published files are history_v2_* now)
+    with pytest.raises(SPRError, match="another study"):
+        load_bench("effect_study").publish(None, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"study": "v3"}
 
 
 @pytest.mark.slow
