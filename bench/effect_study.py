@@ -260,21 +260,26 @@ def assert_one_frame(grids: dict[str, list[int]]) -> None:
 
 def build_init(out: Path, seed: int, cfg: StudyConfig) -> Path:
     """A random tiny Qwen2-VL with the study's rope_theta and a 36-token image budget."""
-    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl, set_image_budget
+    from filelock import FileLock
 
-    init = build_tiny_qwen2vl(
-        out, seed=seed, corpus=[*CATEGORY_NAMES, *SCENE_WORDS], hidden_size=cfg.hidden_size, num_layers=cfg.num_layers
-    )
-    conf_path = init / "config.json"
-    conf = json.loads(conf_path.read_text())
-    text = conf.get("text_config", conf)
-    for key in ("rope_parameters", "rope_scaling"):
-        if isinstance(text.get(key), dict):
-            text[key]["rope_theta"] = cfg.rope_theta
-    if "rope_theta" in text:
-        text["rope_theta"] = cfg.rope_theta
-    conf_path.write_text(json.dumps(conf, indent=2))
-    set_image_budget(init, FRAME.image_max_pixels)
+    from spr_plugin.demo.tiny_model import build_tiny_qwen2vl, set_image_budget, write_if_changed
+
+    # Parallel tasks (a base and the control of one seed) share this folder: one at a time, and the edits below
+    # replace files atomically and only when they change, so a task already loading the model never reads a torn file.
+    with FileLock(str(out) + ".init.lock"):
+        init = build_tiny_qwen2vl(
+            out, seed=seed, corpus=[*CATEGORY_NAMES, *SCENE_WORDS], hidden_size=cfg.hidden_size, num_layers=cfg.num_layers
+        )
+        conf_path = init / "config.json"
+        conf = json.loads(conf_path.read_text())
+        text = conf.get("text_config", conf)
+        for key in ("rope_parameters", "rope_scaling"):
+            if isinstance(text.get(key), dict):
+                text[key]["rope_theta"] = cfg.rope_theta
+        if "rope_theta" in text:
+            text["rope_theta"] = cfg.rope_theta
+        write_if_changed(conf_path, json.dumps(conf, indent=2))
+        set_image_budget(init, FRAME.image_max_pixels)
     return init
 
 

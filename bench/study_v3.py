@@ -204,6 +204,10 @@ class V3Config:
     #: toy only: skip the selection and train every arm at this strength (a toy base cannot win a selection, and CI
     #: must exercise the training paths); recorded as a decision
     force_strength: str | None = None
+    #: The builder's rule that a chosen answer names or boxes a region object (PairingConfig.require_region_object).
+    #: On in the study (the builder's default); the toy turns it off, since a toy base names nothing and CI must
+    #: still exercise every stage after the pairs.
+    require_region_object: bool = True
 
     def __post_init__(self) -> None:
         if self.n_bases > len(self.base_seeds):
@@ -253,6 +257,7 @@ TOY = {
     "online_rounds": 2,
     "strengths": ("none", "lr1e-3_ep1"),
     "force_strength": "lr1e-3_ep1",
+    "require_region_object": False,
 }
 
 #: name -> LoRA YAML overrides. "none" is the base itself (no training).
@@ -514,7 +519,7 @@ def stage_pairs(cfg: V3Config, candidates: Path, out: Path) -> Path:
         name=DATASET,
         regions=RegionConfig(k=1, regions_per_image=1, seed=cfg.world_seed),
         scoring=ScoringConfig(box_format="qwen2_vl"),
-        pairing=PairingConfig(),
+        pairing=PairingConfig(require_region_object=cfg.require_region_object),
         generation=None,
         candidates_file=candidates,
         image_mode="absolute",

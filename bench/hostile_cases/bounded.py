@@ -115,7 +115,7 @@ def alias_bomb_recipe(tmp: Path) -> None:
     recipe.write_text("\n".join(lines) + "\n", encoding="utf-8")
     run = spr("check-recipe", recipe)
     run.one_line_error("alias")
-    assert run.seconds < 5, f"took {run.seconds:.1f} s"
+    assert run.seconds < 20, f"took {run.seconds:.1f} s"  # a start-up of spr is 2-3 s; a bomb runs for minutes
 
 
 def huge_yaml_line(tmp: Path) -> None:
@@ -129,7 +129,7 @@ def huge_yaml_line(tmp: Path) -> None:
     recipe.write_text("template: qwen2_vl\nimage_max_pixels: [" + "1, " * 1_000_000 + "]\n", encoding="utf-8")
     run = spr("check-recipe", recipe)
     run.one_line_error("too large")
-    assert run.seconds < 5, f"took {run.seconds:.1f} s"
+    assert run.seconds < 20, f"took {run.seconds:.1f} s"  # a start-up of spr is 2-3 s; a bomb runs for minutes
 
 
 def _pair(tmp: Path, texts: list[str]) -> tuple[dict, Path]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -309,4 +310,14 @@ def set_image_budget(model_dir: str | Path, max_pixels: int) -> None:
     for key in ("image_processor", "video_processor"):
         if key in data:
             data[key]["size"]["longest_edge"] = max_pixels
-    path.write_text(json.dumps(data, indent=2))
+    write_if_changed(path, json.dumps(data, indent=2))
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Replace ``path``'s text atomically, and only if it changes: a process loading the same model folder (the effect
+    study's parallel tasks share one init) never reads a half-written or rewritten file."""
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -189,21 +189,25 @@ def recipe_settings(recipe_path: str | Path, overrides: Sequence[str] = ()) -> d
     return merged
 
 
-def _recipe_dataset_dir(recipe: dict[str, Any], source: str, overrides: Sequence[str]) -> Path:
-    """The recipe's ``dataset_dir`` (relative to the working directory, as LLaMA-Factory reads it). A recipe is a file
-    from elsewhere: its ``dataset_dir`` is read only inside the working directory, unless the command line names the
+def _recipe_dataset_dir(recipe: dict[str, Any], source: str, overrides: Sequence[str], recipe_path: Path) -> Path:
+    """The recipe's ``dataset_dir`` (relative to the working directory, as LLaMA-Factory reads it). A recipe may be a
+    file from elsewhere: its ``dataset_dir`` is read only inside the working directory or the recipe's own folder (the
+    two places the command line names: a build writes its recipe next to its data), unless the command line names the
     folder (``--dataset-dir``, or a ``dataset_dir=`` override)."""
     given = str(recipe.get("dataset_dir", "data"))
     if any(o.split("=", 1)[0].strip() == "dataset_dir" for o in overrides):
         return Path(given)
-    try:
-        contained_path(os.getcwd(), given)
-    except SPRError:
-        raise SPRError(
-            f"{source} names dataset_dir {given!r:.200}, outside the working directory; refusing to read it "
-            f"(pass --dataset-dir {given:.200} if you trust this recipe)"
-        ) from None
-    return Path(given)
+    where = os.path.abspath(given)  # as LLaMA-Factory reads it; a NUL stays and contained_path refuses it
+    for root in (os.getcwd(), os.path.dirname(os.path.abspath(recipe_path))):
+        try:
+            contained_path(root, where)
+            return Path(given)
+        except SPRError:
+            continue
+    raise SPRError(
+        f"{source} names dataset_dir {given!r:.200}, outside the working directory and the recipe's folder; refusing "
+        f"to read it (pass --dataset-dir {given:.200} if you trust this recipe)"
+    )
 
 
 def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> list[str]:
@@ -215,7 +219,11 @@ def check_recipe(recipe_path: str | Path, dataset_dir: str | Path | None = None,
     recipe = recipe_settings(recipe_path, overrides)
     source = f"recipe {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "")
     frame = recipe_frame(recipe, source)
-    directory = Path(dataset_dir) if dataset_dir is not None else _recipe_dataset_dir(recipe, source, overrides)
+    directory = (
+        Path(dataset_dir)
+        if dataset_dir is not None
+        else _recipe_dataset_dir(recipe, source, overrides, resolve_recipe(recipe_path))
+    )
     names = [n.strip() for n in str(recipe.get("dataset") or "").split(",") if n.strip()]
     if not names:
         raise SPRError(f"{source} names no dataset (its 'dataset' key is empty)")
