@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from spr_plugin.core.errors import SPRError
-from spr_plugin.core.paths import new_file_mode
+from spr_plugin.core.paths import new_file_mode, refuse_symlink
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -231,13 +231,7 @@ def replace_target(path: str | os.PathLike) -> Path:
     """The file an atomic replace of ``path`` writes: ``path`` itself, which must not be a symlink. Writing the link's
     target would write a file spr did not write (anywhere the link points: a dangling link would even create it), and
     replacing the link by a file would remove the user's link: either is refused in one line, nothing changed."""
-    path = Path(path)
-    if path.is_symlink():
-        raise SPRError(
-            f"{path} is a symlink (to {os.path.realpath(path)}); spr never writes through a symlink nor replaces one: "
-            "write to another path or remove the link"
-        )
-    return path
+    return refuse_symlink(path)
 
 
 @contextmanager

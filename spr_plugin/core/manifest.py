@@ -23,6 +23,7 @@ from typing import Any
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text, dumps
+from spr_plugin.core.paths import refuse_symlink
 
 VERSION = 1
 
@@ -134,11 +135,11 @@ class Manifest:
 
         A symlink (at an output or the manifest) is refused before anything is removed: spr writes no links there, so
         it is the user's, and removing it (or what it points at) would delete what spr did not write."""
-        links = [p for paths in (*self.outputs.values(), [self.path]) for p in paths if p.is_symlink()]
-        if links:
-            raise SPRError(
-                f"{links[0]} is a symlink (to {os.path.realpath(links[0])}); --fresh removes only files spr wrote, never a "
-                "link: remove it yourself or use another output folder; nothing was removed"
+        for p in (p for paths in (*self.outputs.values(), [self.path]) for p in paths):
+            refuse_symlink(
+                p,
+                hint="--fresh removes only files spr wrote, never a link: remove it yourself or use another output "
+                "folder; nothing was removed",
             )
         removed = []
         for paths in self.outputs.values():

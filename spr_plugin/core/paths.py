@@ -42,6 +42,22 @@ NAME_MAX = 255
 PATH_MAX = 4096
 
 
+def refuse_symlink(
+    path: str | os.PathLike,
+    what: str = "",
+    hint: str = "spr never writes through a symlink nor replaces one: write to another path or remove the link",
+) -> Path:
+    """``path`` if it is no symlink, else one line naming the link, its target and ``hint``.
+
+    Why one place: a write through a link lands in a file spr did not write (a dangling link even creates one
+    wherever it points), and replacing or removing the link removes the user's link; every writer refuses it alike.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        raise SPRError(f"{what + ' ' if what else ''}{p} is a symlink (to {os.path.realpath(p)}); {hint}")
+    return p
+
+
 def check_write_path(root: str | os.PathLike, relative: str, what: str = "path", *, folder: bool = False) -> Path:
     """``root / relative`` if spr may create or replace it: inside ``root``, every name at most :data:`NAME_MAX`
     bytes, and no symlink anywhere below ``root`` (a symlinked ``<name>/images`` or ``<name>.jsonl`` would make a

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from spr_plugin.core.errors import SPRError
+from spr_plugin.core.paths import refuse_symlink
 
 #: LLaMA-Factory dataset names become file names (``<name>.jsonl``, ``<name>/images``) and ``dataset_info``
 #: keys: letters, digits, ``-``, ``_`` and ``.``, starting with a letter or digit, at most 100 characters.
@@ -58,12 +59,7 @@ def require_writable_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` can be written as a file (its folder is writable, it is not a folder itself, nor a symlink: spr writes
     its files atomically by renaming over the path, and never writes through nor replaces a link; see
     :func:`spr_plugin.core.jsonl.replace_target`, which refuses it again at the write)."""
-    p = Path(path)
-    if p.is_symlink():
-        raise SPRError(
-            f"{what} {p} is a symlink (to {os.path.realpath(p)}); spr never writes through a symlink nor replaces one: "
-            "write to another path or remove the link"
-        )
+    p = refuse_symlink(path, what)
     if p.is_dir():
         raise SPRError(f"{what} {p} is a folder; give a file name")
     require_writable_dir(p.parent if str(p.parent) else Path("."), f"{what} folder")

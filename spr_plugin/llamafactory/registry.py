@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from spr_plugin.core.errors import SPRError
 from spr_plugin.core.jsonl import atomic_write_text, dumps, read_json
-from spr_plugin.core.paths import check_write_path, contained_path
+from spr_plugin.core.paths import check_write_path, contained_path, refuse_symlink
 from spr_plugin.core.sharegpt import RANKING_COLUMNS, SFT_COLUMNS, check_record_media
 
 DATASET_INFO = "dataset_info.json"
@@ -134,12 +134,11 @@ def check_can_register_entries(
 def check_info_path(dataset_dir: str | os.PathLike) -> Path:
     """``<dataset_dir>/dataset_info.json`` if spr may replace it: not a symlink (its target is a file of the user's,
     perhaps shared by other data folders, that spr did not write), not a folder, nothing else than a regular file."""
-    path = Path(dataset_dir) / DATASET_INFO
-    if path.is_symlink():
-        raise SPRError(
-            f"{path} is a symlink (to {os.path.realpath(path)}); spr never writes through a symlink: pass the folder "
-            "holding the real file as --dataset-dir, or replace the link by a copy; nothing was changed"
-        )
+    path = refuse_symlink(
+        Path(dataset_dir) / DATASET_INFO,
+        hint="spr never writes through a symlink: pass the folder holding the real file as --dataset-dir, or replace "
+        "the link by a copy; nothing was changed",
+    )
     check_write_path(dataset_dir, DATASET_INFO, DATASET_INFO)
     if path.exists() and not path.is_file():
         raise SPRError(f"{path} is not a regular file; move it away, nothing was changed")
