@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spr_plugin.core.jsonl import atomic_write_text
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.families.profiles import get_profile
 
@@ -318,6 +318,4 @@ def write_if_changed(path: Path, text: str) -> None:
     study's parallel tasks share one init) never reads a half-written or rewritten file."""
     if path.is_file() and path.read_text() == text:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
