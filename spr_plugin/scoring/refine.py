@@ -49,6 +49,7 @@ from spr_plugin.scoring.localization import iou_matrix, phrase_matches
 from spr_plugin.scoring.mentions import (
     ABSENT,
     REGION,
+    Mention,
     RegionJudge,
     Vocabulary,
     find_debris,
@@ -104,6 +105,7 @@ def refine(
     neutral: frozenset[int] = frozenset(),
     judge: RegionJudge | None = None,
     labels: Sequence[str] | None = None,
+    mentions: Sequence[Mention] | None = None,
 ) -> RefineResult:
     """Refine one parsed candidate; ``agree``, ``matches``, ``neutral`` and ``labels`` as in
     :class:`spr_plugin.scoring.scorer.Assessment`.
@@ -114,6 +116,7 @@ def refine(
     labels as the text reads them (default: their reference labels); a bare box right after plain words takes
     their name (:func:`spr_plugin.scoring.mentions.reading_labels`), so ``correct`` gives "a blue square [the red
     circle's box]" the blue square's box, and a box after words naming an absent category goes with those words.
+    ``mentions``: the text's mentions as the scorer already found them with ``judge`` (default: found here).
     """
     check_policy(policy)
     if policy == "off":
@@ -122,7 +125,7 @@ def refine(
     phrases = parse.phrases
     labels = list(labels) if labels is not None else [p.label for p in phrases]
     gt = [o.box for o in region.objects]
-    mentions = find_mentions(candidate.text, parse, judge)
+    mentions = list(mentions) if mentions is not None else find_mentions(candidate.text, parse, judge)
     absent_units = {m.span for m in mentions if m.tagged and m.status == ABSENT}
     # Bare boxes grounding words that name an absent category: the words go as plain mentions, the boxes with them.
     absent_bare = {phrases[m.phrase].span for m in mentions if not m.tagged and m.phrase is not None and m.status == ABSENT}
@@ -268,8 +271,9 @@ def refine_candidate(
     w, h = region.width, region.height
     parse = box_format.parse(candidate.text, w, h)
     judge = RegionJudge.of(region, vocabulary)
-    read = reading_labels(parse, find_mentions(candidate.text, parse, judge))
+    mentions = find_mentions(candidate.text, parse, judge)
+    read = reading_labels(parse, mentions)
     matcher = labels or LabelMatcher()
     (agree,) = matcher.agreement([(region.objects, read)])
     matches = phrase_matches([o.box for o in region.objects], parse, agree if label_match else None, threshold)
-    return refine(candidate, region, parse, agree, matches, box_format, policy, judge=judge, labels=read)
+    return refine(candidate, region, parse, agree, matches, box_format, policy, judge=judge, labels=read, mentions=mentions)

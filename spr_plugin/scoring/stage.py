@@ -203,7 +203,19 @@ def _refine_all(
         return initial, [None] * len(initial)
     fmt = scorer.box_format
     results = [
-        refine(a.candidate, a.region, a.parse, a.agree, a.matches, fmt, policy, a.neutral, a.judge, a.labels or None)
+        refine(
+            a.candidate,
+            a.region,
+            a.parse,
+            a.agree,
+            a.matches,
+            fmt,
+            policy,
+            a.neutral,
+            a.judge,
+            a.labels or None,
+            a.facts.mentions if a.facts is not None else None,
+        )  # fmt: skip
         for a in initial
     ]
     refined = scorer.assess_refined([(a, res.candidate, res.words_changed) for a, res in zip(initial, results)])
@@ -221,13 +233,13 @@ def _pair_region(
     pool = [a.scored for a in initial] + ([a.scored for a in refined] if separate else [])
     mixed = mix_scores(pool, cfg.lam, cfg.score_norm)
     init_scores, ref_scores = mixed[:k], (mixed[k:] if separate else mixed[:k])
-    names_region = [names_region_object(a) for a in (refined if separate else initial)]
-    picked = select_pair(init_scores, ref_scores, pairing, names_region)
+    # measured only when the rule is on; select_pair and the "localization decided" check use the same list
+    eligible = [names_region_object(a) for a in (refined if separate else initial)] if pairing.require_region_object else None
+    picked = select_pair(init_scores, ref_scores, pairing, eligible)
     if isinstance(picked, str):
         return picked
     c, r = picked
     semantic_only = mix_scores(pool, 1.0, cfg.score_norm)
-    eligible = names_region if pairing.require_region_object else None
     decided = pick(semantic_only[:k], semantic_only[k:] if separate else semantic_only[:k], eligible) != (c, r)
     pair = PreferencePair(region, ref_scores[c], init_scores[r])
     return pair, _PairEvidence(refined[c], initial[r], decided)
