@@ -188,6 +188,18 @@ class OwnedFiles:
             raise SPRError(f"{path} is not a file record spr wrote; move it away or choose another --name") from None
         return cls(root, record, files, pending, complete, exists=True)
 
+    @classmethod
+    def load_replaceable(cls, root: str | os.PathLike, record: str, names: list[str], what: str) -> OwnedFiles:
+        """The record, once every file in ``names`` is known to be replaceable: absent, or the very file an earlier run
+        wrote there. A file of the user's (or a symlink: its target is the user's file) is refused in one line before
+        anything is written, never replaced or written through."""
+        owned = cls.load(root, record)
+        for name in names:
+            path = check_write_path(root, name, what)
+            if os.path.lexists(path) and not owned.owns(name):
+                raise SPRError(f"{path} already exists and spr did not write it (or it changed since); choose another --out")
+        return owned
+
     def owns(self, relative: str) -> bool:
         """The file at ``relative`` is spr's: the very file spr recorded writing there, with the same content."""
         path = self.root / relative

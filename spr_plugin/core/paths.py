@@ -165,6 +165,24 @@ class ImageRoots:
         )
 
 
+def require_real_inside(
+    folder: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    label: str = "",
+    where: str | None = None,
+    refusal: str = "refusing to read it",
+) -> Path:
+    """``path`` if, symlinks resolved, it lies inside ``folder``; else one line naming the link and its target.
+
+    Why: a folder from elsewhere (a received dataset folder) may hold a link out of it; following it would make spr
+    read, show, export or train on a file the user never named.
+    """
+    if not ImageRoots([folder], "--dataset-dir").contains_real(path):
+        raise SPRError(f"{label}{path} is a link to {os.path.realpath(path)}, outside {where or folder}; {refusal}")
+    return Path(path)
+
+
 def image_roots(given: ImageRoots | str | os.PathLike | None, region: object) -> ImageRoots:
     """The roots a library call names (``ImageRoots`` or one folder); None falls back to the ``image_root``
     the region recorded, which only library callers holding regions they sampled themselves may rely on

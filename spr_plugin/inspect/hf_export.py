@@ -38,7 +38,7 @@ from spr_plugin.core.images import raw_frame_bytes, require_image
 from spr_plugin.core.jsonl import read_dataset_records
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.owned import OwnedFiles, Stamp, new_temp
-from spr_plugin.core.paths import ImageRoots, check_write_path, contained_path, new_file_mode
+from spr_plugin.core.paths import ImageRoots, contained_path, new_file_mode, require_real_inside
 from spr_plugin.core.sharegpt import DEFAULT_TAGS, IMAGE_TOKEN, RANKING_COLUMNS, content_parts
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -226,11 +226,7 @@ def export_hf(
     ):
         raise SPRError(f"dataset {name!r} is not a local ShareGPT ranking dataset; only those can be exported")
     data_file = contained_path(dataset_dir, str(entry["file_name"]), f"dataset {name!r} file_name")
-    if not ImageRoots([dataset_dir], "--dataset-dir").contains_real(data_file):  # a link out: its texts would be exported
-        raise SPRError(
-            f"dataset {name!r} file_name {data_file} is a link to {os.path.realpath(data_file)}, outside {dataset_dir}; "
-            "refusing to read it"
-        )
+    require_real_inside(dataset_dir, data_file, label=f"dataset {name!r} file_name ")  # else its texts would be exported
     owned = _parquet_record(Path(out), name)  # before the work: a parquet of the user's is never replaced
     records = _read_records(data_file)
     if not records:
@@ -266,8 +262,4 @@ def _parquet_record(out: Path, name: str) -> OwnedFiles:
     """The record of the parquet ``export-hf`` writes in ``out`` (``.<name>.parquet.spr-files.json``), once
     ``<out>/<name>.parquet`` is known to be absent or the very file an earlier ``export-hf`` wrote: a parquet of the
     user's (or a symlink) at that path is one line, never replaced."""
-    record = OwnedFiles.load(out, f".{name}.parquet.spr-files.json")
-    path = check_write_path(out, f"{name}.parquet", "parquet")
-    if os.path.lexists(path) and not record.owns(path.name):
-        raise SPRError(f"{path} already exists and spr did not write it (or it changed since); choose another --out")
-    return record
+    return OwnedFiles.load_replaceable(out, f".{name}.parquet.spr-files.json", [f"{name}.parquet"], "parquet")

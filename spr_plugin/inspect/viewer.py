@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import io
 import itertools
-import os
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from spr_plugin.core.images import region_image, require_image
 from spr_plugin.core.jsonl import read_jsonl
 from spr_plugin.core.options import DEFAULT_BOX_FORMAT
 from spr_plugin.core.owned import OwnedFiles, write_bytes
-from spr_plugin.core.paths import ImageRoots, check_write_path, make_real_dirs
+from spr_plugin.core.paths import ImageRoots, make_real_dirs, require_real_inside
 from spr_plugin.core.records import Box, PreferencePair, Region, ScoredCandidate
 from spr_plugin.families.box_formats import BoxFormat
 from spr_plugin.families.profiles import get_box_format, profile_of
@@ -273,11 +272,8 @@ def _recorded_box_format(config: ShowConfig) -> BoxFormat:
 
 def show_pairs(config: ShowConfig) -> ShowResult:
     """Render the first ``config.n`` pairs of the pairs file into ``config.out``."""
-    if config.pairs is None and not ImageRoots([config.dataset_dir], "--dataset-dir").contains_real(config.pairs_file()):
-        raise SPRError(  # a received dataset folder whose pairs file links out: its texts would be rendered and shared
-            f"{config.pairs_file()} is a link to {os.path.realpath(config.pairs_file())}, outside --dataset-dir "
-            f"{config.dataset_dir}; refusing to read it"
-        )
+    if config.pairs is None:  # a received dataset folder whose pairs file links out: its texts would be rendered and shared
+        require_real_inside(config.dataset_dir, config.pairs_file(), where=f"--dataset-dir {config.dataset_dir}")
     fmt = _recorded_box_format(config)
     rows = list(itertools.islice(read_jsonl(config.pairs_file(), _pair_and_copy, what="pair"), config.n))
     pairs = [pair for pair, _ in rows]
@@ -347,9 +343,4 @@ def _check_view_files(out: Path, names: list[str]) -> OwnedFiles:
     """The ``--out`` folder's record, once every file the view writes is known to be replaceable: absent, or the very
     file an earlier ``spr show`` wrote there. A user's ``index.html`` (or a symlink: its target is the user's file) is
     refused in one line before anything is written, never replaced or written through."""
-    record = OwnedFiles.load(out, VIEW_RECORD)
-    for name in names:
-        path = check_write_path(out, name, "view file")
-        if os.path.lexists(path) and not record.owns(name):
-            raise SPRError(f"{path} already exists and spr did not write it (or it changed since); choose another --out")
-    return record
+    return OwnedFiles.load_replaceable(out, VIEW_RECORD, names, "view file")

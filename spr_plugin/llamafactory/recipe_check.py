@@ -24,7 +24,7 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import NOT_GIVEN, ImageFrame
 from spr_plugin.core.jsonl import atomic_write_text, dumps, read_json
 from spr_plugin.core.options import BOX_FORMATS
-from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.paths import contained_path, require_real_inside
 from spr_plugin.core.yaml_safe import load_yaml
 from spr_plugin.families.profiles import get_profile
 from spr_plugin.llamafactory.shipped_recipes import resolve_recipe, shipped_recipe_names
@@ -56,10 +56,7 @@ def read_meta(dataset_dir: str | Path, name: str) -> dict[str, Any] | None:
     path = contained_path(dataset_dir, f"{name}{META_SUFFIX}", f"dataset name {name!r}:")
     if not path.is_file():
         return None
-    if not ImageRoots([dataset_dir], "--dataset-dir").contains_real(path):
-        raise SPRError(
-            f"{path} is a link to {os.path.realpath(path)}, outside the dataset folder {dataset_dir}; refusing to read it"
-        )
+    require_real_inside(dataset_dir, path, where=f"the dataset folder {dataset_dir}")
     meta = read_json(path, "dataset metadata file", strict=False, hint="; rebuild the dataset or remove the file")
     if not isinstance(meta, dict) or not isinstance(meta.get("frame"), dict):
         raise SPRError(f"{path} holds no 'frame' object; rebuild the dataset or remove the file")

@@ -30,7 +30,7 @@ from spr_plugin.core.errors import SPRError
 from spr_plugin.core.frame import ImageFrame
 from spr_plugin.core.jsonl import dumps
 from spr_plugin.core.owned import write_bytes
-from spr_plugin.core.paths import ImageRoots, contained_path
+from spr_plugin.core.paths import contained_path, require_real_inside
 from spr_plugin.llamafactory.recipe_check import read_meta
 from spr_plugin.llamafactory.registry import DATASET_INFO, read_dataset_info
 from spr_plugin.llamafactory.train import llamafactory_cli
@@ -101,16 +101,13 @@ def check_entries_inside(dataset_dir: Path, info: dict) -> None:
     ``"file_name": "/home/me/notes.json"`` or a link out of the folder would show (or train on) a file the user never
     named. Refused in one line before LlamaBoard starts.
     """
-    roots = ImageRoots([dataset_dir], "--dataset-dir")
     for name, entry in info.items():
         if not isinstance(entry, dict) or "file_name" not in entry:
             continue
         path = contained_path(dataset_dir, str(entry["file_name"]), f"file_name of dataset {name!r:.80}")
-        if not roots.contains_real(path):
-            raise SPRError(
-                f"file_name of dataset {name!r:.80}: {path} is a link to {os.path.realpath(path)}, outside {dataset_dir}; "
-                "refusing to start LlamaBoard on it"
-            )
+        require_real_inside(
+            dataset_dir, path, label=f"file_name of dataset {name!r:.80}: ", refusal="refusing to start LlamaBoard on it"
+        )
 
 
 def webui_env(config: WebUIConfig) -> dict[str, str]:
